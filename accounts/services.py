@@ -1,0 +1,155 @@
+"""Writes on email accounts. Every change is audited, without secrets."""
+
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from emailclient.core.crypto import decrypt_secret, encrypt_secret
+from emailclient.core.exceptions import ApplicationError
+from emailclient.core.models import Tenant
+from emailclient.core.services import audit_log_record
+from emailclient.core.tenancy import tenant_scope
+
+from .models import EmailAccount
+from .ports import default_port
+
+SECRET_FIELDS = {"password": "password_encrypted", "smtp_password": "smtp_password_encrypted"}
+# Fields a client may set; anything else in `data` (tenant, user, ids...) is ignored.
+WRITABLE_FIELDS = (
+    "account_name",
+    "email_address",
+    "protocol",
+    "hostname",
+    "port",
+    "encryption",
+    "username",
+    "smtp_hostname",
+    "smtp_port",
+    "smtp_encryption",
+    "smtp_username",
+    "is_sync_enabled",
+    "sync_interval",
+    "is_enabled",
+)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+    def __repr__(self) -> str:  # never print a password, even by accident
+        return f"Credentials(username={self.username!r}, password='***')"
+
+
+def _apply(account: EmailAccount, data: dict) -> dict:
+    """Set the writable fields and secrets present in `data` on `account`.
+    Returns the audit record of what changed: old and new values for plain
+    fields, only the word "changed" for secrets."""
+    changes = {}
+    for field in WRITABLE_FIELDS:
+        if field in data and getattr(account, field) != data[field]:
+            changes[field] = {"old": getattr(account, field), "new": data[field]}
+            setattr(account, field, data[field])
+    for secret, column in SECRET_FIELDS.items():
+        if data.get(secret) is not None:
+            setattr(account, column, encrypt_secret(data[secret]))
+            changes[secret] = "changed"
+    return changes
+
+
+def _fill_defaults(account: EmailAccount) -> None:
+    if not account.username:
+        account.username = account.email_address
+    if not account.port:
+        account.port = default_port(account.protocol, account.encryption)
+    if account.smtp_hostname:
+        account.smtp_encryption = account.smtp_encryption or "starttls"
+        account.smtp_port = account.smtp_port or default_port("smtp", account.smtp_encryption)
+        account.smtp_username = account.smtp_username or account.username
+
+
+def _save(account: EmailAccount) -> None:
+    try:
+        with transaction.atomic():
+            account.save()
+    except IntegrityError as exc:
+        if "uniq_account_tenant_user_email" in str(exc):
+            raise ApplicationError(
+                "This user already has an account for this address.",
+                fields={"email_address": ["An account with this address already exists."]},
+            ) from exc
+        raise
+
+
+def account_create(*, tenant: Tenant, user, data: dict, ip_address: str | None = None) -> EmailAccount:
+    if not data.get("password"):
+        raise ApplicationError("A password is required.", fields={"password": ["This field is required."]})
+    account = EmailAccount(tenant=tenant, user=user)
+    _apply(account, data)
+    _fill_defaults(account)
+    with tenant_scope(tenant.id):
+        _save(account)
+        audit_log_record(
+            tenant=tenant,
+            actor=user,
+            action="account.create",
+            object_type="email_account",
+            object_id=account.id,
+            changes={"fields": sorted(f for f in (*WRITABLE_FIELDS, *SECRET_FIELDS) if f in data)},
+            ip_address=ip_address,
+        )
+    return account
+
+
+def account_update(*, account: EmailAccount, actor, data: dict, ip_address: str | None = None) -> EmailAccount:
+    if ("protocol" in data or "encryption" in data) and "port" not in data:
+        # A new protocol or encryption without a port means that pair's default port.
+        protocol = data.get("protocol", account.protocol)
+        encryption = data.get("encryption", account.encryption)
+        data = {**data, "port": default_port(protocol, encryption)}
+    changes = _apply(account, data)
+    _fill_defaults(account)
+    if not changes:
+        return account
+    with tenant_scope(account.tenant_id):
+        _save(account)
+        audit_log_record(
+            tenant=account.tenant,
+            actor=actor,
+            action="account.update",
+            object_type="email_account",
+            object_id=account.id,
+            changes=changes,
+            ip_address=ip_address,
+        )
+    return account
+
+
+def account_delete(*, account: EmailAccount, actor, ip_address: str | None = None) -> None:
+    """Soft delete: the account disappears from the API and stops syncing;
+    its row and mail stay for the audit trail until purged."""
+    with tenant_scope(account.tenant_id):
+        account.is_deleted = True
+        account.deleted_at = timezone.now()
+        account.is_enabled = False
+        account.is_sync_enabled = False
+        account.save(update_fields=["is_deleted", "deleted_at", "is_enabled", "is_sync_enabled", "updated_at"])
+        audit_log_record(
+            tenant=account.tenant,
+            actor=actor,
+            action="account.delete",
+            object_type="email_account",
+            object_id=account.id,
+            ip_address=ip_address,
+        )
+
+
+def account_credentials(*, account: EmailAccount, smtp: bool = False) -> Credentials:
+    """Decrypted credentials, for talking to the mail server only.
+    SMTP falls back to the incoming server's password when it has none."""
+    if smtp:
+        token = account.smtp_password_encrypted or account.password_encrypted
+        return Credentials(account.smtp_username or account.username, decrypt_secret(token))
+    return Credentials(account.username, decrypt_secret(account.password_encrypted))

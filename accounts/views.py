@@ -1,0 +1,61 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.response import Response
+
+from emailclient.core.api import TenantAPIMixin
+
+from .selectors import access_account, account_list
+from .serializers import AccountInputSerializer, AccountOutputSerializer
+from .services import account_create, account_delete, account_update
+
+
+class AccountViewSet(TenantAPIMixin, viewsets.GenericViewSet):
+    """Email accounts of the request's tenant. Members see their own
+    accounts, tenant admins every account of the tenant."""
+
+    serializer_class = AccountOutputSerializer
+
+    def get_queryset(self):
+        return account_list(tenant=self.tenant, membership=self.membership)
+
+    def _get_account(self, *, lock: bool = False):
+        return access_account(
+            tenant=self.tenant, membership=self.membership, id=self.kwargs["pk"], lock=lock
+        )
+
+    def list(self, request, **kwargs):
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(AccountOutputSerializer(page, many=True).data)
+
+    @extend_schema(request=AccountInputSerializer, responses={201: AccountOutputSerializer})
+    def create(self, request, **kwargs):
+        serializer = AccountInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        account = account_create(
+            tenant=self.tenant,
+            user=request.user,
+            data=serializer.validated_data,
+            ip_address=self.client_ip(),
+        )
+        return Response(AccountOutputSerializer(account).data, status=status.HTTP_201_CREATED)
+
+    def retrieve(self, request, **kwargs):
+        return Response(AccountOutputSerializer(self._get_account()).data)
+
+    @extend_schema(request=AccountInputSerializer, responses=AccountOutputSerializer)
+    def update(self, request, partial: bool = False, **kwargs):
+        account = self._get_account(lock=True)
+        serializer = AccountInputSerializer(data=request.data, partial=partial)
+        serializer.is_valid(raise_exception=True)
+        account = account_update(
+            account=account, actor=request.user, data=serializer.validated_data, ip_address=self.client_ip()
+        )
+        return Response(AccountOutputSerializer(account).data)
+
+    @extend_schema(request=AccountInputSerializer, responses=AccountOutputSerializer)
+    def partial_update(self, request, **kwargs):
+        return self.update(request, partial=True, **kwargs)
+
+    def destroy(self, request, **kwargs):
+        account_delete(account=self._get_account(lock=True), actor=request.user, ip_address=self.client_ip())
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,104 @@
+"""Create the database and its three roles, idempotently, as a superuser.
+
+Used by `manage.py setupdb` (make run, deployments) and by the test suite's
+database fixture. Role names and passwords come from the three database URLs,
+so the settings stay the single source of truth.
+
+    owner  NOSUPERUSER, owns the database and every table (runs migrations)
+    app    NOSUPERUSER NOBYPASSRLS, SELECT/INSERT/UPDATE/DELETE only
+    admin  NOSUPERUSER BYPASSRLS, SELECT/INSERT/UPDATE/DELETE (admin, backups)
+"""
+
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    password: str | None
+
+
+def _role(settings_dict: dict) -> Role:
+    return Role(settings_dict["USER"], settings_dict.get("PASSWORD") or None)
+
+
+def _ensure_role(cur, role: Role, attributes: str) -> None:
+    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role.name])
+    verb = "ALTER" if cur.fetchone() else "CREATE"
+    statement = sql.SQL(f"{verb} ROLE {{}} LOGIN {attributes}").format(sql.Identifier(role.name))
+    if role.password:
+        statement += sql.SQL(" PASSWORD {}").format(sql.Literal(role.password))
+    cur.execute(statement)
+
+
+def setup_database(
+    *, superuser_url: str, databases: dict, recreate: bool = False, log=print
+) -> None:
+    """`databases` is settings.DATABASES; its default, owner and admin aliases
+    must name the same database."""
+    name = databases["default"]["NAME"]
+    if {databases[a]["NAME"] for a in ("default", "owner", "admin")} != {name}:
+        raise ValueError("DATABASE_URL, DATABASE_OWNER_URL and DATABASE_ADMIN_URL must name one database.")
+    owner, app, admin = (_role(databases[a]) for a in ("owner", "default", "admin"))
+    if len({owner.name, app.name, admin.name}) != 3:
+        raise ValueError("The owner, runtime and admin database roles must be three different roles.")
+
+    with psycopg.connect(superuser_url, autocommit=True) as conn, conn.cursor() as cur:
+        _ensure_role(cur, owner, "NOSUPERUSER NOCREATEROLE NOBYPASSRLS")
+        _ensure_role(cur, app, "NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS")
+        _ensure_role(cur, admin, "NOSUPERUSER NOCREATEDB NOCREATEROLE BYPASSRLS")
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+        exists = cur.fetchone() is not None
+        if exists and recreate:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                [name],
+            )
+            cur.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+            exists = False
+        if not exists:
+            cur.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {} ENCODING 'UTF8' TEMPLATE template0").format(
+                    sql.Identifier(name), sql.Identifier(owner.name)
+                )
+            )
+            log(f"created database {name}")
+
+    db_url = psycopg.conninfo.make_conninfo(superuser_url, dbname=name)
+    ident = sql.Identifier
+    with psycopg.connect(db_url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(ident(owner.name)))
+        cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        for role in (app, admin):
+            cur.execute(
+                sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(ident(name), ident(role.name))
+            )
+            cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident(role.name)))
+            # Tables that exist now, and every table the owner creates later.
+            cur.execute(
+                sql.SQL(
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}"
+                ).format(ident(role.name))
+            )
+            cur.execute(
+                sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(
+                    ident(role.name)
+                )
+            )
+            cur.execute(
+                sql.SQL(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}"
+                ).format(ident(owner.name), ident(role.name))
+            )
+            cur.execute(
+                sql.SQL(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
+                    "GRANT USAGE, SELECT ON SEQUENCES TO {}"
+                ).format(ident(owner.name), ident(role.name))
+            )
+    log(f"database {name}: roles {owner.name} (owner), {app.name} (runtime), {admin.name} (admin) ready")

@@ -1,0 +1,107 @@
+"""One error type and one JSON error shape for the whole API.
+
+    {"error": {"code": "validation_error", "message": "...", "fields": {...}}}
+
+`ApplicationError` and its subclasses are raised by services and selectors;
+the DRF exception handler below turns them, DRF's own exceptions, Django's
+`ValidationError`, `Http404` and `PermissionDenied` into that shape.
+"""
+
+import logging
+
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import connection, transaction
+from django.http import Http404, JsonResponse
+from django_ratelimit.exceptions import Ratelimited
+from rest_framework import exceptions as drf_exceptions
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.serializers import as_serializer_error
+
+logger = logging.getLogger(__name__)
+
+
+class ApplicationError(Exception):
+    status_code = status.HTTP_400_BAD_REQUEST
+    code = "error"
+
+    def __init__(self, message: str, *, fields: dict | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or {}
+        if code:
+            self.code = code
+
+
+class NotFound(ApplicationError):
+    status_code = status.HTTP_404_NOT_FOUND
+    code = "not_found"
+
+
+class TenantRequired(ApplicationError):
+    code = "tenant_required"
+
+
+class Conflict(ApplicationError):
+    status_code = status.HTTP_409_CONFLICT
+    code = "conflict"
+
+
+def error_body(code: str, message: str, fields: dict | None = None) -> dict:
+    body = {"code": code, "message": message}
+    if fields:
+        body["fields"] = fields
+    return {"error": body}
+
+
+def error_response(status_code: int, code: str, message: str) -> JsonResponse:
+    """For code outside DRF (middleware, plain Django views)."""
+    return JsonResponse(error_body(code, message), status=status_code)
+
+
+def _detail_text(detail) -> str:
+    if isinstance(detail, dict) and "detail" in detail:
+        return str(detail["detail"])
+    if isinstance(detail, list | tuple) and detail:
+        return str(detail[0])
+    return str(detail)
+
+
+def exception_handler(exc, context):
+    # Whatever the view wrote before failing is undone with the tenant
+    # transaction that wraps it (see TenantMiddleware).
+    if connection.in_atomic_block:
+        transaction.set_rollback(True)
+    if isinstance(exc, ApplicationError):
+        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
+    if isinstance(exc, DjangoValidationError):
+        exc = drf_exceptions.ValidationError(as_serializer_error(exc))
+    if isinstance(exc, Ratelimited):
+        return Response(
+            error_body("rate_limited", "Too many requests; try again later."),
+            status=status.HTTP_429_TOO_MANY_REQUESTS,
+        )
+    if isinstance(exc, Http404):
+        exc = drf_exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = drf_exceptions.PermissionDenied()
+
+    if isinstance(exc, drf_exceptions.ValidationError):
+        detail = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        return Response(
+            error_body("validation_error", "Invalid input.", detail),
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    if isinstance(exc, drf_exceptions.APIException):
+        headers = {}
+        if getattr(exc, "auth_header", None):
+            headers["WWW-Authenticate"] = exc.auth_header
+        if getattr(exc, "wait", None):
+            headers["Retry-After"] = str(int(exc.wait))
+        code = exc.get_codes()
+        code = code if isinstance(code, str) else exc.default_code
+        return Response(
+            error_body(code, _detail_text(exc.detail)), status=exc.status_code, headers=headers
+        )
+    return None

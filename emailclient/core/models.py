@@ -1,0 +1,106 @@
+"""Shared model bases and the tenant tables.
+
+Every tenant-owned table carries `tenant_id` and has a row-level-security
+policy (see `emailclient.core.rls`); the explicit `for_tenant()` filter is the
+first wall, RLS the second.
+"""
+
+import uuid
+
+from django.conf import settings
+from django.contrib.postgres.indexes import BrinIndex
+from django.db import models
+
+
+class BaseModel(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+
+
+class Tenant(BaseModel):
+    """A company using the service. Not itself tenant-scoped: a tenant is
+    looked up (by slug or id) before any tenant context exists."""
+
+    slug = models.SlugField(max_length=63, unique=True)
+    name = models.CharField(max_length=255)
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        db_table = "tenants"
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class TenantQuerySet(models.QuerySet):
+    def for_tenant(self, tenant: Tenant | uuid.UUID):
+        tenant_id = tenant.id if isinstance(tenant, Tenant) else tenant
+        return self.filter(tenant_id=tenant_id)
+
+
+class TenantModel(BaseModel):
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=False)
+
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+
+class TenantMembership(TenantModel):
+    class Role(models.TextChoices):
+        ADMIN = "admin", "Admin"
+        MEMBER = "member", "Member"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tenant_memberships"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+
+    class Meta:
+        db_table = "tenant_memberships"
+        ordering = ["tenant_id", "user_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "user"], name="uniq_membership_tenant_user"),
+            models.CheckConstraint(
+                condition=models.Q(role__in=["admin", "member"]), name="membership_role_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}@{self.tenant_id} ({self.role})"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == self.Role.ADMIN
+
+
+class AuditLog(TenantModel):
+    """Append-only record of every change made through the service. Holds
+    field names and non-secret values, never a password or token."""
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    action = models.CharField(max_length=64)
+    object_type = models.CharField(max_length=64)
+    object_id = models.UUIDField(null=True, blank=True)
+    changes = models.JSONField(default=dict, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        db_table = "email_audit_log"
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="idx_audit_tenant_created"),
+            models.Index(fields=["object_type", "object_id"], name="idx_audit_object"),
+            BrinIndex(fields=["created_at"], name="brin_audit_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.object_type}:{self.object_id}"

@@ -1,0 +1,57 @@
+"""Writes on tenants, memberships and the audit log."""
+
+import uuid
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+
+from .exceptions import ApplicationError, Conflict
+from .models import AuditLog, Tenant, TenantMembership
+from .tenancy import tenant_scope
+
+User = get_user_model()
+
+
+def audit_log_record(
+    *,
+    tenant: Tenant,
+    actor,
+    action: str,
+    object_type: str,
+    object_id: uuid.UUID | None,
+    changes: dict | None = None,
+    ip_address: str | None = None,
+) -> AuditLog:
+    """Append one audit entry. `changes` must hold no secret; callers pass
+    field names (and non-secret values) only."""
+    with tenant_scope(tenant.id):
+        return AuditLog.objects.create(
+            tenant=tenant,
+            actor=actor,
+            action=action,
+            object_type=object_type,
+            object_id=object_id,
+            changes=changes or {},
+            ip_address=ip_address,
+        )
+
+
+def tenant_create(*, slug: str, name: str = "") -> Tenant:
+    try:
+        with transaction.atomic():
+            return Tenant.objects.create(slug=slug, name=name or slug)
+    except IntegrityError as exc:
+        raise Conflict(f"A tenant with slug {slug!r} already exists.") from exc
+
+
+def tenant_member_add(
+    *, tenant: Tenant, user, role: str = TenantMembership.Role.MEMBER
+) -> TenantMembership:
+    """Add the user to the tenant, or change the role of an existing member."""
+    if role not in TenantMembership.Role.values:
+        raise ApplicationError(f"Unknown role {role!r}.", fields={"role": ["Unknown role."]})
+    with tenant_scope(tenant.id):
+        membership, _ = TenantMembership.objects.update_or_create(
+            tenant=tenant, user=user, defaults={"role": role}
+        )
+    return membership

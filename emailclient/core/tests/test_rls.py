@@ -1,0 +1,147 @@
+"""Row-level security: the second wall, checked without the first.
+
+These tests query with raw SQL and no tenant filter, as a buggy selector
+would, through the runtime role the service uses.
+"""
+
+import pytest
+from django.conf import settings
+from django.db import DatabaseError, connection, connections, transaction
+
+from accounts.tests.factories import EmailAccountFactory
+from emailclient.core.models import TenantMembership
+from emailclient.core.tenancy import current_tenant_id, tenant_scope
+
+def _tables_with_tenant_column(cursor) -> list[str]:
+    cursor.execute(
+        """
+        SELECT c.relname
+        FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+        WHERE c.relkind IN ('r', 'p')
+        ORDER BY 1
+        """
+    )
+    return [name for (name,) in cursor.fetchall()]
+
+
+@pytest.mark.django_db
+def test_every_tenant_table_has_rls_enabled_and_forced():
+    with connection.cursor() as cursor:
+        tables = _tables_with_tenant_column(cursor)
+        assert {"email_accounts", "email_folders", "email_messages", "email_attachments",
+                "email_audit_log", "tenant_memberships"} <= set(tables)
+        cursor.execute(
+            """
+            SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,
+                   (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid)
+            FROM pg_class c WHERE c.relname = ANY(%s)
+            """,
+            [tables],
+        )
+        for name, enabled, forced, policies in cursor.fetchall():
+            assert enabled, f"{name}: RLS not enabled"
+            assert forced, f"{name}: RLS not forced"
+            assert policies >= 1, f"{name}: no policy"
+
+
+@pytest.mark.django_db
+def test_runtime_role_is_unprivileged_and_owns_nothing():
+    runtime_role = settings.DATABASES["default"]["USER"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_user")
+        assert cursor.fetchone()[0] == runtime_role
+        cursor.execute(
+            "SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = %s",
+            [runtime_role],
+        )
+        assert cursor.fetchone() == (False, False, False, False)
+        cursor.execute(
+            """
+            SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner
+            WHERE r.rolname = %s
+            """,
+            [runtime_role],
+        )
+        assert cursor.fetchone()[0] == 0
+        cursor.execute(
+            "SELECT count(*) FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner WHERE r.rolname = %s",
+            [runtime_role],
+        )
+        assert cursor.fetchone()[0] == 0
+        # DML only: no TRUNCATE, REFERENCES or TRIGGER on any table.
+        cursor.execute(
+            """
+            SELECT DISTINCT privilege_type FROM information_schema.role_table_grants
+            WHERE grantee = %s
+            """,
+            [runtime_role],
+        )
+        assert {p for (p,) in cursor.fetchall()} == {"SELECT", "INSERT", "UPDATE", "DELETE"}
+
+
+@pytest.mark.django_db
+def test_rls_hides_other_tenants_rows_from_an_unfiltered_query(tenant_a, tenant_b):
+    """With the policy dropped (`DROP POLICY tenant_isolation ON email_accounts`,
+    done once by hand as the owner) this test fails: the unfiltered query under
+    tenant A's context returns B's account too, and with no context both."""
+    account_a = EmailAccountFactory(tenant=tenant_a)
+    account_b = EmailAccountFactory(tenant=tenant_b)
+
+    with tenant_scope(tenant_a.id), connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM email_accounts")
+        assert {row[0] for row in cursor.fetchall()} == {account_a.id}
+
+    with tenant_scope(tenant_b.id), connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM email_accounts")
+        assert {row[0] for row in cursor.fetchall()} == {account_b.id}
+
+    with connection.cursor() as cursor:
+        assert current_tenant_id() is None
+        cursor.execute("SELECT count(*) FROM email_accounts")
+        assert cursor.fetchone()[0] == 0
+        cursor.execute("SELECT count(*) FROM tenant_memberships")
+        assert cursor.fetchone()[0] == 0
+
+
+@pytest.mark.django_db
+def test_empty_setting_yields_zero_rows_not_an_error(tenant_a):
+    EmailAccountFactory(tenant=tenant_a)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('app.current_tenant_id', '', true)")
+        cursor.execute("SELECT count(*) FROM email_accounts")
+        assert cursor.fetchone()[0] == 0
+
+
+@pytest.mark.django_db
+def test_rls_refuses_writing_a_row_into_another_tenant(tenant_a, tenant_b):
+    account = EmailAccountFactory(tenant=tenant_a)
+    with tenant_scope(tenant_b.id), connection.cursor() as cursor:
+        cursor.execute("UPDATE email_accounts SET account_name = 'stolen' WHERE id = %s", [account.id])
+        assert cursor.rowcount == 0
+    with pytest.raises(DatabaseError, match="row-level security"):
+        with tenant_scope(tenant_b.id), transaction.atomic():
+            # Inserting a membership for tenant A while scoped to B.
+            TenantMembership.objects.create(tenant=tenant_a, user=account.user)
+
+
+@pytest.mark.django_db
+def test_nested_scopes_restore_the_outer_tenant(tenant_a, tenant_b):
+    with tenant_scope(tenant_a.id):
+        with tenant_scope(tenant_b.id):
+            assert current_tenant_id() == tenant_b.id
+        assert current_tenant_id() == tenant_a.id
+    assert current_tenant_id() is None
+
+
+def test_admin_alias_bypasses_rls(committed_db, tenant_a, tenant_b):
+    """The operator's alias sees every tenant; the runtime alias none without a scope."""
+    EmailAccountFactory(tenant=tenant_a)
+    EmailAccountFactory(tenant=tenant_b)
+    with connections["admin"].cursor() as cursor:
+        cursor.execute("SELECT count(DISTINCT tenant_id) FROM email_accounts")
+        assert cursor.fetchone()[0] == 2
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM email_accounts")
+        assert cursor.fetchone()[0] == 0

@@ -1,0 +1,23 @@
+"""Development settings: `make run`. Secrets come from `.env`, which
+`scripts/bootstrap.sh` writes with fresh random keys on first run."""
+
+from .base import *  # noqa: F403
+from .base import REST_FRAMEWORK, env
+
+DEBUG = env.bool("DEBUG", default=True)
+
+# Browsable API and session login (for the admin user) in development only.
+REST_FRAMEWORK = {
+    **REST_FRAMEWORK,
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "emailclient.core.authentication.JWTAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+}
+
+# The demo tenant `demo` with user `demo` is created by `manage.py seeddemo`.
+DEMO_PASSWORD = env("DEMO_PASSWORD", default="demo")

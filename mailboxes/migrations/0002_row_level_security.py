@@ -1,0 +1,13 @@
+from django.db import migrations
+
+from emailclient.core.rls import tenant_rls
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("mailboxes", "0001_initial"),
+    ]
+
+    operations = [
+        tenant_rls("email_folders"),
+    ]

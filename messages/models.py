@@ -1,0 +1,134 @@
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import BrinIndex, GinIndex
+from django.contrib.postgres.search import SearchVector, SearchVectorField
+from django.db import models
+from django.db.models.functions import Left
+
+from emailclient.core.models import TenantModel
+
+# Weighted full-text vector: subject (A) above sender (B) above body (C).
+# Bodies are cut at 100,000 characters: tsvector has a 1 MB ceiling.
+SEARCH_VECTOR = (
+    SearchVector("subject", weight="A", config="english")
+    + SearchVector("from_name", "from_address", weight="B", config="english")
+    + SearchVector(Left("text_body", 100_000), weight="C", config="english")
+)
+
+
+class Message(TenantModel):
+    account = models.ForeignKey(
+        "accounts.EmailAccount", on_delete=models.CASCADE, related_name="messages", db_index=False
+    )
+    folder = models.ForeignKey(
+        "mailboxes.Folder", on_delete=models.CASCADE, related_name="messages", db_index=False
+    )
+
+    # Server identity: UID is unique only within (folder, UIDVALIDITY).
+    imap_uid = models.BigIntegerField(null=True, blank=True)
+    uidvalidity = models.BigIntegerField(null=True, blank=True)
+    modseq = models.BigIntegerField(null=True, blank=True)
+    pop3_uidl = models.CharField(max_length=70, blank=True)
+
+    # RFC 5322 headers, decoded.
+    message_id = models.CharField(max_length=998, blank=True)
+    in_reply_to = models.CharField(max_length=998, blank=True)
+    references = ArrayField(models.CharField(max_length=998), default=list, blank=True)
+    from_address = models.CharField(max_length=998, blank=True)
+    from_name = models.CharField(max_length=998, blank=True)
+    to = models.JSONField(default=list, blank=True, help_text='[{"name": ..., "address": ...}]')
+    cc = models.JSONField(default=list, blank=True)
+    bcc = models.JSONField(default=list, blank=True)
+    reply_to = models.JSONField(default=list, blank=True)
+    subject = models.TextField(blank=True)
+    text_body = models.TextField(blank=True)
+    html_body = models.TextField(blank=True, help_text="As received; sanitised when served.")
+    snippet = models.CharField(max_length=200, blank=True)
+
+    # State.
+    is_read = models.BooleanField(default=False)
+    is_flagged = models.BooleanField(default=False)
+    is_draft = models.BooleanField(default=False)
+    is_answered = models.BooleanField(default=False)
+    flags = ArrayField(models.CharField(max_length=128), default=list, blank=True)
+    has_attachments = models.BooleanField(default=False)
+    thread_id = models.UUIDField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField(null=True, blank=True)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    content_hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the raw source.")
+    raw_blob_key = models.CharField(max_length=64, blank=True)
+    is_deleted = models.BooleanField(default=False)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    search_vector = models.GeneratedField(
+        expression=SEARCH_VECTOR, output_field=SearchVectorField(), db_persist=True
+    )
+
+    class Meta:
+        db_table = "email_messages"
+        ordering = ["-received_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "folder", "uidvalidity", "imap_uid"], name="uniq_message_tenant_folder_uid"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "account"], name="idx_messages_tenant_account"),
+            models.Index(fields=["folder", "-received_at"], name="idx_messages_folder_received"),
+            models.Index(fields=["thread_id"], name="idx_messages_thread"),
+            models.Index(fields=["account", "is_read"], name="idx_messages_account_read"),
+            models.Index(fields=["imap_uid", "folder"], name="idx_messages_imap_uid"),
+            models.Index(fields=["message_id", "account"], name="idx_messages_message_id"),
+            models.Index(
+                fields=["folder", "-received_at"],
+                condition=models.Q(is_read=False, is_deleted=False),
+                name="idx_messages_unread",
+            ),
+            models.Index(
+                fields=["account", "-received_at"],
+                condition=models.Q(is_flagged=True, is_deleted=False),
+                name="idx_messages_flagged",
+            ),
+            models.Index(
+                fields=["account", "-received_at"],
+                condition=models.Q(is_draft=True, is_deleted=False),
+                name="idx_messages_drafts",
+            ),
+            GinIndex(fields=["search_vector"], name="gin_messages_search"),
+            GinIndex(fields=["subject"], opclasses=["gin_trgm_ops"], name="trgm_messages_subject"),
+            GinIndex(fields=["from_address"], opclasses=["gin_trgm_ops"], name="trgm_messages_from"),
+            BrinIndex(fields=["received_at"], name="brin_messages_received"),
+            BrinIndex(fields=["created_at"], name="brin_messages_created"),
+        ]
+
+    def __str__(self) -> str:
+        return self.subject or self.message_id
+
+
+class Attachment(TenantModel):
+    """An attachment or inline part. The bytes live in blob storage under their
+    SHA-256 (`content_hash`), stored once per tenant however often they recur."""
+
+    message = models.ForeignKey(
+        Message, on_delete=models.CASCADE, related_name="attachments", db_index=False
+    )
+    filename = models.CharField(max_length=500, blank=True)
+    mime_type = models.CharField(max_length=255, default="application/octet-stream")
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    content_id = models.CharField(max_length=998, blank=True)
+    is_inline = models.BooleanField(default=False)
+    content_hash = models.CharField(max_length=64)
+    storage_type = models.CharField(max_length=20, default="local")
+    storage_path = models.CharField(max_length=1000, blank=True)
+
+    class Meta:
+        db_table = "email_attachments"
+        ordering = ["message_id", "created_at"]
+        indexes = [
+            models.Index(fields=["message"], name="idx_attachments_message"),
+            models.Index(fields=["tenant", "content_hash"], name="idx_attachments_hash"),
+            models.Index(fields=["storage_path"], name="idx_attachments_storage_path"),
+        ]
+
+    def __str__(self) -> str:
+        return self.filename or self.content_hash
