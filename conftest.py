@@ -115,3 +115,8 @@ def client_admin_a(admin_a, tenant_a):
 @pytest.fixture
 def client_b(user_b, tenant_b):
     return bearer_client(user_b, tenant_b)
+
+
+@pytest.fixture
+def api_client():
+    return APIClient()

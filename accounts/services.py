@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from emailclient.core.crypto import decrypt_secret, encrypt_secret
+from emailclient.core.crypto import decrypt_secret, encrypt_secret, rotate_secret
 from emailclient.core.exceptions import ApplicationError
 from emailclient.core.models import Tenant
 from emailclient.core.services import audit_log_record
@@ -153,3 +153,32 @@ def account_credentials(*, account: EmailAccount, smtp: bool = False) -> Credent
         token = account.smtp_password_encrypted or account.password_encrypted
         return Credentials(account.smtp_username or account.username, decrypt_secret(token))
     return Credentials(account.username, decrypt_secret(account.password_encrypted))
+
+
+def account_credentials_rotate(*, batch_size: int = 500) -> int:
+    """Re-encrypt every account's secrets under the primary key, across all
+    tenants. An operator task: it runs on the BYPASSRLS `admin` alias, in one
+    transaction, so a key that fails half-way changes nothing."""
+    rotated = 0
+    with transaction.atomic(using="admin"):
+        accounts = (
+            EmailAccount.objects.using("admin")
+            .select_for_update()
+            .only("id", "password_encrypted", "smtp_password_encrypted")
+            .order_by("id")
+        )
+        batch = []
+        for account in accounts.iterator(chunk_size=batch_size):
+            account.password_encrypted = rotate_secret(account.password_encrypted)
+            if account.smtp_password_encrypted:
+                account.smtp_password_encrypted = rotate_secret(account.smtp_password_encrypted)
+            batch.append(account)
+            if len(batch) >= batch_size:
+                EmailAccount.objects.using("admin").bulk_update(
+                    batch, ["password_encrypted", "smtp_password_encrypted"]
+                )
+                rotated += len(batch)
+                batch = []
+        EmailAccount.objects.using("admin").bulk_update(batch, ["password_encrypted", "smtp_password_encrypted"])
+        rotated += len(batch)
+    return rotated

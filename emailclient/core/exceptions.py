@@ -11,7 +11,6 @@ import logging
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import connection, transaction
 from django.http import Http404, JsonResponse
 from django_ratelimit.exceptions import Ratelimited
 from rest_framework import exceptions as drf_exceptions
@@ -69,10 +68,6 @@ def _detail_text(detail) -> str:
 
 
 def exception_handler(exc, context):
-    # Whatever the view wrote before failing is undone with the tenant
-    # transaction that wraps it (see TenantMiddleware).
-    if connection.in_atomic_block:
-        transaction.set_rollback(True)
     if isinstance(exc, ApplicationError):
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
     if isinstance(exc, DjangoValidationError):

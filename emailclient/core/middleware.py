@@ -9,7 +9,7 @@ its user is authenticated, the middleware:
    (`tenant_scope`), so every query of the view is filtered by RLS;
 3. checks the user's membership inside that scope; a missing tenant and a
    tenant the user does not belong to get the same 404;
-4. runs the view, rolling back on a 5xx.
+4. runs the view, rolling back when it answers with an error.
 
 Requests without a tenant reference or without valid credentials pass
 through untouched; the view then answers 401, or 400 if it needs a tenant.
@@ -95,6 +95,7 @@ class TenantMiddleware:
             request.tenant = tenant
             request.membership = membership
             response = self.get_response(request)
-            if response.status_code >= 500:
+            if response.status_code >= 400:
+                # An error answer leaves nothing half-written behind.
                 transaction.set_rollback(True)
             return response

@@ -44,6 +44,7 @@ def tenant_scope(tenant_id: uuid.UUID, *, using: str = "default") -> Iterator[No
             )
             previous = cursor.fetchone()[0]
         yield
-        if nested:
+        # A block marked for rollback undoes the setting with everything else.
+        if nested and not connection.needs_rollback:
             with connection.cursor() as cursor:
                 _set(cursor, previous or "")

@@ -8,7 +8,7 @@ import os
 
 # Fixed, test-only secrets; setdefault so that CI can still override them.
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production-0123456789")
-os.environ.setdefault("JWT_SIGNING_KEY", "test-jwt-signing-key-not-for-production-9876543210")
+os.environ.setdefault("JWT_SIGNING_KEY", "test-jwt-signing-key-not-for-production-9876543210-padded-to-64-bytes")
 os.environ.setdefault(
     "CREDENTIAL_ENCRYPTION_KEYS", "aTZSGkJ2R0GCPtz7xWjaQRJ_aVZF5gcFnKhrDBShSDo="
 )

@@ -1,0 +1,35 @@
+import pytest
+from django.db import connection
+
+
+@pytest.mark.django_db
+def test_health_reports_database_and_redis(api_client):
+    response = api_client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "healthy",
+        "service": "email_service",
+        "checks": {"database": "ok", "redis": "ok"},
+    }
+
+
+@pytest.mark.django_db
+def test_health_is_503_naming_redis_when_it_is_down(api_client, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    response = api_client.get("/health")
+    assert response.status_code == 503
+    assert response.json()["status"] == "unhealthy"
+    assert response.json()["checks"] == {"database": "ok", "redis": "failing"}
+
+
+def test_health_is_503_naming_the_database_when_it_is_down(api_client, committed_db):
+    connection.close()
+    real_port = connection.settings_dict["PORT"]
+    connection.settings_dict["PORT"] = 1  # nothing listens there
+    try:
+        response = api_client.get("/health")
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = real_port
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"database": "failing", "redis": "ok"}
