@@ -43,9 +43,7 @@ def committed_db(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
         yield
         with connections["owner"].cursor() as cursor:
-            cursor.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-            )
+            cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
             tables = [name for (name,) in cursor.fetchall() if name not in KEEP_TABLES]
             cursor.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE")
         for alias in connections:
@@ -56,7 +54,6 @@ def committed_db(django_db_setup, django_db_blocker):
 def _clear_cache():
     """Rate-limit counters live in Redis; every test starts from zero."""
     cache.clear()
-    yield
 
 
 @pytest.fixture

@@ -66,8 +66,7 @@ class EmailAccount(TenantModel):
                 condition=models.Q(port__gte=1, port__lte=65535), name="account_port_range"
             ),
             models.CheckConstraint(
-                condition=models.Q(smtp_port__isnull=True)
-                | models.Q(smtp_port__gte=1, smtp_port__lte=65535),
+                condition=models.Q(smtp_port__isnull=True) | models.Q(smtp_port__gte=1, smtp_port__lte=65535),
                 name="account_smtp_port_range",
             ),
             models.CheckConstraint(
@@ -89,9 +88,7 @@ class EmailAccount(TenantModel):
         indexes = [
             models.Index(fields=["tenant", "user"], name="idx_accounts_tenant_user"),
             models.Index(fields=["email_address"], name="idx_accounts_email_address"),
-            models.Index(
-                fields=["tenant", "is_sync_enabled", "last_sync_at"], name="idx_accounts_sync"
-            ),
+            models.Index(fields=["tenant", "is_sync_enabled", "last_sync_at"], name="idx_accounts_sync"),
             models.Index(
                 fields=["tenant", "last_sync_at"],
                 condition=models.Q(is_enabled=True, is_deleted=False),

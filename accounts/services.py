@@ -83,7 +83,11 @@ def _save(account: EmailAccount) -> None:
         raise
 
 
-def account_create(*, tenant: Tenant, user, data: dict, ip_address: str | None = None) -> EmailAccount:
+def account_create(
+    *, tenant: Tenant, user, data: dict, actor=None, ip_address: str | None = None
+) -> EmailAccount:
+    """Create `user`'s account in `tenant`. `actor` (default: the user) is who
+    is recorded in the audit log, e.g. an operator in the admin."""
     if not data.get("password"):
         raise ApplicationError("A password is required.", fields={"password": ["This field is required."]})
     account = EmailAccount(tenant=tenant, user=user)
@@ -93,7 +97,7 @@ def account_create(*, tenant: Tenant, user, data: dict, ip_address: str | None =
         _save(account)
         audit_log_record(
             tenant=tenant,
-            actor=user,
+            actor=actor or user,
             action="account.create",
             object_type="email_account",
             object_id=account.id,
@@ -103,7 +107,9 @@ def account_create(*, tenant: Tenant, user, data: dict, ip_address: str | None =
     return account
 
 
-def account_update(*, account: EmailAccount, actor, data: dict, ip_address: str | None = None) -> EmailAccount:
+def account_update(
+    *, account: EmailAccount, actor, data: dict, ip_address: str | None = None
+) -> EmailAccount:
     if ("protocol" in data or "encryption" in data) and "port" not in data:
         # A new protocol or encryption without a port means that pair's default port.
         protocol = data.get("protocol", account.protocol)
@@ -135,7 +141,9 @@ def account_delete(*, account: EmailAccount, actor, ip_address: str | None = Non
         account.deleted_at = timezone.now()
         account.is_enabled = False
         account.is_sync_enabled = False
-        account.save(update_fields=["is_deleted", "deleted_at", "is_enabled", "is_sync_enabled", "updated_at"])
+        account.save(
+            update_fields=["is_deleted", "deleted_at", "is_enabled", "is_sync_enabled", "updated_at"]
+        )
         audit_log_record(
             tenant=account.tenant,
             actor=actor,
@@ -179,6 +187,8 @@ def account_credentials_rotate(*, batch_size: int = 500) -> int:
                 )
                 rotated += len(batch)
                 batch = []
-        EmailAccount.objects.using("admin").bulk_update(batch, ["password_encrypted", "smtp_password_encrypted"])
+        EmailAccount.objects.using("admin").bulk_update(
+            batch, ["password_encrypted", "smtp_password_encrypted"]
+        )
         rotated += len(batch)
     return rotated

@@ -19,9 +19,7 @@ class AccountViewSet(TenantAPIMixin, viewsets.GenericViewSet):
         return account_list(tenant=self.tenant, membership=self.membership)
 
     def _get_account(self, *, lock: bool = False):
-        return access_account(
-            tenant=self.tenant, membership=self.membership, id=self.kwargs["pk"], lock=lock
-        )
+        return access_account(tenant=self.tenant, membership=self.membership, id=self.kwargs["pk"], lock=lock)
 
     def list(self, request, **kwargs):
         page = self.paginate_queryset(self.get_queryset())

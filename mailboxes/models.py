@@ -23,7 +23,9 @@ class Folder(TenantModel):
     )
     name = models.TextField(help_text="Full server-side name, e.g. 'INBOX/Projects'.")
     delimiter = models.CharField(max_length=8, blank=True)
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
     type = models.CharField(max_length=16, choices=FolderType.choices, default=FolderType.CUSTOM)
     attributes = ArrayField(models.CharField(max_length=64), default=list, blank=True)
     is_selectable = models.BooleanField(default=True)
@@ -39,7 +41,9 @@ class Folder(TenantModel):
         db_table = "email_folders"
         ordering = ["account_id", "name"]
         constraints = [
-            models.UniqueConstraint(fields=["tenant", "account", "name"], name="uniq_folder_tenant_account_name"),
+            models.UniqueConstraint(
+                fields=["tenant", "account", "name"], name="uniq_folder_tenant_account_name"
+            ),
             models.CheckConstraint(condition=models.Q(type__in=FolderType.values), name="folder_type_valid"),
         ]
         indexes = [

@@ -109,9 +109,7 @@ class Attachment(TenantModel):
     """An attachment or inline part. The bytes live in blob storage under their
     SHA-256 (`content_hash`), stored once per tenant however often they recur."""
 
-    message = models.ForeignKey(
-        Message, on_delete=models.CASCADE, related_name="attachments", db_index=False
-    )
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attachments", db_index=False)
     filename = models.CharField(max_length=500, blank=True)
     mime_type = models.CharField(max_length=255, default="application/octet-stream")
     size_bytes = models.PositiveBigIntegerField(default=0)

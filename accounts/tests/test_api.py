@@ -58,8 +58,14 @@ def test_create_fills_defaults_encrypts_and_never_returns_the_password(client_a,
 
 @pytest.mark.parametrize(
     ("protocol", "encryption", "port"),
-    [("imap", "tls", 993), ("imap", "starttls", 143), ("imap", "none", 143),
-     ("pop3", "tls", 995), ("pop3", "starttls", 110), ("pop3", "none", 110)],
+    [
+        ("imap", "tls", 993),
+        ("imap", "starttls", 143),
+        ("imap", "none", 143),
+        ("pop3", "tls", 995),
+        ("pop3", "starttls", 110),
+        ("pop3", "none", 110),
+    ],
 )
 def test_default_port_per_protocol_and_encryption(client_a, protocol, encryption, port):
     payload = {**VALID, "protocol": protocol, "encryption": encryption}
@@ -69,8 +75,14 @@ def test_default_port_per_protocol_and_encryption(client_a, protocol, encryption
 
 
 def test_tenant_and_owner_fields_in_the_body_are_ignored(client_a, tenant_a, tenant_b, user_a, user_b):
-    payload = {**VALID, "tenant": str(tenant_b.id), "tenant_id": str(tenant_b.id),
-               "user": user_b.id, "user_id": user_b.id, "id": "00000000-0000-0000-0000-000000000001"}
+    payload = {
+        **VALID,
+        "tenant": str(tenant_b.id),
+        "tenant_id": str(tenant_b.id),
+        "user": user_b.id,
+        "user_id": user_b.id,
+        "id": "00000000-0000-0000-0000-000000000001",
+    }
     response = client_a.post(URL, payload, format="json")
     assert response.status_code == 201
     account = scoped(tenant_a, lambda: EmailAccount.objects.get(id=response.json()["id"]))
@@ -148,8 +160,16 @@ def test_every_change_is_audited_without_secrets(client_a, tenant_a, user_a):
     assert [e.action for e in entries] == ["account.create", "account.update", "account.delete"]
     assert all(e.actor_id == user_a.id and str(e.object_id) == created["id"] for e in entries)
     assert entries[0].changes["fields"] == sorted(
-        ["account_name", "email_address", "protocol", "hostname", "encryption", "password",
-         "smtp_hostname", "smtp_encryption"]
+        [
+            "account_name",
+            "email_address",
+            "protocol",
+            "hostname",
+            "encryption",
+            "password",
+            "smtp_hostname",
+            "smtp_encryption",
+        ]
     )
     assert entries[1].changes == {"password": "changed", "port": {"old": 993, "new": 1993}}
     dumped = json.dumps([e.changes for e in entries])
@@ -179,8 +199,14 @@ def test_another_tenants_account_is_a_404_and_unchanged(client_a, account_b, ten
 
 @pytest.mark.parametrize(
     ("method", "path_suffix", "body"),
-    [("get", "", None), ("post", "", VALID), ("get", "{id}/", None),
-     ("put", "{id}/", VALID), ("patch", "{id}/", {"account_name": "x"}), ("delete", "{id}/", None)],
+    [
+        ("get", "", None),
+        ("post", "", VALID),
+        ("get", "{id}/", None),
+        ("put", "{id}/", VALID),
+        ("patch", "{id}/", {"account_name": "x"}),
+        ("delete", "{id}/", None),
+    ],
 )
 def test_naming_a_tenant_the_user_is_not_in_is_a_404(
     client_a, account_b, tenant_b, method, path_suffix, body
@@ -199,9 +225,13 @@ def test_naming_a_tenant_the_user_is_not_in_is_a_404(
 
 
 def test_unknown_tenant_and_foreign_tenant_look_the_same(client_a, tenant_b):
-    client_a.credentials(HTTP_AUTHORIZATION=client_a._credentials["HTTP_AUTHORIZATION"], HTTP_X_TENANT_ID="nope")
+    client_a.credentials(
+        HTTP_AUTHORIZATION=client_a._credentials["HTTP_AUTHORIZATION"], HTTP_X_TENANT_ID="nope"
+    )
     unknown = client_a.get(URL)
-    client_a.credentials(HTTP_AUTHORIZATION=client_a._credentials["HTTP_AUTHORIZATION"], HTTP_X_TENANT_ID=str(tenant_b.id))
+    client_a.credentials(
+        HTTP_AUTHORIZATION=client_a._credentials["HTTP_AUTHORIZATION"], HTTP_X_TENANT_ID=str(tenant_b.id)
+    )
     foreign = client_a.get(URL)
     assert unknown.status_code == foreign.status_code == 404
     assert unknown.json() == foreign.json()
@@ -209,7 +239,9 @@ def test_unknown_tenant_and_foreign_tenant_look_the_same(client_a, tenant_b):
 
 def test_tenant_by_uuid_works_like_slug(client_a, tenant_a, user_a):
     EmailAccountFactory(tenant=tenant_a, user=user_a)
-    client_a.credentials(HTTP_AUTHORIZATION=client_a._credentials["HTTP_AUTHORIZATION"], HTTP_X_TENANT_ID=str(tenant_a.id))
+    client_a.credentials(
+        HTTP_AUTHORIZATION=client_a._credentials["HTTP_AUTHORIZATION"], HTTP_X_TENANT_ID=str(tenant_a.id)
+    )
     assert len(client_a.get(URL).json()["results"]) == 1
 
 

@@ -34,9 +34,7 @@ def _ensure_role(cur, role: Role, attributes: str) -> None:
     cur.execute(statement)
 
 
-def setup_database(
-    *, superuser_url: str, databases: dict, recreate: bool = False, log=print
-) -> None:
+def setup_database(*, superuser_url: str, databases: dict, recreate: bool = False, log=print) -> None:
     """`databases` is settings.DATABASES; its default, owner and admin aliases
     must name the same database."""
     name = databases["default"]["NAME"]
@@ -74,15 +72,13 @@ def setup_database(
         cur.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(ident(owner.name)))
         cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         for role in (app, admin):
-            cur.execute(
-                sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(ident(name), ident(role.name))
-            )
+            cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(ident(name), ident(role.name)))
             cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(ident(role.name)))
             # Tables that exist now, and every table the owner creates later.
             cur.execute(
-                sql.SQL(
-                    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}"
-                ).format(ident(role.name))
+                sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(
+                    ident(role.name)
+                )
             )
             cur.execute(
                 sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(

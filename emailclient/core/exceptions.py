@@ -96,7 +96,5 @@ def exception_handler(exc, context):
             headers["Retry-After"] = str(int(exc.wait))
         code = exc.get_codes()
         code = code if isinstance(code, str) else exc.default_code
-        return Response(
-            error_body(code, _detail_text(exc.detail)), status=exc.status_code, headers=headers
-        )
+        return Response(error_body(code, _detail_text(exc.detail)), status=exc.status_code, headers=headers)
     return None

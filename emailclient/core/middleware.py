@@ -52,9 +52,7 @@ def find_tenant(ref: str) -> Tenant | None:
 
 
 def _session_auth_enabled() -> bool:
-    return any(
-        cls.__name__ == "SessionAuthentication" for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES
-    )
+    return any(cls.__name__ == "SessionAuthentication" for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES)
 
 
 def authenticated_user(request):

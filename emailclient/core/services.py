@@ -44,9 +44,7 @@ def tenant_create(*, slug: str, name: str = "") -> Tenant:
         raise Conflict(f"A tenant with slug {slug!r} already exists.") from exc
 
 
-def tenant_member_add(
-    *, tenant: Tenant, user, role: str = TenantMembership.Role.MEMBER
-) -> TenantMembership:
+def tenant_member_add(*, tenant: Tenant, user, role: str = TenantMembership.Role.MEMBER) -> TenantMembership:
     """Add the user to the tenant, or change the role of an existing member."""
     if role not in TenantMembership.Role.values:
         raise ApplicationError(f"Unknown role {role!r}.", fields={"role": ["Unknown role."]})
@@ -55,3 +53,8 @@ def tenant_member_add(
             tenant=tenant, user=user, defaults={"role": role}
         )
     return membership
+
+
+def tenant_member_remove(*, tenant: Tenant, user) -> None:
+    with tenant_scope(tenant.id):
+        TenantMembership.objects.filter(tenant=tenant, user=user).delete()

@@ -84,10 +84,9 @@ DATABASES = {
 for _alias in DATABASES.values():
     _alias.setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
     _alias.setdefault("CONN_HEALTH_CHECKS", True)
+DATABASE_ROUTERS = ["emailclient.core.routers.SameDatabaseRouter"]
 # The superuser URL is used only to create the database and roles (`setupdb`).
-DATABASE_SUPERUSER_URL = env(
-    "DATABASE_SUPERUSER_URL", default="postgres://postgres@127.0.0.1:5432/postgres"
-)
+DATABASE_SUPERUSER_URL = env("DATABASE_SUPERUSER_URL", default="postgres://postgres@127.0.0.1:5432/postgres")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -8,10 +8,10 @@ import os
 
 # Fixed, test-only secrets; setdefault so that CI can still override them.
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production-0123456789")
-os.environ.setdefault("JWT_SIGNING_KEY", "test-jwt-signing-key-not-for-production-9876543210-padded-to-64-bytes")
 os.environ.setdefault(
-    "CREDENTIAL_ENCRYPTION_KEYS", "aTZSGkJ2R0GCPtz7xWjaQRJ_aVZF5gcFnKhrDBShSDo="
+    "JWT_SIGNING_KEY", "test-jwt-signing-key-not-for-production-9876543210-padded-to-64-bytes"
 )
+os.environ.setdefault("CREDENTIAL_ENCRYPTION_KEYS", "aTZSGkJ2R0GCPtz7xWjaQRJ_aVZF5gcFnKhrDBShSDo=")
 # The suite drops and recreates its database: never let a developer's
 # DATABASE_URL point it at a real one. Only the host and name can be moved.
 _PG = os.environ.get("TEST_DATABASE_HOST", "127.0.0.1:5432")

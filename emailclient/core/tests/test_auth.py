@@ -53,7 +53,9 @@ def test_refresh_rotates_and_the_old_refresh_token_is_refused(api_client, user):
 
     again = api_client.post("/api/auth/token/refresh/", {"refresh": first}, format="json")
     assert again.status_code == 401
-    second = api_client.post("/api/auth/token/refresh/", {"refresh": rotated.json()["refresh"]}, format="json")
+    second = api_client.post(
+        "/api/auth/token/refresh/", {"refresh": rotated.json()["refresh"]}, format="json"
+    )
     assert second.status_code == 200
 
 
@@ -87,7 +89,9 @@ def test_a_deactivated_users_access_token_stops_working(user, tenant_a):
 def test_verify(api_client, user):
     access = obtain(api_client).json()["access"]
     assert api_client.post("/api/auth/token/verify/", {"token": access}, format="json").status_code == 200
-    assert api_client.post("/api/auth/token/verify/", {"token": access + "x"}, format="json").status_code == 401
+    assert (
+        api_client.post("/api/auth/token/verify/", {"token": access + "x"}, format="json").status_code == 401
+    )
 
 
 @pytest.mark.parametrize(
@@ -107,7 +111,9 @@ def test_forged_tokens_are_refused(api_client, user, tenant_a, forge, settings):
     MembershipFactory(tenant=tenant_a, user=user)
     claims = dict(RefreshToken.for_user(user).access_token.payload)
     token = forge(claims, settings)
-    response = api_client.get("/api/accounts/", HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_X_TENANT_ID="tenant-a")
+    response = api_client.get(
+        "/api/accounts/", HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_X_TENANT_ID="tenant-a"
+    )
     assert response.status_code == 401
 
 
@@ -127,5 +133,8 @@ def test_rate_is_configurable(api_client, user):
 
 
 def test_refresh_endpoint_is_rate_limited_too(api_client, user):
-    codes = [api_client.post("/api/auth/token/refresh/", {"refresh": "x"}, format="json").status_code for _ in range(6)]
+    codes = [
+        api_client.post("/api/auth/token/refresh/", {"refresh": "x"}, format="json").status_code
+        for _ in range(6)
+    ]
     assert codes == [401] * 5 + [429]

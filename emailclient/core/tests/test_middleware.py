@@ -4,7 +4,6 @@ These tests commit for real (`committed_db`): the tenant transaction is the
 outermost one, as in production, on one persistent connection.
 """
 
-import pytest
 from django.db import connection
 
 from accounts import selectors

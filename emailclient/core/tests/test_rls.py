@@ -12,6 +12,7 @@ from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.models import TenantMembership
 from emailclient.core.tenancy import current_tenant_id, tenant_scope
 
+
 def _tables_with_tenant_column(cursor) -> list[str]:
     cursor.execute(
         """
@@ -30,8 +31,14 @@ def _tables_with_tenant_column(cursor) -> list[str]:
 def test_every_tenant_table_has_rls_enabled_and_forced():
     with connection.cursor() as cursor:
         tables = _tables_with_tenant_column(cursor)
-        assert {"email_accounts", "email_folders", "email_messages", "email_attachments",
-                "email_audit_log", "tenant_memberships"} <= set(tables)
+        assert {
+            "email_accounts",
+            "email_folders",
+            "email_messages",
+            "email_attachments",
+            "email_audit_log",
+            "tenant_memberships",
+        } <= set(tables)
         cursor.execute(
             """
             SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,
@@ -120,10 +127,13 @@ def test_rls_refuses_writing_a_row_into_another_tenant(tenant_a, tenant_b):
     with tenant_scope(tenant_b.id), connection.cursor() as cursor:
         cursor.execute("UPDATE email_accounts SET account_name = 'stolen' WHERE id = %s", [account.id])
         assert cursor.rowcount == 0
-    with pytest.raises(DatabaseError, match="row-level security"):
-        with tenant_scope(tenant_b.id), transaction.atomic():
-            # Inserting a membership for tenant A while scoped to B.
-            TenantMembership.objects.create(tenant=tenant_a, user=account.user)
+    # Inserting a membership for tenant A while scoped to B.
+    with (
+        pytest.raises(DatabaseError, match="row-level security"),
+        tenant_scope(tenant_b.id),
+        transaction.atomic(),
+    ):
+        TenantMembership.objects.create(tenant=tenant_a, user=account.user)
 
 
 @pytest.mark.django_db

@@ -25,9 +25,7 @@ class Command(BaseCommand):
             user = User.objects.filter(username=username).first()
             if user is None:
                 if not create:
-                    raise CommandError(
-                        f"Unknown user {username!r}. Pass --create --password P to create it."
-                    )
+                    raise CommandError(f"Unknown user {username!r}. Pass --create --password P to create it.")
                 if not password:
                     raise CommandError("--create needs --password.")
                 user = User.objects.create_user(username=username, password=password)

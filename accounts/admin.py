@@ -1,0 +1,83 @@
+from django import forms
+from django.contrib import admin
+
+from emailclient.core.admin_base import OperatorModelAdmin
+from emailclient.core.tenancy import tenant_scope
+
+from .models import EmailAccount
+from .services import SECRET_FIELDS, WRITABLE_FIELDS, account_create, account_delete, account_update
+
+
+class EmailAccountForm(forms.ModelForm):
+    """Passwords are write-only: the form never shows what is stored."""
+
+    password = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput,
+        help_text="Leave empty to keep the current one.",
+    )
+    smtp_password = forms.CharField(
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput,
+        help_text="Leave empty to keep the current one.",
+    )
+
+    class Meta:
+        model = EmailAccount
+        fields = ["tenant", "user", *WRITABLE_FIELDS]
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.instance._state.adding and not cleaned.get("password"):
+            self.add_error("password", "A password is required for a new account.")
+        return cleaned
+
+
+@admin.register(EmailAccount)
+class EmailAccountAdmin(OperatorModelAdmin):
+    form = EmailAccountForm
+    list_display = [
+        "email_address",
+        "account_name",
+        "tenant",
+        "user",
+        "protocol",
+        "hostname",
+        "is_enabled",
+        "is_sync_enabled",
+        "last_sync_at",
+        "is_deleted",
+    ]
+    list_filter = ["protocol", "is_enabled", "is_sync_enabled", "is_deleted", "tenant"]
+    list_select_related = ["tenant", "user"]
+    search_fields = ["email_address", "account_name", "hostname"]
+    readonly_fields = ["last_sync_at", "is_syncing", "last_sync_error", "is_deleted", "deleted_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # Moving an account to another tenant or user is not an edit.
+        return [*self.readonly_fields, "tenant", "user"] if obj else self.readonly_fields
+
+    @staticmethod
+    def _as_runtime(obj: EmailAccount) -> EmailAccount:
+        """The row re-read through the runtime alias, so that the service
+        writes it there, under RLS, and not back through the admin alias."""
+        with tenant_scope(obj.tenant_id):
+            return EmailAccount.objects.select_related("tenant").get(pk=obj.pk)
+
+    def save_model(self, request, obj, form, change):
+        data = {f: form.cleaned_data[f] for f in (*WRITABLE_FIELDS, *SECRET_FIELDS) if f in form.cleaned_data}
+        data = {k: v for k, v in data.items() if not (k in SECRET_FIELDS and not v)}
+        if change:
+            account_update(account=self._as_runtime(obj), actor=request.user, data=data)
+        else:
+            account = account_create(tenant=obj.tenant, user=obj.user, data=data, actor=request.user)
+            obj.pk = account.pk
+
+    def delete_model(self, request, obj):
+        account_delete(account=self._as_runtime(obj), actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for account in queryset.select_related("tenant"):
+            self.delete_model(request, account)

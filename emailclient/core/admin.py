@@ -1,0 +1,42 @@
+from django.contrib import admin
+
+from .admin_base import OperatorModelAdmin, ReadOnlyOperatorAdmin
+from .models import AuditLog, Tenant, TenantMembership
+from .services import tenant_member_add, tenant_member_remove
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "is_active", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["slug", "name"]
+    prepopulated_fields = {"slug": ["name"]}
+
+
+@admin.register(TenantMembership)
+class TenantMembershipAdmin(OperatorModelAdmin):
+    list_display = ["user", "tenant", "role", "created_at"]
+    list_filter = ["role", "tenant"]
+    list_select_related = ["user", "tenant"]
+    search_fields = ["user__username", "tenant__slug"]
+    fields = ["tenant", "user", "role"]
+
+    def save_model(self, request, obj, form, change):
+        saved = tenant_member_add(tenant=obj.tenant, user=obj.user, role=obj.role)
+        obj.pk = saved.pk
+
+    def delete_model(self, request, obj):
+        tenant_member_remove(tenant=obj.tenant, user=obj.user)
+
+    def delete_queryset(self, request, queryset):
+        for membership in queryset.select_related("tenant", "user"):
+            self.delete_model(request, membership)
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(ReadOnlyOperatorAdmin):
+    list_display = ["created_at", "tenant", "actor", "action", "object_type", "object_id"]
+    list_filter = ["action", "object_type", "tenant"]
+    list_select_related = ["tenant", "actor"]
+    search_fields = ["object_id", "action"]
+    date_hierarchy = "created_at"
