@@ -30,15 +30,19 @@ manage migrate --database owner --no-input -v 0
 manage seeddemo
 
 PORT="${PORT:-8000}"
+# Job control: each process (and its children, e.g. runserver's reloader)
+# gets its own process group, which cleanup stops as a whole.
+set -m
 pids=()
 cleanup() {
     trap - INT TERM EXIT
-    kill "${pids[@]}" 2>/dev/null || true
+    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    printf '==> stopped\n'
 }
 trap cleanup INT TERM EXIT
 
-manage runserver "127.0.0.1:$PORT" & pids+=($!)
+.venv/bin/python manage.py runserver "127.0.0.1:$PORT" & pids+=($!)
 .venv/bin/celery -A emailclient worker --loglevel INFO --concurrency 2 & pids+=($!)
 .venv/bin/celery -A emailclient beat --loglevel INFO \
     --scheduler django_celery_beat.schedulers:DatabaseScheduler --pidfile= & pids+=($!)
