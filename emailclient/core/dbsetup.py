@@ -80,8 +80,10 @@ def setup_database(*, superuser_url: str, databases: dict, recreate: bool = Fals
                     ident(role.name)
                 )
             )
+            # The admin role restores backups, and so sets sequences (setval).
+            sequence_privileges = "USAGE, SELECT, UPDATE" if role is admin else "USAGE, SELECT"
             cur.execute(
-                sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(
+                sql.SQL(f"GRANT {sequence_privileges} ON ALL SEQUENCES IN SCHEMA public TO {{}}").format(
                     ident(role.name)
                 )
             )
@@ -94,7 +96,7 @@ def setup_database(*, superuser_url: str, databases: dict, recreate: bool = Fals
             cur.execute(
                 sql.SQL(
                     "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
-                    "GRANT USAGE, SELECT ON SEQUENCES TO {}"
+                    f"GRANT {sequence_privileges} ON SEQUENCES TO {{}}"
                 ).format(ident(owner.name), ident(role.name))
             )
     log(f"database {name}: roles {owner.name} (owner), {app.name} (runtime), {admin.name} (admin) ready")

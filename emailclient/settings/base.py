@@ -158,7 +158,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
-    "SECURITY": [{"jwtAuth": []}],
+    "ENUM_NAME_OVERRIDES": {"EncryptionEnum": "accounts.models.Encryption"},
 }
 
 # --- Credentials at rest -------------------------------------------------------
