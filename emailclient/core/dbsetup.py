@@ -37,6 +37,8 @@ def _ensure_role(cur, role: Role, attributes: str) -> None:
 def setup_database(*, superuser_url: str, databases: dict, recreate: bool = False, log=print) -> None:
     """`databases` is settings.DATABASES; its default, owner and admin aliases
     must name the same database."""
+    if "owner" not in databases:
+        raise ValueError("DATABASE_OWNER_URL is required to set the database up.")
     name = databases["default"]["NAME"]
     if {databases[a]["NAME"] for a in ("default", "owner", "admin")} != {name}:
         raise ValueError("DATABASE_URL, DATABASE_OWNER_URL and DATABASE_ADMIN_URL must name one database.")

