@@ -1,0 +1,477 @@
+"""RFC 5322 / MIME parsing for the sync engine.
+
+Built on the `compat32` policy with explicit decoding: `email.policy.default`
+is about ten times slower on real mail (see README, Benchmarks), and sync
+speed is bounded by parsing. Every function here is total: hostile or broken
+input yields replacement characters and defects, never an exception, except
+`parse_message`'s `MessageRejected` for input that is not mail at all or is
+over a configured limit (the sync quarantines such a message and goes on).
+
+Strings returned are safe for PostgreSQL text: no NUL, no lone surrogates.
+"""
+
+import codecs
+import email
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.header import decode_header
+from email.message import Message as MimeMessage
+from email.policy import compat32
+from email.utils import getaddresses, parsedate_to_datetime
+
+# --- Limits ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = 50 * 1024 * 1024
+    max_header_bytes: int = 256 * 1024
+    max_parts: int = 1000
+    max_depth: int = 30
+
+
+class MessageRejected(Exception):
+    """The input cannot be stored as a message; `reason` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --- Results --------------------------------------------------------------------
+
+
+@dataclass
+class ParsedAttachment:
+    filename: str
+    mime_type: str
+    content_id: str
+    is_inline: bool
+    data: bytes
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        self.sha256 = hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass
+class ParsedMessage:
+    message_id: str = ""
+    in_reply_to: str = ""
+    references: list[str] = field(default_factory=list)
+    subject: str = ""
+    from_name: str = ""
+    from_address: str = ""
+    to: list[dict] = field(default_factory=list)
+    cc: list[dict] = field(default_factory=list)
+    bcc: list[dict] = field(default_factory=list)
+    reply_to: list[dict] = field(default_factory=list)
+    sent_at: datetime | None = None
+    text_body: str = ""
+    html_body: str = ""
+    snippet: str = ""
+    attachments: list[ParsedAttachment] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+
+# --- Text cleaning --------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_WS = re.compile(r"\s+")
+
+
+def clean_text(value: str) -> str:
+    """Valid UTF-8 without NUL: lone surrogates (undecodable bytes smuggled in
+    by surrogateescape) become U+FFFD."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def clean_line(value: str, max_length: int = 998) -> str:
+    """A header-like single line: controls and runs of white space folded."""
+    return _WS.sub(" ", _CONTROL.sub(" ", clean_text(value))).strip()[:max_length]
+
+
+# Charsets seen in the wild under names Python does not know.
+_CHARSET_ALIASES = {
+    "unknown-8bit": "latin-1",
+    "x-unknown": "latin-1",
+    "unknown": "latin-1",
+    "default": "latin-1",
+    "us-ascii": "latin-1",  # 8-bit bytes mislabelled as ASCII are the common case
+    "ascii": "latin-1",
+    "iso-8859-8-i": "iso-8859-8",
+    "x-user-defined": "latin-1",
+    "utf8": "utf-8",
+    "ks_c_5601-1987": "cp949",
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "windows-874": "cp874",
+    "x-mac-roman": "mac-roman",
+}
+
+
+def _codec(charset: str | None) -> str:
+    if not charset:
+        return "utf-8"
+    name = charset.strip().strip('"').lower()
+    name = _CHARSET_ALIASES.get(name, name)
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return "utf-8"
+    # Refuse codecs that are not text encodings (base64_codec, rot13, ...).
+    if codecs.lookup(name).name.endswith("_codec") or name in {"rot13", "rot_13"}:
+        return "utf-8"
+    return name
+
+
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    """Decode a body or header chunk; when the label is absent or wrong, try
+    UTF-8 first, then cp1252 (which decodes Latin-1 mail too)."""
+    codec = _codec(charset)
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError:
+        pass
+    except Exception:  # codecs with broken state machines (e.g. some CJK on garbage)
+        codec = "utf-8"
+    for fallback in ("utf-8", "cp1252"):
+        if fallback != codec:
+            try:
+                return data.decode(fallback)
+            except UnicodeDecodeError:
+                continue
+    return data.decode(codec, "replace") if codec != "utf-8" else data.decode("utf-8", "replace")
+
+
+def unraw(value: str) -> str:
+    """A raw header value as text. compat32 keeps 8-bit header bytes as
+    surrogate escapes; they are UTF-8 in modern mail and cp1252 in old."""
+    if value.isascii():
+        return value
+    return decode_bytes(value.encode("utf-8", "surrogateescape"), None)
+
+
+def decode_header_value(value) -> str:
+    """RFC 2047 encoded words in any charset, and raw 8-bit headers (UTF-8
+    or Latin-1), to text. Never raises."""
+    if value is None:
+        return ""
+    value = unraw(str(value))
+    if "=?" not in value:
+        return clean_text(value)
+    try:
+        chunks = decode_header(value)
+    except Exception:
+        return clean_text(value)
+    out = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            out.append(chunk)
+        elif charset is None:
+            # decode_header hands back the text between encoded words this way
+            out.append(chunk.decode("raw-unicode-escape", "replace"))
+        else:
+            out.append(decode_bytes(chunk, charset))
+    # decode_header drops the white space between an encoded word and plain
+    # text inconsistently; joining is what every mail client does.
+    return clean_text("".join(out) if len(out) > 1 else (out[0] if out else ""))
+
+
+# --- Headers --------------------------------------------------------------------
+
+_MSGID = re.compile(r"<([^<>\s]{1,990})>")
+# Ids are cut to this length, consistently, so they fit a b-tree index entry
+# even when hostile mail makes them long and multi-byte.
+MAX_MESSAGE_ID = 250
+
+
+def message_ids(value: str | None) -> list[str]:
+    """The `<id>`s of a Message-ID, In-Reply-To or References header, without
+    brackets, in order, de-duplicated."""
+    if not value:
+        return []
+    seen: dict[str, None] = {}
+    for match in _MSGID.finditer(clean_text(value)):
+        seen.setdefault(match.group(1)[:MAX_MESSAGE_ID], None)
+    return list(seen)
+
+
+def _first_message_id(value: str | None) -> str:
+    ids = message_ids(value)
+    if ids:
+        return ids[0]
+    # A bare id without brackets: keep it if it looks like one.
+    bare = clean_line(value or "", MAX_MESSAGE_ID)
+    return bare if bare and " " not in bare and "@" in bare else ""
+
+
+# `Name <a@b>`, `"Quoted, Name" <a@b>` or `a@b`, then a comma or the end. Lists
+# made only of these (nearly all mail) skip getaddresses' character-by-
+# character parser, the slowest step of parsing; anything else (groups,
+# comments, odd quoting) goes through getaddresses.
+_ADDRESS_ITEM = re.compile(
+    r"""\s*(?:
+        (?:"(?P<qname>(?:[^"\\]|\\.)*)"|(?P<name>[^",<>;:@()\[\]\\]*?))\s*<(?P<addr>[^<>\s,;"()\\]*)>
+      | (?P<bare>[^<>\s,;"()\\]+@[^<>\s,;"()\\]+)
+    )\s*(?:,|$)""",
+    re.VERBOSE,
+)
+
+
+def _split_addresses(value: str) -> list[tuple[str, str]]:
+    pairs = []
+    position, end = 0, len(value)
+    while position < end:
+        match = _ADDRESS_ITEM.match(value, position)
+        if match is None or match.end() == position:
+            return getaddresses([value])
+        if match.group("bare"):
+            pairs.append(("", match.group("bare")))
+        else:
+            quoted = match.group("qname")
+            name = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else match.group("name").strip()
+            pairs.append((name, match.group("addr")))
+        position = match.end()
+    return pairs
+
+
+def parse_addresses(values: list[str] | None) -> list[dict]:
+    """[{"name": ..., "address": ...}] from one or more address headers.
+    Display names are decoded after splitting, so an encoded comma inside a
+    name cannot split an address."""
+    if not values:
+        return []
+    try:
+        pairs = [pair for v in values for pair in _split_addresses(clean_text(unraw(v)))]
+    except Exception:
+        return []
+    result = []
+    for name, address in pairs:
+        address = clean_line(address, 320)
+        name = clean_line(decode_header_value(name), 500)
+        if not address and not name:
+            continue
+        result.append({"name": name, "address": address})
+    return result
+
+
+def parse_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(clean_line(value))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed is None:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+
+
+# --- Bodies ---------------------------------------------------------------------
+
+_TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
+_ENTITY = {"&nbsp;": " ", "&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'"}
+_ENTITY_RE = re.compile("|".join(map(re.escape, _ENTITY)))
+
+
+def html_to_text(html: str) -> str:
+    """Rough text of an HTML body, for snippets and search only."""
+    text = _TAG.sub(" ", html[:200_000])
+    return _ENTITY_RE.sub(lambda m: _ENTITY[m.group(0)], text)
+
+
+def make_snippet(text: str, length: int = 200) -> str:
+    return _WS.sub(" ", text[: length * 4]).strip()[:length]
+
+
+def _payload_bytes(part: MimeMessage) -> bytes:
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:
+        payload = None
+    if payload is None:
+        raw = part.get_payload()
+        if isinstance(raw, str):
+            return raw.encode("utf-8", "surrogateescape")
+        return b""
+    return payload
+
+
+def raw_headers(part: MimeMessage) -> dict[str, list[str]]:
+    """Header values as received (8-bit bytes as surrogate escapes), by
+    lower-case name. compat32's `get` would turn those into `Header` objects
+    whose text has already lost the bytes."""
+    headers: dict[str, list[str]] = {}
+    for name, value in part.raw_items():
+        headers.setdefault(name.lower(), []).append(value if isinstance(value, str) else str(value))
+    return headers
+
+
+def _first(headers: dict[str, list[str]], name: str) -> str | None:
+    values = headers.get(name)
+    return values[0] if values else None
+
+
+def _filename(part: MimeMessage, headers: dict[str, list[str]]) -> str:
+    disposition = _first(headers, "content-disposition") or ""
+    content_type = _first(headers, "content-type") or ""
+    try:
+        if disposition.isascii() and content_type.isascii():
+            name = part.get_filename()
+        else:
+            # Parse the decoded header instead, so 8-bit names survive.
+            probe = MimeMessage()
+            probe["Content-Disposition"] = unraw(disposition)
+            probe["Content-Type"] = unraw(content_type)
+            name = probe.get_filename()
+    except Exception:
+        name = None
+    if not name:
+        return ""
+    return clean_line(decode_header_value(name), 500).replace("/", "_").replace("\\", "_")
+
+
+def _mime_type(part: MimeMessage) -> str:
+    try:
+        value = part.get_content_type()
+    except Exception:
+        return "application/octet-stream"
+    value = clean_line(value, 255).lower()
+    return (
+        value
+        if re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", value)
+        else ("application/octet-stream")
+    )
+
+
+def _message_part_bytes(part: MimeMessage) -> bytes:
+    inner = part.get_payload()
+    if isinstance(inner, list) and inner:
+        try:
+            return inner[0].as_bytes(policy=compat32)
+        except Exception:  # an embedded message too broken to regenerate
+            return str(inner[0]).encode("utf-8", "surrogateescape")
+    return _payload_bytes(part)
+
+
+def _walk(msg: MimeMessage, result: ParsedMessage, limits: Limits) -> None:
+    """Depth-first over the MIME tree with explicit limits; a message/rfc822
+    attachment is kept whole, not descended into."""
+    texts: list[str] = []
+    htmls: list[str] = []
+    parts = 0
+    stack: list[tuple[MimeMessage, int]] = [(msg, 0)]
+    while stack:
+        part, depth = stack.pop()
+        parts += 1
+        if parts > limits.max_parts:
+            raise MessageRejected(f"more than {limits.max_parts} MIME parts")
+        if depth > limits.max_depth:
+            raise MessageRejected(f"MIME nesting deeper than {limits.max_depth}")
+        mime_type = _mime_type(part)
+        headers = raw_headers(part)
+        disposition = (_first(headers, "content-disposition") or "").split(";")[0].strip().lower()
+        if part.is_multipart() and not mime_type.startswith("message/"):
+            children = part.get_payload()
+            if isinstance(children, list):
+                stack.extend((child, depth + 1) for child in reversed(children))
+            continue
+        filename = _filename(part, headers)
+        is_attachment = disposition == "attachment" or (
+            filename and mime_type not in ("text/plain", "text/html")
+        )
+        if mime_type == "text/plain" and not is_attachment:
+            texts.append(decode_bytes(_payload_bytes(part), part.get_content_charset()))
+            continue
+        if mime_type == "text/html" and not is_attachment:
+            htmls.append(decode_bytes(_payload_bytes(part), part.get_content_charset()))
+            continue
+        if part is msg and not part.is_multipart() and mime_type.startswith("text/"):
+            texts.append(decode_bytes(_payload_bytes(part), part.get_content_charset()))
+            continue
+        data = _message_part_bytes(part) if mime_type == "message/rfc822" else _payload_bytes(part)
+        content_id = _first_message_id(_first(headers, "content-id"))
+        result.attachments.append(
+            ParsedAttachment(
+                filename=filename or ("message.eml" if mime_type == "message/rfc822" else ""),
+                mime_type=mime_type,
+                content_id=clean_line(content_id, 998),
+                is_inline=disposition == "inline" or (bool(content_id) and disposition != "attachment"),
+                data=data,
+            )
+        )
+    result.text_body = clean_text("\n\n".join(texts)).replace("\r\n", "\n")
+    result.html_body = clean_text("\n".join(htmls))
+
+
+# --- Entry point ----------------------------------------------------------------
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:", re.MULTILINE)
+
+
+def _check_shape(raw: bytes, limits: Limits) -> None:
+    if not raw.strip():
+        raise MessageRejected("empty message")
+    if len(raw) > limits.max_message_bytes:
+        raise MessageRejected(
+            f"message of {len(raw)} bytes is over the {limits.max_message_bytes}-byte limit"
+        )
+    end = _HEADER_END.search(raw, 0, limits.max_header_bytes + 4)
+    header = raw[: end.start()] if end else raw[: limits.max_header_bytes + 1]
+    if end is None and len(raw) > limits.max_header_bytes:
+        raise MessageRejected(f"header over the {limits.max_header_bytes}-byte limit")
+    # Mail starts with header fields; a stray MIME body or binary blob does not.
+    first = raw.lstrip()[:1000]
+    if first.startswith(b"From ") and b"\n" in first:
+        first = first.split(b"\n", 1)[1]
+    if not _HEADER_LINE.match(first) or not _HEADER_LINE.search(header):
+        raise MessageRejected("not an RFC 5322 message: it does not start with header fields")
+
+
+def parse_message(raw: bytes, limits: Limits | None = None) -> ParsedMessage:
+    limits = limits or Limits()
+    _check_shape(raw, limits)
+    msg = email.message_from_bytes(raw, policy=compat32)
+    result = ParsedMessage()
+    result.defects = [type(d).__name__ for d in msg.defects]
+    headers = raw_headers(msg)
+
+    def header(name: str) -> str | None:
+        return _first(headers, name.lower())
+
+    result.message_id = _first_message_id(header("Message-ID"))
+    in_reply_to = message_ids(header("In-Reply-To"))
+    result.in_reply_to = in_reply_to[0] if in_reply_to else ""
+    result.references = message_ids(header("References"))[-100:]
+    result.subject = clean_line(decode_header_value(header("Subject")), 10_000)
+    senders = parse_addresses(headers.get("from"))
+    if senders:
+        result.from_name = senders[0]["name"]
+        result.from_address = senders[0]["address"]
+    result.to = parse_addresses(headers.get("to"))
+    result.cc = parse_addresses(headers.get("cc"))
+    result.bcc = parse_addresses(headers.get("bcc"))
+    result.reply_to = parse_addresses(headers.get("reply-to"))
+    result.sent_at = parse_date(header("Date"))
+    _walk(msg, result, limits)
+    result.snippet = make_snippet(result.text_body or html_to_text(result.html_body))
+    return result

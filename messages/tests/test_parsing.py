@@ -1,0 +1,113 @@
+"""The parser on real and malformed mail from the shared corpus."""
+
+from email.utils import getaddresses
+
+import pytest
+
+from messages.parsing import (
+    Limits,
+    MessageRejected,
+    _split_addresses,
+    decode_header_value,
+    message_ids,
+    parse_message,
+)
+from messages.tests.corpus import CORPUS_DIR, corpus_files
+
+ALL = corpus_files()
+
+
+def test_the_corpus_is_there():
+    assert CORPUS_DIR.is_dir(), f"corpus missing at {CORPUS_DIR}"
+    assert len(ALL) > 400
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(CORPUS_DIR)))
+def test_every_corpus_file_parses_or_is_refused_with_a_reason(path):
+    raw = path.read_bytes()
+    try:
+        parsed = parse_message(raw)
+    except MessageRejected as exc:
+        assert exc.reason
+        return
+    for text in (parsed.subject, parsed.text_body, parsed.html_body, parsed.from_name, parsed.snippet):
+        assert "\x00" not in text
+        text.encode("utf-8")  # no lone surrogates: PostgreSQL would refuse them
+    for attachment in parsed.attachments:
+        assert len(attachment.sha256) == 64
+        attachment.filename.encode("utf-8")
+        assert "/" not in attachment.filename
+
+
+def corpus(name: str) -> bytes:
+    return (CORPUS_DIR / "mime-parser-cases" / name).read_bytes()
+
+
+def test_raw_latin1_bytes_inside_encoded_words_and_8bit_filenames():
+    parsed = parse_message(corpus("legacy/023.eml"))
+    assert parsed.subject == "Die Hasen und die Frösche"
+    assert parsed.to == [{"name": "Jürgen Schmürgen", "address": "jschmuergen@example.com"}]
+    assert "HasenundFrösche.txt" in [a.filename for a in parsed.attachments]
+
+
+def test_headers_rfc2047_and_2231():
+    assert decode_header_value("=?utf-8?q?J=C3=BCrgen?= =?iso-8859-1?b?U2NobfxyZ2Vu?=") == "JürgenSchmürgen"
+    assert decode_header_value("=?x-unknown-charset?q?caf=E9?=") == "café"
+    assert decode_header_value("=?utf-8?b?!!!not-base64?=") != ""
+    raw = (
+        b"From: a@example.com\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n'
+        b"--b\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Disposition: attachment; filename*=utf-8''%E2%82%AC%20rates.pdf\r\n\r\nDATA\r\n--b--\r\n"
+    )
+    parsed = parse_message(raw)
+    assert [a.filename for a in parsed.attachments] == ["€ rates.pdf"]
+    assert parsed.text_body.strip() == "hi"
+
+
+def test_nul_bytes_and_undecodable_bodies_are_replaced_not_fatal():
+    raw = b"From: a@b.c\r\nSubject: nul\x00here\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nbad \xff\xfe \x00 end"
+    parsed = parse_message(raw)
+    assert "\x00" not in parsed.subject and "\x00" not in parsed.text_body
+    assert parsed.text_body.startswith("bad ")
+
+
+def test_not_mail_is_refused():
+    with pytest.raises(MessageRejected, match="not an RFC 5322 message"):
+        parse_message(b"\x89PNG\r\n\x1a\n binary junk")
+    with pytest.raises(MessageRejected, match="empty"):
+        parse_message(b"   \r\n")
+
+
+def test_limits_quarantine_reasons():
+    big = b"From: a@b.c\r\nSubject: big\r\n\r\n" + b"x" * 2000
+    with pytest.raises(MessageRejected, match="over the 1000-byte limit"):
+        parse_message(big, Limits(max_message_bytes=1000))
+    nested = b"From: a@b.c\r\nContent-Type: multipart/mixed; boundary=b0\r\n\r\n"
+    for depth in range(1, 8):
+        nested += f"--b{depth - 1}\r\nContent-Type: multipart/mixed; boundary=b{depth}\r\n\r\n".encode()
+    with pytest.raises(MessageRejected, match="nesting deeper than 3"):
+        parse_message(nested, Limits(max_depth=3))
+    header = b"From: a@b.c\r\nX-Long: " + b"y" * 5000 + b"\r\n\r\nbody"
+    with pytest.raises(MessageRejected, match="header over"):
+        parse_message(header, Limits(max_header_bytes=1000))
+
+
+def test_references_and_ids():
+    assert message_ids("<a@x> <b@y>\r\n <a@x> junk <c@z>") == ["a@x", "b@y", "c@z"]
+    long_id = "<" + "é" * 900 + "@x>"
+    assert len(message_ids(long_id)[0]) == 250
+
+
+def _address_headers():
+    for path in corpus_files("notmuch"):
+        for line in path.read_bytes().split(b"\n\n", 1)[0].decode("latin-1").splitlines():
+            if line.lower().startswith(("to:", "cc:", "from:")) and "=?" not in line:
+                yield line.split(":", 1)[1].strip()
+
+
+def test_fast_address_split_agrees_with_getaddresses_on_the_corpus():
+    headers = list(_address_headers())
+    assert len(headers) > 100
+    for value in headers:
+        assert _split_addresses(value) == getaddresses([value]), value
