@@ -13,6 +13,7 @@ from emailclient.core.tenancy import tenant_scope
 
 from .models import EmailAccount
 from .ports import default_port
+from .schedule import account_sync_schedule
 
 SECRET_FIELDS = {"password": "password_encrypted", "smtp_password": "smtp_password_encrypted"}
 # Fields a client may set; anything else in `data` (tenant, user, ids...) is ignored.
@@ -95,6 +96,7 @@ def account_create(
     _fill_defaults(account)
     with tenant_scope(tenant.id):
         _save(account)
+        account_sync_schedule(account=account)
         audit_log_record(
             tenant=tenant,
             actor=actor or user,
@@ -121,6 +123,7 @@ def account_update(
         return account
     with tenant_scope(account.tenant_id):
         _save(account)
+        account_sync_schedule(account=account)
         audit_log_record(
             tenant=account.tenant,
             actor=actor,
@@ -144,6 +147,7 @@ def account_delete(*, account: EmailAccount, actor, ip_address: str | None = Non
         account.save(
             update_fields=["is_deleted", "deleted_at", "is_enabled", "is_sync_enabled", "updated_at"]
         )
+        account_sync_schedule(account=account)
         audit_log_record(
             tenant=account.tenant,
             actor=actor,

@@ -8,6 +8,7 @@ from emailclient.core.views import health
 
 api_patterns = [
     path("", include("accounts.urls")),
+    path("", include("mailboxes.urls")),
 ]
 
 urlpatterns = [

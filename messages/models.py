@@ -130,3 +130,59 @@ class Attachment(TenantModel):
 
     def __str__(self) -> str:
         return self.filename or self.content_hash
+
+
+class QuarantinedMessage(TenantModel):
+    """A server message the sync could not store: over a limit, or not mail.
+    It holds its UID so that the folder's UID accounting stays exact, and its
+    raw source (when it was fetched) so it can be downloaded and re-parsed."""
+
+    account = models.ForeignKey(
+        "accounts.EmailAccount", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    folder = models.ForeignKey("mailboxes.Folder", on_delete=models.CASCADE, related_name="quarantined")
+    imap_uid = models.BigIntegerField()
+    uidvalidity = models.BigIntegerField()
+    reason = models.TextField()
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    raw_blob_key = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        db_table = "email_quarantine"
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "folder", "uidvalidity", "imap_uid"],
+                name="uniq_quarantine_tenant_folder_uid",
+            ),
+        ]
+        indexes = [models.Index(fields=["tenant", "account"], name="idx_quarantine_tenant_account")]
+
+    def __str__(self) -> str:
+        return f"uid {self.imap_uid}: {self.reason}"
+
+
+class ThreadRef(TenantModel):
+    """Which thread a Message-ID belongs to, per account: the union-find index
+    behind threading. Holds ids of messages not (yet) seen too, the ghost
+    parents named by References, so a reply that arrives first and its
+    parent that arrives later meet in one thread."""
+
+    account = models.ForeignKey(
+        "accounts.EmailAccount", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    message_id = models.CharField(max_length=250)
+    thread_id = models.UUIDField()
+
+    class Meta:
+        db_table = "email_thread_refs"
+        ordering = ["account_id", "message_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "account", "message_id"], name="uniq_threadref_tenant_account_msgid"
+            ),
+        ]
+        indexes = [models.Index(fields=["account", "thread_id"], name="idx_threadref_thread")]
+
+    def __str__(self) -> str:
+        return f"{self.message_id} -> {self.thread_id}"

@@ -425,7 +425,7 @@ def _walk(msg: MimeMessage, result: ParsedMessage, limits: Limits) -> None:
 # --- Entry point ----------------------------------------------------------------
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
-_HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:", re.MULTILINE)
+_HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:", re.MULTILINE)  # obs-optional allows WSP
 
 
 def _check_shape(raw: bytes, limits: Limits) -> None:

@@ -172,6 +172,19 @@ CREDENTIAL_ENCRYPTION_KEYS = env.list("CREDENTIAL_ENCRYPTION_KEYS")
 
 # --- Mail storage and limits ----------------------------------------------------
 BLOB_STORAGE_DIR = Path(env("BLOB_STORAGE_DIR", default=str(BASE_DIR / "var" / "blobs")))
+# Mail servers on loopback/private/link-local/metadata addresses are refused
+# unless this is on (local and test settings turn it on).
+MAIL_ALLOW_PRIVATE_HOSTS = env.bool("MAIL_ALLOW_PRIVATE_HOSTS", default=False)
+MAIL_TLS_CA_FILE = env("MAIL_TLS_CA_FILE", default=None)  # extra CA bundle to trust
+MAIL_CONNECT_TIMEOUT = env.float("MAIL_CONNECT_TIMEOUT", default=20.0)
+MAIL_READ_TIMEOUT = env.float("MAIL_READ_TIMEOUT", default=120.0)
+MAIL_MAX_MESSAGE_BYTES = env.int("MAIL_MAX_MESSAGE_BYTES", default=50 * 1024 * 1024)
+MAIL_MAX_HEADER_BYTES = env.int("MAIL_MAX_HEADER_BYTES", default=256 * 1024)
+MAIL_MAX_PARTS = env.int("MAIL_MAX_PARTS", default=1000)
+MAIL_MAX_MIME_DEPTH = env.int("MAIL_MAX_MIME_DEPTH", default=30)
+SYNC_BATCH_MESSAGES = env.int("SYNC_BATCH_MESSAGES", default=500)
+SYNC_BATCH_BYTES = env.int("SYNC_BATCH_BYTES", default=16 * 1024 * 1024)
+SYNC_MAX_RETRIES = env.int("SYNC_MAX_RETRIES", default=5)
 
 # --- i18n, static -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

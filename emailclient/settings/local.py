@@ -26,3 +26,6 @@ DEMO_PASSWORD = env("DEMO_PASSWORD", default="demo")
 STATIC_ROOT = None
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+
+# The development and test mail servers run on loopback.
+MAIL_ALLOW_PRIVATE_HOSTS = True

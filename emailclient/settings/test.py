@@ -33,3 +33,6 @@ LOGGING = {"version": 1, "disable_existing_loggers": False}
 STATIC_ROOT = None
 # Tests need no collectstatic manifest.
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
+
+# The development and test mail servers run on loopback.
+MAIL_ALLOW_PRIVATE_HOSTS = True

@@ -6,7 +6,7 @@ from pathlib import Path
 from django.conf import settings
 
 CORPUS_DIR = Path(os.environ.get("MAIL_CORPUS_DIR", settings.BASE_DIR.parent / "shared" / "corpus"))
-_NOT_MAIL_NAMES = {"README.md", "COPYING", "LICENSE"}
+_NOT_MAIL_NAMES = ("README", "COPYING", "LICENSE")
 
 
 def corpus_files(*parts: str) -> list[Path]:
@@ -14,5 +14,5 @@ def corpus_files(*parts: str) -> list[Path]:
     return sorted(
         path
         for path in root.rglob("*")
-        if path.is_file() and path.name not in _NOT_MAIL_NAMES and "LICENSES" not in path.parts
+        if path.is_file() and not path.name.startswith(_NOT_MAIL_NAMES) and "LICENSES" not in path.parts
     )

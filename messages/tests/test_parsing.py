@@ -28,7 +28,11 @@ def test_every_corpus_file_parses_or_is_refused_with_a_reason(path):
     try:
         parsed = parse_message(raw)
     except MessageRejected as exc:
-        assert exc.reason
+        reason = exc.reason
+    else:
+        reason = None
+    if reason is not None:
+        assert len(reason) > 5
         return
     for text in (parsed.subject, parsed.text_body, parsed.html_body, parsed.from_name, parsed.snippet):
         assert "\x00" not in text
@@ -66,7 +70,10 @@ def test_headers_rfc2047_and_2231():
 
 
 def test_nul_bytes_and_undecodable_bodies_are_replaced_not_fatal():
-    raw = b"From: a@b.c\r\nSubject: nul\x00here\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nbad \xff\xfe \x00 end"
+    raw = (
+        b"From: a@b.c\r\nSubject: nul\x00here\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"\r\nbad \xff\xfe \x00 end"
+    )
     parsed = parse_message(raw)
     assert "\x00" not in parsed.subject and "\x00" not in parsed.text_body
     assert parsed.text_body.startswith("bad ")

@@ -1,0 +1,437 @@
+"""IMAP for the sync engine: connection policy and the few commands it needs.
+
+Knows nothing of Django models or HTTP. Security rules live here:
+
+* the host name is resolved once; loopback, private, link-local, reserved and
+  cloud-metadata addresses are refused unless `allow_private` (local and test
+  settings) and the connection goes to that one address (no DNS rebinding
+  between check and connect);
+* TLS and STARTTLS verify the certificate and the host name (against the
+  name the user gave, not the address); a server that does not offer STARTTLS
+  when the account asks for it is refused, never downgraded;
+* every socket has a timeout; a server line longer than `max_line` or a
+  literal larger than `max_literal` aborts the connection with an error.
+"""
+
+import contextlib
+import imaplib
+import ipaddress
+import re
+import socket
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.imapclient import SocketTimeout, seq_to_parenstr_upper
+from imapclient.response_parser import parse_fetch_response
+
+# --- Errors ---------------------------------------------------------------------
+
+
+class MailServerError(Exception):
+    """The server or the network failed; worth retrying later."""
+
+
+class AuthenticationFailed(MailServerError):
+    """The server refused the credentials; retrying will not help."""
+
+
+class InsecureServer(MailServerError):
+    """The server cannot give the security the account asks for."""
+
+
+class AddressNotAllowed(MailServerError):
+    """The host resolves to an address this deployment may not connect to."""
+
+
+class ProtocolViolation(MailServerError):
+    """The server sent something absurd (an endless line, a huge literal)."""
+
+
+# --- Connection policy ------------------------------------------------------------
+
+# Not "private" by ipaddress's reckoning but never a mail server we may reach.
+_EXTRA_BLOCKED = [ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd00:ec2::/32")]
+
+
+def address_allowed(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    blocked = (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local  # includes 169.254.169.254, the cloud metadata service
+        or ip.is_reserved
+        or ip.is_multicast
+        or ip.is_unspecified
+        or any(ip in network for network in _EXTRA_BLOCKED)
+    )
+    return not blocked
+
+
+def resolve(host: str, port: int, *, allow_private: bool) -> str:
+    """One address for `host`, checked against the policy."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise MailServerError(f"cannot resolve {host}: {exc}") from exc
+    addresses = [info[4][0] for info in infos]
+    if not allow_private:
+        refused = [a for a in addresses if not address_allowed(a)]
+        if refused:
+            raise AddressNotAllowed(f"{host} resolves to a non-public address ({refused[0]})")
+    if not addresses:
+        raise MailServerError(f"{host} has no address")
+    return addresses[0]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    encryption: str  # "tls", "starttls" or "none"
+    allow_private: bool = False
+    ca_file: str | None = None
+    connect_timeout: float = 20.0
+    read_timeout: float = 120.0
+    max_line: int = 8 * 1024 * 1024
+    max_literal: int = 64 * 1024 * 1024
+
+
+def ssl_context(config: ServerConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(purpose=ssl.Purpose.SERVER_AUTH)
+    if config.ca_file:
+        context.load_verify_locations(cafile=config.ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+# --- imaplib with a pinned address and bounded reads -------------------------------
+
+
+class _BoundedReads:
+    max_line: int
+    max_literal: int
+
+    def readline(self):
+        line = self.file.readline(self.max_line + 1)
+        if len(line) > self.max_line:
+            raise ProtocolViolation(f"server line longer than {self.max_line} bytes")
+        return line
+
+    def read(self, size):
+        if size > self.max_literal:
+            raise ProtocolViolation(
+                f"server literal of {size} bytes is over the {self.max_literal}-byte limit"
+            )
+        return super().read(size)
+
+
+class _PinnedIMAP4(_BoundedReads, imaplib.IMAP4):
+    def __init__(self, host: str, address: str, port: int, config: ServerConfig):
+        self._address = address
+        self.max_line, self.max_literal = config.max_line, config.max_literal
+        self._connect_timeout = config.connect_timeout
+        super().__init__(host, port, timeout=config.connect_timeout)
+
+    def _create_socket(self, timeout=None):
+        return socket.create_connection((self._address, self.port), timeout or self._connect_timeout)
+
+
+class _PinnedIMAP4TLS(_PinnedIMAP4):
+    def __init__(self, host: str, address: str, port: int, config: ServerConfig, context: ssl.SSLContext):
+        self._context = context
+        super().__init__(host, address, port, config)
+
+    def _create_socket(self, timeout=None):
+        sock = super()._create_socket(timeout)
+        return self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+class _Client(IMAPClient):
+    """IMAPClient over our imaplib subclasses."""
+
+    def __init__(self, config: ServerConfig, address: str, context: ssl.SSLContext):
+        self._config, self._address, self._context = config, address, context
+        super().__init__(
+            config.host,
+            port=config.port,
+            ssl=config.encryption == "tls",
+            ssl_context=context,
+            timeout=SocketTimeout(config.connect_timeout, config.read_timeout),
+        )
+        self.normalise_times = False  # keep INTERNALDATE's zone: aware datetimes
+
+    def _create_IMAP4(self):
+        if self.ssl:
+            return _PinnedIMAP4TLS(self.host, self._address, self.port, self._config, self._context)
+        return _PinnedIMAP4(self.host, self._address, self.port, self._config)
+
+    def uid_fetch(self, message_set: str, items: list[str], modifiers: list[str] | None = None) -> dict:
+        """UID FETCH on a sequence-set string (`1:500,731`); IMAPClient.fetch
+        takes only lists of single ids."""
+        tag = self._imap._command(
+            "UID",
+            "FETCH",
+            message_set,
+            seq_to_parenstr_upper(items),
+            seq_to_parenstr_upper(modifiers) if modifiers else None,
+        )
+        typ, data = self._imap._command_complete("FETCH", tag)
+        self._checkok("fetch", typ, data)
+        typ, data = self._imap._untagged_response(typ, data, "FETCH")
+        return parse_fetch_response(data, self.normalise_times, self.use_uid)
+
+
+# --- Results ----------------------------------------------------------------------
+
+
+@dataclass
+class FolderInfo:
+    name: str
+    delimiter: str
+    flags: tuple[str, ...]
+
+    @property
+    def selectable(self) -> bool:
+        return not {"\\noselect", "\\nonexistent"} & {f.lower() for f in self.flags}
+
+
+@dataclass
+class FolderState:
+    uidvalidity: int
+    uidnext: int | None
+    exists: int
+    highestmodseq: int | None
+
+
+@dataclass
+class FetchedMessage:
+    uid: int
+    flags: tuple[str, ...]
+    internal_date: datetime | None
+    size: int
+    modseq: int | None
+    raw: bytes | None = None
+
+
+@dataclass
+class FlagChanges:
+    changed: dict[int, tuple[tuple[str, ...], int | None]] = field(default_factory=dict)
+    vanished: set[int] = field(default_factory=set)
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def sequence_set(uids: Iterable[int]) -> str:
+    """`1:3,7,9:10` from sorted or unsorted UIDs: short commands for big sets."""
+    ordered = sorted(set(uids))
+    ranges = []
+    for uid in ordered:
+        if ranges and uid == ranges[-1][1] + 1:
+            ranges[-1][1] = uid
+        else:
+            ranges.append([uid, uid])
+    return ",".join(f"{a}:{b}" if a != b else str(a) for a, b in ranges)
+
+
+_SEQ_ITEM = re.compile(r"^(\d+)(?::(\d+))?$")
+
+
+def parse_sequence_set(text: str, *, limit: int = 10_000_000) -> set[int]:
+    """UIDs of a server's sequence set (VANISHED, ESEARCH), bounded in size."""
+    uids: set[int] = set()
+    for item in text.split(","):
+        match = _SEQ_ITEM.match(item.strip())
+        if not match:
+            raise ProtocolViolation(f"bad sequence set item {item[:40]!r}")
+        low = int(match.group(1))
+        high = int(match.group(2) or low)
+        low, high = min(low, high), max(low, high)
+        if len(uids) + (high - low + 1) > limit:
+            raise ProtocolViolation("sequence set too large")
+        uids.update(range(low, high + 1))
+    return uids
+
+
+# --- Session ---------------------------------------------------------------------
+
+
+class ImapSession:
+    """One logged-in IMAP connection. Use as a context manager."""
+
+    def __init__(self, config: ServerConfig, username: str, password: str):
+        self.config = config
+        address = resolve(config.host, config.port, allow_private=config.allow_private)
+        context = ssl_context(config)
+        try:
+            self.client = _Client(config, address, context)
+            if config.encryption == "starttls":
+                if not self.client.has_capability("STARTTLS"):
+                    raise InsecureServer(f"{config.host} does not offer STARTTLS")
+                self.client.starttls(context)
+            self.client.login(username, password)
+        except MailServerError:
+            self._close()
+            raise
+        except LoginError as exc:
+            self._close()
+            raise AuthenticationFailed(f"the server refused the login: {_text(exc)[:200]}") from exc
+        except ssl.SSLCertVerificationError as exc:
+            self._close()
+            raise InsecureServer(f"certificate of {config.host} not trusted: {exc.verify_message}") from exc
+        except (OSError, IMAPClientError, imaplib.IMAP4.error) as exc:
+            self._close()
+            raise MailServerError(f"cannot connect to {config.host}:{config.port}: {exc}") from exc
+        capabilities = {_text(c).upper() for c in self.client.capabilities()}
+        self.condstore = "CONDSTORE" in capabilities or "QRESYNC" in capabilities
+        self.qresync = False
+        if "QRESYNC" in capabilities:
+            enabled = {_text(c).upper() for c in self.client.enable("QRESYNC")}
+            self.qresync = "QRESYNC" in enabled
+        self.special_use = "SPECIAL-USE" in capabilities
+        self.esearch = "ESEARCH" in capabilities
+
+    def _close(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            with contextlib.suppress(Exception):  # already broken; nothing to save
+                client.shutdown()
+
+    def __enter__(self) -> "ImapSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.client.logout()
+        except Exception:
+            self._close()
+
+    # Folders ----------------------------------------------------------------
+
+    def list_folders(self) -> list[FolderInfo]:
+        raw = self.client.list_folders()
+        folders = []
+        for flags, delimiter, name in raw:
+            folders.append(
+                FolderInfo(
+                    name=_text(name),
+                    delimiter=_text(delimiter) if delimiter else "",
+                    flags=tuple(_text(f) for f in flags),
+                )
+            )
+        return folders
+
+    def folder_status(self, name: str) -> FolderState:
+        items = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"]
+        if self.condstore:
+            items.append(b"HIGHESTMODSEQ")
+        status = self.client.folder_status(name, items)
+        return FolderState(
+            uidvalidity=int(status[b"UIDVALIDITY"]),
+            uidnext=int(status[b"UIDNEXT"]) if b"UIDNEXT" in status else None,
+            exists=int(status[b"MESSAGES"]),
+            highestmodseq=int(status[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in status else None,
+        )
+
+    def select(self, name: str) -> FolderState:
+        """EXAMINE (read-only): syncing never changes the mailbox."""
+        response = self.client.select_folder(name, readonly=True)
+        modseq = response.get(b"HIGHESTMODSEQ")
+        uidnext = response.get(b"UIDNEXT")
+        return FolderState(
+            uidvalidity=int(response[b"UIDVALIDITY"]),
+            uidnext=int(uidnext) if uidnext is not None else None,
+            exists=int(response.get(b"EXISTS", 0)),
+            highestmodseq=int(modseq) if modseq is not None and self.condstore else None,
+        )
+
+    # Messages -----------------------------------------------------------------
+
+    def uids(self, low: int = 1) -> set[int]:
+        """Every UID >= `low` in the selected folder."""
+        criteria = ["UID", f"{low}:*"]
+        if self.esearch:
+            response = self.client._raw_command_untagged(
+                b"SEARCH", [b"RETURN", b"(ALL)", *[c.encode() for c in criteria]], response_name="ESEARCH"
+            )
+            uids: set[int] = set()
+            for line in response:
+                text = _text(line)
+                match = re.search(r"\bALL (\S+)", text)
+                if match:
+                    uids |= parse_sequence_set(match.group(1))
+        else:
+            uids = set(self.client.search(criteria))
+        # `n:*` always matches the highest UID, even one below n.
+        return {uid for uid in uids if uid >= low}
+
+    def fetch_meta(self, uids: Iterable[int]) -> dict[int, FetchedMessage]:
+        items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"] + (["MODSEQ"] if self.condstore else [])
+        return self._fetch(uids, items)
+
+    def fetch_full(self, uids: Iterable[int]) -> dict[int, FetchedMessage]:
+        items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "BODY.PEEK[]"]
+        return self._fetch(uids, items + (["MODSEQ"] if self.condstore else []))
+
+    def fetch_headers(self, uids: Iterable[int]) -> dict[int, FetchedMessage]:
+        items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "BODY.PEEK[HEADER]"]
+        return self._fetch(uids, items + (["MODSEQ"] if self.condstore else []))
+
+    def _fetch(self, uids: Iterable[int], items: list[str], modifiers=None) -> dict[int, FetchedMessage]:
+        uid_list = list(uids)
+        if not uid_list:
+            return {}
+        response = self.client.uid_fetch(sequence_set(uid_list), items, modifiers)
+        return {uid: self._message(uid, data) for uid, data in response.items()}
+
+    @staticmethod
+    def _message(uid: int, data: dict) -> FetchedMessage:
+        raw = data.get(b"BODY[]")
+        if raw is None:
+            raw = data.get(b"BODY[HEADER]")
+        modseq = data.get(b"MODSEQ")
+        if isinstance(modseq, tuple | list):
+            modseq = modseq[0] if modseq else None
+        internal = data.get(b"INTERNALDATE")
+        return FetchedMessage(
+            uid=int(data.get(b"UID", uid)),
+            flags=tuple(_text(f) for f in data.get(b"FLAGS", ())),
+            internal_date=internal if isinstance(internal, datetime) else None,
+            size=int(data.get(b"RFC822.SIZE", 0) or 0),
+            modseq=int(modseq) if modseq is not None else None,
+            raw=raw if isinstance(raw, bytes) else None,
+        )
+
+    def flag_changes(self, *, since_modseq: int, up_to_uid: int) -> FlagChanges:
+        """Flags changed since `since_modseq` (CONDSTORE) and, with QRESYNC,
+        UIDs expunged since then, among UIDs 1..up_to_uid."""
+        changes = FlagChanges()
+        if up_to_uid < 1:
+            return changes
+        modifiers = [f"CHANGEDSINCE {since_modseq}"] + (["VANISHED"] if self.qresync else [])
+        self.client._imap.untagged_responses.pop("VANISHED", None)
+        response = self.client.uid_fetch(f"1:{up_to_uid}", ["UID", "FLAGS"], modifiers)
+        for uid, data in response.items():
+            message = self._message(uid, data)
+            changes.changed[message.uid] = (message.flags, message.modseq)
+        for line in self.client._imap.untagged_responses.pop("VANISHED", []):
+            text = _text(line)
+            text = re.sub(r"^\(EARLIER\)\s*", "", text, flags=re.IGNORECASE)
+            changes.vanished |= {uid for uid in parse_sequence_set(text) if uid <= up_to_uid}
+        return changes
+
+    def all_flags(self, up_to_uid: int) -> dict[int, tuple[str, ...]]:
+        """FLAGS of every message up to a UID: the fallback without CONDSTORE."""
+        if up_to_uid < 1:
+            return {}
+        response = self.client.uid_fetch(f"1:{up_to_uid}", ["UID", "FLAGS"])
+        return {uid: tuple(_text(f) for f in data.get(b"FLAGS", ())) for uid, data in response.items()}

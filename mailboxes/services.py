@@ -1,0 +1,56 @@
+"""Writes around a sync: requesting one, and recording how it went."""
+
+import uuid
+
+from django.utils import timezone
+
+from accounts.models import EmailAccount
+from emailclient.core.exceptions import ApplicationError
+from emailclient.core.tenancy import tenant_scope
+
+from . import status
+
+
+class QueueUnavailable(ApplicationError):
+    status_code = 503
+    code = "queue_unavailable"
+
+
+def sync_request(*, account: EmailAccount) -> tuple[str, bool]:
+    """Queue a sync of the account, or join the one queued or running.
+    Returns the task id and whether it joined an existing sync.
+
+    Enqueued at once rather than on commit: the task reads only the account,
+    which is committed already, and the claim lives in Redis, not in the
+    request's transaction."""
+    from .tasks import sync_account_task
+
+    task_id = str(uuid.uuid4())
+    existing = status.sync_claim(account.id, task_id)
+    if existing:
+        return existing, True
+    status.sync_status_set(account.id, state=status.QUEUED, task_id=task_id, error="")
+    try:
+        sync_account_task.apply_async(
+            kwargs={"tenant_id": str(account.tenant_id), "account_id": str(account.id)}, task_id=task_id
+        )
+    except Exception as exc:
+        status.sync_release(account.id, task_id)
+        status.sync_status_set(account.id, state=status.FAILED, error="task queue unavailable")
+        raise QueueUnavailable("The task queue is unavailable; try again later.") from exc
+    return task_id, False
+
+
+def account_sync_started(*, tenant_id: uuid.UUID, account_id: uuid.UUID) -> None:
+    with tenant_scope(tenant_id):
+        EmailAccount.objects.filter(id=account_id).update(is_syncing=True)
+
+
+def account_sync_finished(
+    *, tenant_id: uuid.UUID, account_id: uuid.UUID, error: str, succeeded: bool
+) -> None:
+    fields = {"is_syncing": False, "last_sync_error": error[:2000]}
+    if succeeded:
+        fields["last_sync_at"] = timezone.now()
+    with tenant_scope(tenant_id):
+        EmailAccount.objects.filter(id=account_id).update(**fields)

@@ -1,0 +1,638 @@
+"""The IMAP sync engine: server folders and messages into PostgreSQL.
+
+`account_sync()` brings one account's database copy in step with its server:
+
+* Folders: LIST (with SPECIAL-USE), types from special-use flags or common
+  names, hierarchy from the delimiter. A folder missing from the server whose
+  UIDVALIDITY reappears under a new name was renamed (its messages keep their
+  rows); otherwise it was deleted, with its messages.
+* Per folder, a cursor: UIDVALIDITY, `uidnext` (every UID below it is stored
+  or quarantined) and HIGHESTMODSEQ. A cheap STATUS first: when nothing moved,
+  the folder is done without SELECT. Otherwise new UIDs are fetched in
+  batches (by count and by bytes), flag changes come from CONDSTORE
+  `CHANGEDSINCE` (or a full FLAGS fetch without it), expunges from QRESYNC
+  `VANISHED` (or a UID-set comparison without it).
+* Each batch is parsed and its blobs written outside any transaction, then
+  stored with the folder's cursor in one transaction: a crash anywhere is
+  followed by a sync that picks up at the cursor, and `UNIQUE (tenant,
+  folder, uidvalidity, imap_uid)` makes a replayed batch a no-op.
+* A UIDVALIDITY change re-matches the folder's old rows to the new UIDs by
+  content hash, then Message-ID: no duplicates, no row lost for a message
+  that is still there; rows left over at the end are gone from the server.
+* A message that cannot be parsed or is over a limit is quarantined with its
+  reason; the sync goes on.
+
+No database transaction is ever open across a network read. One sync per
+account at a time (a PostgreSQL advisory lock).
+"""
+
+import imaplib
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+from imapclient.exceptions import IMAPClientError
+
+from accounts.models import EmailAccount
+from accounts.services import account_credentials
+from emailclient.core.tenancy import tenant_scope
+from messages.blobs import BlobStore, default_store
+from messages.models import Attachment, Message, QuarantinedMessage
+from messages.parsing import Limits, MessageRejected, ParsedMessage, parse_message
+from messages.threading import assign_threads
+
+from .imap import FetchedMessage, FolderInfo, FolderState, ImapSession, MailServerError, ServerConfig
+from .models import Folder, FolderType
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+class SyncAlreadyRunning(Exception):
+    pass
+
+
+@dataclass
+class SyncReport:
+    folders: int = 0
+    new: int = 0
+    updated: int = 0
+    expunged: int = 0
+    quarantined: int = 0
+    bodies_fetched: int = 0
+    per_folder: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (
+            f"{self.folders} folders, {self.new} new, {self.updated} flag changes, "
+            f"{self.expunged} expunged, {self.quarantined} quarantined"
+        )
+
+
+# --- Folder types --------------------------------------------------------------
+
+_SPECIAL_USE = {
+    "\\sent": FolderType.SENT,
+    "\\drafts": FolderType.DRAFTS,
+    "\\trash": FolderType.TRASH,
+    "\\junk": FolderType.SPAM,
+    "\\archive": FolderType.ARCHIVE,
+    "\\all": FolderType.ARCHIVE,
+}
+_COMMON_NAMES = {
+    FolderType.SENT: {
+        "sent",
+        "sent items",
+        "sent messages",
+        "sent mail",
+        "sent-mail",
+        "gesendet",
+        "gesendete elemente",
+        "envoyés",
+        "elementos enviados",
+        "posta inviata",
+    },
+    FolderType.DRAFTS: {"drafts", "draft", "entwürfe", "brouillons", "borradores", "bozze"},
+    FolderType.TRASH: {
+        "trash",
+        "deleted items",
+        "deleted messages",
+        "bin",
+        "papierkorb",
+        "gelöschte elemente",
+        "corbeille",
+        "papelera",
+        "cestino",
+    },
+    FolderType.SPAM: {"junk", "spam", "junk e-mail", "junk email", "bulk mail", "junk mail", "spamverdacht"},
+    FolderType.ARCHIVE: {"archive", "archives", "all mail", "archiv"},
+}
+
+
+def folder_type(info: FolderInfo) -> str:
+    if info.name.upper() == "INBOX":
+        return FolderType.INBOX
+    for flag in info.flags:
+        kind = _SPECIAL_USE.get(flag.lower())
+        if kind:
+            return kind
+    leaf = info.name.rsplit(info.delimiter, 1)[-1] if info.delimiter else info.name
+    leaf = leaf.strip().lower()
+    for kind, names in _COMMON_NAMES.items():
+        if leaf in names:
+            return kind
+    return FolderType.CUSTOM
+
+
+# --- Flags ---------------------------------------------------------------------
+
+
+def flag_fields(flags: tuple[str, ...]) -> dict:
+    lowered = {f.lower() for f in flags}
+    return {
+        "flags": sorted(f[:128] for f in flags if f.lower() != "\\recent"),
+        "is_read": "\\seen" in lowered,
+        "is_flagged": "\\flagged" in lowered,
+        "is_draft": "\\draft" in lowered,
+        "is_answered": "\\answered" in lowered,
+    }
+
+
+# --- Lock ------------------------------------------------------------------------
+
+
+@contextmanager
+def account_sync_lock(account_id: uuid.UUID) -> Iterator[None]:
+    """A session-level advisory lock: released when we finish or when the
+    worker's connection dies, never held by a crashed sync."""
+    key = int.from_bytes(account_id.bytes[:8], "big", signed=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        if not cursor.fetchone()[0]:
+            raise SyncAlreadyRunning(str(account_id))
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+
+# --- Entry point -------------------------------------------------------------------
+
+
+def server_config(account: EmailAccount) -> ServerConfig:
+    return ServerConfig(
+        host=account.hostname,
+        port=account.port,
+        encryption=account.encryption,
+        allow_private=settings.MAIL_ALLOW_PRIVATE_HOSTS,
+        ca_file=settings.MAIL_TLS_CA_FILE,
+        connect_timeout=settings.MAIL_CONNECT_TIMEOUT,
+        read_timeout=settings.MAIL_READ_TIMEOUT,
+        max_literal=settings.MAIL_MAX_MESSAGE_BYTES + 1024 * 1024,
+    )
+
+
+def parse_limits() -> Limits:
+    return Limits(
+        max_message_bytes=settings.MAIL_MAX_MESSAGE_BYTES,
+        max_header_bytes=settings.MAIL_MAX_HEADER_BYTES,
+        max_parts=settings.MAIL_MAX_PARTS,
+        max_depth=settings.MAIL_MAX_MIME_DEPTH,
+    )
+
+
+def account_sync(
+    *,
+    tenant_id: uuid.UUID,
+    account_id: uuid.UUID,
+    progress: Progress | None = None,
+    store: BlobStore | None = None,
+) -> SyncReport:
+    """Sync one account. Raises `SyncAlreadyRunning`, `imap.MailServerError`
+    (and its subclasses) and `EmailAccount.DoesNotExist`."""
+    with tenant_scope(tenant_id):
+        account = EmailAccount.objects.select_related("tenant").get(id=account_id, is_deleted=False)
+    with account_sync_lock(account.id):
+        engine = _Engine(account, store or default_store(), progress)
+        engine.progress("", 0, 0)
+        credentials = account_credentials(account=account)
+        with ImapSession(server_config(account), credentials.username, credentials.password) as session:
+            try:
+                engine.run(session)
+            except MailServerError:
+                raise
+            except (OSError, imaplib.IMAP4.error, IMAPClientError) as exc:
+                # The connection broke mid-sync: what was committed stays.
+                raise MailServerError(f"connection to {account.hostname} failed: {exc}") from exc
+        return engine.report
+
+
+class _Engine:
+    def __init__(self, account: EmailAccount, store: BlobStore, progress: Progress | None):
+        self.account = account
+        self.tenant_id = account.tenant_id
+        self.store = store
+        self.progress = progress or (lambda folder, done, total: None)
+        self.limits = parse_limits()
+        self.batch_messages = settings.SYNC_BATCH_MESSAGES
+        self.batch_bytes = settings.SYNC_BATCH_BYTES
+        self.report = SyncReport()
+
+    def scope(self):
+        return tenant_scope(self.tenant_id)
+
+    # Folders ---------------------------------------------------------------
+
+    def run(self, session: ImapSession) -> None:
+        folders = self.sync_folder_list(session)
+        counts = self.stored_counts()
+        for folder in folders:
+            if folder.is_selectable:
+                self.sync_folder(session, folder, counts.get(folder.id, 0))
+        self.report.folders = len(folders)
+
+    def sync_folder_list(self, session: ImapSession) -> list[Folder]:
+        infos = {info.name: info for info in session.list_folders()}
+        with self.scope():
+            stored = {f.name: f for f in Folder.objects.filter(account=self.account)}
+        missing = {name: f for name, f in stored.items() if name not in infos}
+        # A new name whose UIDVALIDITY matches a vanished folder is a rename.
+        renames: dict[str, Folder] = {}
+        by_validity = {f.uidvalidity: f for f in missing.values() if f.uidvalidity is not None}
+        for name, info in infos.items():
+            if name not in stored and info.selectable and by_validity:
+                state = session.folder_status(name)
+                old = by_validity.pop(state.uidvalidity, None)
+                if old is not None:
+                    renames[name] = old
+                    missing.pop(old.name, None)
+        with self.scope(), transaction.atomic():
+            for name, folder in renames.items():
+                folder.name = name
+                folder.save(update_fields=["name", "updated_at"])
+                stored[name] = folder
+            if missing:
+                Folder.objects.filter(id__in=[f.id for f in missing.values()]).delete()
+            result = []
+            for name, info in infos.items():
+                folder = stored.get(name) or Folder(tenant_id=self.tenant_id, account=self.account, name=name)
+                folder.delimiter = info.delimiter
+                folder.attributes = sorted(info.flags)
+                folder.type = folder_type(info)
+                folder.is_selectable = info.selectable
+                folder.save()
+                stored[name] = folder
+                result.append(folder)
+            for folder in result:
+                parent_name = (
+                    folder.name.rsplit(folder.delimiter, 1)[0] if folder.delimiter in folder.name else None
+                )
+                parent = stored.get(parent_name) if folder.delimiter and parent_name else None
+                if (parent.id if parent else None) != folder.parent_id:
+                    folder.parent = parent
+                    folder.save(update_fields=["parent", "updated_at"])
+        return result
+
+    def stored_counts(self) -> dict[uuid.UUID, int]:
+        with self.scope():
+            counts = dict(
+                Message.objects.filter(account=self.account)
+                .values("folder")
+                .annotate(n=Count("id"))
+                .values_list("folder", "n")
+            )
+            for folder_id, n in (
+                QuarantinedMessage.objects.filter(account=self.account)
+                .values("folder")
+                .annotate(n=Count("id"))
+                .values_list("folder", "n")
+            ):
+                counts[folder_id] = counts.get(folder_id, 0) + n
+        return counts
+
+    # One folder -----------------------------------------------------------------
+
+    def sync_folder(self, session: ImapSession, folder: Folder, stored_count: int) -> None:
+        status = session.folder_status(folder.name)
+        unchanged = (
+            folder.uidvalidity == status.uidvalidity
+            and folder.uidnext is not None
+            and status.uidnext == folder.uidnext
+            and stored_count == status.exists
+            and session.condstore
+            and status.highestmodseq is not None
+            and status.highestmodseq == folder.highestmodseq
+        )
+        if unchanged:
+            return
+        state = session.select(folder.name)
+        if folder.uidvalidity != state.uidvalidity:
+            self.start_resync(folder, state)
+        cursor = folder.uidnext or 1
+        if stored_count and cursor > 1:
+            self.sync_known(session, folder, state, cursor)
+        self.fetch_new(session, folder, state, cursor)
+        self.finish_folder(folder, state)
+
+    def start_resync(self, folder: Folder, state: FolderState) -> None:
+        """New UIDVALIDITY: every UID starts over. Old rows stay until the
+        end of this folder's sync, to be re-matched to the new UIDs."""
+        if folder.uidvalidity is not None:
+            logger.info("folder %s: UIDVALIDITY %s -> %s", folder.id, folder.uidvalidity, state.uidvalidity)
+        with self.scope():
+            folder.uidvalidity = state.uidvalidity
+            folder.uidnext = None
+            folder.highestmodseq = None
+            folder.save(update_fields=["uidvalidity", "uidnext", "highestmodseq", "updated_at"])
+
+    def sync_known(self, session: ImapSession, folder: Folder, state: FolderState, cursor: int) -> None:
+        """Flag changes and expunges among the UIDs below the cursor."""
+        up_to = cursor - 1
+        vanished: set[int] | None = None
+        if session.condstore and folder.highestmodseq:
+            changes = session.flag_changes(since_modseq=folder.highestmodseq, up_to_uid=up_to)
+            updates = {uid: flags for uid, (flags, _) in changes.changed.items()}
+            if session.qresync:
+                vanished = changes.vanished
+        else:
+            updates = session.all_flags(up_to)
+            vanished = self.known_uids(folder, up_to) - set(updates)
+        if vanished is None:
+            # CONDSTORE without QRESYNC: compare UID sets, unless the counts
+            # show that nothing came and nothing went.
+            nothing_moved = state.uidnext == cursor and state.exists == self.stored_count(folder)
+            if nothing_moved:
+                vanished = set()
+            else:
+                server_below = {uid for uid in session.uids(1) if uid <= up_to}
+                vanished = self.known_uids(folder, up_to) - server_below
+        self.apply_flags(folder, updates)
+        self.expunge(folder, vanished)
+
+    def stored_count(self, folder: Folder) -> int:
+        with self.scope():
+            return (
+                Message.objects.filter(folder=folder, uidvalidity=folder.uidvalidity).count()
+                + QuarantinedMessage.objects.filter(folder=folder, uidvalidity=folder.uidvalidity).count()
+            )
+
+    def known_uids(self, folder: Folder, up_to: int) -> set[int]:
+        with self.scope():
+            uids = set(
+                Message.objects.filter(
+                    folder=folder, uidvalidity=folder.uidvalidity, imap_uid__lte=up_to
+                ).values_list("imap_uid", flat=True)
+            )
+            uids |= set(
+                QuarantinedMessage.objects.filter(
+                    folder=folder, uidvalidity=folder.uidvalidity, imap_uid__lte=up_to
+                ).values_list("imap_uid", flat=True)
+            )
+        return uids
+
+    def apply_flags(self, folder: Folder, updates: dict[int, tuple[str, ...]]) -> None:
+        if not updates:
+            return
+        with self.scope(), transaction.atomic():
+            rows = Message.objects.filter(
+                folder=folder, uidvalidity=folder.uidvalidity, imap_uid__in=list(updates)
+            ).only("id", "imap_uid", "flags", "is_read", "is_flagged", "is_draft", "is_answered")
+            changed = []
+            for message in rows:
+                fields = flag_fields(updates[message.imap_uid])
+                if any(getattr(message, k) != v for k, v in fields.items()):
+                    for k, v in fields.items():
+                        setattr(message, k, v)
+                    changed.append(message)
+            Message.objects.bulk_update(
+                changed, ["flags", "is_read", "is_flagged", "is_draft", "is_answered"]
+            )
+        self.report.updated += len(changed)
+
+    def expunge(self, folder: Folder, uids: set[int]) -> None:
+        if not uids:
+            return
+        with self.scope(), transaction.atomic():
+            Message.objects.filter(
+                folder=folder, uidvalidity=folder.uidvalidity, imap_uid__in=list(uids)
+            ).delete()
+            QuarantinedMessage.objects.filter(
+                folder=folder, uidvalidity=folder.uidvalidity, imap_uid__in=list(uids)
+            ).delete()
+        self.report.expunged += len(uids)
+
+    # New messages ---------------------------------------------------------------
+
+    def fetch_new(self, session: ImapSession, folder: Folder, state: FolderState, cursor: int) -> None:
+        if state.uidnext is not None and state.uidnext <= cursor:
+            return
+        if state.exists == 0:
+            return
+        new_uids = sorted(session.uids(cursor))
+        if not new_uids:
+            return
+        done = 0
+        self.progress(folder.name, 0, len(new_uids))
+        rematch = self.rematch_pool(folder)
+        for chunk in _chunks(new_uids, 5000):
+            metas = session.fetch_meta(chunk)
+            for batch in self.batches([metas[uid] for uid in chunk if uid in metas]):
+                self.store_batch(session, folder, batch, rematch)
+                done += len(batch)
+                self.progress(folder.name, done, len(new_uids))
+            with self.scope():
+                # UIDs that vanished between SEARCH and FETCH: move past them.
+                folder.uidnext = max(folder.uidnext or 1, chunk[-1] + 1)
+                folder.save(update_fields=["uidnext", "updated_at"])
+
+    def batches(self, metas: list[FetchedMessage]) -> Iterator[list[FetchedMessage]]:
+        batch: list[FetchedMessage] = []
+        size = 0
+        for meta in metas:
+            if batch and (len(batch) >= self.batch_messages or size + meta.size > self.batch_bytes):
+                yield batch
+                batch, size = [], 0
+            batch.append(meta)
+            size += meta.size
+        if batch:
+            yield batch
+
+    def rematch_pool(self, folder: Folder) -> dict[str, list[uuid.UUID]]:
+        """Rows left from an earlier UIDVALIDITY, by content hash and by
+        Message-ID, to be given the new UIDs instead of inserting twins."""
+        pool: dict[str, list[uuid.UUID]] = {}
+        with self.scope():
+            rows = Message.objects.filter(folder=folder).exclude(uidvalidity=folder.uidvalidity)
+            for row_id, content_hash, message_id in rows.values_list("id", "content_hash", "message_id"):
+                pool.setdefault(f"h:{content_hash}", []).append(row_id)
+                if message_id:
+                    pool.setdefault(f"m:{message_id}", []).append(row_id)
+        return pool
+
+    def store_batch(
+        self,
+        session: ImapSession,
+        folder: Folder,
+        metas: list[FetchedMessage],
+        rematch: dict[str, list[uuid.UUID]],
+    ) -> None:
+        too_big = [m for m in metas if m.size > self.limits.max_message_bytes]
+        wanted = [m.uid for m in metas if m.size <= self.limits.max_message_bytes]
+        fetched = session.fetch_full(wanted) if wanted else {}
+        self.report.bodies_fetched += len(fetched)
+        messages: list[Message] = []
+        attachments: list[Attachment] = []
+        quarantined: list[QuarantinedMessage] = []
+        rematched: list[Message] = []
+        claimed: set[uuid.UUID] = set()
+
+        for meta in too_big:
+            quarantined.append(
+                self.quarantine(folder, meta, None, f"message of {meta.size} bytes is over the limit")
+            )
+        for uid in wanted:
+            item = fetched.get(uid)
+            if item is None:  # expunged since the size fetch
+                continue
+            if item.raw is None:
+                quarantined.append(self.quarantine(folder, item, None, "the server returned no body"))
+                continue
+            try:
+                parsed = parse_message(item.raw, self.limits)
+            except MessageRejected as exc:
+                quarantined.append(self.quarantine(folder, item, item.raw, exc.reason))
+                continue
+            except Exception as exc:  # a parser bug must not stop the sync
+                logger.exception("parser failed on uid %s of folder %s", uid, folder.id)
+                quarantined.append(
+                    self.quarantine(folder, item, item.raw, f"parser error: {type(exc).__name__}")
+                )
+                continue
+            raw_key = self.store.put(self.tenant_id, item.raw)
+            old_id = self.take_rematch(rematch, raw_key, parsed.message_id, claimed)
+            if old_id is not None:
+                rematched.append(
+                    Message(
+                        id=old_id,
+                        imap_uid=item.uid,
+                        uidvalidity=folder.uidvalidity,
+                        modseq=item.modseq,
+                        **flag_fields(item.flags),
+                    )
+                )
+                continue
+            message = self.build_message(folder, item, parsed, raw_key)
+            messages.append(message)
+            for part in parsed.attachments:
+                self.store.put(self.tenant_id, part.data, part.sha256)
+                attachments.append(
+                    Attachment(
+                        tenant_id=self.tenant_id,
+                        message=message,
+                        filename=part.filename,
+                        mime_type=part.mime_type,
+                        size_bytes=len(part.data),
+                        content_id=part.content_id,
+                        is_inline=part.is_inline,
+                        content_hash=part.sha256,
+                        storage_type="local",
+                    )
+                )
+
+        with self.scope(), transaction.atomic():
+            if messages:
+                assign_threads(tenant_id=self.tenant_id, account_id=self.account.id, messages=messages)
+                Message.objects.bulk_create(messages)
+                Attachment.objects.bulk_create(attachments)
+            if rematched:
+                Message.objects.bulk_update(
+                    rematched,
+                    [
+                        "imap_uid",
+                        "uidvalidity",
+                        "modseq",
+                        "flags",
+                        "is_read",
+                        "is_flagged",
+                        "is_draft",
+                        "is_answered",
+                    ],
+                )
+            if quarantined:
+                QuarantinedMessage.objects.bulk_create(quarantined, ignore_conflicts=True)
+            folder.uidnext = max(folder.uidnext or 1, max(m.uid for m in metas) + 1)
+            folder.save(update_fields=["uidnext", "updated_at"])
+        self.report.new += len(messages) + len(rematched)
+        self.report.quarantined += len(quarantined)
+
+    @staticmethod
+    def take_rematch(pool, raw_key: str, message_id: str, claimed: set[uuid.UUID]) -> uuid.UUID | None:
+        if not pool:
+            return None
+        for key in (f"h:{raw_key}", f"m:{message_id}" if message_id else None):
+            for row_id in pool.get(key or "", []):
+                if row_id not in claimed:
+                    claimed.add(row_id)
+                    pool[key].remove(row_id)
+                    return row_id
+        return None
+
+    def quarantine(
+        self, folder: Folder, item: FetchedMessage, raw: bytes | None, reason: str
+    ) -> QuarantinedMessage:
+        key = self.store.put(self.tenant_id, raw) if raw else ""
+        logger.warning("quarantined uid %s of folder %s: %s", item.uid, folder.id, reason)
+        return QuarantinedMessage(
+            tenant_id=self.tenant_id,
+            account=self.account,
+            folder=folder,
+            imap_uid=item.uid,
+            uidvalidity=folder.uidvalidity,
+            reason=reason[:1000],
+            size_bytes=item.size,
+            raw_blob_key=key,
+        )
+
+    def build_message(
+        self, folder: Folder, item: FetchedMessage, parsed: ParsedMessage, raw_key: str
+    ) -> Message:
+        return Message(
+            tenant_id=self.tenant_id,
+            account=self.account,
+            folder=folder,
+            imap_uid=item.uid,
+            uidvalidity=folder.uidvalidity,
+            modseq=item.modseq,
+            message_id=parsed.message_id,
+            in_reply_to=parsed.in_reply_to,
+            references=parsed.references,
+            from_address=parsed.from_address,
+            from_name=parsed.from_name,
+            to=parsed.to,
+            cc=parsed.cc,
+            bcc=parsed.bcc,
+            reply_to=parsed.reply_to,
+            subject=parsed.subject,
+            text_body=parsed.text_body,
+            html_body=parsed.html_body,
+            snippet=parsed.snippet,
+            has_attachments=any(not a.is_inline for a in parsed.attachments),
+            sent_at=parsed.sent_at,
+            received_at=item.internal_date or parsed.sent_at or timezone.now(),
+            size_bytes=item.size or len(item.raw or b""),
+            content_hash=raw_key,
+            raw_blob_key=raw_key,
+            **flag_fields(item.flags),
+        )
+
+    # End of a folder --------------------------------------------------------------
+
+    def finish_folder(self, folder: Folder, state: FolderState) -> None:
+        with self.scope(), transaction.atomic():
+            # Rows of an older UIDVALIDITY that no new UID claimed are gone.
+            stale = Message.objects.filter(folder=folder).exclude(uidvalidity=folder.uidvalidity)
+            self.report.expunged += stale.delete()[0]
+            QuarantinedMessage.objects.filter(folder=folder).exclude(uidvalidity=folder.uidvalidity).delete()
+            counts = Message.objects.filter(folder=folder).aggregate(
+                total=Count("id"), unread=Count("id", filter=Q(is_read=False))
+            )
+            folder.total_count = counts["total"]
+            folder.unread_count = counts["unread"]
+            if state.uidnext is not None:
+                folder.uidnext = max(folder.uidnext or 1, state.uidnext)
+            folder.highestmodseq = state.highestmodseq
+            folder.last_synced_at = timezone.now()
+            folder.save()
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,80 @@
+"""Celery tasks of the sync engine: thin, JSON arguments, ids only."""
+
+import logging
+import random
+import uuid
+
+from celery import shared_task
+from django.conf import settings
+
+from accounts.models import EmailAccount
+
+from . import status
+from .imap import AddressNotAllowed, AuthenticationFailed, InsecureServer, MailServerError
+from .services import account_sync_finished, account_sync_started
+from .sync import SyncAlreadyRunning, account_sync
+
+logger = logging.getLogger(__name__)
+
+# Retrying cannot fix these: the account's settings or credentials must change.
+PERMANENT = (AuthenticationFailed, InsecureServer, AddressNotAllowed)
+
+
+def retry_countdown(retries: int) -> float:
+    """Exponential backoff with full jitter: 30 s, 60 s, 120 s ... up to an hour."""
+    return min(3600, 30 * 2**retries) * random.uniform(0.5, 1.5)  # noqa: S311 - not cryptographic
+
+
+@shared_task(
+    name="mailboxes.sync_account",
+    bind=True,
+    acks_late=True,
+    max_retries=None,  # bounded by SYNC_MAX_RETRIES below, read at run time
+    time_limit=settings.CELERY_TASK_TIME_LIMIT,
+    soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT,
+)
+def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
+    tenant_id, account_id = uuid.UUID(tenant_id), uuid.UUID(account_id)
+    task_id = self.request.id or ""
+
+    def progress(folder: str, done: int, total: int) -> None:
+        status.sync_status_set(
+            account_id, state=status.RUNNING, task_id=task_id, folder=folder, done=done, total=total
+        )
+
+    try:
+        account_sync_started(tenant_id=tenant_id, account_id=account_id)
+        report = account_sync(tenant_id=tenant_id, account_id=account_id, progress=progress)
+    except EmailAccount.DoesNotExist:
+        logger.info("sync of account %s skipped: no such account", account_id)
+        status.sync_release(account_id, task_id)
+        status.sync_status_set(account_id, state=status.IDLE)
+        return {"result": "missing"}
+    except SyncAlreadyRunning:
+        logger.info("sync of account %s already running; this trigger joins it", account_id)
+        return {"result": "joined"}
+    except PERMANENT as exc:
+        _failed(tenant_id, account_id, task_id, exc)
+        return {"result": "failed", "error": str(exc)}
+    except MailServerError as exc:
+        if self.request.retries < settings.SYNC_MAX_RETRIES:
+            account_sync_finished(tenant_id=tenant_id, account_id=account_id, error=str(exc), succeeded=False)
+            status.sync_status_set(account_id, state=status.QUEUED, error=str(exc))
+            raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
+        _failed(tenant_id, account_id, task_id, exc)
+        return {"result": "failed", "error": str(exc)}
+    except Exception as exc:
+        _failed(tenant_id, account_id, task_id, exc)
+        raise
+    account_sync_finished(tenant_id=tenant_id, account_id=account_id, error="", succeeded=True)
+    status.sync_release(account_id, task_id)
+    status.sync_status_set(account_id, state=status.IDLE, error="", last_summary=report.summary())
+    return {"result": "ok", "summary": report.summary()}
+
+
+def _failed(tenant_id: uuid.UUID, account_id: uuid.UUID, task_id: str, exc: Exception) -> None:
+    message = str(exc) or type(exc).__name__
+    logger.warning("sync of account %s failed: %s", account_id, message)
+    account_sync_finished(tenant_id=tenant_id, account_id=account_id, error=message, succeeded=False)
+    status.sync_release(account_id, task_id)
+    status.sync_status_set(account_id, state=status.FAILED, error=message)

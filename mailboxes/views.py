@@ -1,0 +1,48 @@
+from drf_spectacular.utils import extend_schema
+from rest_framework import status as http
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.selectors import access_account
+from emailclient.core.api import TenantAPIMixin
+from emailclient.core.schema import TENANT_HEADER
+
+from . import status
+from .serializers import SyncRequestedSerializer, SyncStatusSerializer
+from .services import sync_request
+
+
+def sync_requested_response(account) -> Response:
+    task_id, joined = sync_request(account=account)
+    state = status.sync_status_get(account.id).get("state", status.QUEUED)
+    body = {"task_id": task_id, "state": state, "joined": joined}
+    return Response(SyncRequestedSerializer(body).data, status=http.HTTP_202_ACCEPTED)
+
+
+class SyncTriggerView(TenantAPIMixin, APIView):
+    """Queue a sync of the account (202), or join the one already queued or running."""
+
+    @extend_schema(parameters=[TENANT_HEADER], request=None, responses={202: SyncRequestedSerializer})
+    def post(self, request, account_id, **kwargs):
+        account = access_account(tenant=self.tenant, membership=self.membership, id=account_id)
+        return sync_requested_response(account)
+
+
+class SyncStatusView(TenantAPIMixin, APIView):
+    @extend_schema(parameters=[TENANT_HEADER], responses=SyncStatusSerializer)
+    def get(self, request, account_id, **kwargs):
+        account = access_account(tenant=self.tenant, membership=self.membership, id=account_id)
+        live = status.sync_status_get(account.id)
+        body = {
+            "account_id": account.id,
+            "state": live.get("state", status.IDLE),
+            "task_id": live.get("task_id", ""),
+            "progress": {
+                "folder": live.get("folder", ""),
+                "done": live.get("done", 0),
+                "total": live.get("total", 0),
+            },
+            "last_sync_at": account.last_sync_at,
+            "last_error": account.last_sync_error or live.get("error", ""),
+        }
+        return Response(SyncStatusSerializer(body).data)
