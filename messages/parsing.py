@@ -200,12 +200,15 @@ MAX_MESSAGE_ID = 250
 
 def message_ids(value: str | None) -> list[str]:
     """The `<id>`s of a Message-ID, In-Reply-To or References header, without
-    brackets, in order, de-duplicated."""
+    brackets, in order, de-duplicated; ids without an "@" are dropped."""
     if not value:
         return []
     seen: dict[str, None] = {}
     for match in _MSGID.finditer(clean_text(value)):
-        seen.setdefault(match.group(1)[:MAX_MESSAGE_ID], None)
+        # A msg-id is id-left "@" id-right; git send-email's `--in-reply-to=yes`
+        # bug sends `<yes>`, which would chain unrelated threads together.
+        if "@" in match.group(1):
+            seen.setdefault(match.group(1)[:MAX_MESSAGE_ID], None)
     return list(seen)
 
 

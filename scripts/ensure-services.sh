@@ -51,3 +51,6 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
 fi
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { echo "Redis does not answer on 127.0.0.1:6379" >&2; exit 1; }
 log "PostgreSQL and Redis are up"
+
+# --- Dovecot (dev/test IMAP and POP3 server) and isync (mbsync, for bench/) -----
+"$(dirname "$0")/../deploy/devmail/install.sh"

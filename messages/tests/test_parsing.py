@@ -102,6 +102,7 @@ def test_limits_quarantine_reasons():
 
 def test_references_and_ids():
     assert message_ids("<a@x> <b@y>\r\n <a@x> junk <c@z>") == ["a@x", "b@y", "c@z"]
+    assert message_ids("<yes>") == []  # git send-email --in-reply-to=yes
     long_id = "<" + "é" * 900 + "@x>"
     assert len(message_ids(long_id)[0]) == 250
 
