@@ -29,6 +29,14 @@ manage setupdb
 manage migrate --database owner --no-input -v 0
 manage seeddemo
 
+# A local Dovecot (IMAP 10143, POP3 10110, IMAPS 10993, POP3S 10995) with
+# the demo user, its mailbox filled from the corpus; its private CA is trusted.
+DEVMAIL_DIR="$PWD/var/devmail"
+export DEVMAIL_IMAP_PORT="${DEVMAIL_IMAP_PORT:-10143}"
+deploy/devmail/devmail.sh start "$DEVMAIL_DIR"
+deploy/devmail/devmail.sh adduser "$DEVMAIL_DIR" demo "${DEMO_PASSWORD:-demo}"
+export MAIL_TLS_CA_FILE="$DEVMAIL_DIR/tls/ca.pem"
+
 PORT="${PORT:-8000}"
 # Job control: each process (and its children, e.g. runserver's reloader)
 # gets its own process group, which cleanup stops as a whole.
@@ -38,6 +46,7 @@ cleanup() {
     trap - INT TERM EXIT
     for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    deploy/devmail/devmail.sh stop "$DEVMAIL_DIR" >/dev/null 2>&1 || true
     printf '==> stopped\n'
 }
 trap cleanup INT TERM EXIT
@@ -46,6 +55,9 @@ trap cleanup INT TERM EXIT
 .venv/bin/celery -A emailclient worker --loglevel INFO --concurrency 2 & pids+=($!)
 .venv/bin/celery -A emailclient beat --loglevel INFO \
     --scheduler django_celery_beat.schedulers:DatabaseScheduler --pidfile= & pids+=($!)
+
+# Queued now, synced by the worker as soon as it is up.
+manage seeddemomail --imap-port "$DEVMAIL_IMAP_PORT"
 
 printf '\n==> API on http://127.0.0.1:%s/api/  (docs: /api/docs/, admin: /admin/)\n' "$PORT"
 printf '==> Ctrl-C stops the web server, the worker and beat.\n\n'
