@@ -411,27 +411,32 @@ class ImapSession:
             raw=raw if isinstance(raw, bytes) else None,
         )
 
-    def flag_changes(self, *, since_modseq: int, up_to_uid: int) -> FlagChanges:
-        """Flags changed since `since_modseq` (CONDSTORE) and, with QRESYNC,
-        UIDs expunged since then, among UIDs 1..up_to_uid."""
+    def flag_changes(self, *, since_modseq: int, low: int, high: int) -> FlagChanges:
+        """Flags changed since `since_modseq` (CONDSTORE) among UIDs
+        low..high and, with QRESYNC, the UIDs of that range expunged since."""
         changes = FlagChanges()
-        if up_to_uid < 1:
+        if high < low:
             return changes
         modifiers = [f"CHANGEDSINCE {since_modseq}"] + (["VANISHED"] if self.qresync else [])
         self.client._imap.untagged_responses.pop("VANISHED", None)
-        response = self.client.uid_fetch(f"1:{up_to_uid}", ["UID", "FLAGS"], modifiers)
+        response = self.client.uid_fetch(f"{low}:{high}", ["UID", "FLAGS"], modifiers)
         for uid, data in response.items():
             message = self._message(uid, data)
             changes.changed[message.uid] = (message.flags, message.modseq)
         for line in self.client._imap.untagged_responses.pop("VANISHED", []):
             text = _text(line)
             text = re.sub(r"^\(EARLIER\)\s*", "", text, flags=re.IGNORECASE)
-            changes.vanished |= {uid for uid in parse_sequence_set(text) if uid <= up_to_uid}
+            changes.vanished |= {uid for uid in parse_sequence_set(text) if low <= uid <= high}
         return changes
 
-    def all_flags(self, up_to_uid: int) -> dict[int, tuple[str, ...]]:
-        """FLAGS of every message up to a UID: the fallback without CONDSTORE."""
-        if up_to_uid < 1:
+    def all_flags(self, *, low: int, high: int) -> dict[int, tuple[str, ...]]:
+        """FLAGS of every message with a UID in low..high: the fallback
+        without CONDSTORE."""
+        if high < low:
             return {}
-        response = self.client.uid_fetch(f"1:{up_to_uid}", ["UID", "FLAGS"])
-        return {uid: tuple(_text(f) for f in data.get(b"FLAGS", ())) for uid, data in response.items()}
+        response = self.client.uid_fetch(f"{low}:{high}", ["UID", "FLAGS"])
+        return {
+            uid: tuple(_text(f) for f in data.get(b"FLAGS", ()))
+            for uid, data in response.items()
+            if low <= uid <= high  # `n:m` may answer the last message even below n
+        }

@@ -54,6 +54,10 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 
+# UIDs per FLAGS fetch when checking known messages: bounds memory and the
+# size of the IN (...) lists on folders of any size.
+FLAG_RANGE = 20_000
+
 
 class SyncAlreadyRunning(Exception):
     pass
@@ -334,28 +338,32 @@ class _Engine:
             folder.save(update_fields=["uidvalidity", "uidnext", "highestmodseq", "updated_at"])
 
     def sync_known(self, session: ImapSession, folder: Folder, state: FolderState, cursor: int) -> None:
-        """Flag changes and expunges among the UIDs below the cursor."""
+        """Flag changes and expunges among the UIDs below the cursor, a UID
+        range at a time so memory stays flat on huge folders."""
         up_to = cursor - 1
-        vanished: set[int] | None = None
-        if session.condstore and folder.highestmodseq:
-            changes = session.flag_changes(since_modseq=folder.highestmodseq, up_to_uid=up_to)
-            updates = {uid: flags for uid, (flags, _) in changes.changed.items()}
-            if session.qresync:
-                vanished = changes.vanished
-        else:
-            updates = session.all_flags(up_to)
-            vanished = self.known_uids(folder, up_to) - set(updates)
-        if vanished is None:
-            # CONDSTORE without QRESYNC: compare UID sets, unless the counts
-            # show that nothing came and nothing went.
-            nothing_moved = state.uidnext == cursor and state.exists == self.stored_count(folder)
-            if nothing_moved:
-                vanished = set()
+        condstore = session.condstore and bool(folder.highestmodseq)
+        # CONDSTORE without QRESYNC tells no expunges: compare UID sets, unless
+        # the counts show that nothing came and nothing went.
+        compare_uids = condstore and not session.qresync
+        if compare_uids and state.uidnext == cursor and state.exists == self.stored_count(folder):
+            compare_uids = False
+        server_uids = {uid for uid in session.uids(1) if uid <= up_to} if compare_uids else None
+        for low in range(1, up_to + 1, FLAG_RANGE):
+            high = min(up_to, low + FLAG_RANGE - 1)
+            if condstore:
+                changes = session.flag_changes(since_modseq=folder.highestmodseq, low=low, high=high)
+                updates = {uid: flags for uid, (flags, _) in changes.changed.items()}
+                if session.qresync:
+                    vanished = changes.vanished
+                elif server_uids is not None:
+                    vanished = {u for u in self.known_uids(folder, low, high) if u not in server_uids}
+                else:
+                    vanished = set()
             else:
-                server_below = {uid for uid in session.uids(1) if uid <= up_to}
-                vanished = self.known_uids(folder, up_to) - server_below
-        self.apply_flags(folder, updates)
-        self.expunge(folder, vanished)
+                updates = session.all_flags(low=low, high=high)
+                vanished = self.known_uids(folder, low, high) - set(updates)
+            self.apply_flags(folder, updates)
+            self.expunge(folder, vanished)
 
     def stored_count(self, folder: Folder) -> int:
         with self.scope():
@@ -364,18 +372,16 @@ class _Engine:
                 + QuarantinedMessage.objects.filter(folder=folder, uidvalidity=folder.uidvalidity).count()
             )
 
-    def known_uids(self, folder: Folder, up_to: int) -> set[int]:
+    def known_uids(self, folder: Folder, low: int, high: int) -> set[int]:
+        where = {
+            "folder": folder,
+            "uidvalidity": folder.uidvalidity,
+            "imap_uid__gte": low,
+            "imap_uid__lte": high,
+        }
         with self.scope():
-            uids = set(
-                Message.objects.filter(
-                    folder=folder, uidvalidity=folder.uidvalidity, imap_uid__lte=up_to
-                ).values_list("imap_uid", flat=True)
-            )
-            uids |= set(
-                QuarantinedMessage.objects.filter(
-                    folder=folder, uidvalidity=folder.uidvalidity, imap_uid__lte=up_to
-                ).values_list("imap_uid", flat=True)
-            )
+            uids = set(Message.objects.filter(**where).values_list("imap_uid", flat=True))
+            uids |= set(QuarantinedMessage.objects.filter(**where).values_list("imap_uid", flat=True))
         return uids
 
     def apply_flags(self, folder: Folder, updates: dict[int, tuple[str, ...]]) -> None:

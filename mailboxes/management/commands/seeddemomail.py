@@ -41,7 +41,9 @@ class Command(BaseCommand):
             raise CommandError("Run `seeddemo` first.")
         self.fill_mailbox(imap_port, password, corpus)
         with tenant_scope(tenant.id):
-            account = EmailAccount.objects.filter(tenant=tenant, user=user, email_address="demo@localhost").first()
+            account = EmailAccount.objects.filter(
+                tenant=tenant, user=user, email_address="demo@localhost"
+            ).first()
         if account is None:
             account = account_create(
                 tenant=tenant,
