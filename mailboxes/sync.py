@@ -28,21 +28,25 @@ account at a time (a PostgreSQL advisory lock).
 
 import imaplib
 import logging
+import queue
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q, Value
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 from imapclient.exceptions import IMAPClientError
 
 from accounts.models import EmailAccount
 from accounts.services import account_credentials
 from emailclient.core.tenancy import tenant_scope
-from messages.blobs import BlobStore, default_store
+from messages.blobs import BlobStore, blob_key, default_store
 from messages.models import Attachment, Message, QuarantinedMessage
 from messages.parsing import Limits, MessageRejected, ParsedMessage, parse_message
 from messages.threading import assign_threads
@@ -428,16 +432,17 @@ class _Engine:
         done = 0
         self.progress(folder.name, 0, len(new_uids))
         rematch = self.rematch_pool(folder)
-        for chunk in _chunks(new_uids, 5000):
-            metas = session.fetch_meta(chunk)
-            for batch in self.batches([metas[uid] for uid in chunk if uid in metas]):
-                self.store_batch(session, folder, batch, rematch)
-                done += len(batch)
-                self.progress(folder.name, done, len(new_uids))
-            with self.scope():
-                # UIDs that vanished between SEARCH and FETCH: move past them.
-                folder.uidnext = max(folder.uidnext or 1, chunk[-1] + 1)
-                folder.save(update_fields=["uidnext", "updated_at"])
+        with _Pipeline(threaded=not connection.in_atomic_block) as pipeline:
+            for chunk in _chunks(new_uids, 5000):
+                metas = session.fetch_meta(chunk)
+                for metas_batch in self.batches([metas[uid] for uid in chunk if uid in metas]):
+                    batch = self.prepare_batch(session, folder, metas_batch, rematch)
+                    pipeline.submit(partial(self.commit_batch, batch))
+                    done += len(metas_batch)
+                    self.progress(folder.name, done, len(new_uids))
+                # UIDs that vanished between SEARCH and FETCH: move past them,
+                # after the chunk's batches.
+                pipeline.submit(partial(advance_cursor, folder.id, chunk[-1] + 1))
 
     def batches(self, metas: list[FetchedMessage]) -> Iterator[list[FetchedMessage]]:
         batch: list[FetchedMessage] = []
@@ -463,49 +468,42 @@ class _Engine:
                     pool.setdefault(f"m:{message_id}", []).append(row_id)
         return pool
 
-    def store_batch(
+    def prepare_batch(
         self,
         session: ImapSession,
         folder: Folder,
         metas: list[FetchedMessage],
         rematch: dict[str, list[uuid.UUID]],
-    ) -> None:
+    ) -> "_Batch":
+        """Fetch and parse one batch (network and CPU; no database)."""
+        batch = _Batch(folder_id=folder.id, next_uid=max(m.uid for m in metas) + 1)
         too_big = [m for m in metas if m.size > self.limits.max_message_bytes]
         wanted = [m.uid for m in metas if m.size <= self.limits.max_message_bytes]
         fetched = session.fetch_full(wanted) if wanted else {}
         self.report.bodies_fetched += len(fetched)
-        messages: list[Message] = []
-        attachments: list[Attachment] = []
-        quarantined: list[QuarantinedMessage] = []
-        rematched: list[Message] = []
-        claimed: set[uuid.UUID] = set()
-
         for meta in too_big:
-            quarantined.append(
-                self.quarantine(folder, meta, None, f"message of {meta.size} bytes is over the limit")
-            )
+            batch.quarantine(self, folder, meta, None, f"message of {meta.size} bytes is over the limit")
         for uid in wanted:
             item = fetched.get(uid)
             if item is None:  # expunged since the size fetch
                 continue
             if item.raw is None:
-                quarantined.append(self.quarantine(folder, item, None, "the server returned no body"))
+                batch.quarantine(self, folder, item, None, "the server returned no body")
                 continue
             try:
                 parsed = parse_message(item.raw, self.limits)
             except MessageRejected as exc:
-                quarantined.append(self.quarantine(folder, item, item.raw, exc.reason))
+                batch.quarantine(self, folder, item, item.raw, exc.reason)
                 continue
             except Exception as exc:  # a parser bug must not stop the sync
                 logger.exception("parser failed on uid %s of folder %s", uid, folder.id)
-                quarantined.append(
-                    self.quarantine(folder, item, item.raw, f"parser error: {type(exc).__name__}")
-                )
+                batch.quarantine(self, folder, item, item.raw, f"parser error: {type(exc).__name__}")
                 continue
-            raw_key = self.store.put(self.tenant_id, item.raw)
-            old_id = self.take_rematch(rematch, raw_key, parsed.message_id, claimed)
+            raw_key = blob_key(item.raw)
+            batch.blobs.append((raw_key, item.raw))
+            old_id = self.take_rematch(rematch, raw_key, parsed.message_id)
             if old_id is not None:
-                rematched.append(
+                batch.rematched.append(
                     Message(
                         id=old_id,
                         imap_uid=item.uid,
@@ -516,10 +514,10 @@ class _Engine:
                 )
                 continue
             message = self.build_message(folder, item, parsed, raw_key)
-            messages.append(message)
+            batch.messages.append(message)
             for part in parsed.attachments:
-                self.store.put(self.tenant_id, part.data, part.sha256)
-                attachments.append(
+                batch.blobs.append((part.sha256, part.data))
+                batch.attachments.append(
                     Attachment(
                         tenant_id=self.tenant_id,
                         message=message,
@@ -532,15 +530,21 @@ class _Engine:
                         storage_type="local",
                     )
                 )
+        return batch
 
+    def commit_batch(self, batch: "_Batch") -> None:
+        """Write the batch's blobs, then its rows and the folder's cursor in
+        one transaction. Batches commit strictly in order."""
+        for key, data in batch.blobs:
+            self.store.put(self.tenant_id, data, key)
         with self.scope(), transaction.atomic():
-            if messages:
-                assign_threads(tenant_id=self.tenant_id, account_id=self.account.id, messages=messages)
-                Message.objects.bulk_create(messages)
-                Attachment.objects.bulk_create(attachments)
-            if rematched:
+            if batch.messages:
+                assign_threads(tenant_id=self.tenant_id, account_id=self.account.id, messages=batch.messages)
+                Message.objects.bulk_create(batch.messages)
+                Attachment.objects.bulk_create(batch.attachments)
+            if batch.rematched:
                 Message.objects.bulk_update(
-                    rematched,
+                    batch.rematched,
                     [
                         "imap_uid",
                         "uidvalidity",
@@ -552,40 +556,27 @@ class _Engine:
                         "is_answered",
                     ],
                 )
-            if quarantined:
-                QuarantinedMessage.objects.bulk_create(quarantined, ignore_conflicts=True)
-            folder.uidnext = max(folder.uidnext or 1, max(m.uid for m in metas) + 1)
-            folder.save(update_fields=["uidnext", "updated_at"])
-        self.report.new += len(messages) + len(rematched)
-        self.report.quarantined += len(quarantined)
+            if batch.quarantined:
+                QuarantinedMessage.objects.bulk_create(batch.quarantined, ignore_conflicts=True)
+            advance_cursor(batch.folder_id, batch.next_uid)
+        self.report.new += len(batch.messages) + len(batch.rematched)
+        self.report.quarantined += len(batch.quarantined)
 
     @staticmethod
-    def take_rematch(pool, raw_key: str, message_id: str, claimed: set[uuid.UUID]) -> uuid.UUID | None:
+    def take_rematch(pool: dict[str, list[uuid.UUID]], raw_key: str, message_id: str) -> uuid.UUID | None:
+        """An old row for this message, taken out of the pool (under both of
+        its keys) so that no other message claims it."""
         if not pool:
             return None
         for key in (f"h:{raw_key}", f"m:{message_id}" if message_id else None):
-            for row_id in pool.get(key or "", []):
-                if row_id not in claimed:
-                    claimed.add(row_id)
-                    pool[key].remove(row_id)
-                    return row_id
+            rows = pool.get(key or "")
+            if rows:
+                row_id = rows.pop(0)
+                for other in pool.values():
+                    if row_id in other:
+                        other.remove(row_id)
+                return row_id
         return None
-
-    def quarantine(
-        self, folder: Folder, item: FetchedMessage, raw: bytes | None, reason: str
-    ) -> QuarantinedMessage:
-        key = self.store.put(self.tenant_id, raw) if raw else ""
-        logger.warning("quarantined uid %s of folder %s: %s", item.uid, folder.id, reason)
-        return QuarantinedMessage(
-            tenant_id=self.tenant_id,
-            account=self.account,
-            folder=folder,
-            imap_uid=item.uid,
-            uidvalidity=folder.uidvalidity,
-            reason=reason[:1000],
-            size_bytes=item.size,
-            raw_blob_key=key,
-        )
 
     def build_message(
         self, folder: Folder, item: FetchedMessage, parsed: ParsedMessage, raw_key: str
@@ -630,13 +621,102 @@ class _Engine:
             counts = Message.objects.filter(folder=folder).aggregate(
                 total=Count("id"), unread=Count("id", filter=Q(is_read=False))
             )
-            folder.total_count = counts["total"]
-            folder.unread_count = counts["unread"]
             if state.uidnext is not None:
-                folder.uidnext = max(folder.uidnext or 1, state.uidnext)
-            folder.highestmodseq = state.highestmodseq
-            folder.last_synced_at = timezone.now()
-            folder.save()
+                advance_cursor(folder.id, state.uidnext)
+            Folder.objects.filter(id=folder.id).update(
+                total_count=counts["total"],
+                unread_count=counts["unread"],
+                highestmodseq=state.highestmodseq,
+                last_synced_at=timezone.now(),
+                updated_at=timezone.now(),
+            )
+
+
+def advance_cursor(folder_id: uuid.UUID, next_uid: int) -> None:
+    """Move the folder's cursor forward (never back), inside the caller's
+    transaction and tenant scope."""
+    Folder.objects.filter(id=folder_id).update(
+        uidnext=Greatest(Coalesce(F("uidnext"), Value(1)), Value(next_uid)), updated_at=timezone.now()
+    )
+
+
+@dataclass
+class _Batch:
+    folder_id: uuid.UUID
+    next_uid: int
+    messages: list[Message] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    rematched: list[Message] = field(default_factory=list)
+    quarantined: list[QuarantinedMessage] = field(default_factory=list)
+    blobs: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def quarantine(
+        self, engine: "_Engine", folder: Folder, item: FetchedMessage, raw: bytes | None, reason: str
+    ):
+        key = blob_key(raw) if raw else ""
+        if raw:
+            self.blobs.append((key, raw))
+        logger.warning("quarantined uid %s of folder %s: %s", item.uid, folder.id, reason)
+        self.quarantined.append(
+            QuarantinedMessage(
+                tenant_id=engine.tenant_id,
+                account=engine.account,
+                folder=folder,
+                imap_uid=item.uid,
+                uidvalidity=folder.uidvalidity,
+                reason=reason[:1000],
+                size_bytes=item.size,
+                raw_blob_key=key,
+            )
+        )
+
+
+class _Pipeline:
+    """Runs commit jobs in order on a writer thread with its own database
+    connection, so that PostgreSQL works on batch N while this thread fetches
+    and parses batch N+1 (two cores, one GIL: parsing is Python, a commit is
+    mostly waiting on PostgreSQL). At most two jobs wait, bounding memory.
+
+    Without `threaded` (inside an outer transaction, as in tests that roll
+    back) jobs run inline. Leaving the block waits for every job; the first
+    job error is raised then, or by the next `submit`."""
+
+    def __init__(self, *, threaded: bool):
+        self.threaded = threaded
+        self.error: BaseException | None = None
+        if threaded:
+            self.jobs: queue.Queue = queue.Queue(maxsize=2)
+            self.thread = threading.Thread(target=self._work, name="sync-writer", daemon=True)
+            self.thread.start()
+
+    def _work(self) -> None:
+        try:
+            while (job := self.jobs.get()) is not None:
+                if self.error is None:
+                    try:
+                        job()
+                    except BaseException as exc:
+                        self.error = exc
+        finally:
+            connection.close()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.threaded:
+            self.jobs.put(job)
+        else:
+            job()
+
+    def __enter__(self) -> "_Pipeline":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.threaded:
+            self.jobs.put(None)
+            self.thread.join()
+        if self.error is not None and exc is None:
+            raise self.error
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:

@@ -103,8 +103,8 @@ def test_stored_messages_are_complete(imap_account, mailbox, mail_settings):
         assert len(data) == attachment.size_bytes
 
 
-@pytest.mark.django_db
-def test_incremental_sync_new_mail_flags_expunges_renames_and_deletes(imap_account, mailbox):
+def test_incremental_sync_new_mail_flags_expunges_renames_and_deletes(committed_db, imap_account, mailbox):
+    """With real commits, so the sync runs its writer thread as in production."""
     seed(mailbox)
     sync(imap_account)
     before = scoped(
