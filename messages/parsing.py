@@ -226,12 +226,16 @@ def _first_message_id(value: str | None) -> str:
 # character parser, the slowest step of parsing; anything else (groups,
 # comments, odd quoting) goes through getaddresses.
 _ADDRESS_ITEM = re.compile(
-    r"""\s*(?:
-        (?:"(?P<qname>(?:[^"\\]|\\.)*)"|(?P<name>[^",<>;:@()\[\]\\]*?))\s*<(?P<addr>[^<>\s,;"()\\]*)>
-      | (?P<bare>[^<>\s,;"()\\]+@[^<>\s,;"()\\]+)
-    )\s*(?:,|$)""",
+    # Possessive quantifiers throughout: no backtracking, so hostile input
+    # (a header of 250 KB of spaces) costs linear time, not minutes.
+    r"""\s*+(?:
+        (?:"(?P<qname>(?:[^"\\]|\\.)*+)"\s*+|(?P<name>[^",<>;:@()\[\]\\]*+))<(?P<addr>[^<>\s,;"()\\]*+)>
+      | (?P<bare>[^<>\s,;"()\\@]++@[^<>\s,;"()\\]++)
+    )\s*+(?:,|$)""",
     re.VERBOSE,
 )
+# Longer address headers are cut: no real header needs more.
+MAX_ADDRESS_HEADER = 16 * 1024
 
 
 def _split_addresses(value: str) -> list[tuple[str, str]]:
@@ -258,7 +262,7 @@ def parse_addresses(values: list[str] | None) -> list[dict]:
     if not values:
         return []
     try:
-        pairs = [pair for v in values for pair in _split_addresses(clean_text(unraw(v)))]
+        pairs = [pair for v in values for pair in _split_addresses(clean_text(unraw(v[:MAX_ADDRESS_HEADER])))]
     except Exception:
         return []
     result = []
@@ -290,14 +294,36 @@ def parse_date(value: str | None) -> datetime | None:
 
 # --- Bodies ---------------------------------------------------------------------
 
-_TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.IGNORECASE | re.DOTALL)
 _ENTITY = {"&nbsp;": " ", "&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'"}
 _ENTITY_RE = re.compile("|".join(map(re.escape, _ENTITY)))
 
 
+def _strip_tags(html: str) -> str:
+    """Tags out, script and style content out, in one linear pass (a regex
+    rescans to the end after every unclosed `<style`: quadratic)."""
+    lower = html.lower()
+    out: list[str] = []
+    position, end = 0, len(html)
+    while position < end:
+        start = html.find("<", position)
+        if start < 0:
+            out.append(html[position:])
+            break
+        out.append(html[position:start])
+        out.append(" ")
+        for tag in ("script", "style"):
+            if lower.startswith("<" + tag, start):
+                closing = lower.find("</" + tag, start)
+                start = end if closing < 0 else closing
+                break
+        close = html.find(">", start)
+        position = end if close < 0 else close + 1
+    return "".join(out)
+
+
 def html_to_text(html: str) -> str:
     """Rough text of an HTML body, for snippets and search only."""
-    text = _TAG.sub(" ", html[:200_000])
+    text = _strip_tags(html[:200_000])
     return _ENTITY_RE.sub(lambda m: _ENTITY[m.group(0)], text)
 
 

@@ -9,6 +9,7 @@ from messages.parsing import (
     MessageRejected,
     _split_addresses,
     decode_header_value,
+    html_to_text,
     message_ids,
     parse_message,
 )
@@ -119,3 +120,33 @@ def test_fast_address_split_agrees_with_getaddresses_on_the_corpus():
     assert len(headers) > 100
     for value in headers:
         assert _split_addresses(value) == getaddresses([value]), value
+
+
+@pytest.fixture
+def complexity_guard():
+    """Fails a test that runs for minutes instead of milliseconds: a guard
+    against catastrophic backtracking, not a speed target (see bench/)."""
+    import signal
+
+    def timeout(signum, frame):
+        raise AssertionError("parsing took over 10 s: super-linear behaviour on hostile input")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_hostile_address_header_is_linear(complexity_guard):
+    # 250 KB of spaces after a name with no "<": the old regex backtracked for 50 s.
+    parsed = parse_message(b"From: x@y.z\r\nTo: a" + b" " * 250_000 + b"\r\nSubject: s\r\n\r\nbody")
+    assert parsed.subject == "s"
+
+
+def test_hostile_html_is_linear(complexity_guard):
+    # Unclosed <style and lone "<", 200 KB of them: the old tag regex took 25 s.
+    parsed = parse_message(b"From: x@y.z\r\nContent-Type: text/html\r\n\r\n" + b"<style<" * 30_000)
+    assert parsed.html_body.startswith("<style<")
+    assert html_to_text("<" * 200_000) == " "
+    assert html_to_text("<p>Hi <b>there</b><script>x()</script>!") == " Hi  there  !"
