@@ -109,9 +109,33 @@ def account_create(
     return account
 
 
+# Changing any of these decides where a stored password is sent: the password
+# must come again, or a tenant admin (who may edit a member's account) could
+# point the member's password at a server of their own.
+INCOMING_ENDPOINT = ("protocol", "hostname", "port", "encryption", "username")
+OUTGOING_ENDPOINT = ("smtp_hostname", "smtp_port", "smtp_encryption", "smtp_username")
+
+
+def _require_secret_for_new_endpoint(account: EmailAccount, data: dict) -> None:
+    def changed(fields) -> list[str]:
+        return [f for f in fields if f in data and data[f] != getattr(account, f)]
+
+    errors = {}
+    incoming = changed(INCOMING_ENDPOINT)
+    if incoming and not data.get("password"):
+        errors["password"] = [f"Required when {', '.join(incoming)} changes."]
+    outgoing = changed(OUTGOING_ENDPOINT)
+    # Without its own password, SMTP uses the incoming one: guard it too.
+    if outgoing and account.password_encrypted and not data.get("smtp_password"):
+        errors["smtp_password"] = [f"Required when {', '.join(outgoing)} changes."]
+    if errors:
+        raise ApplicationError("A password is needed to change where it is sent.", fields=errors)
+
+
 def account_update(
     *, account: EmailAccount, actor, data: dict, ip_address: str | None = None
 ) -> EmailAccount:
+    _require_secret_for_new_endpoint(account, data)
     if ("protocol" in data or "encryption" in data) and "port" not in data:
         # A new protocol or encryption without a port means that pair's default port.
         protocol = data.get("protocol", account.protocol)

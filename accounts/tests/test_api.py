@@ -130,7 +130,9 @@ def test_update_and_patch_keep_the_password_unless_given(client_a, tenant_a, use
     stored = scoped(tenant_a, lambda: EmailAccount.objects.get(id=account.id))
     assert stored.password_encrypted == before
 
-    response = client_a.put(detail(account), {**VALID, "password": "new-one"}, format="json")
+    response = client_a.put(
+        detail(account), {**VALID, "password": "new-one", "smtp_password": "smtp-one"}, format="json"
+    )
     assert response.status_code == 200, response.content
     stored = scoped(tenant_a, lambda: EmailAccount.objects.get(id=account.id))
     assert account_credentials(account=stored).password == "new-one"
@@ -138,8 +140,34 @@ def test_update_and_patch_keep_the_password_unless_given(client_a, tenant_a, use
 
 def test_changing_encryption_without_a_port_moves_to_that_default(client_a, tenant_a, user_a):
     account = EmailAccountFactory(tenant=tenant_a, user=user_a, port=993, encryption="tls")
-    response = client_a.patch(detail(account), {"encryption": "starttls"}, format="json")
+    response = client_a.patch(detail(account), {"encryption": "starttls", "password": "pw"}, format="json")
     assert response.json()["port"] == 143
+
+
+@pytest.mark.parametrize(
+    ("change", "secret"),
+    [
+        ({"hostname": "evil.example.net"}, "password"),
+        ({"port": 1143}, "password"),
+        ({"encryption": "none"}, "password"),
+        ({"username": "someone-else"}, "password"),
+        ({"protocol": "pop3"}, "password"),
+        ({"smtp_hostname": "evil.example.net"}, "smtp_password"),
+    ],
+)
+def test_redirecting_a_stored_password_needs_the_password(client_admin_a, tenant_a, user_a, change, secret):
+    """A tenant admin may edit a member's account, but cannot send the
+    member's stored password to another server without knowing it."""
+    account = EmailAccountFactory(tenant=tenant_a, user=user_a)
+    response = client_admin_a.patch(detail(account), change, format="json")
+    assert response.status_code == 400
+    assert secret in response.json()["error"]["fields"]
+    stored = scoped(tenant_a, lambda: EmailAccount.objects.get(id=account.id))
+    assert (stored.hostname, stored.port, stored.encryption) == ("imap.example.com", 993, "tls")
+    ok = client_admin_a.patch(
+        detail(account), {**change, "password": "x", "smtp_password": "y"}, format="json"
+    )
+    assert ok.status_code == 200
 
 
 def test_delete_is_soft_and_hides_the_account(client_a, tenant_a, user_a):
