@@ -173,7 +173,9 @@ class _Client(IMAPClient):
 
     def uid_fetch(self, message_set: str, items: list[str], modifiers: list[str] | None = None) -> dict:
         """UID FETCH on a sequence-set string (`1:500,731`); IMAPClient.fetch
-        takes only lists of single ids."""
+        takes only lists of single ids. Results are keyed by their UID item,
+        never by sequence number: unsolicited FETCH responses (another
+        client's flag change, sent by sequence number) are dropped."""
         tag = self._imap._command(
             "UID",
             "FETCH",
@@ -184,7 +186,13 @@ class _Client(IMAPClient):
         typ, data = self._imap._command_complete("FETCH", tag)
         self._checkok("fetch", typ, data)
         typ, data = self._imap._untagged_response(typ, data, "FETCH")
-        return parse_fetch_response(data, self.normalise_times, self.use_uid)
+        parsed = parse_fetch_response(data, self.normalise_times, uid_is_key=False)
+        by_uid = {}
+        for item in parsed.values():
+            uid = item.get(b"UID")
+            if isinstance(uid, int):
+                by_uid[check_uid(uid)] = item
+        return by_uid
 
 
 # --- Results ----------------------------------------------------------------------
@@ -225,6 +233,29 @@ class FlagChanges:
     vanished: set[int] = field(default_factory=set)
 
 
+MAX_UID = 2**32 - 1  # RFC 3501: nz-number, 32 bits
+MAX_MODSEQ = 2**63 - 1  # RFC 7162: mod-sequence-value, 63 bits
+
+
+def check_uid(value) -> int:
+    if not isinstance(value, int) or not 1 <= value <= MAX_UID:
+        raise ProtocolViolation(f"the server sent UID {str(value)[:40]}")
+    return value
+
+
+def check_number(value, *, name: str, low: int = 0, high: int = MAX_MODSEQ, optional: bool = False):
+    """A number from a server reply, in range, or ProtocolViolation."""
+    if value is None and optional:
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolViolation(f"the server sent {name} {str(value)[:40]!r}") from exc
+    if not low <= number <= high:
+        raise ProtocolViolation(f"the server sent {name} {number}, out of range")
+    return number
+
+
 def _text(value) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -246,19 +277,23 @@ def sequence_set(uids: Iterable[int]) -> str:
 _SEQ_ITEM = re.compile(r"^(\d+)(?::(\d+))?$")
 
 
-def parse_sequence_set(text: str, *, limit: int = 10_000_000) -> set[int]:
-    """UIDs of a server's sequence set (VANISHED, ESEARCH), bounded in size."""
+def parse_sequence_set(text: str, *, low: int = 1, high: int = MAX_UID, limit: int = 2_000_000) -> set[int]:
+    """UIDs of a server's sequence set (VANISHED, ESEARCH) within low..high.
+    Ranges are clipped before they are expanded, and the result is bounded:
+    `1:4294967295` from a hostile server costs nothing."""
     uids: set[int] = set()
     for item in text.split(","):
         match = _SEQ_ITEM.match(item.strip())
         if not match:
             raise ProtocolViolation(f"bad sequence set item {item[:40]!r}")
-        low = int(match.group(1))
-        high = int(match.group(2) or low)
-        low, high = min(low, high), max(low, high)
-        if len(uids) + (high - low + 1) > limit:
+        first = int(match.group(1))
+        last = int(match.group(2) or first)
+        first, last = max(min(first, last), low), min(max(first, last), high)
+        if first > last:
+            continue
+        if len(uids) + (last - first + 1) > limit:
             raise ProtocolViolation("sequence set too large")
-        uids.update(range(low, high + 1))
+        uids.update(range(first, last + 1))
     return uids
 
 
@@ -334,24 +369,21 @@ class ImapSession:
         items = [b"MESSAGES", b"UIDNEXT", b"UIDVALIDITY"]
         if self.condstore:
             items.append(b"HIGHESTMODSEQ")
-        status = self.client.folder_status(name, items)
-        return FolderState(
-            uidvalidity=int(status[b"UIDVALIDITY"]),
-            uidnext=int(status[b"UIDNEXT"]) if b"UIDNEXT" in status else None,
-            exists=int(status[b"MESSAGES"]),
-            highestmodseq=int(status[b"HIGHESTMODSEQ"]) if b"HIGHESTMODSEQ" in status else None,
-        )
+        return self._state(self.client.folder_status(name, items), exists_key=b"MESSAGES")
 
     def select(self, name: str) -> FolderState:
         """EXAMINE (read-only): syncing never changes the mailbox."""
-        response = self.client.select_folder(name, readonly=True)
-        modseq = response.get(b"HIGHESTMODSEQ")
-        uidnext = response.get(b"UIDNEXT")
+        return self._state(self.client.select_folder(name, readonly=True), exists_key=b"EXISTS")
+
+    def _state(self, response: dict, *, exists_key: bytes) -> FolderState:
+        modseq = response.get(b"HIGHESTMODSEQ") if self.condstore else None
         return FolderState(
-            uidvalidity=int(response[b"UIDVALIDITY"]),
-            uidnext=int(uidnext) if uidnext is not None else None,
-            exists=int(response.get(b"EXISTS", 0)),
-            highestmodseq=int(modseq) if modseq is not None and self.condstore else None,
+            uidvalidity=check_number(response.get(b"UIDVALIDITY"), name="UIDVALIDITY", low=1, high=MAX_UID),
+            uidnext=check_number(
+                response.get(b"UIDNEXT"), name="UIDNEXT", low=1, high=MAX_UID + 1, optional=True
+            ),
+            exists=check_number(response.get(exists_key, 0), name="EXISTS", high=MAX_UID),
+            highestmodseq=check_number(modseq, name="HIGHESTMODSEQ", optional=True),
         )
 
     # Messages -----------------------------------------------------------------
@@ -368,9 +400,11 @@ class ImapSession:
                 text = _text(line)
                 match = re.search(r"\bALL (\S+)", text)
                 if match:
-                    uids |= parse_sequence_set(match.group(1))
+                    uids |= parse_sequence_set(match.group(1), low=low)
         else:
-            uids = set(self.client.search(criteria))
+            uids = {
+                uid for uid in self.client.search(criteria) if isinstance(uid, int) and 1 <= uid <= MAX_UID
+            }
         # `n:*` always matches the highest UID, even one below n.
         return {uid for uid in uids if uid >= low}
 
@@ -402,12 +436,13 @@ class ImapSession:
         if isinstance(modseq, tuple | list):
             modseq = modseq[0] if modseq else None
         internal = data.get(b"INTERNALDATE")
+        flags = data.get(b"FLAGS", ())
         return FetchedMessage(
-            uid=int(data.get(b"UID", uid)),
-            flags=tuple(_text(f) for f in data.get(b"FLAGS", ())),
+            uid=uid,
+            flags=tuple(_text(f)[:128] for f in flags) if isinstance(flags, tuple | list) else (),
             internal_date=internal if isinstance(internal, datetime) else None,
-            size=int(data.get(b"RFC822.SIZE", 0) or 0),
-            modseq=int(modseq) if modseq is not None else None,
+            size=check_number(data.get(b"RFC822.SIZE", 0) or 0, name="RFC822.SIZE"),
+            modseq=check_number(modseq, name="MODSEQ", optional=True),
             raw=raw if isinstance(raw, bytes) else None,
         )
 
@@ -426,7 +461,7 @@ class ImapSession:
         for line in self.client._imap.untagged_responses.pop("VANISHED", []):
             text = _text(line)
             text = re.sub(r"^\(EARLIER\)\s*", "", text, flags=re.IGNORECASE)
-            changes.vanished |= {uid for uid in parse_sequence_set(text) if low <= uid <= high}
+            changes.vanished |= parse_sequence_set(text, low=low, high=high)
         return changes
 
     def all_flags(self, *, low: int, high: int) -> dict[int, tuple[str, ...]]:
@@ -435,8 +470,4 @@ class ImapSession:
         if high < low:
             return {}
         response = self.client.uid_fetch(f"{low}:{high}", ["UID", "FLAGS"])
-        return {
-            uid: tuple(_text(f) for f in data.get(b"FLAGS", ()))
-            for uid, data in response.items()
-            if low <= uid <= high  # `n:m` may answer the last message even below n
-        }
+        return {uid: self._message(uid, data).flags for uid, data in response.items() if low <= uid <= high}

@@ -342,39 +342,33 @@ class _Engine:
             folder.save(update_fields=["uidvalidity", "uidnext", "highestmodseq", "updated_at"])
 
     def sync_known(self, session: ImapSession, folder: Folder, state: FolderState, cursor: int) -> None:
-        """Flag changes and expunges among the UIDs below the cursor, a UID
-        range at a time so memory stays flat on huge folders."""
-        up_to = cursor - 1
+        """Flag changes and expunges among the stored UIDs below the cursor,
+        FLAG_RANGE stored UIDs at a time: memory stays flat on huge folders,
+        and sparse UIDs (a server may jump to 4,000,000,000) cost nothing."""
+        known = sorted(self.known_uids(folder, 1, cursor - 1))
         condstore = session.condstore and bool(folder.highestmodseq)
         # CONDSTORE without QRESYNC tells no expunges: compare UID sets, unless
         # the counts show that nothing came and nothing went.
         compare_uids = condstore and not session.qresync
-        if compare_uids and state.uidnext == cursor and state.exists == self.stored_count(folder):
+        if compare_uids and state.uidnext == cursor and state.exists == len(known):
             compare_uids = False
-        server_uids = {uid for uid in session.uids(1) if uid <= up_to} if compare_uids else None
-        for low in range(1, up_to + 1, FLAG_RANGE):
-            high = min(up_to, low + FLAG_RANGE - 1)
+        server_uids = session.uids(1) if compare_uids else None
+        for chunk in _chunks(known, FLAG_RANGE):
+            low, high = chunk[0], chunk[-1]
             if condstore:
                 changes = session.flag_changes(since_modseq=folder.highestmodseq, low=low, high=high)
                 updates = {uid: flags for uid, (flags, _) in changes.changed.items()}
                 if session.qresync:
                     vanished = changes.vanished
                 elif server_uids is not None:
-                    vanished = {u for u in self.known_uids(folder, low, high) if u not in server_uids}
+                    vanished = {uid for uid in chunk if uid not in server_uids}
                 else:
                     vanished = set()
             else:
                 updates = session.all_flags(low=low, high=high)
-                vanished = self.known_uids(folder, low, high) - set(updates)
+                vanished = set(chunk) - set(updates)
             self.apply_flags(folder, updates)
             self.expunge(folder, vanished)
-
-    def stored_count(self, folder: Folder) -> int:
-        with self.scope():
-            return (
-                Message.objects.filter(folder=folder, uidvalidity=folder.uidvalidity).count()
-                + QuarantinedMessage.objects.filter(folder=folder, uidvalidity=folder.uidvalidity).count()
-            )
 
     def known_uids(self, folder: Folder, low: int, high: int) -> set[int]:
         where = {

@@ -179,3 +179,56 @@ def test_a_silent_server_times_out():
     )
     with pytest.raises(imap.MailServerError):
         ImapSession(config, "u", "p")
+
+
+def test_sequence_sets_are_clipped_before_expanding():
+    assert imap.parse_sequence_set("1:3,7,9:10") == {1, 2, 3, 7, 9, 10}
+    assert imap.parse_sequence_set("10:1") == set(range(1, 11))
+    # A hostile server's everything-vanished costs a range the size of ours.
+    assert imap.parse_sequence_set("1:4294967295", low=100, high=102) == {100, 101, 102}
+    with pytest.raises(ProtocolViolation):
+        imap.parse_sequence_set("1:4294967295")
+    with pytest.raises(ProtocolViolation):
+        imap.parse_sequence_set("1:x")
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        {},  # no UIDVALIDITY at all
+        {b"UIDVALIDITY": b"abc", b"EXISTS": 1},
+        {b"UIDVALIDITY": 0, b"EXISTS": 1},
+        {b"UIDVALIDITY": 2**32, b"EXISTS": 1},
+        {b"UIDVALIDITY": 5, b"EXISTS": -1},
+        {b"UIDVALIDITY": 5, b"EXISTS": 1, b"UIDNEXT": 2**40},
+        {b"UIDVALIDITY": 5, b"EXISTS": 1, b"HIGHESTMODSEQ": 2**63},
+    ],
+)
+def test_hostile_folder_state_is_a_protocol_violation(response):
+    session = object.__new__(ImapSession)
+    session.condstore = True
+    with pytest.raises(ProtocolViolation):
+        session._state(response, exists_key=b"EXISTS")
+
+
+@pytest.mark.parametrize("uid", [0, -1, 2**32, "7", None])
+def test_hostile_uids_are_refused(uid):
+    with pytest.raises(ProtocolViolation):
+        imap.check_uid(uid)
+
+
+def test_fetch_results_are_keyed_by_their_uid_item(devmail, mail_user):
+    from mailboxes.tests.conftest import imap as connect
+
+    client = connect(devmail, mail_user)
+    for n in range(3):
+        client.append("INBOX", f"From: a@b.c\r\nSubject: {n}\r\n\r\nbody {n}".encode())
+    client.select_folder("INBOX")
+    client.delete_messages(client.search(["ALL"])[:1])
+    client.expunge()  # now sequence numbers 1, 2 hold UIDs 2, 3
+    client.logout()
+    with ImapSession(_config(devmail), mail_user, PASSWORD) as session:
+        session.select("INBOX")
+        fetched = session.fetch_meta([2, 3])
+    assert sorted(fetched) == [2, 3]
+    assert all(message.uid == uid for uid, message in fetched.items())
