@@ -408,6 +408,26 @@ class ImapSession:
         # `n:*` always matches the highest UID, even one below n.
         return {uid for uid in uids if uid >= low}
 
+    def uids_in(self, uids: Iterable[int]) -> set[int]:
+        """Which of these UIDs the selected folder still has."""
+        wanted = set(uids)
+        if not wanted:
+            return set()
+        found = self.client.search(["UID", sequence_set(wanted)])
+        return {uid for uid in found if uid in wanted}
+
+    def message_ids(self, uids: Iterable[int]) -> dict[int, str]:
+        """The Message-ID of each UID in the selected folder ("" if none)."""
+        from messages.parsing import message_ids
+
+        response = self.client.uid_fetch(sequence_set(uids), ["UID", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+        result = {}
+        for uid, data in response.items():
+            header = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER.FIELDS")), b"") or b""
+            ids = message_ids(header.decode("utf-8", "replace").partition(":")[2])
+            result[uid] = ids[0] if ids else ""
+        return result
+
     def fetch_meta(self, uids: Iterable[int]) -> dict[int, FetchedMessage]:
         items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"] + (["MODSEQ"] if self.condstore else [])
         return self._fetch(uids, items)

@@ -28,6 +28,7 @@ account at a time (a PostgreSQL advisory lock).
 
 import imaplib
 import logging
+from collections import Counter
 import queue
 import threading
 import uuid
@@ -41,7 +42,7 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Q, Value
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
-from imapclient.exceptions import IMAPClientError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from accounts.models import EmailAccount
 from accounts.services import account_credentials
@@ -75,13 +76,16 @@ class SyncReport:
     expunged: int = 0
     quarantined: int = 0
     bodies_fetched: int = 0
-    per_folder: dict[str, int] = field(default_factory=dict)
+    folder_errors: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (
+        text = (
             f"{self.folders} folders, {self.new} new, {self.updated} flag changes, "
             f"{self.expunged} expunged, {self.quarantined} quarantined"
         )
+        if self.folder_errors:
+            text += f", {len(self.folder_errors)} folder(s) refused: " + ", ".join(sorted(self.folder_errors))
+        return text
 
 
 # --- Folder types --------------------------------------------------------------
@@ -243,25 +247,30 @@ class _Engine:
         folders = self.sync_folder_list(session)
         counts = self.stored_counts()
         for folder in folders:
-            if folder.is_selectable:
+            if not folder.is_selectable:
+                continue
+            try:
                 self.sync_folder(session, folder, counts.get(folder.id, 0))
+            except IMAPClientAbortError:
+                raise  # the connection is gone: the account's sync fails
+            except IMAPClientError as exc:
+                # The server refused this folder (NO/BAD: an ACL without read
+                # rights, a folder being deleted): skip it, sync the others.
+                logger.warning("folder %s of account %s skipped: %s", folder.id, self.account.id, exc)
+                self.report.folder_errors[folder.name] = str(exc)[:500]
         self.report.folders = len(folders)
 
     def sync_folder_list(self, session: ImapSession) -> list[Folder]:
         infos = {info.name: info for info in session.list_folders()}
+        if not any(name.upper() == "INBOX" for name in infos):
+            # A partial LIST must not delete folders and their mail.
+            raise MailServerError("the server's folder list has no INBOX; folders left as they are")
         with self.scope():
             stored = {f.name: f for f in Folder.objects.filter(account=self.account)}
         missing = {name: f for name, f in stored.items() if name not in infos}
-        # A new name whose UIDVALIDITY matches a vanished folder is a rename.
-        renames: dict[str, Folder] = {}
-        by_validity = {f.uidvalidity: f for f in missing.values() if f.uidvalidity is not None}
-        for name, info in infos.items():
-            if name not in stored and info.selectable and by_validity:
-                state = session.folder_status(name)
-                old = by_validity.pop(state.uidvalidity, None)
-                if old is not None:
-                    renames[name] = old
-                    missing.pop(old.name, None)
+        renames = self.detect_renames(session, infos, stored, missing)
+        for old in renames.values():
+            missing.pop(old.name, None)
         with self.scope(), transaction.atomic():
             for name, folder in renames.items():
                 folder.name = name
@@ -288,6 +297,42 @@ class _Engine:
                     folder.parent = parent
                     folder.save(update_fields=["parent", "updated_at"])
         return result
+
+    def detect_renames(self, session, infos, stored, missing) -> dict[str, Folder]:
+        """New names that are vanished folders renamed: the UIDVALIDITY
+        matches exactly one vanished and one new folder (RFC 3501 makes it
+        unique per name only; some servers reuse values), and the messages
+        at the stored UIDs carry the stored Message-IDs."""
+        validities = Counter(f.uidvalidity for f in missing.values() if f.uidvalidity is not None)
+        if not validities:
+            return {}
+        new_states = {
+            name: session.folder_status(name)
+            for name, info in infos.items()
+            if name not in stored and info.selectable
+        }
+        new_validities = Counter(state.uidvalidity for state in new_states.values())
+        renames = {}
+        for name, state in new_states.items():
+            if validities[state.uidvalidity] != 1 or new_validities[state.uidvalidity] != 1:
+                continue
+            old = next(f for f in missing.values() if f.uidvalidity == state.uidvalidity)
+            if self.same_messages(session, old, name):
+                renames[name] = old
+        return renames
+
+    def same_messages(self, session: ImapSession, old: Folder, new_name: str) -> bool:
+        with self.scope():
+            sample = dict(
+                Message.objects.filter(folder=old, uidvalidity=old.uidvalidity)
+                .exclude(message_id="")
+                .order_by("imap_uid")
+                .values_list("imap_uid", "message_id")[:5]
+            )
+        if not sample:
+            return True  # nothing stored that could end up under the wrong name
+        session.select(new_name)
+        return session.message_ids(sample) == sample
 
     def stored_counts(self) -> dict[uuid.UUID, int]:
         with self.scope():
@@ -450,16 +495,14 @@ class _Engine:
         if batch:
             yield batch
 
-    def rematch_pool(self, folder: Folder) -> dict[str, list[uuid.UUID]]:
-        """Rows left from an earlier UIDVALIDITY, by content hash and by
-        Message-ID, to be given the new UIDs instead of inserting twins."""
-        pool: dict[str, list[uuid.UUID]] = {}
+    def rematch_pool(self, folder: Folder) -> "_RematchPool":
+        """Rows left from an earlier UIDVALIDITY, to be given the new UIDs
+        instead of inserting twins."""
+        pool = _RematchPool()
         with self.scope():
             rows = Message.objects.filter(folder=folder).exclude(uidvalidity=folder.uidvalidity)
             for row_id, content_hash, message_id in rows.values_list("id", "content_hash", "message_id"):
-                pool.setdefault(f"h:{content_hash}", []).append(row_id)
-                if message_id:
-                    pool.setdefault(f"m:{message_id}", []).append(row_id)
+                pool.add(row_id, content_hash, message_id)
         return pool
 
     def prepare_batch(
@@ -467,7 +510,7 @@ class _Engine:
         session: ImapSession,
         folder: Folder,
         metas: list[FetchedMessage],
-        rematch: dict[str, list[uuid.UUID]],
+        rematch: "_RematchPool",
     ) -> "_Batch":
         """Fetch and parse one batch (network and CPU; no database)."""
         batch = _Batch(folder_id=folder.id, next_uid=max(m.uid for m in metas) + 1)
@@ -477,9 +520,20 @@ class _Engine:
         self.report.bodies_fetched += len(fetched)
         for meta in too_big:
             batch.quarantine(self, folder, meta, None, f"message of {meta.size} bytes is over the limit")
+        missing = [uid for uid in wanted if uid not in fetched]
+        if missing:
+            # Expunged since the size fetch, or withheld by the server (some
+            # answer fewer items than asked when a message is unreadable):
+            # only the first may be skipped, the others are quarantined so the
+            # UID accounting stays exact and the loss is visible.
+            still_there = session.uids_in(missing)
+            for uid in missing:
+                if uid in still_there:
+                    meta = next(m for m in metas if m.uid == uid)
+                    batch.quarantine(self, folder, meta, None, "the server did not return this message")
         for uid in wanted:
             item = fetched.get(uid)
-            if item is None:  # expunged since the size fetch
+            if item is None:
                 continue
             if item.raw is None:
                 batch.quarantine(self, folder, item, None, "the server returned no body")
@@ -532,6 +586,7 @@ class _Engine:
         for key, data in batch.blobs:
             self.store.put(self.tenant_id, data, key)
         with self.scope(), transaction.atomic():
+            self.drop_stored(batch)
             if batch.messages:
                 assign_threads(tenant_id=self.tenant_id, account_id=self.account.id, messages=batch.messages)
                 Message.objects.bulk_create(batch.messages)
@@ -556,21 +611,28 @@ class _Engine:
         self.report.new += len(batch.messages) + len(batch.rematched)
         self.report.quarantined += len(batch.quarantined)
 
+    def drop_stored(self, batch: "_Batch") -> None:
+        """Leave out messages already stored under the same (UIDVALIDITY,
+        UID): a replayed batch (after a crash between commit and report, or
+        an interrupted writer) is a no-op, not an IntegrityError."""
+        uids = [m.imap_uid for m in batch.messages]
+        if not uids:
+            return
+        validity = batch.messages[0].uidvalidity
+        stored = set(
+            Message.objects.filter(
+                folder_id=batch.folder_id, uidvalidity=validity, imap_uid__in=uids
+            ).values_list("imap_uid", flat=True)
+        )
+        if stored:
+            kept = [m for m in batch.messages if m.imap_uid not in stored]
+            kept_ids = {m.id for m in kept}
+            batch.messages = kept
+            batch.attachments = [a for a in batch.attachments if a.message.id in kept_ids]
+
     @staticmethod
-    def take_rematch(pool: dict[str, list[uuid.UUID]], raw_key: str, message_id: str) -> uuid.UUID | None:
-        """An old row for this message, taken out of the pool (under both of
-        its keys) so that no other message claims it."""
-        if not pool:
-            return None
-        for key in (f"h:{raw_key}", f"m:{message_id}" if message_id else None):
-            rows = pool.get(key or "")
-            if rows:
-                row_id = rows.pop(0)
-                for other in pool.values():
-                    if row_id in other:
-                        other.remove(row_id)
-                return row_id
-        return None
+    def take_rematch(pool: "_RematchPool", raw_key: str, message_id: str) -> uuid.UUID | None:
+        return pool.take(raw_key, message_id)
 
     def build_message(
         self, folder: Folder, item: FetchedMessage, parsed: ParsedMessage, raw_key: str
@@ -665,6 +727,32 @@ class _Batch:
         )
 
 
+class _RematchPool:
+    """Old rows by content hash and by Message-ID; a row is taken once."""
+
+    def __init__(self):
+        self.by_key: dict[str, list[uuid.UUID]] = {}
+        self.taken: set[uuid.UUID] = set()
+
+    def add(self, row_id: uuid.UUID, content_hash: str, message_id: str) -> None:
+        self.by_key.setdefault(f"h:{content_hash}", []).append(row_id)
+        if message_id:
+            self.by_key.setdefault(f"m:{message_id}", []).append(row_id)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_key)
+
+    def take(self, content_hash: str, message_id: str) -> uuid.UUID | None:
+        for key in (f"h:{content_hash}", f"m:{message_id}" if message_id else ""):
+            rows = self.by_key.get(key)
+            while rows:
+                row_id = rows.pop()
+                if row_id not in self.taken:
+                    self.taken.add(row_id)
+                    return row_id
+        return None
+
+
 class _Pipeline:
     """Runs commit jobs in order on a writer thread with its own database
     connection, so that PostgreSQL works on batch N while this thread fetches
@@ -709,8 +797,10 @@ class _Pipeline:
         if self.threaded:
             self.jobs.put(None)
             self.thread.join()
-        if self.error is not None and exc is None:
-            raise self.error
+        if self.error is not None:
+            if exc is None:
+                raise self.error
+            logger.error("sync writer failed as well", exc_info=self.error)
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:

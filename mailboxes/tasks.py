@@ -52,6 +52,7 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
         return {"result": "missing"}
     except SyncAlreadyRunning:
         logger.info("sync of account %s already running; this trigger joins it", account_id)
+        status.sync_release(account_id, task_id)  # or the next trigger would "join" this finished task
         return {"result": "joined"}
     except PERMANENT as exc:
         _failed(tenant_id, account_id, task_id, exc)
@@ -66,9 +67,10 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
     except Exception as exc:
         _failed(tenant_id, account_id, task_id, exc)
         raise
-    account_sync_finished(tenant_id=tenant_id, account_id=account_id, error="", succeeded=True)
+    folder_errors = "; ".join(f"{name}: {error}" for name, error in report.folder_errors.items())
+    account_sync_finished(tenant_id=tenant_id, account_id=account_id, error=folder_errors, succeeded=True)
     status.sync_release(account_id, task_id)
-    status.sync_status_set(account_id, state=status.IDLE, error="", last_summary=report.summary())
+    status.sync_status_set(account_id, state=status.IDLE, error=folder_errors, last_summary=report.summary())
     return {"result": "ok", "summary": report.summary()}
 
 

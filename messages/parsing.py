@@ -476,10 +476,23 @@ def _check_shape(raw: bytes, limits: Limits) -> None:
         raise MessageRejected("not an RFC 5322 message: it does not start with header fields")
 
 
+_OBS_FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]+:", re.MULTILINE)
+
+
+def _normalise_obsolete_fields(raw: bytes) -> bytes:
+    """`Name :` (RFC 5322 obs-optional) as `Name:`, in the header block only:
+    Python's parser would take the whole header for body."""
+    end = _HEADER_END.search(raw)
+    head = raw[: end.start()] if end else raw
+    if not _OBS_FIELD.search(head):
+        return raw
+    return _OBS_FIELD.sub(rb"\1:", head) + raw[len(head) :]
+
+
 def parse_message(raw: bytes, limits: Limits | None = None) -> ParsedMessage:
     limits = limits or Limits()
     _check_shape(raw, limits)
-    msg = email.message_from_bytes(raw, policy=compat32)
+    msg = email.message_from_bytes(_normalise_obsolete_fields(raw), policy=compat32)
     result = ParsedMessage()
     result.defects = [type(d).__name__ for d in msg.defects]
     headers = raw_headers(msg)

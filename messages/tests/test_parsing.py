@@ -150,3 +150,9 @@ def test_hostile_html_is_linear(complexity_guard):
     assert parsed.html_body.startswith("<style<")
     assert html_to_text("<" * 200_000) == " "
     assert html_to_text("<p>Hi <b>there</b><script>x()</script>!") == " Hi  there  !"
+
+
+def test_obsolete_space_before_colon_keeps_the_header():
+    parsed = parse_message(corpus("malformed/019.eml"))
+    assert parsed.message_id == "multi-001@example.test"
+    assert parsed.subject == "Sprint 3 multipart fixture"
