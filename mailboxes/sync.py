@@ -28,10 +28,10 @@ account at a time (a PostgreSQL advisory lock).
 
 import imaplib
 import logging
-from collections import Counter
 import queue
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
