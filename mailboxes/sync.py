@@ -795,8 +795,20 @@ class _Pipeline:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.threaded:
-            self.jobs.put(None)
-            self.thread.join()
+            # Wait for the writer whatever happens here (a soft time limit, a
+            # ^C): returning early would release the account's lock while
+            # batches are still being committed. It has two jobs at most.
+            while True:
+                try:
+                    self.jobs.put(None)
+                    break
+                except BaseException:  # noqa: S112 - interrupted while waiting; wait again
+                    continue
+            while self.thread.is_alive():
+                try:
+                    self.thread.join()
+                except BaseException:  # noqa: S112
+                    continue
         if self.error is not None:
             if exc is None:
                 raise self.error

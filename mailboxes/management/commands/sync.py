@@ -72,13 +72,15 @@ class Command(BaseCommand):
         account_sync_started(tenant_id=item.tenant_id, account_id=item.id)
         try:
             report = account_sync(tenant_id=item.tenant_id, account_id=item.id, progress=progress)
-        except (MailServerError, SyncAlreadyRunning) as exc:
+        except MailServerError as exc:
             account_sync_finished(
                 tenant_id=item.tenant_id, account_id=item.id, error=str(exc), succeeded=False
             )
             raise
+        # SyncAlreadyRunning: another worker has it; its state is that worker's.
         finally:
             if interactive:
                 self.stdout.write("")
-        account_sync_finished(tenant_id=item.tenant_id, account_id=item.id, error="", succeeded=True)
+        errors = "; ".join(f"{name}: {error}" for name, error in report.folder_errors.items())
+        account_sync_finished(tenant_id=item.tenant_id, account_id=item.id, error=errors, succeeded=True)
         return report
