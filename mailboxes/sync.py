@@ -246,6 +246,13 @@ class _Engine:
     def run(self, session: ImapSession) -> None:
         folders = self.sync_folder_list(session)
         counts = self.stored_counts()
+        # One writer for the whole run: it commits folder N's last batches
+        # and wrap-up while folder N+1 is fetched.
+        with _Pipeline(threaded=not connection.in_atomic_block) as self.pipeline:
+            self.sync_folders(session, folders, counts)
+        self.report.folders = len(folders)
+
+    def sync_folders(self, session: ImapSession, folders: list[Folder], counts: dict) -> None:
         for folder in folders:
             if not folder.is_selectable:
                 continue
@@ -258,7 +265,6 @@ class _Engine:
                 # rights, a folder being deleted): skip it, sync the others.
                 logger.warning("folder %s of account %s skipped: %s", folder.id, self.account.id, exc)
                 self.report.folder_errors[folder.name] = str(exc)[:500]
-        self.report.folders = len(folders)
 
     def sync_folder_list(self, session: ImapSession) -> list[Folder]:
         infos = {info.name: info for info in session.list_folders()}
@@ -373,7 +379,8 @@ class _Engine:
         if stored_count and cursor > 1:
             self.sync_known(session, folder, state, cursor)
         self.fetch_new(session, folder, state, cursor)
-        self.finish_folder(folder, state)
+        # After the folder's batches, in order.
+        self.pipeline.submit(partial(self.finish_folder, folder, state))
 
     def start_resync(self, folder: Folder, state: FolderState) -> None:
         """New UIDVALIDITY: every UID starts over. Old rows stay until the
@@ -471,17 +478,21 @@ class _Engine:
         done = 0
         self.progress(folder.name, 0, len(new_uids))
         rematch = self.rematch_pool(folder)
-        with _Pipeline(threaded=not connection.in_atomic_block) as pipeline:
-            for chunk in _chunks(new_uids, 5000):
-                metas = session.fetch_meta(chunk)
-                for metas_batch in self.batches([metas[uid] for uid in chunk if uid in metas]):
-                    batch = self.prepare_batch(session, folder, metas_batch, rematch)
-                    pipeline.submit(partial(self.commit_batch, batch))
-                    done += len(metas_batch)
-                    self.progress(folder.name, done, len(new_uids))
-                # UIDs that vanished between SEARCH and FETCH: move past them,
-                # after the chunk's batches.
-                pipeline.submit(partial(advance_cursor, folder.id, chunk[-1] + 1))
+        pipeline = self.pipeline
+        for chunk in _chunks(new_uids, 5000):
+            metas = session.fetch_meta(chunk)
+            for metas_batch in self.batches([metas[uid] for uid in chunk if uid in metas]):
+                batch = self.prepare_batch(session, folder, metas_batch, rematch)
+                pipeline.submit(partial(self.commit_batch, batch))
+                done += len(metas_batch)
+                self.progress(folder.name, done, len(new_uids))
+            # UIDs that vanished between SEARCH and FETCH: move past them,
+            # after the chunk's batches.
+            pipeline.submit(partial(self.advance_cursor, folder.id, chunk[-1] + 1))
+
+    def advance_cursor(self, folder_id: uuid.UUID, next_uid: int) -> None:
+        with self.scope():  # on the writer's connection: RLS needs the tenant there too
+            advance_cursor(folder_id, next_uid)
 
     def batches(self, metas: list[FetchedMessage]) -> Iterator[list[FetchedMessage]]:
         batch: list[FetchedMessage] = []
