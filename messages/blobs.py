@@ -1,15 +1,17 @@
 """Content-addressed blob storage for raw messages and attachments.
 
 A blob's key is the SHA-256 of its bytes; it is stored once per tenant,
-gzip-compressed, at `<root>/<tenant>/<ab>/<cd>/<sha256>.gz`. Writes go to a
-temporary file first and are renamed into place, so a crash never leaves a
-half-written blob under a valid key; writing a key that exists is a no-op.
+gzip-compressed, at `<root>/<tenant>/<ab>/<sha256>.gz`: one level of 256
+directories, created once each (two levels made nearly every blob of a sync
+create a directory of its own). Writes go to a temporary file first and are
+renamed into place, so a crash never leaves a half-written blob under a valid
+key; writing a key that exists is a no-op.
 """
 
 import gzip
 import hashlib
 import os
-import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -32,7 +34,7 @@ class BlobStore:
     def path(self, tenant_id: uuid.UUID, key: str) -> Path:
         if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
             raise ValueError("a blob key is a SHA-256 hex digest")
-        return self.root / str(tenant_id) / key[:2] / key[2:4] / f"{key}.gz"
+        return self.root / str(tenant_id) / key[:2] / f"{key}.gz"
 
     def put(self, tenant_id: uuid.UUID, data: bytes, key: str | None = None) -> str:
         key = key or blob_key(data)
@@ -42,13 +44,14 @@ class BlobStore:
         if path.parent not in self._made:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._made.add(path.parent)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        # Unique per process and thread: two writers of one key never share it.
+        tmp = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            with os.fdopen(fd, "wb") as handle:
+            with open(tmp, "wb") as handle:
                 handle.write(gzip.compress(data, compresslevel=1, mtime=0))
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         return key
 
