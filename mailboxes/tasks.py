@@ -8,6 +8,7 @@ from celery import shared_task
 from django.conf import settings
 
 from accounts.models import EmailAccount
+from messages.tasks import search_index_task
 
 from . import status
 from .imap import AddressNotAllowed, AuthenticationFailed, InsecureServer, MailServerError
@@ -69,6 +70,8 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
         raise
     folder_errors = "; ".join(f"{name}: {error}" for name, error in report.folder_errors.items())
     account_sync_finished(tenant_id=tenant_id, account_id=account_id, error=folder_errors, succeeded=True)
+    if report.new:
+        search_index_task.delay(str(tenant_id))
     status.sync_release(account_id, task_id)
     status.sync_status_set(account_id, state=status.IDLE, error=folder_errors, last_summary=report.summary())
     return {"result": "ok", "summary": report.summary()}

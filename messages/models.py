@@ -60,9 +60,9 @@ class Message(TenantModel):
     is_deleted = models.BooleanField(default=False)
     deleted_at = models.DateTimeField(null=True, blank=True)
 
-    search_vector = models.GeneratedField(
-        expression=SEARCH_VECTOR, output_field=SearchVectorField(), db_persist=True
-    )
+    # Filled by `messages.indexing` after the sync commits (NULL until then):
+    # to_tsvector is most of an insert's cost, and the sync must not wait on it.
+    search_vector = SearchVectorField(null=True, blank=True, editable=False)
 
     class Meta:
         db_table = "email_messages"
@@ -95,6 +95,11 @@ class Message(TenantModel):
                 name="idx_messages_drafts",
             ),
             GinIndex(fields=["search_vector"], name="gin_messages_search"),
+            models.Index(
+                fields=["tenant"],
+                condition=models.Q(search_vector__isnull=True),
+                name="idx_messages_unindexed",
+            ),
             GinIndex(fields=["subject"], opclasses=["gin_trgm_ops"], name="trgm_messages_subject"),
             GinIndex(fields=["from_address"], opclasses=["gin_trgm_ops"], name="trgm_messages_from"),
             BrinIndex(fields=["received_at"], name="brin_messages_received"),

@@ -61,7 +61,7 @@ def test_sync_killed_mid_batch_then_run_again(committed_db, imap_account, mailbo
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     partial = stored(imap_account)
-    assert 0 < partial < len(lkml), "the kill must land mid-sync"
+    assert 0 < partial < len(lkml), f"the kill must land mid-sync; worker said: {worker.stderr.read()!r}"
 
     sync(imap_account)
 

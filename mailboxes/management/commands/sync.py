@@ -8,6 +8,7 @@ from emailclient.core.tenancy import tenant_scope
 from mailboxes.imap import MailServerError
 from mailboxes.services import account_sync_finished, account_sync_started, sync_request
 from mailboxes.sync import SyncAlreadyRunning, SyncReport, account_sync
+from messages.indexing import search_index_pending
 
 
 class Command(BaseCommand):
@@ -83,4 +84,6 @@ class Command(BaseCommand):
                 self.stdout.write("")
         errors = "; ".join(f"{name}: {error}" for name, error in report.folder_errors.items())
         account_sync_finished(tenant_id=item.tenant_id, account_id=item.id, error=errors, succeeded=True)
+        if report.new:
+            search_index_pending(tenant_id=item.tenant_id)
         return report
