@@ -1,0 +1,337 @@
+"""The mail search language, and its translation into a queryset filter.
+
+    invoice "quarterly report" from:bob -in:trash after:2024-01-01 is:unread
+
+Syntax
+------
+A query is terms separated by white space; every term must hold (AND).
+
+* ``word`` and ``"a phrase"``: full-text search of subject, sender and body
+  (the weighted `Message.search_vector`, 'english' configuration, so
+  ``invoices`` finds "invoice"). Stop words alone ("the") and pure punctuation
+  match nothing; inside a longer query they are ignored. Messages the indexer
+  has not reached yet (NULL vector) are not found by words.
+* ``from:x``: sender address or name contains x; ``to:x``, ``cc:x``: a
+  recipient's address or name contains x; ``subject:x``: the subject contains
+  x. Case-insensitive substrings, taken literally (``%``, ``_`` and ``\\`` are
+  plain characters).
+* ``has:attachment`` (or ``attachments``), ``is:unread``, ``is:read``,
+  ``is:flagged`` (alias ``is:starred``).
+* ``in:x``: x is a folder type (inbox, sent, drafts, trash, spam, archive),
+  else a folder's full name, case-insensitive (``in:"INBOX/Project X"``).
+* ``after:YYYY-MM-DD``: received on or after that day; ``before:YYYY-MM-DD``:
+  received before that day. Days start at 00:00 UTC, so ``after:D before:E``
+  is the half-open range [D, E) and ``after:2024-03-01 before:2024-03-02`` is
+  the 1st of March (as in Gmail).
+* ``account:x``: x is an account's e-mail address (case-insensitive) or its id.
+* ``-term`` negates any term: ``-from:bob``, ``-"exact phrase"``, ``-is:read``.
+  A ``-`` followed by a space or another ``-`` is an ordinary word (with
+  nothing to index), so "budget - draft" and "--" are not errors.
+
+Operator names and the values of ``is:``, ``has:`` and the folder types are
+case-insensitive. Any operator's value may be quoted: ``subject:"big news"``.
+Quotes have no escapes: a phrase cannot contain ``"``; a quote inside a bare
+word starts a new term (``foo"bar"`` is ``foo`` and ``"bar"``).
+
+A word shaped like an operator (``foo:bar``) with an unknown name is an error
+that names the known operators: a typo such as ``form:bob`` should not quietly
+search for the text. Two shapes stay free text: URLs (``http://x``, any
+``name://``) and a name with nothing after the colon (``Re:``, ``Fwd:``).
+Quote anything else to search for it as text: ``"ticket:1234"``.
+
+Refused with a `SearchQueryError` (its message is fit for the user): more than
+500 characters or 30 terms, an unclosed quote, empty quotes, a known operator
+without a value (``from:`` or ``from: bob``), an unknown operator, an unknown
+``is:``/``has:`` value, a malformed or impossible date, an ``account:`` that is
+neither an address nor an id, and control characters (NUL and the like).
+
+Translation
+-----------
+All positive words and phrases make one tsquery (``plainto_tsquery`` and
+``phraseto_tsquery`` joined by ``&&``) matched once against the GIN index;
+each negated one is its own ``NOT (search_vector @@ ...)``, which unindexed
+messages satisfy. Substring operators compile to ``ILIKE`` (see
+`_ILikeContains`) so the pg_trgm indexes serve them. Every user value reaches
+PostgreSQL as a query parameter; no SQL is assembled from user text and no
+``raw`` tsquery is built from it.
+
+`apply_search()` filters on the query only: it does not hide deleted
+messages, nor scope to a tenant, user or account. The caller passes a
+queryset already limited to what the user may see (``for_tenant`` and
+``is_deleted=False``, or not, for a trash view).
+"""
+
+import datetime
+import re
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from django.contrib.postgres import search as pg
+from django.db.models import F, Func, JSONField, Q, QuerySet, TextField, Value
+from django.db.models.functions import Cast
+from django.db.models.lookups import IContains, Lookup
+
+from emailclient.core.exceptions import ApplicationError
+from mailboxes.models import FolderType
+
+from .models import Message
+
+MAX_QUERY_LENGTH = 500
+MAX_TERMS = 30
+ORDERS = ("newest", "relevance")
+
+WORD = "word"
+PHRASE = "phrase"
+OPERATORS = ("from", "to", "cc", "subject", "has", "is", "in", "before", "after", "account")
+
+_IS_VALUES = {"unread": "unread", "read": "read", "flagged": "flagged", "starred": "flagged"}
+_HAS_VALUES = {"attachment": "attachment", "attachments": "attachment"}
+_FOLDER_TYPES = frozenset(FolderType.values) - {FolderType.CUSTOM}
+_OPERATOR_SHAPE = re.compile(r"([A-Za-z]+):(.*)")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+class SearchQueryError(ApplicationError, ValueError):
+    """The query cannot be parsed; `str(exc)` says why, in words for the user."""
+
+    code = "invalid_search_query"
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """One condition. `operator` is WORD, PHRASE or one of OPERATORS; `value`
+    is canonical: lower-case for is/has/folder types, a date for before/after,
+    a UUID or an address for account, else the text as the user wrote it."""
+
+    operator: str
+    value: str | datetime.date | uuid.UUID
+    negated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """A parsed query: its terms, all of which must hold."""
+
+    terms: tuple[Term, ...] = ()
+
+
+# --- Parsing --------------------------------------------------------------------
+
+
+def parse_search_query(text: str) -> SearchQuery:
+    """Parse the search box's text; raises SearchQueryError on malformed input."""
+    if len(text) > MAX_QUERY_LENGTH:
+        raise SearchQueryError(f"The search is too long: at most {MAX_QUERY_LENGTH} characters.")
+    for position, char in enumerate(text, start=1):
+        if unicodedata.category(char) in ("Cc", "Cs") and not char.isspace():
+            raise SearchQueryError(f"The search contains a control character (at character {position}).")
+
+    terms = []
+    i, end = 0, len(text)
+    while i < end:
+        if text[i].isspace():
+            i += 1
+            continue
+        negated = text[i] == "-" and i + 1 < end and not text[i + 1].isspace() and text[i + 1] != "-"
+        if negated:
+            i += 1
+        term, i = _read_term(text, i, negated)
+        terms.append(term)
+        if len(terms) > MAX_TERMS:
+            raise SearchQueryError(f"The search has too many terms: at most {MAX_TERMS}.")
+    return SearchQuery(terms=tuple(terms))
+
+
+def _read_term(text: str, start: int, negated: bool) -> tuple[Term, int]:
+    """The term at `start` and the index just past it."""
+    if text[start] == '"':
+        phrase, i = _read_quoted(text, start)
+        if not phrase.strip():
+            raise SearchQueryError(
+                'Empty quotes: put the words to search for between them, as in "some words".'
+            )
+        return Term(PHRASE, phrase, negated), i
+
+    i = start
+    while i < len(text) and not text[i].isspace() and text[i] != '"':
+        i += 1
+    run = text[start:i]
+    shape = _OPERATOR_SHAPE.fullmatch(run)
+    if shape is None:
+        return Term(WORD, run, negated), i
+
+    name, value = shape.group(1).lower(), shape.group(2)
+    if name not in OPERATORS:
+        if not value or value.startswith("//"):  # "Re:", "Fwd:", "https://..."
+            return Term(WORD, run, negated), i
+        raise SearchQueryError(
+            f"Unknown operator {_show(name + ':')}. Known operators: {', '.join(o + ':' for o in OPERATORS)}."
+            f" To search for the text itself, put it in quotes: {_show(run)}."
+        )
+    if not value and i < len(text) and text[i] == '"':
+        value, i = _read_quoted(text, i)
+    if not value.strip():
+        raise SearchQueryError(
+            f"{name}: needs a value right after the colon, with no space: {name}:something,"
+            f' or {name}:"some words".'
+        )
+    return Term(name, _clean_value(name, value), negated), i
+
+
+def _read_quoted(text: str, start: int) -> tuple[str, int]:
+    """The text between the quote at `start` and the next one, and the index past it."""
+    close = text.find('"', start + 1)
+    if close == -1:
+        raise SearchQueryError(f'Unbalanced quote: the " at character {start + 1} is never closed.')
+    return text[start + 1 : close], close + 1
+
+
+def _clean_value(name: str, value: str) -> str | datetime.date | uuid.UUID:
+    if name == "is":
+        if value.lower() not in _IS_VALUES:
+            raise SearchQueryError(f"Unknown is: value {_show(value)}. Use is:unread, is:read or is:flagged.")
+        return _IS_VALUES[value.lower()]
+    if name == "has":
+        if value.lower() not in _HAS_VALUES:
+            raise SearchQueryError(f"Unknown has: value {_show(value)}. Use has:attachment.")
+        return _HAS_VALUES[value.lower()]
+    if name == "in":
+        return value.lower() if value.lower() in _FOLDER_TYPES else value
+    if name in ("before", "after"):
+        return _parse_date(name, value)
+    if name == "account":
+        return _parse_account(value)
+    return value
+
+
+def _parse_date(name: str, value: str) -> datetime.date:
+    if not _DATE.fullmatch(value):
+        raise SearchQueryError(
+            f"{name}: takes a date as YYYY-MM-DD, e.g. {name}:2024-03-31, not {_show(value)}."
+        )
+    try:
+        return datetime.date.fromisoformat(value)
+    except ValueError:
+        raise SearchQueryError(f"{name}:{value} is not a date of the calendar.") from None
+
+
+def _parse_account(value: str) -> str | uuid.UUID:
+    if "@" in value:
+        return value
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise SearchQueryError(
+            f"account: takes an account's e-mail address or id, not {_show(value)}."
+        ) from None
+
+
+def _show(value: str, limit: int = 40) -> str:
+    """User text quoted for an error message, cut short."""
+    return '"' + (value if len(value) <= limit else value[: limit - 1] + "…") + '"'
+
+
+# --- Translation ----------------------------------------------------------------
+
+
+class _ILikeContains(IContains):
+    """`lhs ILIKE '%value%'`: the substring match a pg_trgm GIN index on the
+    bare column serves. Django's own `icontains` compiles to
+    `UPPER(lhs) LIKE UPPER(...)`, which such an index cannot. The value is
+    still escaped by Django (`%`, `_` and `\\` match themselves) and sent as a
+    parameter; only the operator differs. Used as an expression, never
+    registered, so no other `icontains` changes."""
+
+    def process_lhs(self, compiler, connection, lhs=None):
+        sql, params = Lookup.process_lhs(self, compiler, connection, lhs)  # without UPPER()
+        return sql, list(params)
+
+    def get_rhs_op(self, connection, rhs):
+        return f"ILIKE {rhs}"
+
+
+class _JsonbPathQueryArray(Func):
+    function = "jsonb_path_query_array"
+    output_field = JSONField()
+
+
+def recipients_text(field: str) -> Cast:
+    """The names and addresses of a recipient list (`to`, `cc`) as one text,
+    '["Rita Reader", "reader@example.com", ...]': the expression that `to:` and
+    `cc:` match, and that a trigram index must be built on to serve them. The
+    keys are left out, so `to:name` does not match every message."""
+    return Cast(_JsonbPathQueryArray(F(field), Value("$[*].*")), TextField())
+
+
+def _contains(expression, value: str) -> Q:
+    return Q(_ILikeContains(expression, value))
+
+
+def _day_start(day: datetime.date) -> datetime.datetime:
+    return datetime.datetime.combine(day, datetime.time.min, tzinfo=datetime.UTC)
+
+
+def _operator_filter(term: Term) -> Q:
+    value = term.value
+    match term.operator:
+        case "from":
+            return _contains(F("from_address"), value) | _contains(F("from_name"), value)
+        case "to" | "cc":
+            return _contains(recipients_text(term.operator), value)
+        case "subject":
+            return _contains(F("subject"), value)
+        case "has":
+            return Q(has_attachments=True)
+        case "is":
+            return {"unread": Q(is_read=False), "read": Q(is_read=True), "flagged": Q(is_flagged=True)}[value]
+        case "in":
+            return Q(folder__type=value) if value in _FOLDER_TYPES else Q(folder__name__iexact=value)
+        case "after":
+            return Q(received_at__gte=_day_start(value))
+        case "before":
+            return Q(received_at__lt=_day_start(value))
+        case "account":
+            if isinstance(value, uuid.UUID):
+                return Q(account_id=value)
+            return Q(account__email_address__iexact=value)
+    raise AssertionError(f"no filter for {term.operator}")
+
+
+def search_filter(query: SearchQuery) -> tuple[Q, pg.SearchQuery | None]:
+    """The condition the query puts on messages, and the tsquery of its
+    positive words and phrases (for ranking; None when it has none)."""
+    condition = Q()
+    text = None
+    for term in query.terms:
+        if term.operator in (WORD, PHRASE):
+            search_type = "phrase" if term.operator == PHRASE else "plain"
+            tsquery = pg.SearchQuery(term.value, search_type=search_type, config="english")
+            if term.negated:
+                condition &= ~Q(search_vector=tsquery)
+            else:
+                text = tsquery if text is None else text & tsquery
+        else:
+            operator_filter = _operator_filter(term)
+            condition &= ~operator_filter if term.negated else operator_filter
+    if text is not None:
+        condition &= Q(search_vector=text)
+    return condition, text
+
+
+def apply_search(
+    queryset: QuerySet[Message], query: SearchQuery, *, order: Literal["newest", "relevance"] = "newest"
+) -> QuerySet[Message]:
+    """`queryset` narrowed to the query's matches, in `order`: "newest"
+    (received_at, then id, descending, as the folder view) or "relevance"
+    (ts_rank of the words and phrases, a subject hit above a sender hit above
+    a body hit, then newest; a query without positive words or phrases has no
+    relevance and comes newest first)."""
+    if order not in ORDERS:
+        raise SearchQueryError(f"Unknown order {_show(str(order))}: use {' or '.join(ORDERS)}.")
+    condition, text = search_filter(query)
+    queryset = queryset.filter(condition)
+    if order == "relevance" and text is not None:
+        return queryset.order_by(pg.SearchRank(F("search_vector"), text).desc(), "-received_at", "-id")
+    return queryset.order_by("-received_at", "-id")
