@@ -1,9 +1,12 @@
 """The parser on real and malformed mail from the shared corpus."""
 
+import email
+from email.policy import compat32
 from email.utils import getaddresses
 
 import pytest
 
+from messages import parsing
 from messages.parsing import (
     Limits,
     MessageRejected,
@@ -156,3 +159,74 @@ def test_obsolete_space_before_colon_keeps_the_header():
     parsed = parse_message(corpus("malformed/019.eml"))
     assert parsed.message_id == "multi-001@example.test"
     assert parsed.subject == "Sprint 3 multipart fixture"
+
+
+def _tree(msg):
+    """Everything of a compat32 message tree the parser reads, and more."""
+    payload = msg._payload
+    return (
+        msg._headers,
+        msg.preamble,
+        msg.epilogue,
+        [type(d).__name__ for d in msg.defects],
+        msg.get_default_type(),
+        msg.get_unixfrom(),
+        [_tree(part) for part in payload] if isinstance(payload, list) else payload,
+    )
+
+
+def _fast_tree(raw: bytes):
+    text = raw.decode("ascii", "surrogateescape")
+    if "\r" in text and text.count("\r") != text.count("\r\n"):
+        return None
+    try:
+        return parsing._fast_part(text, 0, len(text), 0)
+    except parsing._Unusual:
+        return None
+
+
+def test_fast_mime_tree_is_the_feedparsers_tree_on_the_corpus():
+    fast = 0
+    for path in ALL:
+        raw = parsing._normalise_obsolete_fields(path.read_bytes())
+        tree = _fast_tree(raw)
+        if tree is None:
+            continue  # declined: parse_message uses the FeedParser itself
+        fast += 1
+        assert _tree(tree) == _tree(email.message_from_bytes(raw, policy=compat32)), path
+    assert fast > 0.8 * len(ALL)  # the fast path is the common one
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # nested multiparts, preamble and epilogue, CRLF
+        b"From: a@b.c\r\nContent-Type: multipart/mixed; boundary=out\r\n\r\npre\r\n--out\r\n"
+        b"Content-Type: multipart/alternative; boundary=in\r\n\r\n--in\r\n\r\ntext\r\n--in\r\n"
+        b"Content-Type: text/html\r\n\r\n<p>x</p>\r\n--in--\r\nin-epilogue\r\n--out\r\n"
+        b"Content-Type: text/plain\r\n\r\nlast\r\n\r\n--out-- \t\r\nepilogue\r\n",
+        # an inner part without its close boundary; a boundary that is a prefix of another
+        b"From: a@b.c\nContent-Type: multipart/mixed; boundary=b\n\n--b\n"
+        b"Content-Type: multipart/mixed; boundary=bb\n\n--bb\n\nx\n--b\n\ny\n--b--\n",
+        b"From: a@b.c\nContent-Type: multipart/mixed; boundary=b\n\n--bx\n--b\n\n--b-x\n--b--",
+        # repeated boundaries, no close boundary, no start boundary, a lone CR
+        b"From: a@b.c\nContent-Type: multipart/mixed; boundary=b\n\n--b\n--b\n\nx\n--b--\n",
+        b"From: a@b.c\nContent-Type: multipart/mixed; boundary=b\n\n--b\n\nx\n",
+        b"From: a@b.c\nContent-Type: multipart/mixed; boundary=b\n\nno parts\n",
+        b"From: a@b.c\rSubject: cr\r\n\r\nbody\r",
+        # headers: continuation first, a body line without separator, From_ lines
+        b" folded: x\nFrom: a@b.c\n\nbody",
+        b"From: a@b.c\nnot a header\nbody",
+        b"From a@b.c Mon Jan  1 00:00:00 2024\nFrom: a@b.c\n\nbody",
+        b"From: a@b.c\nContent-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n--b--\n",
+        b"From: a@b.c\nContent-Type: multipart/digest; boundary=b\n\n--b\n\nx\n--b--\n",
+        b"From: a@b.c\nContent-Type: message/rfc822\n\nFrom: c@d.e\n\ninner\n",
+        b"From: a@b.c\nContent-Type: multipart/mixed\n\nno boundary\n",
+    ],
+)
+def test_fast_mime_tree_matches_or_declines_on_odd_structures(raw):
+    reference = email.message_from_bytes(raw, policy=compat32)
+    tree = _fast_tree(raw)
+    if tree is not None:
+        assert _tree(tree) == _tree(reference)
+    assert _tree(parsing.mime_tree(raw)) == _tree(reference)
