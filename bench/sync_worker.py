@@ -169,6 +169,8 @@ def install_phase_timers() -> PhaseTimers:
     timers.patch(BlobStore, "put", "blob store (sha256, gzip, write)")
     timers.patch(sync, "assign_threads", "threading (assign_threads, Python)")
     timers.patch(QuerySet, "bulk_create", "ORM bulk_create (Python: build SQL)")
+    if hasattr(sync, "copy_rows"):
+        timers.patch(sync, "copy_rows", lambda model, rows: f"COPY rows to {model._meta.db_table} (psycopg)")
     pipeline = getattr(sync, "_Pipeline", None)  # the writer thread, if the engine has one
     if pipeline is not None:
         timers.patch(pipeline, "submit", "hand-off to the writer (waits when it lags)")

@@ -6,13 +6,21 @@ directories, created once each (two levels made nearly every blob of a sync
 create a directory of its own). Writes go to a temporary file first and are
 renamed into place, so a crash never leaves a half-written blob under a valid
 key; writing a key that exists is a no-op.
+
+The sync writes one or more blobs per message, so `put` is lean: string
+paths, gzip level 1 (mail text compresses about 3x at a fraction of level
+6's CPU), and large blobs compressed and written a megabyte at a time, so a
+20 MB attachment never has a whole compressed copy in memory.
 """
 
+import contextlib
 import gzip
 import hashlib
 import os
+import re
 import threading
 import uuid
+import zlib
 from pathlib import Path
 
 from django.conf import settings
@@ -26,32 +34,48 @@ def blob_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_KEY = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 1024 * 1024
+
+
 class BlobStore:
     def __init__(self, root: Path):
         self.root = Path(root)
-        self._made: set[Path] = set()
+        self._made: set[str] = set()
 
     def path(self, tenant_id: uuid.UUID, key: str) -> Path:
-        if len(key) != 64 or not all(c in "0123456789abcdef" for c in key):
+        return Path(self._path(tenant_id, key))
+
+    def _path(self, tenant_id: uuid.UUID, key: str) -> str:
+        if not _KEY.fullmatch(key):
             raise ValueError("a blob key is a SHA-256 hex digest")
-        return self.root / str(tenant_id) / key[:2] / f"{key}.gz"
+        return f"{self.root}/{tenant_id}/{key[:2]}/{key}.gz"
 
     def put(self, tenant_id: uuid.UUID, data: bytes, key: str | None = None) -> str:
         key = key or blob_key(data)
-        path = self.path(tenant_id, key)
-        if path.exists():
+        path = self._path(tenant_id, key)
+        if os.path.exists(path):
             return key
-        if path.parent not in self._made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._made.add(path.parent)
+        folder = os.path.dirname(path)
+        if folder not in self._made:
+            os.makedirs(folder, exist_ok=True)
+            self._made.add(folder)
         # Unique per process and thread: two writers of one key never share it.
-        tmp = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = f"{folder}/.{key}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             with open(tmp, "wb") as handle:
-                handle.write(gzip.compress(data, compresslevel=1, mtime=0))
+                if len(data) <= _CHUNK:
+                    handle.write(zlib.compress(data, 1, wbits=31))  # gzip, mtime 0
+                else:
+                    compressor = zlib.compressobj(1, wbits=31)
+                    view = memoryview(data)
+                    for start in range(0, len(data), _CHUNK):
+                        handle.write(compressor.compress(view[start : start + _CHUNK]))
+                    handle.write(compressor.flush())
             os.replace(tmp, path)
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
         return key
 
