@@ -531,6 +531,7 @@ def run(args, settings, work: Path, state: dict) -> dict:
     settle()
     log("our initial sync" + (" (under cProfile)" if args.profile else ""))
     profile = ["--profile", str(args.profile)] if args.profile else ["--phases"]
+    profile.append("--index")
     if args.switch_interval:
         profile += ["--switch-interval", str(args.switch_interval)]
     child, report = worker(common + profile, work, "initial")
@@ -625,6 +626,13 @@ def print_table(r: dict) -> None:
             "",
         ),
         (
+            "   then search indexing",
+            f"{init['index_seconds']:.1f} s for {init['indexed']:,} messages "
+            f"({init['indexed'] / max(init['index_seconds'], 1e-9):,.0f} msg/s)",
+            "(after the sync; not in its rate)",
+            "",
+        ),
+        (
             "   stored + quarantined",
             f"{init['new']:,} + {init['quarantined']:,} = {init['stored_plus_quarantined']:,}",
             f"= server count {n:,}",
@@ -640,7 +648,7 @@ def print_table(r: dict) -> None:
             "= server, per folder",
             verdict(not check["uids_and_flags"]["folders"] and not check["uids_and_flags"]["duplicate_uids"]),
         ),
-        ("   worker process wall", f"{init['process_seconds']:.1f} s (with startup)", "", ""),
+        ("   worker process wall", f"{init['process_seconds']:.1f} s (with startup and indexing)", "", ""),
         ("c. initial sync, mbsync", f"{mb['seconds']:.1f} s, {mb['msgs_per_s']:,.0f} msg/s", "", ""),
         (
             "   ours / mbsync",
