@@ -7,6 +7,7 @@ from emailclient.core import auth_views
 from emailclient.core.views import health
 
 api_patterns = [
+    path("", include("messages.urls")),
     path("", include("accounts.urls")),
     path("", include("mailboxes.urls")),
 ]

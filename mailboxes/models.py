@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
@@ -58,3 +59,72 @@ class Folder(TenantModel):
 
     def __str__(self) -> str:
         return self.name
+
+
+class MessageChange(TenantModel):
+    """A change made through the API to a message, waiting to be written to
+    the mail server (or written, or given up on and undone).
+
+    The database changes at once; `mailboxes.writeback` replays the account's
+    pending changes on the server, oldest first. While one is pending, the
+    sync leaves the message's state alone, so it cannot undo the change;
+    once written, the server agrees with the database."""
+
+    class Kind(models.TextChoices):
+        FLAGS = "flags", "Flags"
+        MOVE = "move", "Move"
+        EXPUNGE = "expunge", "Expunge"
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DONE = "done", "Written to the server"
+        FAILED = "failed", "Failed and undone"
+
+    account = models.ForeignKey(
+        "accounts.EmailAccount", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    message = models.ForeignKey(
+        "mail.Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="changes"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    # Where the message was on the server when the change was made.
+    # For flags, where it is when the change is written instead.
+    folder_name = models.TextField(blank=True)
+    uidvalidity = models.BigIntegerField(null=True, blank=True)
+    imap_uid = models.BigIntegerField(null=True, blank=True)
+    target_folder = models.ForeignKey(
+        Folder, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    flags = models.JSONField(default=dict, blank=True, help_text='e.g. {"\\\\Seen": true}')
+    previous = models.JSONField(
+        default=dict, blank=True, help_text="The database state to restore on failure."
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "email_message_changes"
+        ordering = ["created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(kind__in=["flags", "move", "expunge"]), name="message_change_kind_valid"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["account", "created_at"],
+                condition=models.Q(state="pending"),
+                name="idx_changes_pending",
+            ),
+            models.Index(
+                fields=["message"], condition=models.Q(state="pending"), name="idx_changes_pending_message"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} uid {self.imap_uid} of {self.folder_name} ({self.state})"

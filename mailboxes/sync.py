@@ -59,7 +59,8 @@ from messages.parsing import Limits, MessageRejected, ParsedMessage, parse_messa
 from messages.threading import assign_threads
 
 from .imap import FetchedMessage, FolderInfo, FolderState, ImapSession, MailServerError, ServerConfig
-from .models import Folder, FolderType
+from .locks import account_change_lock
+from .models import Folder, FolderType, MessageChange
 
 logger = logging.getLogger(__name__)
 
@@ -452,9 +453,18 @@ class _Engine:
         if not updates:
             return
         with self.scope(), transaction.atomic():
-            rows = Message.objects.filter(
-                folder=folder, uidvalidity=folder.uidvalidity, imap_uid__in=list(updates)
-            ).only("id", "imap_uid", "flags", "is_read", "is_flagged", "is_draft", "is_answered")
+            # After the API's commit of any change to these messages; and a
+            # message whose change is not yet on the server keeps its state.
+            account_change_lock(self.account.id)
+            pending = MessageChange.objects.filter(
+                account=self.account, state=MessageChange.State.PENDING, message__isnull=False
+            ).values("message_id")
+            rows = (
+                Message.objects.filter(folder=folder, uidvalidity=folder.uidvalidity)
+                .filter(imap_uid__in=list(updates))
+                .exclude(id__in=pending)
+                .only("id", "imap_uid", "flags", "is_read", "is_flagged", "is_draft", "is_answered")
+            )
             changed = []
             for message in rows:
                 fields = flag_fields(updates[message.imap_uid])
@@ -525,7 +535,9 @@ class _Engine:
         instead of inserting twins."""
         pool = _RematchPool()
         with self.scope():
-            rows = Message.objects.filter(folder=folder).exclude(uidvalidity=folder.uidvalidity)
+            rows = Message.objects.filter(folder=folder, uidvalidity__isnull=False).exclude(
+                uidvalidity=folder.uidvalidity
+            )
             for row_id, content_hash, message_id in rows.values_list("id", "content_hash", "message_id"):
                 pool.add(row_id, content_hash, message_id)
         return pool
@@ -722,7 +734,10 @@ class _Engine:
     def finish_folder(self, folder: Folder, state: FolderState) -> None:
         with self.scope(), transaction.atomic():
             # Rows of an older UIDVALIDITY that no new UID claimed are gone.
-            stale = Message.objects.filter(folder=folder).exclude(uidvalidity=folder.uidvalidity)
+            # Rows without a UIDVALIDITY are moves the write-back has not done yet.
+            stale = Message.objects.filter(folder=folder, uidvalidity__isnull=False).exclude(
+                uidvalidity=folder.uidvalidity
+            )
             self.report.expunged += stale.delete()[0]
             QuarantinedMessage.objects.filter(folder=folder).exclude(uidvalidity=folder.uidvalidity).delete()
             counts = Message.objects.filter(folder=folder).aggregate(

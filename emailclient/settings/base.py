@@ -185,6 +185,9 @@ MAIL_MAX_MIME_DEPTH = env.int("MAIL_MAX_MIME_DEPTH", default=30)
 SYNC_BATCH_MESSAGES = env.int("SYNC_BATCH_MESSAGES", default=500)
 SYNC_BATCH_BYTES = env.int("SYNC_BATCH_BYTES", default=16 * 1024 * 1024)
 SYNC_MAX_RETRIES = env.int("SYNC_MAX_RETRIES", default=5)
+# Attempts at writing one API change (flags, move, delete) to the mail server
+# before it is undone in the database.
+WRITEBACK_MAX_ATTEMPTS = env.int("WRITEBACK_MAX_ATTEMPTS", default=5)
 
 # --- i18n, static -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -1,0 +1,156 @@
+"""Changes made through the API reach the real Dovecot, and the sync
+afterwards leaves them as they are."""
+
+import pytest
+
+from emailclient.core.models import AuditLog
+from emailclient.core.tenancy import tenant_scope
+from mailboxes.models import Folder, MessageChange
+from mailboxes.sync import account_sync
+from mailboxes.tests.helpers import assert_in_step
+from mailboxes.tests.test_imap_sync import seed
+from mailboxes.writeback import account_write_back
+from messages.models import Message
+from messages.tasks import write_back_task
+from messages.tests.corpus import corpus_files
+
+pytestmark = pytest.mark.django_db
+
+MAIL = corpus_files("notmuch", "lkml")[:6]
+
+
+@pytest.fixture
+def synced(imap_account, mailbox):
+    """INBOX with six messages (some read, one flagged), Archive, Trash, Projects."""
+    seed(mailbox, {"INBOX": MAIL, "Archive": [], "Trash": [], "Projects": []})
+    sync(imap_account)
+    return imap_account
+
+
+def sync(account):
+    return account_sync(tenant_id=account.tenant_id, account_id=account.id)
+
+
+def write_back(account):
+    return account_write_back(tenant_id=account.tenant_id, account_id=account.id)
+
+
+def rows(account, **filters) -> list[Message]:
+    with tenant_scope(account.tenant_id):
+        return list(
+            Message.objects.filter(account=account, **filters).select_related("folder").order_by("imap_uid")
+        )
+
+
+def folder(account, name) -> Folder:
+    with tenant_scope(account.tenant_id):
+        return Folder.objects.get(account=account, name=name)
+
+
+def server_flags(mailbox, name, uid) -> set[bytes]:
+    mailbox.select_folder(name, readonly=True)
+    return set(mailbox.get_flags([uid]).get(uid, ()))
+
+
+def test_flags_round_trip(synced, mailbox, client_a):
+    unread = rows(synced, is_read=False)[0]
+    flagged = rows(synced, is_flagged=True)[0]
+
+    client_a.patch(f"/api/messages/{unread.id}/", {"is_read": True}, format="json")
+    client_a.patch(f"/api/messages/{flagged.id}/", {"is_flagged": False}, format="json")
+    report = write_back(synced)
+
+    assert report.written == 2
+    assert b"\\Seen" in server_flags(mailbox, "INBOX", unread.imap_uid)
+    assert b"\\Flagged" not in server_flags(mailbox, "INBOX", flagged.imap_uid)
+    sync(synced)
+    [after] = rows(synced, id=unread.id)
+    assert after.is_read
+    assert not rows(synced, id=flagged.id)[0].is_flagged
+    assert_in_step(mailbox, synced)
+
+
+def test_move_round_trip_keeps_the_row(synced, mailbox, client_a):
+    message = rows(synced)[0]
+    archive = folder(synced, "Archive")
+
+    client_a.post(f"/api/messages/{message.id}/move/", {"folder": archive.id}, format="json")
+    write_back(synced)
+
+    [moved] = rows(synced, id=message.id)
+    assert moved.folder_id == archive.id and moved.imap_uid is not None
+    mailbox.select_folder("Archive", readonly=True)
+    assert mailbox.search(["ALL"]) == [moved.imap_uid]
+    mailbox.select_folder("INBOX", readonly=True)
+    assert message.imap_uid not in mailbox.search(["ALL"])
+    sync(synced)
+    assert [m.id for m in rows(synced, folder=archive)] == [message.id]  # not fetched a second time
+    assert_in_step(mailbox, synced)
+
+
+def test_delete_to_trash_then_for_good(synced, mailbox, client_a):
+    message = rows(synced)[0]
+
+    client_a.delete(f"/api/messages/{message.id}/")
+    write_back(synced)
+    mailbox.select_folder("Trash", readonly=True)
+    assert len(mailbox.search(["ALL"])) == 1
+    sync(synced)
+    assert_in_step(mailbox, synced)
+
+    client_a.delete(f"/api/messages/{message.id}/")
+    write_back(synced)
+
+    mailbox.select_folder("Trash", readonly=True)
+    assert mailbox.search(["ALL"]) == []
+    assert rows(synced, id=message.id) == []
+    sync(synced)
+    assert_in_step(mailbox, synced)
+
+
+def test_a_sync_before_the_write_back_does_not_undo_the_change(synced, mailbox, client_a):
+    message = rows(synced, is_read=False)[0]
+    client_a.patch(f"/api/messages/{message.id}/", {"is_read": True}, format="json")
+    # Another client touches the same message: the sync sees it changed.
+    mailbox.select_folder("INBOX")
+    mailbox.add_flags([message.imap_uid], [b"\\Answered"])
+
+    sync(synced)
+    assert rows(synced, id=message.id)[0].is_read
+
+    write_back(synced)
+    sync(synced)
+    [after] = rows(synced, id=message.id)
+    assert after.is_read and after.is_answered
+    assert_in_step(mailbox, synced)
+
+
+def test_a_change_the_server_cannot_take_is_undone_and_audited(synced, mailbox, client_a):
+    message = rows(synced)[0]
+    projects = folder(synced, "Projects")
+    client_a.post(f"/api/messages/{message.id}/move/", {"folder": projects.id}, format="json")
+    mailbox.delete_folder("Projects")  # gone on the server before the write-back
+
+    report = write_back(synced)
+
+    assert report.failed == 1
+    [back] = rows(synced, id=message.id)
+    assert (back.folder.name, back.imap_uid) == ("INBOX", message.imap_uid)
+    with tenant_scope(synced.tenant_id):
+        change = MessageChange.objects.get(message_id=message.id)
+        assert change.state == "failed" and "Projects" in change.last_error
+        assert AuditLog.objects.filter(action="message.change_failed", object_id=message.id).exists()
+    sync(synced)
+    assert_in_step(mailbox, synced)
+
+
+def test_refused_credentials_undo_every_pending_change(synced, mailbox, client_a, devmail):
+    message = rows(synced, is_read=False)[0]
+    client_a.patch(f"/api/messages/{message.id}/", {"is_read": True}, format="json")
+    devmail.add_user(synced.username, "another-password")  # the password changed on the server
+
+    result = write_back_task.apply(args=[str(synced.tenant_id), str(synced.id)]).get()
+
+    assert result["result"] == "failed"
+    assert not rows(synced, id=message.id)[0].is_read
+    assert b"\\Seen" not in server_flags(mailbox, "INBOX", message.imap_uid)

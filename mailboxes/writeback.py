@@ -1,0 +1,309 @@
+"""Writing the API's changes to the mail server.
+
+`account_write_back()` replays an account's pending `MessageChange`s on its
+IMAP server, oldest first, holding the account's sync lock so that no sync
+runs in between (a sync would otherwise fetch a moved message in its new
+folder before we record its new UID, and store it twice):
+
+* flags: `UID STORE +FLAGS/-FLAGS` where the message is now;
+* move: `UID MOVE`, or `UID COPY` + `\\Deleted` + `UID EXPUNGE` without the
+  MOVE extension; the new UID comes from `COPYUID` (UIDPLUS) or, failing
+  that, a search of the target folder for the message's Message-ID;
+* expunge: `\\Deleted` + `UID EXPUNGE` (a plain EXPUNGE without UIDPLUS),
+  then the row goes.
+
+A change the server can never take (its folder gone, UIDVALIDITY changed,
+the message gone) fails at once; other failures are retried, up to
+`WRITEBACK_MAX_ATTEMPTS`. A failed change is undone in the database and
+recorded in the audit log, and later changes go on.
+"""
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+
+from accounts.models import EmailAccount
+from accounts.services import account_credentials
+from emailclient.core.models import AuditLog
+from emailclient.core.tenancy import tenant_scope
+from messages.models import Message
+
+from .imap import ImapSession, MailServerError
+from .locks import account_change_lock
+from .models import Folder, MessageChange
+from .sync import account_sync_lock, server_config
+
+logger = logging.getLogger(__name__)
+
+_COPYUID = re.compile(rb"\[COPYUID (\d+) [\d:,]+ (\d+)\]", re.IGNORECASE)
+_SEARCHABLE_ID = re.compile(r"^<[\x21-\x7e]{1,250}>$")
+
+
+class ChangeImpossible(Exception):
+    """The server can never take this change as it stands."""
+
+
+@dataclass
+class WriteBackReport:
+    written: int = 0
+    failed: int = 0
+    pending: int = 0
+
+
+def account_write_back(*, tenant_id: uuid.UUID, account_id: uuid.UUID) -> WriteBackReport:
+    """Write the account's pending changes. Raises `sync.SyncAlreadyRunning`
+    while a sync holds the account, `MailServerError` when the server could
+    not be reached or changes are left to retry."""
+    report = WriteBackReport()
+    with tenant_scope(tenant_id):
+        account = EmailAccount.objects.get(id=account_id)
+    with account_sync_lock(account.id):
+        pending = _pending(account)
+        if not pending:
+            return report
+        credentials = account_credentials(account=account)
+        with ImapSession(server_config(account), credentials.username, credentials.password) as session:
+            writer = _Writer(account, session)
+            for change in pending:
+                try:
+                    writer.apply(change)
+                    report.written += 1
+                except ChangeImpossible as exc:
+                    change_failed(change, str(exc))
+                    report.failed += 1
+                except (IMAPClientAbortError, OSError) as exc:
+                    _attempt_failed(change, exc)
+                    raise MailServerError(f"connection to {account.hostname} failed: {exc}") from exc
+                except IMAPClientError as exc:
+                    if _attempt_failed(change, exc):
+                        report.failed += 1
+                        continue
+                    report.pending = len(_pending(account))
+                    raise MailServerError(f"the server refused a change: {exc}") from exc
+    return report
+
+
+def give_up_pending(*, tenant_id: uuid.UUID, account_id: uuid.UUID, error: str) -> int:
+    """Undo every pending change of the account (the server cannot be
+    written to: credentials refused, or still failing after every retry)."""
+    with tenant_scope(tenant_id):
+        account = EmailAccount.objects.get(id=account_id)
+    pending = _pending(account)
+    for change in pending:
+        change_failed(change, error)
+    return len(pending)
+
+
+def _pending(account: EmailAccount) -> list[MessageChange]:
+    with tenant_scope(account.tenant_id):
+        return list(
+            MessageChange.objects.filter(account=account, state=MessageChange.State.PENDING)
+            .select_related("target_folder")
+            .order_by("created_at", "id")
+        )
+
+
+def _attempt_failed(change: MessageChange, exc: Exception) -> bool:
+    """Count a failed attempt; give the change up (and undo it) at the last
+    one. Returns whether it was given up."""
+    change.attempts += 1
+    change.last_error = str(exc)[:1000] or type(exc).__name__
+    if change.attempts >= settings.WRITEBACK_MAX_ATTEMPTS:
+        change_failed(change, change.last_error)
+        return True
+    with tenant_scope(change.tenant_id):
+        change.save(update_fields=["attempts", "last_error", "updated_at"])
+    return False
+
+
+def change_failed(change: MessageChange, error: str) -> None:
+    """Give the change up: restore the message's previous state in the
+    database and record why."""
+    logger.warning("write-back of %s change %s failed: %s", change.kind, change.id, error)
+    with tenant_scope(change.tenant_id), transaction.atomic():
+        account_change_lock(change.account_id)
+        message = Message.objects.select_for_update().filter(id=change.message_id).first()
+        touched = set()
+        if message is not None:
+            touched.add(message.folder_id)
+            _restore(message, change.previous)
+            touched.add(message.folder_id)
+        change.state = MessageChange.State.FAILED
+        change.last_error = error[:1000]
+        change.finished_at = timezone.now()
+        change.save(update_fields=["state", "last_error", "finished_at", "attempts", "updated_at"])
+        AuditLog.objects.create(
+            tenant_id=change.tenant_id,
+            actor_id=change.actor_id,
+            action="message.change_failed",
+            object_type="message",
+            object_id=change.message_id,
+            changes={"kind": change.kind, "error": change.last_error, "restored": change.previous},
+        )
+        from messages.services import folder_counts_refresh
+
+        folder_counts_refresh(touched)
+
+
+def _restore(message: Message, previous: dict) -> None:
+    fields = []
+    for name, value in previous.items():
+        if name == "folder_id":
+            value = uuid.UUID(value)
+            if not Folder.objects.filter(id=value).exists():
+                continue  # the folder is gone; the next sync puts the message right
+        elif name == "deleted_at":
+            value = parse_datetime(value) if value else None
+        setattr(message, name, value)
+        fields.append(name)
+    message.save(update_fields=[*fields, "updated_at"])
+
+
+class _Writer:
+    def __init__(self, account: EmailAccount, session: ImapSession):
+        self.account = account
+        self.session = session
+        self.client = session.client
+        self.can_move = self.client.has_capability("MOVE")
+        self.uidplus = self.client.has_capability("UIDPLUS")
+
+    def scope(self):
+        return tenant_scope(self.account.tenant_id)
+
+    def apply(self, change: MessageChange) -> None:
+        handler = {
+            MessageChange.Kind.FLAGS: self.flags,
+            MessageChange.Kind.MOVE: self.move,
+            MessageChange.Kind.EXPUNGE: self.expunge,
+        }[change.kind]
+        handler(change)
+
+    def done(self, change: MessageChange) -> None:
+        change.state = MessageChange.State.DONE
+        change.finished_at = timezone.now()
+        change.save(update_fields=["state", "finished_at", "attempts", "last_error", "updated_at"])
+
+    def open(self, folder_name: str, uidvalidity: int | None, uid: int | None) -> None:
+        """Select the folder for writing and check the message is still there."""
+        if not folder_name or uid is None:
+            raise ChangeImpossible("the message has no place on the server")
+        try:
+            state = self.client.select_folder(folder_name)
+        except IMAPClientAbortError:
+            raise
+        except IMAPClientError as exc:
+            raise ChangeImpossible(f"folder {folder_name!r} cannot be opened: {exc}") from exc
+        if state.get(b"UIDVALIDITY") != uidvalidity:
+            raise ChangeImpossible(f"folder {folder_name!r} was renumbered on the server")
+        if uid not in self.session.uids_in([uid]):
+            raise ChangeImpossible("the message is no longer on the server")
+
+    def status(self, folder_name: str, item: bytes) -> int | None:
+        try:
+            value = self.client.folder_status(folder_name, [item.decode()]).get(item)
+        except IMAPClientAbortError:
+            raise
+        except IMAPClientError as exc:
+            raise ChangeImpossible(f"folder {folder_name!r} cannot be opened: {exc}") from exc
+        return value if isinstance(value, int) else None
+
+    def flags(self, change: MessageChange) -> None:
+        with self.scope():
+            message = Message.objects.select_related("folder").filter(id=change.message_id).first()
+        if message is None:
+            with self.scope():
+                self.done(change)  # gone from the server and the database: nothing to write
+            return
+        self.open(message.folder.name, message.uidvalidity, message.imap_uid)
+        add = [flag for flag, on in change.flags.items() if on]
+        remove = [flag for flag, on in change.flags.items() if not on]
+        if add:
+            self.client.add_flags([message.imap_uid], add, silent=True)
+        if remove:
+            self.client.remove_flags([message.imap_uid], remove, silent=True)
+        with self.scope():
+            self.done(change)
+
+    def move(self, change: MessageChange) -> None:
+        target = change.target_folder
+        if target is None:
+            raise ChangeImpossible("the destination folder is gone")
+        uidnext = self.status(target.name, b"UIDNEXT")
+        self.open(change.folder_name, change.uidvalidity, change.imap_uid)
+        if self.can_move:
+            response = self.client.move([change.imap_uid], target.name)
+            response = b" ".join(
+                [_bytes(response), *map(_bytes, self.client._imap.untagged_responses.pop("OK", []))]
+            )
+        else:
+            response = _bytes(self.client.copy([change.imap_uid], target.name))
+            self.client.add_flags([change.imap_uid], ["\\Deleted"], silent=True)
+            self._expunge_uid(change.imap_uid)
+        new_uid = self.new_uid(response, target, uidnext, change)
+        target_validity = self.status(target.name, b"UIDVALIDITY")
+        with self.scope(), transaction.atomic():
+            account_change_lock(self.account.id)
+            message = Message.objects.select_for_update().filter(id=change.message_id).first()
+            if message is not None:
+                if new_uid is None:
+                    # Moved, but its new UID is unknown: the next sync fetches
+                    # it from the new folder; a row without a UID would stay twice.
+                    message.delete()
+                else:
+                    message.imap_uid = new_uid
+                    message.uidvalidity = target_validity
+                    message.save(update_fields=["imap_uid", "uidvalidity", "updated_at"])
+            self.done(change)
+
+    def new_uid(
+        self, response: bytes, target: Folder, uidnext: int | None, change: MessageChange
+    ) -> int | None:
+        match = _COPYUID.search(response)
+        if match:
+            return int(match.group(2))
+        with self.scope():
+            message_id = (
+                Message.objects.filter(id=change.message_id).values_list("message_id", flat=True).first()
+            )
+        if not message_id or not _SEARCHABLE_ID.match(message_id) or not uidnext:
+            return None
+        self.client.select_folder(target.name, readonly=True)
+        found = self.client.search(["UID", f"{uidnext}:*", "HEADER", "Message-ID", message_id])
+        found = [uid for uid in found if uid >= uidnext]
+        return found[0] if len(found) == 1 else None
+
+    def expunge(self, change: MessageChange) -> None:
+        with self.scope():
+            if not Message.objects.filter(id=change.message_id).exists():
+                self.done(change)  # the sync saw it expunged already
+                return
+        self.open(change.folder_name, change.uidvalidity, change.imap_uid)
+        self.client.add_flags([change.imap_uid], ["\\Deleted"], silent=True)
+        self._expunge_uid(change.imap_uid)
+        with self.scope(), transaction.atomic():
+            account_change_lock(self.account.id)
+            Message.objects.filter(id=change.message_id, is_deleted=True).delete()
+            self.done(change)
+
+    def _expunge_uid(self, uid: int) -> None:
+        if self.uidplus:
+            self.client.uid_expunge([uid])
+        else:
+            self.client.expunge()  # also removes other \Deleted messages, as any client's would
+
+
+def _bytes(value) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace")
+    if isinstance(value, list | tuple):
+        return b" ".join(_bytes(v) for v in value)
+    return b""

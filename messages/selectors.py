@@ -1,0 +1,159 @@
+"""Reads on messages, threads and attachments.
+
+Everything starts from `visible_messages()`: the tenant's messages on the
+accounts the user sees (members their own, admins all), never a deleted
+account's and never a message deleted for good. The filters below only
+narrow it, so no path can reach past it.
+"""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.contrib.postgres.aggregates import ArrayAgg
+from django.db.models import Count, Max, Q, QuerySet
+
+from accounts.selectors import account_list
+from emailclient.core.exceptions import NotFound
+from emailclient.core.models import Tenant, TenantMembership
+
+from .models import Attachment, Message
+
+# What a list needs: never the bodies (TOASTed, compressed) or the vector.
+LIST_FIELDS = (
+    "id",
+    "tenant_id",
+    "account_id",
+    "folder_id",
+    "thread_id",
+    "message_id",
+    "subject",
+    "from_address",
+    "from_name",
+    "to",
+    "cc",
+    "snippet",
+    "is_read",
+    "is_flagged",
+    "is_answered",
+    "is_draft",
+    "has_attachments",
+    "received_at",
+    "sent_at",
+    "size_bytes",
+)
+
+
+@dataclass(frozen=True)
+class MessageFilters:
+    account: uuid.UUID | None = None
+    folder: uuid.UUID | None = None
+    thread: uuid.UUID | None = None
+    is_read: bool | None = None
+    is_flagged: bool | None = None
+    has_attachments: bool | None = None
+    received_after: datetime | None = None
+    received_before: datetime | None = None
+    sender: str | None = None
+
+
+def visible_messages(*, tenant: Tenant, membership: TenantMembership) -> QuerySet[Message]:
+    messages = Message.objects.for_tenant(tenant).filter(is_deleted=False)
+    if membership.is_admin:
+        return messages.filter(account__is_deleted=False)
+    return messages.filter(account__in=account_list(tenant=tenant, membership=membership))
+
+
+def message_list(
+    *, tenant: Tenant, membership: TenantMembership, filters: MessageFilters | None = None
+) -> QuerySet[Message]:
+    messages = visible_messages(tenant=tenant, membership=membership).only(*LIST_FIELDS)
+    f = filters or MessageFilters()
+    exact = {
+        "account_id": f.account,
+        "folder_id": f.folder,
+        "thread_id": f.thread,
+        "is_read": f.is_read,
+        "is_flagged": f.is_flagged,
+        "has_attachments": f.has_attachments,
+        "received_at__gte": f.received_after,
+        "received_at__lt": f.received_before,
+    }
+    messages = messages.filter(**{k: v for k, v in exact.items() if v is not None})
+    if f.sender:
+        messages = messages.filter(Q(from_address__icontains=f.sender) | Q(from_name__icontains=f.sender))
+    return messages
+
+
+def access_message(
+    *, tenant: Tenant, membership: TenantMembership, id: uuid.UUID, lock: bool = False
+) -> Message:
+    messages = visible_messages(tenant=tenant, membership=membership).select_related("folder")
+    if lock:
+        messages = messages.select_for_update(of=("self",))
+    message = messages.filter(id=id).first()
+    if message is None:
+        raise NotFound("Message not found.")
+    return message
+
+
+def message_attachments(*, message: Message) -> list[Attachment]:
+    return list(
+        Attachment.objects.filter(tenant_id=message.tenant_id, message=message).order_by("created_at")
+    )
+
+
+def access_attachment(*, tenant: Tenant, membership: TenantMembership, id: uuid.UUID) -> Attachment:
+    attachment = (
+        Attachment.objects.for_tenant(tenant)
+        .filter(id=id, message__in=visible_messages(tenant=tenant, membership=membership))
+        .first()
+    )
+    if attachment is None:
+        raise NotFound("Attachment not found.")
+    return attachment
+
+
+# --- Threads -----------------------------------------------------------------------
+
+
+def thread_list(*, tenant: Tenant, membership: TenantMembership, account_id: uuid.UUID) -> QuerySet:
+    """One row per thread of the account: latest date, count, unread count,
+    participants. Rows are dicts; `thread_latest_messages()` completes them."""
+    return (
+        visible_messages(tenant=tenant, membership=membership)
+        .filter(account_id=account_id, thread_id__isnull=False)
+        .values("thread_id")
+        .annotate(
+            latest_at=Max("received_at"),
+            message_count=Count("id"),
+            unread_count=Count("id", filter=Q(is_read=False)),
+            participants=ArrayAgg("from_address", distinct=True),
+        )
+    )
+
+
+def thread_latest_messages(
+    *, tenant: Tenant, membership: TenantMembership, thread_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, Message]:
+    """The newest message of each thread, in one query."""
+    latest = (
+        visible_messages(tenant=tenant, membership=membership)
+        .filter(thread_id__in=thread_ids)
+        .only(*LIST_FIELDS)
+        .order_by("thread_id", "-received_at", "-id")
+        .distinct("thread_id")
+    )
+    return {message.thread_id: message for message in latest}
+
+
+def thread_messages(*, tenant: Tenant, membership: TenantMembership, thread_id: uuid.UUID) -> list[Message]:
+    messages = list(
+        visible_messages(tenant=tenant, membership=membership)
+        .filter(thread_id=thread_id)
+        .only(*LIST_FIELDS)
+        .order_by("received_at", "id")
+    )
+    if not messages:
+        raise NotFound("Thread not found.")
+    return messages

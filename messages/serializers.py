@@ -1,0 +1,205 @@
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from .models import Attachment, Message
+from .search import SearchQueryError, parse_search_query
+
+
+class AddressSerializer(serializers.Serializer):
+    name = serializers.CharField(allow_blank=True)
+    address = serializers.CharField(allow_blank=True)
+
+
+class SenderField(serializers.Field):
+    """`from_name` and `from_address` as one address object."""
+
+    def __init__(self, **kwargs):
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, message: Message) -> dict:
+        return {"name": message.from_name, "address": message.from_address}
+
+
+SenderField = extend_schema_field(AddressSerializer)(SenderField)
+
+
+class MessageListSerializer(serializers.ModelSerializer):
+    """A list item: headers, state and a short preview; no bodies."""
+
+    sender = SenderField()
+    to = AddressSerializer(many=True, read_only=True)
+    cc = AddressSerializer(many=True, read_only=True)
+    preview = serializers.CharField(source="snippet", read_only=True)
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "account",
+            "folder",
+            "thread_id",
+            "message_id",
+            "subject",
+            "sender",
+            "to",
+            "cc",
+            "preview",
+            "is_read",
+            "is_flagged",
+            "is_answered",
+            "is_draft",
+            "has_attachments",
+            "received_at",
+            "sent_at",
+            "size_bytes",
+        ]
+        read_only_fields = fields
+
+
+class AttachmentSerializer(serializers.ModelSerializer):
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Attachment
+        fields = ["id", "filename", "mime_type", "size_bytes", "content_id", "is_inline", "download_url"]
+        read_only_fields = fields
+
+    def get_download_url(self, attachment: Attachment) -> str:
+        return self.context["download_urls"][attachment.id]
+
+
+class MessageDetailSerializer(MessageListSerializer):
+    """The whole message. `html` is the sanitised HTML body; `remote_images_blocked`
+    says how many remote images it referenced that were left out (ask again
+    with `?remote_images=1` to keep them)."""
+
+    bcc = AddressSerializer(many=True, read_only=True)
+    reply_to = AddressSerializer(many=True, read_only=True)
+    folder_name = serializers.CharField(source="folder.name", read_only=True)
+    folder_type = serializers.CharField(source="folder.type", read_only=True)
+    html = serializers.CharField(source="sanitized.html", read_only=True)
+    remote_images_blocked = serializers.IntegerField(source="sanitized.remote_images_blocked", read_only=True)
+    attachments = AttachmentSerializer(source="attachment_list", many=True, read_only=True)
+    raw_url = serializers.SerializerMethodField()
+
+    class Meta(MessageListSerializer.Meta):
+        fields = [
+            *MessageListSerializer.Meta.fields,
+            "folder_name",
+            "folder_type",
+            "bcc",
+            "reply_to",
+            "in_reply_to",
+            "references",
+            "flags",
+            "text_body",
+            "html",
+            "remote_images_blocked",
+            "attachments",
+            "raw_url",
+            "deleted_at",
+        ]
+        read_only_fields = fields
+
+    def get_raw_url(self, message: Message) -> str:
+        return self.context["request"].build_absolute_uri(reverse("message-source", args=[message.id]))
+
+
+class MessageFilterSerializer(serializers.Serializer):
+    """Query parameters of the message list."""
+
+    account = serializers.UUIDField(required=False)
+    folder = serializers.UUIDField(required=False)
+    thread = serializers.UUIDField(required=False)
+    is_read = serializers.BooleanField(required=False, allow_null=True, default=None)
+    is_flagged = serializers.BooleanField(required=False, allow_null=True, default=None)
+    has_attachments = serializers.BooleanField(required=False, allow_null=True, default=None)
+    received_after = serializers.DateTimeField(required=False, help_text="Inclusive.")
+    received_before = serializers.DateTimeField(required=False, help_text="Exclusive.")
+    sender = serializers.CharField(
+        required=False, max_length=200, help_text="Part of the sender's address or name."
+    )
+    q = serializers.CharField(
+        required=False, max_length=500, help_text="A search query (see the search endpoint)."
+    )
+    order = serializers.ChoiceField(
+        choices=["newest", "relevance"], default="newest", help_text="`relevance` needs `q`."
+    )
+
+    def validate_q(self, value: str):
+        try:
+            return parse_search_query(value)
+        except SearchQueryError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+
+    def validate(self, attrs):
+        after, before = attrs.get("received_after"), attrs.get("received_before")
+        if after and before and after >= before:
+            raise serializers.ValidationError({"received_before": "Must be later than received_after."})
+        if attrs["order"] == "relevance" and not attrs.get("q"):
+            raise serializers.ValidationError({"order": "Ordering by relevance needs a search query (q)."})
+        return attrs
+
+
+class SearchParamsSerializer(serializers.Serializer):
+    query = serializers.CharField(max_length=500)
+    account = serializers.UUIDField(required=False)
+    order = serializers.ChoiceField(choices=["newest", "relevance"], default="newest")
+
+    def validate_query(self, value: str):
+        try:
+            return parse_search_query(value)
+        except SearchQueryError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+
+
+class MessageUpdateSerializer(serializers.Serializer):
+    is_read = serializers.BooleanField(required=False)
+    is_flagged = serializers.BooleanField(required=False)
+
+    def validate(self, attrs):
+        if not attrs:
+            raise serializers.ValidationError({"non_field_errors": ["Give is_read and/or is_flagged."]})
+        return attrs
+
+
+class MessageMoveSerializer(serializers.Serializer):
+    folder = serializers.UUIDField(help_text="The destination folder, of the same account.")
+
+
+class MessageIdsSerializer(serializers.Serializer):
+    ids = serializers.ListField(child=serializers.UUIDField(), min_length=1, max_length=500)
+
+
+class BulkUpdateSerializer(MessageIdsSerializer, MessageUpdateSerializer):
+    pass
+
+
+class BulkMoveSerializer(MessageIdsSerializer, MessageMoveSerializer):
+    pass
+
+
+class BulkDeleteSerializer(MessageIdsSerializer):
+    permanent = serializers.BooleanField(default=False)
+
+
+class ThreadSerializer(serializers.Serializer):
+    thread_id = serializers.UUIDField()
+    latest_at = serializers.DateTimeField()
+    message_count = serializers.IntegerField()
+    unread_count = serializers.IntegerField()
+    participants = serializers.ListField(child=serializers.CharField())
+    latest_message = MessageListSerializer(allow_null=True)
+
+
+class ThreadFilterSerializer(serializers.Serializer):
+    account = serializers.UUIDField()
+
+
+class ThreadDetailSerializer(serializers.Serializer):
+    thread_id = serializers.UUIDField()
+    subject = serializers.CharField()
+    message_count = serializers.IntegerField()
+    unread_count = serializers.IntegerField()
+    messages = MessageListSerializer(many=True)

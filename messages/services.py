@@ -1,0 +1,263 @@
+"""Changes to messages made through the API: read/flagged, move, delete.
+
+Each applies to the database at once, records a pending `MessageChange` for
+the write-back to the mail server (IMAP accounts), keeps the folders' counts
+true and writes one audit entry per message. The write-back task is queued
+when the transaction commits.
+
+Moves collapse: a message moved again before the first move reached the
+server gets one change, from where it is on the server to where it is now
+(none at all when it is back where it started).
+"""
+
+import uuid
+from collections.abc import Iterable
+
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from accounts.models import Protocol
+from emailclient.core.exceptions import ApplicationError, Conflict
+from emailclient.core.models import AuditLog, Tenant
+from mailboxes.locks import account_change_lock
+from mailboxes.models import Folder, FolderType, MessageChange
+
+from .models import Message
+
+FLAG_FIELDS = {"is_read": "\\Seen", "is_flagged": "\\Flagged"}
+
+
+def _audit(tenant: Tenant, actor, action: str, entries: list[tuple[uuid.UUID, dict]], ip_address) -> None:
+    AuditLog.objects.bulk_create(
+        AuditLog(
+            tenant=tenant,
+            actor=actor,
+            action=action,
+            object_type="message",
+            object_id=message_id,
+            changes=changes,
+            ip_address=ip_address,
+        )
+        for message_id, changes in entries
+    )
+
+
+def _write_back_on_commit(tenant: Tenant, messages: Iterable[Message]) -> None:
+    from .tasks import write_back_task  # the task module imports the write-back engine
+
+    for account_id in {m.account_id for m in messages if m.account.protocol == Protocol.IMAP}:
+        transaction.on_commit(
+            lambda account_id=account_id: write_back_task.delay(str(tenant.id), str(account_id))
+        )
+
+
+def _writes_back(message: Message) -> bool:
+    return message.account.protocol == Protocol.IMAP
+
+
+def folder_counts_refresh(folder_ids: Iterable[uuid.UUID]) -> None:
+    for folder_id in set(folder_ids):
+        counts = Message.objects.filter(folder_id=folder_id, is_deleted=False).aggregate(
+            total=Count("id"), unread=Count("id", filter=Q(is_read=False))
+        )
+        Folder.objects.filter(id=folder_id).update(
+            total_count=counts["total"], unread_count=counts["unread"], updated_at=timezone.now()
+        )
+
+
+def messages_flag(
+    *,
+    tenant: Tenant,
+    actor,
+    messages: list[Message],
+    is_read: bool | None = None,
+    is_flagged: bool | None = None,
+    ip_address: str | None = None,
+) -> None:
+    wanted = {"is_read": is_read, "is_flagged": is_flagged}
+    with transaction.atomic():
+        account_change_lock(*(m.account_id for m in messages))
+        changed, changes, audit = [], [], []
+        for message in messages:
+            diff = {f: v for f, v in wanted.items() if v is not None and getattr(message, f) != v}
+            if not diff:
+                continue
+            previous = {f: getattr(message, f) for f in diff} | {"flags": list(message.flags)}
+            flags = set(message.flags)
+            for field, value in diff.items():
+                setattr(message, field, value)
+                (flags.add if value else flags.discard)(FLAG_FIELDS[field])
+            message.flags = sorted(flags)
+            changed.append(message)
+            audit.append((message.id, diff))
+            if _writes_back(message):
+                changes.append(
+                    MessageChange(
+                        tenant=tenant,
+                        account_id=message.account_id,
+                        message=message,
+                        actor=actor,
+                        kind=MessageChange.Kind.FLAGS,
+                        folder_name=message.folder.name,
+                        uidvalidity=message.uidvalidity,
+                        imap_uid=message.imap_uid,
+                        flags={FLAG_FIELDS[f]: v for f, v in diff.items()},
+                        previous=previous,
+                    )
+                )
+        Message.objects.bulk_update(changed, ["is_read", "is_flagged", "flags", "updated_at"])
+        MessageChange.objects.bulk_create(changes)
+        folder_counts_refresh(m.folder_id for m in changed)
+        _audit(tenant, actor, "message.update", audit, ip_address)
+        _write_back_on_commit(tenant, changed)
+
+
+def _pending_move(message: Message) -> MessageChange | None:
+    return (
+        MessageChange.objects.filter(
+            message=message, kind=MessageChange.Kind.MOVE, state=MessageChange.State.PENDING
+        )
+        .select_for_update()
+        .first()
+    )
+
+
+def _relocate(tenant: Tenant, actor, message: Message, folder: Folder, *, deleted_at=None) -> None:
+    """Point the row at `folder` and record (or re-aim) its pending move."""
+    pending = _pending_move(message) if message.imap_uid is None else None
+    previous = {
+        "folder_id": str(message.folder_id),
+        "imap_uid": message.imap_uid,
+        "uidvalidity": message.uidvalidity,
+        "deleted_at": message.deleted_at.isoformat() if message.deleted_at else None,
+    }
+    if pending is not None:
+        if pending.target_folder_id and folder.name == pending.folder_name:
+            # Back where the server has it: nothing left to write.
+            pending.state = MessageChange.State.DONE
+            pending.last_error = "cancelled: moved back before it was written"
+            pending.finished_at = timezone.now()
+            pending.save(update_fields=["state", "last_error", "finished_at", "updated_at"])
+            message.imap_uid, message.uidvalidity = pending.imap_uid, pending.uidvalidity
+        else:
+            pending.target_folder = folder
+            pending.save(update_fields=["target_folder", "updated_at"])
+    elif _writes_back(message):
+        MessageChange.objects.create(
+            tenant=tenant,
+            account_id=message.account_id,
+            message=message,
+            actor=actor,
+            kind=MessageChange.Kind.MOVE,
+            folder_name=message.folder.name,
+            uidvalidity=message.uidvalidity,
+            imap_uid=message.imap_uid,
+            target_folder=folder,
+            previous=previous,
+        )
+        # The UID in the new folder is the server's to give.
+        message.imap_uid = message.uidvalidity = None
+    message.folder = folder
+    message.deleted_at = deleted_at
+
+
+def messages_move(
+    *, tenant: Tenant, actor, messages: list[Message], folder: Folder, ip_address: str | None = None
+) -> None:
+    if any(m.account_id != folder.account_id for m in messages):
+        raise ApplicationError(
+            "A message can only move to a folder of its own account.",
+            fields={"folder": ["This folder belongs to another account."]},
+        )
+    if not folder.is_selectable:
+        raise ApplicationError("This folder cannot hold messages.", fields={"folder": ["Not selectable."]})
+    with transaction.atomic():
+        account_change_lock(folder.account_id)
+        moved, audit, touched = [], [], set()
+        for message in messages:
+            if message.folder_id == folder.id:
+                continue
+            touched.add(message.folder_id)
+            audit.append((message.id, {"folder": [str(message.folder_id), str(folder.id)]}))
+            _relocate(tenant, actor, message, folder)
+            moved.append(message)
+        Message.objects.bulk_update(moved, ["folder", "imap_uid", "uidvalidity", "deleted_at", "updated_at"])
+        folder_counts_refresh([*touched, folder.id] if moved else [])
+        _audit(tenant, actor, "message.move", audit, ip_address)
+        _write_back_on_commit(tenant, moved)
+
+
+def messages_delete(
+    *, tenant: Tenant, actor, messages: list[Message], permanent: bool = False, ip_address: str | None = None
+) -> None:
+    """Move to the account's Trash; messages already in Trash, or all of
+    them with `permanent`, are deleted from the server for good (the rows
+    stay, `is_deleted`, until the server has expunged them)."""
+    with transaction.atomic():
+        account_change_lock(*(m.account_id for m in messages))
+        trash = {
+            f.account_id: f
+            for f in Folder.objects.filter(
+                account_id__in={m.account_id for m in messages}, type=FolderType.TRASH, is_selectable=True
+            ).order_by("name")
+        }
+        now = timezone.now()
+        trashed, expunged, audit, touched = [], [], [], set()
+        for message in messages:
+            touched.add(message.folder_id)
+            if permanent or message.folder.type == FolderType.TRASH:
+                expunged.append(message)
+                audit.append((message.id, {"expunged": True}))
+                continue
+            if message.account_id not in trash:
+                raise Conflict(
+                    "The account has no Trash folder: "
+                    "delete with permanent=true to remove the message for good.",
+                    fields={"permanent": ["Required: this account has no Trash folder."]},
+                )
+            target = trash[message.account_id]
+            audit.append((message.id, {"folder": [str(message.folder_id), str(target.id)]}))
+            _relocate(tenant, actor, message, target, deleted_at=now)
+            touched.add(message.folder_id)
+            trashed.append(message)
+        for message in expunged:
+            _expunge(tenant, actor, message, now)
+        Message.objects.bulk_update(
+            [*trashed, *expunged],
+            ["folder", "imap_uid", "uidvalidity", "is_deleted", "deleted_at", "updated_at"],
+        )
+        folder_counts_refresh(touched)
+        _audit(tenant, actor, "message.delete", audit, ip_address)
+        _write_back_on_commit(tenant, [*trashed, *expunged])
+
+
+def _expunge(tenant: Tenant, actor, message: Message, now) -> None:
+    deleted_at = message.deleted_at.isoformat() if message.deleted_at else None
+    previous = {"is_deleted": False, "deleted_at": deleted_at}
+    if _writes_back(message):
+        pending = _pending_move(message) if message.imap_uid is None else None
+        if pending is not None:
+            # Never reached its new folder: expunge it where the server has it.
+            pending.state = MessageChange.State.DONE
+            pending.last_error = "cancelled: deleted before it was written"
+            pending.finished_at = now
+            pending.save(update_fields=["state", "last_error", "finished_at", "updated_at"])
+            message.folder_id = uuid.UUID(pending.previous["folder_id"])
+            message.imap_uid, message.uidvalidity = pending.imap_uid, pending.uidvalidity
+            location = (pending.folder_name, pending.uidvalidity, pending.imap_uid)
+        else:
+            location = (message.folder.name, message.uidvalidity, message.imap_uid)
+        MessageChange.objects.create(
+            tenant=tenant,
+            account_id=message.account_id,
+            message=message,
+            actor=actor,
+            kind=MessageChange.Kind.EXPUNGE,
+            folder_name=location[0],
+            uidvalidity=location[1],
+            imap_uid=location[2],
+            previous=previous,
+        )
+    message.is_deleted = True
+    message.deleted_at = now

@@ -1,0 +1,506 @@
+"""The reading API: folders, messages, threads, attachments, and the changes
+made through it (database side; the mail-server side is in
+mailboxes/tests/test_writeback.py)."""
+
+import datetime
+import uuid
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from accounts.tests.factories import EmailAccountFactory
+from emailclient.core.models import AuditLog
+from emailclient.core.tenancy import tenant_scope
+from mailboxes.models import Folder, MessageChange
+from mailboxes.tests.factories import FolderFactory
+from messages.blobs import default_store
+from messages.models import Message
+from messages.tests.factories import AttachmentFactory, MessageFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def blobs(settings, tmp_path):
+    settings.BLOB_STORAGE_DIR = tmp_path / "blobs"
+    return default_store()
+
+
+@pytest.fixture
+def account_a(tenant_a, user_a):
+    return EmailAccountFactory(tenant=tenant_a, user=user_a)
+
+
+@pytest.fixture
+def inbox_a(account_a):
+    return FolderFactory(account=account_a, name="INBOX", type="inbox")
+
+
+@pytest.fixture
+def trash_a(account_a):
+    return FolderFactory(account=account_a, name="Trash", type="trash")
+
+
+@pytest.fixture
+def account_b(tenant_b, user_b):
+    return EmailAccountFactory(tenant=tenant_b, user=user_b)
+
+
+@pytest.fixture
+def inbox_b(account_b):
+    return FolderFactory(account=account_b, name="INBOX", type="inbox")
+
+
+@pytest.fixture
+def message_b(inbox_b):
+    return MessageFactory(folder=inbox_b, subject="Tenant B secret")
+
+
+def ids(response) -> list[str]:
+    assert response.status_code == 200, response.content
+    return [item["id"] for item in response.json()["results"]]
+
+
+def reload(message: Message) -> Message:
+    with tenant_scope(message.tenant_id):
+        return Message.objects.get(id=message.id)
+
+
+# --- Folders -------------------------------------------------------------------------
+
+
+def test_folders_list_with_counts_and_hierarchy(client_a, account_a, inbox_a, inbox_b):
+    projects = FolderFactory(account=account_a, name="INBOX/Projects", parent=inbox_a, unread_count=3)
+
+    response = client_a.get("/api/folders/", {"account": account_a.id})
+
+    body = {f["name"]: f for f in response.json()["results"]}
+    assert set(body) == {"INBOX", "INBOX/Projects"}
+    assert body["INBOX/Projects"]["parent"] == str(inbox_a.id)
+    assert body["INBOX/Projects"]["display_name"] == "Projects"
+    assert body["INBOX/Projects"]["unread_count"] == 3
+    assert body["INBOX"]["type"] == "inbox"
+    assert client_a.get(f"/api/folders/{projects.id}/").json()["name"] == "INBOX/Projects"
+
+
+def test_folders_of_another_tenant_are_invisible(client_a, inbox_a, inbox_b):
+    assert ids(client_a.get("/api/folders/")) == [str(inbox_a.id)]
+    assert client_a.get(f"/api/folders/{inbox_b.id}/").status_code == 404
+    assert ids(client_a.get("/api/folders/", {"account": inbox_b.account_id})) == []
+
+
+def test_folder_filter_must_be_an_id(client_a):
+    response = client_a.get("/api/folders/", {"account": "nope"})
+    assert response.status_code == 400
+    assert "account" in response.json()["error"]["fields"]
+
+
+# --- Message list ----------------------------------------------------------------------
+
+
+def test_messages_newest_first_with_preview_not_bodies(client_a, inbox_a, message_b):
+    old = MessageFactory(folder=inbox_a, received_at=timezone.now() - datetime.timedelta(days=2))
+    new = MessageFactory(
+        folder=inbox_a, received_at=timezone.now(), text_body="Body text", snippet="Body text"
+    )
+
+    response = client_a.get("/api/messages/")
+
+    assert ids(response) == [str(new.id), str(old.id)]
+    item = response.json()["results"][0]
+    assert item["preview"] == "Body text"
+    assert item["sender"] == {"name": "Sam Sender", "address": "sender@example.com"}
+    assert "text_body" not in item and "html" not in item
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"is_read": "true"}, {"read"}),
+        ({"is_read": "false"}, {"unread", "flagged", "attached", "from-alice"}),
+        ({"is_flagged": "true"}, {"flagged"}),
+        ({"has_attachments": "true"}, {"attached"}),
+        ({"sender": "alice@"}, {"from-alice"}),
+        ({"sender": "Alice"}, {"from-alice"}),
+    ],
+)
+def test_message_filters(client_a, inbox_a, params, expected):
+    MessageFactory(folder=inbox_a, subject="read", is_read=True)
+    MessageFactory(folder=inbox_a, subject="unread")
+    MessageFactory(folder=inbox_a, subject="flagged", is_flagged=True)
+    MessageFactory(folder=inbox_a, subject="attached", has_attachments=True)
+    MessageFactory(
+        folder=inbox_a, subject="from-alice", from_address="alice@example.org", from_name="Alice A"
+    )
+
+    results = client_a.get("/api/messages/", params).json()["results"]
+
+    assert {m["subject"] for m in results} == expected
+
+
+def test_message_filters_by_folder_thread_account_and_dates(client_a, account_a, inbox_a):
+    archive = FolderFactory(account=account_a, name="Archive", type="archive")
+    thread = uuid.uuid4()
+    now = timezone.now()
+    a = MessageFactory(folder=inbox_a, thread_id=thread, received_at=now - datetime.timedelta(days=10))
+    b = MessageFactory(folder=archive, thread_id=thread, received_at=now - datetime.timedelta(days=1))
+    other_account = FolderFactory(account__tenant=account_a.tenant, account__user=account_a.user)
+    c = MessageFactory(folder=other_account, received_at=now)
+
+    assert ids(client_a.get("/api/messages/", {"folder": archive.id})) == [str(b.id)]
+    assert ids(client_a.get("/api/messages/", {"thread": thread})) == [str(b.id), str(a.id)]
+    assert ids(client_a.get("/api/messages/", {"account": other_account.account_id})) == [str(c.id)]
+    since = (now - datetime.timedelta(days=2)).isoformat()
+    assert ids(client_a.get("/api/messages/", {"received_after": since})) == [str(c.id), str(b.id)]
+    assert ids(client_a.get("/api/messages/", {"received_before": since})) == [str(a.id)]
+
+
+def test_bad_filters_are_400_with_field_errors(client_a):
+    response = client_a.get(
+        "/api/messages/", {"folder": "x", "is_read": "maybe", "received_after": "yesterday"}
+    )
+    assert response.status_code == 400
+    assert set(response.json()["error"]["fields"]) == {"folder", "is_read", "received_after"}
+
+
+def test_cursor_pagination_walks_every_message_once(client_a, inbox_a):
+    same_time = timezone.now()
+    made = {str(MessageFactory(folder=inbox_a, received_at=same_time).id) for _ in range(5)}
+    made |= {str(MessageFactory(folder=inbox_a).id) for _ in range(6)}
+
+    seen, url = [], "/api/messages/?page_size=3"
+    while url:
+        body = client_a.get(url).json()
+        seen += [m["id"] for m in body["results"]]
+        url = body["next"]
+
+    assert sorted(seen) == sorted(made)
+
+
+def test_member_sees_only_own_accounts_admin_sees_all(client_a, client_admin_a, tenant_a, inbox_a, admin_a):
+    colleague = FolderFactory(account__tenant=tenant_a)  # another member's account
+    mine = MessageFactory(folder=inbox_a)
+    theirs = MessageFactory(folder=colleague)
+
+    assert ids(client_a.get("/api/messages/")) == [str(mine.id)]
+    assert client_a.get(f"/api/messages/{theirs.id}/").status_code == 404
+    assert set(ids(client_admin_a.get("/api/messages/"))) == {str(mine.id), str(theirs.id)}
+
+
+def test_list_query_counts_are_pinned(client_a, inbox_a, account_a):
+    """Per request: the user, the tenant, the scope (savepoint, set_config,
+    restore, release: the test's outer transaction), the membership, then the
+    endpoint's own queries, whatever the page holds."""
+    client_a.get("/api/messages/")  # warm up
+
+    def count(url, params=None) -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert client_a.get(url, params).status_code == 200
+        return len(queries) - 7
+
+    for n in (1, 25):
+        for _ in range(n):
+            message = MessageFactory(folder=inbox_a, thread_id=uuid.uuid4())
+        assert count("/api/messages/") == 1
+        assert count("/api/messages/", {"folder": inbox_a.id, "is_read": "false"}) == 1
+        assert count("/api/messages/", {"q": "message from:sender"}) == 1
+        assert count("/api/sync/search", {"query": "message"}) == 1
+        assert count("/api/folders/", {"account": account_a.id}) == 1
+        assert count("/api/threads/", {"account": account_a.id}) == 2  # the page, its latest messages
+        assert count(f"/api/threads/{message.thread_id}/") == 1
+
+
+# --- Message detail ----------------------------------------------------------------------
+
+
+def test_detail_sanitises_html_and_points_cid_images_at_attachments(client_a, inbox_a, blobs, api_client):
+    html = (
+        '<p onclick="steal()">Hi<script>alert(1)</script></p>'
+        '<img src="cid:logo@x"><img src="https://tracker.example/pixel.gif">'
+        '<a href="javascript:alert(1)">click</a>'
+    )
+    message = MessageFactory(folder=inbox_a, html_body=html, has_attachments=False)
+    key = blobs.put(message.tenant_id, b"\x89PNG fake")
+    logo = AttachmentFactory(
+        message=message,
+        filename="logo.png",
+        mime_type="image/png",
+        content_id="logo@x",
+        is_inline=True,
+        content_hash=key,
+    )
+
+    body = client_a.get(f"/api/messages/{message.id}/").json()
+
+    assert "<script" not in body["html"] and "onclick" not in body["html"]
+    assert "javascript:" not in body["html"]
+    assert "tracker.example" not in body["html"]
+    assert body["remote_images_blocked"] == 1
+    [attachment] = body["attachments"]
+    assert attachment["id"] == str(logo.id)
+    assert attachment["download_url"] in body["html"].replace("&amp;", "&")
+    # The <img> fetches it without a bearer token, by the signed URL.
+    image = api_client.get(attachment["download_url"])
+    assert image.status_code == 200
+    assert b"".join(image.streaming_content) == b"\x89PNG fake"
+
+    shown = client_a.get(f"/api/messages/{message.id}/", {"remote_images": "1"}).json()
+    assert "tracker.example/pixel.gif" in shown["html"]
+    assert shown["remote_images_blocked"] == 0
+
+
+def test_detail_of_another_tenant_is_404(client_a, message_b):
+    assert client_a.get(f"/api/messages/{message_b.id}/").status_code == 404
+    assert client_a.get(f"/api/messages/{message_b.id}/raw").status_code == 404
+    assert client_a.get(f"/api/messages/{uuid.uuid4()}/").status_code == 404
+
+
+def test_raw_download_is_the_stored_source(client_a, inbox_a, blobs):
+    raw = b"From: a@example.com\r\nSubject: hello\r\n\r\nbody\r\n"
+    message = MessageFactory(
+        folder=inbox_a, subject="Re: plan/../x", raw_blob_key=blobs.put(inbox_a.tenant_id, raw)
+    )
+
+    response = client_a.get(f"/api/messages/{message.id}/raw")
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "message/rfc822"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["Content-Disposition"].startswith("attachment;")
+    assert "/" not in response["Content-Disposition"].split("filename=")[1]
+    assert b"".join(response.streaming_content) == raw
+
+
+# --- Attachments ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mime_type", "filename", "disposition", "served_type"),
+    [
+        ("text/html", "page.html", "attachment", "text/html"),
+        ("image/svg+xml", "logo.svg", "attachment", "image/svg+xml"),
+        ("image/png", "photo.png", "inline", "image/png"),
+        ("text/html; charset=x\r\nSet-Cookie: a=b", "x.html", "attachment", "application/octet-stream"),
+    ],
+)
+def test_attachment_download_is_safe(client_a, inbox_a, blobs, mime_type, filename, disposition, served_type):
+    message = MessageFactory(folder=inbox_a)
+    attachment = AttachmentFactory(
+        message=message,
+        mime_type=mime_type,
+        filename=f"../../{filename}",
+        content_hash=blobs.put(inbox_a.tenant_id, b"<svg onload=alert(1)>"),
+    )
+
+    response = client_a.get(f"/api/attachments/{attachment.id}/download", {"inline": "1"})
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == served_type
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert "sandbox" in response["Content-Security-Policy"]
+    assert response["Content-Disposition"].startswith(disposition)
+    assert f'filename="{filename}"' in response["Content-Disposition"]
+
+
+def test_attachment_of_another_tenant_is_404_even_with_its_token(client_a, client_b, message_b, blobs):
+    attachment = AttachmentFactory(message=message_b, content_hash=blobs.put(message_b.tenant_id, b"x"))
+
+    assert client_a.get(f"/api/attachments/{attachment.id}/download").status_code == 404
+    # B's signed URL does not open another attachment.
+    url = client_b.get(f"/api/messages/{message_b.id}/").json()["attachments"][0]["download_url"]
+    other = AttachmentFactory(message=message_b, content_hash=attachment.content_hash)
+    assert client_a.get(url.replace(str(attachment.id), str(other.id))).status_code == 404
+    assert client_a.get(f"/api/attachments/{attachment.id}/download", {"token": "forged"}).status_code == 404
+
+
+def test_attachment_download_needs_credentials(api_client, inbox_a, blobs):
+    attachment = AttachmentFactory(message=MessageFactory(folder=inbox_a))
+    assert api_client.get(f"/api/attachments/{attachment.id}/download").status_code == 401
+
+
+# --- Threads ---------------------------------------------------------------------------------
+
+
+def test_threads_list_and_detail(client_a, account_a, inbox_a):
+    thread = uuid.uuid4()
+    now = timezone.now()
+    first = MessageFactory(
+        folder=inbox_a,
+        thread_id=thread,
+        subject="Plan",
+        is_read=True,
+        received_at=now - datetime.timedelta(hours=2),
+        from_address="a@x.org",
+    )
+    second = MessageFactory(
+        folder=inbox_a,
+        thread_id=thread,
+        subject="Re: Plan",
+        received_at=now - datetime.timedelta(hours=1),
+        from_address="b@x.org",
+    )
+    lonely = MessageFactory(folder=inbox_a, received_at=now - datetime.timedelta(days=3))
+
+    body = client_a.get("/api/threads/", {"account": account_a.id}).json()
+
+    assert [t["thread_id"] for t in body["results"]] == [str(thread), str(lonely.thread_id)]
+    top = body["results"][0]
+    assert top["message_count"] == 2 and top["unread_count"] == 1
+    assert sorted(top["participants"]) == ["a@x.org", "b@x.org"]
+    assert top["latest_message"]["id"] == str(second.id)
+
+    detail = client_a.get(f"/api/threads/{thread}/").json()
+    assert [m["id"] for m in detail["messages"]] == [str(first.id), str(second.id)]
+
+
+def test_threads_need_an_account_and_hide_other_tenants(client_a, message_b):
+    assert client_a.get("/api/threads/").status_code == 400
+    assert ids_of_threads(client_a.get("/api/threads/", {"account": message_b.account_id})) == []
+    assert client_a.get(f"/api/threads/{message_b.thread_id}/").status_code == 404
+
+
+def ids_of_threads(response) -> list[str]:
+    assert response.status_code == 200
+    return [t["thread_id"] for t in response.json()["results"]]
+
+
+# --- Changes ---------------------------------------------------------------------------------
+
+
+def test_patch_marks_read_records_the_change_and_audits(
+    client_a, inbox_a, django_capture_on_commit_callbacks
+):
+    message = MessageFactory(folder=inbox_a, flags=[])
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client_a.patch(f"/api/messages/{message.id}/", {"is_read": True}, format="json")
+
+    assert response.status_code == 200 and response.json()["is_read"] is True
+    stored = reload(message)
+    assert stored.is_read and stored.flags == ["\\Seen"]
+    with tenant_scope(inbox_a.tenant_id):
+        change = MessageChange.objects.get(message=message)
+        assert (change.kind, change.state, change.flags) == ("flags", "pending", {"\\Seen": True})
+        assert AuditLog.objects.filter(action="message.update", object_id=message.id).exists()
+        assert Folder.objects.get(id=inbox_a.id).unread_count == 0
+    assert len(callbacks) == 1  # the write-back task, queued once committed
+
+
+def test_patch_validates(client_a, inbox_a, message_b):
+    message = MessageFactory(folder=inbox_a)
+    assert client_a.patch(f"/api/messages/{message.id}/", {}, format="json").status_code == 400
+    assert (
+        client_a.patch(f"/api/messages/{message.id}/", {"is_read": "perhaps"}, format="json").status_code
+        == 400
+    )
+    assert (
+        client_a.patch(f"/api/messages/{message_b.id}/", {"is_read": True}, format="json").status_code == 404
+    )
+
+
+def test_move_to_another_folder_of_the_account(client_a, account_a, inbox_a, inbox_b):
+    archive = FolderFactory(account=account_a, name="Archive", type="archive")
+    message = MessageFactory(folder=inbox_a, imap_uid=7)
+
+    response = client_a.post(f"/api/messages/{message.id}/move/", {"folder": archive.id}, format="json")
+
+    assert response.status_code == 200
+    stored = reload(message)
+    assert stored.folder_id == archive.id and stored.imap_uid is None
+    with tenant_scope(inbox_a.tenant_id):
+        change = MessageChange.objects.get(message=message)
+    assert (change.kind, change.folder_name, change.imap_uid, change.target_folder_id) == (
+        "move",
+        "INBOX",
+        7,
+        archive.id,
+    )
+    # Another tenant's folder, or garbage: refused, nothing changed.
+    assert (
+        client_a.post(f"/api/messages/{message.id}/move/", {"folder": inbox_b.id}, format="json").status_code
+        == 404
+    )
+    assert (
+        client_a.post(f"/api/messages/{message.id}/move/", {"folder": "x"}, format="json").status_code == 400
+    )
+    assert reload(message).folder_id == archive.id
+
+
+def test_moving_back_before_write_back_cancels_the_move(client_a, account_a, inbox_a):
+    archive = FolderFactory(account=account_a, name="Archive", type="archive")
+    message = MessageFactory(folder=inbox_a, imap_uid=7)
+
+    client_a.post(f"/api/messages/{message.id}/move/", {"folder": archive.id}, format="json")
+    client_a.post(f"/api/messages/{message.id}/move/", {"folder": inbox_a.id}, format="json")
+
+    stored = reload(message)
+    assert (stored.folder_id, stored.imap_uid) == (inbox_a.id, 7)
+    with tenant_scope(inbox_a.tenant_id):
+        assert not MessageChange.objects.filter(state="pending").exists()
+
+
+def test_delete_moves_to_trash_then_expunges(client_a, inbox_a, trash_a):
+    message = MessageFactory(folder=inbox_a, imap_uid=3)
+
+    assert client_a.delete(f"/api/messages/{message.id}/").status_code == 204
+    stored = reload(message)
+    assert stored.folder_id == trash_a.id and stored.deleted_at is not None and not stored.is_deleted
+
+    assert client_a.delete(f"/api/messages/{message.id}/").status_code == 204
+    stored = reload(message)
+    assert stored.is_deleted
+    assert client_a.get(f"/api/messages/{message.id}/").status_code == 404
+    with tenant_scope(inbox_a.tenant_id):
+        kinds = list(
+            MessageChange.objects.filter(state="pending").values_list("kind", "folder_name", "imap_uid")
+        )
+    # Trashed then deleted before the move reached the server: one expunge, where the server has it.
+    assert kinds == [("expunge", "INBOX", 3)]
+
+
+def test_delete_without_trash_needs_permanent(client_a, inbox_a):
+    message = MessageFactory(folder=inbox_a)
+    response = client_a.delete(f"/api/messages/{message.id}/")
+    assert response.status_code == 409
+    assert "permanent" in response.json()["error"]["fields"]
+    assert not reload(message).is_deleted
+    assert client_a.delete(f"/api/messages/{message.id}/?permanent=1").status_code == 204
+    assert reload(message).is_deleted
+
+
+def test_bulk_forms(client_a, account_a, inbox_a, trash_a, message_b):
+    archive = FolderFactory(account=account_a, name="Archive", type="archive")
+    messages = [MessageFactory(folder=inbox_a) for _ in range(3)]
+    message_ids = [str(m.id) for m in messages]
+
+    response = client_a.post(
+        "/api/messages/bulk/update/", {"ids": message_ids, "is_flagged": True}, format="json"
+    )
+    assert response.status_code == 200
+    assert all(reload(m).is_flagged for m in messages)
+
+    assert (
+        client_a.post(
+            "/api/messages/bulk/move/", {"ids": message_ids[:2], "folder": archive.id}, format="json"
+        ).status_code
+        == 200
+    )
+    assert {reload(m).folder_id for m in messages[:2]} == {archive.id}
+
+    assert client_a.post("/api/messages/bulk/delete/", {"ids": message_ids}, format="json").status_code == 204
+    assert {reload(m).folder_id for m in messages} == {trash_a.id}
+
+    # One foreign id spoils the batch: nothing applied.
+    response = client_a.post(
+        "/api/messages/bulk/update/",
+        {"ids": [message_ids[0], str(message_b.id)], "is_read": True},
+        format="json",
+    )
+    assert response.status_code == 404
+    assert not reload(messages[0]).is_read
+    assert (
+        client_a.post("/api/messages/bulk/update/", {"ids": [], "is_read": True}, format="json").status_code
+        == 400
+    )

@@ -1,0 +1,351 @@
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import permissions, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from emailclient.core.api import HasTenant, TenantAPIMixin
+from emailclient.core.exceptions import NotFound
+from emailclient.core.pagination import CursorPagination
+from emailclient.core.schema import TENANT_HEADER
+from emailclient.core.tenancy import tenant_scope
+from mailboxes.selectors import access_folder
+
+from . import selectors, services
+from .blobs import BlobNotFound, default_store
+from .downloads import attachment_token, attachment_token_read, blob_response, safe_filename
+from .models import Attachment, Message
+from .sanitize import sanitize_html
+from .search import apply_search
+from .serializers import (
+    BulkDeleteSerializer,
+    BulkMoveSerializer,
+    BulkUpdateSerializer,
+    MessageDetailSerializer,
+    MessageFilterSerializer,
+    MessageListSerializer,
+    MessageMoveSerializer,
+    MessageUpdateSerializer,
+    SearchParamsSerializer,
+    ThreadDetailSerializer,
+    ThreadFilterSerializer,
+    ThreadSerializer,
+)
+
+REMOTE_IMAGES = OpenApiParameter(
+    "remote_images", OpenApiTypes.BOOL, description="Keep remote images in the HTML (blocked by default)."
+)
+
+
+class MessagePagination(CursorPagination):
+    ordering = ("-received_at", "-id")
+
+
+class RelevancePagination(CursorPagination):
+    ordering = ("-rank", "-received_at", "-id")
+
+
+class ThreadPagination(CursorPagination):
+    ordering = ("-latest_at", "thread_id")
+
+
+def _flag(request, name: str) -> bool:
+    return request.query_params.get(name, "").lower() in {"1", "true", "yes"}
+
+
+def paginated(view, queryset, serializer_class, pagination_class):
+    paginator = pagination_class()
+    page = paginator.paginate_queryset(queryset, view.request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+def searched(queryset, query, order: str):
+    """The queryset narrowed by a parsed search query and its paginator."""
+    queryset = apply_search(queryset, query, order=order)
+    return queryset, (RelevancePagination if order == "relevance" else MessagePagination)
+
+
+@extend_schema(parameters=[TENANT_HEADER])
+class MessageViewSet(TenantAPIMixin, viewsets.GenericViewSet):
+    """Messages of the accounts the user sees, newest first.
+
+    Changes (read/flagged, move, delete) apply to the database at once and are
+    written back to the mail server by a background task; when the server
+    refuses them for good they are undone and the undo is audited."""
+
+    serializer_class = MessageListSerializer
+
+    def get_queryset(self):
+        return Message.objects.none()  # every action builds its own, from the selectors
+
+    def _message(self, *, lock: bool = False) -> Message:
+        return selectors.access_message(
+            tenant=self.tenant, membership=self.membership, id=self.kwargs["pk"], lock=lock
+        )
+
+    def _messages(self, ids) -> list[Message]:
+        """The messages of a bulk request, locked; all must be visible."""
+        found = list(
+            selectors.visible_messages(tenant=self.tenant, membership=self.membership)
+            .select_related("folder")
+            .select_for_update(of=("self",))
+            .filter(id__in=ids)
+            .order_by("id")
+        )
+        missing = set(ids) - {m.id for m in found}
+        if missing:
+            raise NotFound(
+                "Message not found.",
+                fields={"ids": [f"Unknown message: {i}" for i in sorted(map(str, missing))]},
+            )
+        return found
+
+    @extend_schema(parameters=[MessageFilterSerializer])
+    def list(self, request, **kwargs):
+        params = MessageFilterSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        filters = selectors.MessageFilters(
+            **{k: v for k, v in data.items() if k in selectors.MessageFilters.__dataclass_fields__}
+        )
+        messages = selectors.message_list(tenant=self.tenant, membership=self.membership, filters=filters)
+        pagination = MessagePagination
+        if data.get("q") is not None:
+            messages, pagination = searched(messages, data["q"], data["order"])
+        return paginated(self, messages, MessageListSerializer, pagination)
+
+    @extend_schema(parameters=[REMOTE_IMAGES], responses=MessageDetailSerializer)
+    def retrieve(self, request, **kwargs):
+        message = self._message()
+        attachments = selectors.message_attachments(message=message)
+        urls = {a.id: self._download_url(a) for a in attachments}
+        cid_urls = {a.content_id.strip("<>").lower(): urls[a.id] for a in attachments if a.content_id}
+        remote = _flag(request, "remote_images")
+        message.sanitized = sanitize_html(message.html_body, cid_urls=cid_urls, allow_remote_images=remote)
+        message.attachment_list = attachments
+        context = {"request": request, "download_urls": urls}
+        return Response(MessageDetailSerializer(message, context=context).data)
+
+    def _download_url(self, attachment: Attachment) -> str:
+        token = attachment_token(tenant_id=attachment.tenant_id, attachment_id=attachment.id)
+        path = reverse("attachment-download", args=[attachment.id])
+        return self.request.build_absolute_uri(f"{path}?token={token}")
+
+    @extend_schema(responses={(200, "message/rfc822"): OpenApiTypes.BINARY})
+    def raw(self, request, **kwargs):
+        """The original RFC 822 source, as the server sent it."""
+        message = self._message()
+        try:
+            data = default_store().get(message.tenant_id, message.raw_blob_key)
+        except (BlobNotFound, ValueError) as exc:
+            raise NotFound("The message's source is not stored.") from exc
+        name = safe_filename(message.subject, default="message")
+        return blob_response(data, filename=f"{name}.eml", mime_type="message/rfc822")
+
+    @extend_schema(request=MessageUpdateSerializer, responses=MessageListSerializer)
+    def partial_update(self, request, **kwargs):
+        serializer = MessageUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        message = self._message(lock=True)
+        services.messages_flag(
+            tenant=self.tenant,
+            actor=request.user,
+            messages=[message],
+            ip_address=self.client_ip(),
+            **serializer.validated_data,
+        )
+        return Response(MessageListSerializer(message).data)
+
+    @extend_schema(request=MessageMoveSerializer, responses=MessageListSerializer)
+    @action(detail=True, methods=["post"])
+    def move(self, request, **kwargs):
+        serializer = MessageMoveSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        message = self._message(lock=True)
+        folder = self._folder(serializer.validated_data["folder"])
+        services.messages_move(
+            tenant=self.tenant,
+            actor=request.user,
+            messages=[message],
+            folder=folder,
+            ip_address=self.client_ip(),
+        )
+        return Response(MessageListSerializer(message).data)
+
+    def _folder(self, folder_id):
+        try:
+            return access_folder(tenant=self.tenant, membership=self.membership, id=folder_id)
+        except NotFound as exc:
+            raise NotFound("Folder not found.", fields={"folder": ["Unknown folder."]}) from exc
+
+    @extend_schema(
+        parameters=[OpenApiParameter("permanent", OpenApiTypes.BOOL, description="Expunge without Trash.")],
+        responses={204: None},
+    )
+    def destroy(self, request, **kwargs):
+        """Move to Trash; a message already in Trash (or with `?permanent=1`)
+        is deleted from the server for good."""
+        permanent = _flag(request, "permanent")
+        message = self._message(lock=True)
+        services.messages_delete(
+            tenant=self.tenant,
+            actor=request.user,
+            messages=[message],
+            permanent=permanent,
+            ip_address=self.client_ip(),
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=BulkUpdateSerializer, responses=MessageListSerializer(many=True))
+    @action(detail=False, methods=["post"], url_path="bulk/update")
+    def bulk_update(self, request, **kwargs):
+        serializer = BulkUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        messages = self._messages(data.pop("ids"))
+        services.messages_flag(
+            tenant=self.tenant, actor=request.user, messages=messages, ip_address=self.client_ip(), **data
+        )
+        return Response(MessageListSerializer(messages, many=True).data)
+
+    @extend_schema(request=BulkMoveSerializer, responses=MessageListSerializer(many=True))
+    @action(detail=False, methods=["post"], url_path="bulk/move")
+    def bulk_move(self, request, **kwargs):
+        serializer = BulkMoveSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        folder = self._folder(serializer.validated_data["folder"])
+        messages = self._messages(serializer.validated_data["ids"])
+        services.messages_move(
+            tenant=self.tenant,
+            actor=request.user,
+            messages=messages,
+            folder=folder,
+            ip_address=self.client_ip(),
+        )
+        return Response(MessageListSerializer(messages, many=True).data)
+
+    @extend_schema(request=BulkDeleteSerializer, responses={204: None})
+    @action(detail=False, methods=["post"], url_path="bulk/delete")
+    def bulk_delete(self, request, **kwargs):
+        serializer = BulkDeleteSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        messages = self._messages(serializer.validated_data["ids"])
+        services.messages_delete(
+            tenant=self.tenant,
+            actor=request.user,
+            messages=messages,
+            permanent=serializer.validated_data["permanent"],
+            ip_address=self.client_ip(),
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SearchView(TenantAPIMixin, APIView):
+    """The seed's `GET /api/sync/search?query=...`: search across the user's
+    accounts (or one, with `account`). Same results as `/api/messages/?q=`."""
+
+    @extend_schema(
+        parameters=[TENANT_HEADER, SearchParamsSerializer], responses=MessageListSerializer(many=True)
+    )
+    def get(self, request, **kwargs):
+        params = SearchParamsSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        filters = selectors.MessageFilters(account=params.validated_data.get("account"))
+        messages = selectors.message_list(tenant=self.tenant, membership=self.membership, filters=filters)
+        messages, pagination = searched(
+            messages, params.validated_data["query"], params.validated_data["order"]
+        )
+        return paginated(self, messages, MessageListSerializer, pagination)
+
+
+@extend_schema(parameters=[TENANT_HEADER])
+class ThreadViewSet(TenantAPIMixin, viewsets.GenericViewSet):
+    """Conversations of one account, the most recently active first."""
+
+    serializer_class = ThreadSerializer
+
+    def get_queryset(self):
+        return Message.objects.none()
+
+    @extend_schema(parameters=[ThreadFilterSerializer])
+    def list(self, request, **kwargs):
+        params = ThreadFilterSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        threads = selectors.thread_list(
+            tenant=self.tenant, membership=self.membership, account_id=params.validated_data["account"]
+        )
+        paginator = ThreadPagination()
+        page = paginator.paginate_queryset(threads, request, view=self)
+        latest = selectors.thread_latest_messages(
+            tenant=self.tenant, membership=self.membership, thread_ids=[row["thread_id"] for row in page]
+        )
+        for row in page:
+            row["latest_message"] = latest.get(row["thread_id"])
+        return paginator.get_paginated_response(ThreadSerializer(page, many=True).data)
+
+    @extend_schema(responses=ThreadDetailSerializer)
+    def retrieve(self, request, pk=None, **kwargs):
+        messages = selectors.thread_messages(tenant=self.tenant, membership=self.membership, thread_id=pk)
+        body = {
+            "thread_id": pk,
+            "subject": messages[0].subject,
+            "message_count": len(messages),
+            "unread_count": sum(not m.is_read for m in messages),
+            "messages": messages,
+        }
+        return Response(ThreadDetailSerializer(body).data)
+
+
+class AttachmentDownloadView(APIView):
+    """An attachment's bytes. Either a member's bearer token and the tenant,
+    or the signed `token` of the attachment's `download_url` (for `<img>`
+    tags, which send no Authorization header)."""
+
+    permission_classes = [permissions.AllowAny]  # checked below, one way or the other
+
+    @extend_schema(
+        parameters=[
+            TENANT_HEADER,
+            OpenApiParameter("token", OpenApiTypes.STR, description="The signed token of `download_url`."),
+            OpenApiParameter("inline", OpenApiTypes.BOOL, description="Ask to show it (passive types only)."),
+        ],
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY},
+    )
+    def get(self, request, pk, **kwargs):
+        attachment = self._attachment(request, pk)
+        try:
+            data = default_store().get(attachment.tenant_id, attachment.content_hash)
+        except (BlobNotFound, ValueError) as exc:
+            raise NotFound("The attachment's content is not stored.") from exc
+        inline = attachment.is_inline or request.query_params.get("inline", "").lower() in {
+            "1",
+            "true",
+            "yes",
+        }
+        return blob_response(
+            data,
+            filename=safe_filename(attachment.filename, default="attachment"),
+            mime_type=attachment.mime_type,
+            inline=inline,
+        )
+
+    def _attachment(self, request, pk) -> Attachment:
+        token = request.query_params.get("token")
+        if token:
+            ref = attachment_token_read(token)
+            if ref is None or ref[1] != pk:
+                raise NotFound("Attachment not found.")
+            with tenant_scope(ref[0]):
+                attachment = Attachment.objects.filter(
+                    tenant_id=ref[0], id=pk, message__is_deleted=False, message__account__is_deleted=False
+                ).first()
+            if attachment is None:
+                raise NotFound("Attachment not found.")
+            return attachment
+        for permission in (permissions.IsAuthenticated(), HasTenant()):
+            if not permission.has_permission(request, self):
+                self.permission_denied(request)
+        tenant, membership = request._request.tenant, request._request.membership
+        return selectors.access_attachment(tenant=tenant, membership=membership, id=pk)
