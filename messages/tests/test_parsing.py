@@ -1,5 +1,6 @@
 """The parser on real and malformed mail from the shared corpus."""
 
+import base64
 import email
 from email.policy import compat32
 from email.utils import getaddresses
@@ -230,3 +231,26 @@ def test_fast_mime_tree_matches_or_declines_on_odd_structures(raw):
     if tree is not None:
         assert _tree(tree) == _tree(reference)
     assert _tree(parsing.mime_tree(raw)) == _tree(reference)
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        base64.encodebytes(bytes(range(256)) * 400),  # clean, 76-character lines
+        base64.encodebytes(bytes(range(256)) * 400).replace(b"\n", b"\r\n"),
+        base64.encodebytes(bytes(range(256)) * 400 + b"x"),  # padded
+        base64.encodebytes(bytes(range(256)) * 400)[:-3] + b"\n",  # padding missing
+        b"!!" + base64.encodebytes(bytes(range(256)) * 400),  # characters outside the alphabet
+    ],
+)
+def test_large_base64_parts_decode_as_email_decodes_them(encoded):
+    raw = (
+        b"From: a@b.c\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\ntext\r\n--b\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + encoded
+        + b"\r\n--b--\r\n"
+    )
+    part = email.message_from_bytes(raw, policy=compat32).get_payload()[1]
+    assert len(part.get_payload()) > parsing._LARGE_PART
+    assert parsing._payload_bytes(part) == part.get_payload(decode=True)
+    assert parse_message(raw).attachments[0].data == part.get_payload(decode=True)
