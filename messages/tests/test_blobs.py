@@ -1,3 +1,4 @@
+import os
 import uuid
 
 import pytest
@@ -24,3 +25,16 @@ def test_blobs_are_content_addressed_compressed_and_per_tenant(tmp_path):
 def test_keys_that_are_not_digests_are_refused(tmp_path, key):
     with pytest.raises(ValueError, match="SHA-256"):
         BlobStore(tmp_path).path(uuid.uuid4(), key)
+
+
+@pytest.mark.parametrize("data", [b"compressible line\r\n" * 300_000, os.urandom(3 * 1024 * 1024 + 7)])
+def test_large_blobs_round_trip_compressed_or_stored(tmp_path, data):
+    store = BlobStore(tmp_path)
+    tenant = uuid.uuid4()
+    key = store.put(tenant, data)
+    assert store.get(tenant, key) == data
+    size = store.path(tenant, key).stat().st_size
+    if data.startswith(b"compressible"):
+        assert size < len(data) / 5
+    else:
+        assert size < len(data) * 1.01  # stored, not inflated
