@@ -69,7 +69,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from django.contrib.postgres import search as pg
-from django.db.models import F, Func, JSONField, Q, QuerySet, TextField, Value
+from django.db.models import DecimalField, F, Func, JSONField, Q, QuerySet, TextField, Value
 from django.db.models.functions import Cast
 from django.db.models.lookups import IContains, Lookup
 
@@ -333,5 +333,9 @@ def apply_search(
     condition, text = search_filter(query)
     queryset = queryset.filter(condition)
     if order == "relevance" and text is not None:
-        return queryset.order_by(pg.SearchRank(F("search_vector"), text).desc(), "-received_at", "-id")
+        # Annotated as `rank`, so that a cursor can page by it: a decimal,
+        # since ts_rank's float4 does not survive a round trip through text.
+        rank = Cast(pg.SearchRank(F("search_vector"), text), DecimalField(max_digits=14, decimal_places=10))
+        queryset = queryset.annotate(rank=rank)
+        return queryset.order_by("-rank", "-received_at", "-id")
     return queryset.order_by("-received_at", "-id")

@@ -64,7 +64,8 @@ def paginated(view, queryset, serializer_class, pagination_class):
 def searched(queryset, query, order: str):
     """The queryset narrowed by a parsed search query and its paginator."""
     queryset = apply_search(queryset, query, order=order)
-    return queryset, (RelevancePagination if order == "relevance" else MessagePagination)
+    ranked = "rank" in queryset.query.annotations  # relevance needs words to rank by
+    return queryset, (RelevancePagination if ranked else MessagePagination)
 
 
 @extend_schema(parameters=[TENANT_HEADER])

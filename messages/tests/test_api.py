@@ -504,3 +504,52 @@ def test_bulk_forms(client_a, account_a, inbox_a, trash_a, message_b):
         client_a.post("/api/messages/bulk/update/", {"ids": [], "is_read": True}, format="json").status_code
         == 400
     )
+
+
+# --- Search ------------------------------------------------------------------------------------
+
+
+def test_search_endpoints_find_own_mail_only(client_a, inbox_a, inbox_b):
+    from messages.indexing import search_index_pending
+
+    mine = MessageFactory(folder=inbox_a, subject="Quarterly budget review")
+    MessageFactory(folder=inbox_a, subject="Lunch")
+    MessageFactory(folder=inbox_b, subject="Quarterly budget review")
+    for folder in (inbox_a, inbox_b):
+        search_index_pending(tenant_id=folder.tenant_id)
+
+    assert ids(client_a.get("/api/sync/search", {"query": "budget"})) == [str(mine.id)]
+    assert ids(client_a.get("/api/messages/", {"q": "budget", "order": "relevance"})) == [str(mine.id)]
+    assert ids(client_a.get("/api/sync/search", {"query": "budget", "account": inbox_b.account_id})) == []
+
+
+@pytest.mark.parametrize(
+    "query", ['"unclosed', "frm:bob", "before:2024-13-01", "x" * 501, "'; DROP TABLE x; --"[:0]]
+)
+def test_malformed_search_is_400_saying_why(client_a, query):
+    response = client_a.get("/api/sync/search", {"query": query})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"]
+
+
+def test_relevance_order_needs_a_query(client_a):
+    response = client_a.get("/api/messages/", {"order": "relevance"})
+    assert response.status_code == 400
+    assert "order" in response.json()["error"]["fields"]
+
+
+def test_relevance_pages_walk_every_match_once(client_a, inbox_a):
+    from messages.indexing import search_index_pending
+
+    in_subject = {str(MessageFactory(folder=inbox_a, subject="budget").id) for _ in range(3)}
+    in_body = {str(MessageFactory(folder=inbox_a, text_body="the budget").id) for _ in range(4)}
+    search_index_pending(tenant_id=inbox_a.tenant_id)
+
+    seen, url = [], "/api/messages/?q=budget&order=relevance&page_size=2"
+    while url and len(seen) < 20:
+        body = client_a.get(url).json()
+        seen += [m["id"] for m in body["results"]]
+        url = body["next"]
+
+    assert sorted(seen) == sorted(in_subject | in_body)
+    assert set(seen[:3]) == in_subject  # subject hits rank first
