@@ -1,8 +1,9 @@
 from django.contrib.postgres.fields import ArrayField
-from django.contrib.postgres.indexes import BrinIndex, GinIndex
+from django.contrib.postgres.indexes import BrinIndex, GinIndex, OpClass
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
-from django.db.models.functions import Left
+from django.db.models import F, Func, Value
+from django.db.models.functions import Cast, Left
 
 from emailclient.core.models import TenantModel
 
@@ -13,6 +14,15 @@ SEARCH_VECTOR = (
     + SearchVector("from_name", "from_address", weight="B", config="english")
     + SearchVector(Left("text_body", 100_000), weight="C", config="english")
 )
+
+
+def recipients_text(field: str) -> Cast:
+    """The names and addresses of a recipient list (`to`, `cc`) as one text,
+    '["Rita Reader", "reader@example.com", ...]': what `to:` and `cc:`
+    searches match, and what their trigram indexes are built on. The keys are
+    left out, so `to:name` does not match every message."""
+    path = Func(F(field), Value("$[*].*"), function="jsonb_path_query_array", output_field=models.JSONField())
+    return Cast(path, models.TextField())
 
 
 class Message(TenantModel):
@@ -102,6 +112,10 @@ class Message(TenantModel):
             ),
             GinIndex(fields=["subject"], opclasses=["gin_trgm_ops"], name="trgm_messages_subject"),
             GinIndex(fields=["from_address"], opclasses=["gin_trgm_ops"], name="trgm_messages_from"),
+            # `from:` matches the address or the name: both indexed, or the OR scans.
+            GinIndex(fields=["from_name"], opclasses=["gin_trgm_ops"], name="trgm_messages_from_name"),
+            GinIndex(OpClass(recipients_text("to"), name="gin_trgm_ops"), name="trgm_messages_to"),
+            GinIndex(OpClass(recipients_text("cc"), name="gin_trgm_ops"), name="trgm_messages_cc"),
             BrinIndex(fields=["received_at"], name="brin_messages_received"),
             BrinIndex(fields=["created_at"], name="brin_messages_created"),
         ]

@@ -69,14 +69,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from django.contrib.postgres import search as pg
-from django.db.models import DecimalField, F, Func, JSONField, Q, QuerySet, TextField, Value
+from django.db.models import DecimalField, F, Q, QuerySet
 from django.db.models.functions import Cast
 from django.db.models.lookups import IContains, Lookup
 
 from emailclient.core.exceptions import ApplicationError
 from mailboxes.models import FolderType
 
-from .models import Message
+from .models import Message, recipients_text
 
 MAX_QUERY_LENGTH = 500
 MAX_TERMS = 30
@@ -250,19 +250,6 @@ class _ILikeContains(IContains):
 
     def get_rhs_op(self, connection, rhs):
         return f"ILIKE {rhs}"
-
-
-class _JsonbPathQueryArray(Func):
-    function = "jsonb_path_query_array"
-    output_field = JSONField()
-
-
-def recipients_text(field: str) -> Cast:
-    """The names and addresses of a recipient list (`to`, `cc`) as one text,
-    '["Rita Reader", "reader@example.com", ...]': the expression that `to:` and
-    `cc:` match, and that a trigram index must be built on to serve them. The
-    keys are left out, so `to:name` does not match every message."""
-    return Cast(_JsonbPathQueryArray(F(field), Value("$[*].*")), TextField())
 
 
 def _contains(expression, value: str) -> Q:

@@ -629,6 +629,10 @@ def test_a_search_is_one_query(db, tenant_a, account, inbox, django_assert_num_q
         ('"quarterly invoice" -paid', "gin_messages_search"),
         ("subject:invoice", "trgm_messages_subject"),
         ("subject:quarterly%", "trgm_messages_subject"),
+        ("from:alice", "trgm_messages_from"),
+        ("from:alice", "trgm_messages_from_name"),
+        ("to:reader", "trgm_messages_to"),
+        ("cc:reader", "trgm_messages_cc"),
     ],
 )
 def test_the_indexes_can_serve_the_search(text, index):
