@@ -9,6 +9,7 @@ from emailclient.core.exceptions import ApplicationError
 from emailclient.core.tenancy import tenant_scope
 
 from . import status
+from .models import MessageChange
 
 
 class QueueUnavailable(ApplicationError):
@@ -54,3 +55,9 @@ def account_sync_finished(
         fields["last_sync_at"] = timezone.now()
     with tenant_scope(tenant_id):
         EmailAccount.objects.filter(id=account_id).update(**fields)
+
+
+def pending_changes(*, tenant_id: uuid.UUID, account_id: uuid.UUID) -> bool:
+    """Whether API changes of the account still wait to be written to its server."""
+    with tenant_scope(tenant_id):
+        return MessageChange.objects.filter(account_id=account_id, state=MessageChange.State.PENDING).exists()

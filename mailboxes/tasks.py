@@ -1,29 +1,24 @@
 """Celery tasks of the sync engine: thin, JSON arguments, ids only."""
 
 import logging
-import random
 import uuid
 
 from celery import shared_task
 from django.conf import settings
 
 from accounts.models import EmailAccount
-from messages.tasks import search_index_task
+from emailclient.core.retry import backoff_countdown
+from messages.tasks import search_index_task, write_back_task
 
 from . import status
 from .imap import AddressNotAllowed, AuthenticationFailed, InsecureServer, MailServerError
-from .services import account_sync_finished, account_sync_started
+from .services import account_sync_finished, account_sync_started, pending_changes
 from .sync import SyncAlreadyRunning, account_sync
 
 logger = logging.getLogger(__name__)
 
 # Retrying cannot fix these: the account's settings or credentials must change.
 PERMANENT = (AuthenticationFailed, InsecureServer, AddressNotAllowed)
-
-
-def retry_countdown(retries: int) -> float:
-    """Exponential backoff with full jitter: 30 s, 60 s, 120 s ... up to an hour."""
-    return min(3600, 30 * 2**retries) * random.uniform(0.5, 1.5)  # noqa: S311 - not cryptographic
 
 
 @shared_task(
@@ -62,7 +57,7 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
         if self.request.retries < settings.SYNC_MAX_RETRIES:
             account_sync_finished(tenant_id=tenant_id, account_id=account_id, error=str(exc), succeeded=False)
             status.sync_status_set(account_id, state=status.QUEUED, error=str(exc))
-            raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
+            raise self.retry(exc=exc, countdown=backoff_countdown(self.request.retries)) from exc
         _failed(tenant_id, account_id, task_id, exc)
         return {"result": "failed", "error": str(exc)}
     except Exception as exc:
@@ -72,6 +67,9 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
     account_sync_finished(tenant_id=tenant_id, account_id=account_id, error=folder_errors, succeeded=True)
     if report.new:
         search_index_task.delay(str(tenant_id))
+    if pending_changes(tenant_id=tenant_id, account_id=account_id):
+        # Normally queued by the change itself; this catches a task that was lost.
+        write_back_task.delay(str(tenant_id), str(account_id))
     status.sync_release(account_id, task_id)
     status.sync_status_set(account_id, state=status.IDLE, error=folder_errors, last_summary=report.summary())
     return {"result": "ok", "summary": report.summary()}

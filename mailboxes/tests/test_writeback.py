@@ -1,12 +1,18 @@
 """Changes made through the API reach the real Dovecot, and the sync
 afterwards leaves them as they are."""
 
+import base64
+import json
+
 import pytest
+import redis
+from django.conf import settings
 
 from emailclient.core.models import AuditLog
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.models import Folder, MessageChange
 from mailboxes.sync import account_sync
+from mailboxes.tasks import sync_account_task
 from mailboxes.tests.helpers import assert_in_step
 from mailboxes.tests.test_imap_sync import seed
 from mailboxes.writeback import account_write_back
@@ -154,3 +160,20 @@ def test_refused_credentials_undo_every_pending_change(synced, mailbox, client_a
     assert result["result"] == "failed"
     assert not rows(synced, id=message.id)[0].is_read
     assert b"\\Seen" not in server_flags(mailbox, "INBOX", message.imap_uid)
+
+
+def test_a_sync_task_queues_the_write_back_of_changes_left_pending(synced, client_a):
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    message = rows(synced, is_read=False)[0]
+    client_a.patch(f"/api/messages/{message.id}/", {"is_read": True}, format="json")
+    broker.delete("celery")  # as if the change's own task had been lost
+
+    result = sync_account_task.apply(
+        kwargs={"tenant_id": str(synced.tenant_id), "account_id": str(synced.id)}
+    )
+
+    assert result.get()["result"] == "ok"
+    queued = [json.loads(raw) for raw in broker.lrange("celery", 0, -1)]
+    assert [q["headers"]["task"] for q in queued] == ["mail.write_back"]
+    args, _, _ = json.loads(base64.b64decode(queued[0]["body"]))
+    assert args == [str(synced.tenant_id), str(synced.id)]
