@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
@@ -32,6 +33,14 @@ class PasswordField(serializers.CharField):
         )
 
 
+def _encryption_allowed(value: str) -> str:
+    if value == Encryption.NONE and not settings.MAIL_ALLOW_PLAINTEXT:
+        raise serializers.ValidationError(
+            "Unencrypted connections would send the password in clear text; use tls or starttls."
+        )
+    return value
+
+
 class AccountInputSerializer(serializers.Serializer):
     """What a client may send. Tenant and owner come from the request, never
     from here; unknown fields are ignored."""
@@ -52,6 +61,12 @@ class AccountInputSerializer(serializers.Serializer):
     is_sync_enabled = serializers.BooleanField(required=False)
     sync_interval = serializers.IntegerField(min_value=60, max_value=86400, required=False)
     is_enabled = serializers.BooleanField(required=False)
+
+    def validate_encryption(self, value: str) -> str:
+        return _encryption_allowed(value)
+
+    def validate_smtp_encryption(self, value: str) -> str:
+        return _encryption_allowed(value)
 
     def validate_password(self, value: str) -> str:
         if value == "":

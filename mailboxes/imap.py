@@ -96,6 +96,7 @@ class ServerConfig:
     port: int
     encryption: str  # "tls", "starttls" or "none"
     allow_private: bool = False
+    allow_plaintext: bool = False
     ca_file: str | None = None
     connect_timeout: float = 20.0
     read_timeout: float = 120.0
@@ -374,6 +375,10 @@ class ImapSession:
     def __init__(self, config: ServerConfig, username: str, password: str):
         self.config = config
         address = resolve(config.host, config.port, allow_private=config.allow_private)
+        if config.encryption == "none" and not config.allow_plaintext:
+            raise InsecureServer(
+                f"{config.host}: unencrypted connections are not allowed (MAIL_ALLOW_PLAINTEXT)"
+            )
         context = ssl_context(config)
         try:
             self.client = _Client(config, address, context)

@@ -192,6 +192,7 @@ def server_config(account: EmailAccount) -> ServerConfig:
         port=account.port,
         encryption=account.encryption,
         allow_private=settings.MAIL_ALLOW_PRIVATE_HOSTS,
+        allow_plaintext=settings.MAIL_ALLOW_PLAINTEXT,
         ca_file=settings.MAIL_TLS_CA_FILE,
         connect_timeout=settings.MAIL_CONNECT_TIMEOUT,
         read_timeout=settings.MAIL_READ_TIMEOUT,

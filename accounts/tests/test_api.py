@@ -390,3 +390,12 @@ def test_connection_is_left_without_tenant_after_a_request(client_a, tenant_a, u
     with connection.cursor() as cursor:
         cursor.execute("SELECT current_setting('app.current_tenant_id', true)")
         assert cursor.fetchone()[0] in (None, "")
+
+
+def test_plaintext_accounts_are_refused_unless_allowed(client_a, settings):
+    settings.MAIL_ALLOW_PLAINTEXT = False
+    response = client_a.post(URL, {**VALID, "encryption": "none"}, format="json")
+    assert response.status_code == 400
+    assert "clear text" in response.json()["error"]["fields"]["encryption"][0]
+    response = client_a.post(URL, {**VALID, "smtp_encryption": "none"}, format="json")
+    assert "smtp_encryption" in response.json()["error"]["fields"]

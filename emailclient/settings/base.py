@@ -175,6 +175,8 @@ BLOB_STORAGE_DIR = Path(env("BLOB_STORAGE_DIR", default=str(BASE_DIR / "var" / "
 # Mail servers on loopback/private/link-local/metadata addresses are refused
 # unless this is on (local and test settings turn it on).
 MAIL_ALLOW_PRIVATE_HOSTS = env.bool("MAIL_ALLOW_PRIVATE_HOSTS", default=False)
+# Accounts with `encryption: none` send their password in clear text.
+MAIL_ALLOW_PLAINTEXT = env.bool("MAIL_ALLOW_PLAINTEXT", default=False)
 MAIL_TLS_CA_FILE = env("MAIL_TLS_CA_FILE", default=None)  # extra CA bundle to trust
 MAIL_CONNECT_TIMEOUT = env.float("MAIL_CONNECT_TIMEOUT", default=20.0)
 MAIL_READ_TIMEOUT = env.float("MAIL_READ_TIMEOUT", default=120.0)

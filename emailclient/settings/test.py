@@ -36,3 +36,4 @@ STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.s
 
 # The development and test mail servers run on loopback.
 MAIL_ALLOW_PRIVATE_HOSTS = True
+MAIL_ALLOW_PLAINTEXT = True

@@ -48,6 +48,12 @@ def test_loopback_is_refused_unless_allowed(devmail, mail_user):
         ImapSession(config, mail_user, PASSWORD)
 
 
+def test_plaintext_is_refused_unless_allowed(devmail, mail_user):
+    config = ServerConfig(host="127.0.0.1", port=devmail.imap_port, encryption="none", allow_private=True)
+    with pytest.raises(InsecureServer, match="unencrypted"):
+        ImapSession(config, mail_user, PASSWORD)
+
+
 def test_a_name_resolving_to_a_private_address_is_refused():
     with pytest.raises(AddressNotAllowed):
         imap.resolve("localhost", 143, allow_private=False)
@@ -145,6 +151,7 @@ def test_an_endless_line_is_cut_off():
         host="127.0.0.1",
         port=server.port,
         encryption="none",
+        allow_plaintext=True,
         allow_private=True,
         max_line=100_000,
         read_timeout=5,
@@ -159,6 +166,7 @@ def test_an_absurd_literal_is_refused():
         host="127.0.0.1",
         port=server.port,
         encryption="none",
+        allow_plaintext=True,
         allow_private=True,
         max_literal=1_000_000,
         read_timeout=5,
@@ -173,6 +181,7 @@ def test_a_silent_server_times_out():
         host="127.0.0.1",
         port=server.port,
         encryption="none",
+        allow_plaintext=True,
         allow_private=True,
         connect_timeout=1,
         read_timeout=1,
