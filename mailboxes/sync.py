@@ -741,7 +741,7 @@ class _Engine:
             )
             self.report.expunged += stale.delete()[0]
             QuarantinedMessage.objects.filter(folder=folder).exclude(uidvalidity=folder.uidvalidity).delete()
-            counts = Message.objects.filter(folder=folder).aggregate(
+            counts = Message.objects.filter(folder=folder, is_deleted=False).aggregate(
                 total=Count("id"), unread=Count("id", filter=Q(is_read=False))
             )
             if state.uidnext is not None:

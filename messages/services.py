@@ -11,10 +11,12 @@ server gets one change, from where it is on the server to where it is now
 """
 
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable
 
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from accounts.models import Protocol
@@ -56,6 +58,37 @@ def _writes_back(message: Message) -> bool:
     return message.account.protocol == Protocol.IMAP
 
 
+class _FolderCounts:
+    """Folder count changes, applied as increments: no COUNT over a folder
+    of any size on each click. `leave()` before a message changes, `enter()`
+    after; the sync recounts each folder it visits anyway."""
+
+    def __init__(self):
+        self.deltas: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0])
+
+    def _add(self, message: Message, sign: int) -> None:
+        if message.is_deleted:
+            return
+        delta = self.deltas[message.folder_id]
+        delta[0] += sign
+        delta[1] += sign * (not message.is_read)
+
+    def leave(self, message: Message) -> None:
+        self._add(message, -1)
+
+    def enter(self, message: Message) -> None:
+        self._add(message, +1)
+
+    def save(self) -> None:
+        for folder_id, (total, unread) in sorted(self.deltas.items()):
+            if total or unread:
+                Folder.objects.filter(id=folder_id).update(
+                    total_count=Greatest(F("total_count") + total, 0),
+                    unread_count=Greatest(F("unread_count") + unread, 0),
+                    updated_at=timezone.now(),
+                )
+
+
 def folder_counts_refresh(folder_ids: Iterable[uuid.UUID]) -> None:
     for folder_id in set(folder_ids):
         counts = Message.objects.filter(folder_id=folder_id, is_deleted=False).aggregate(
@@ -78,17 +111,19 @@ def messages_flag(
     wanted = {"is_read": is_read, "is_flagged": is_flagged}
     with transaction.atomic():
         account_change_lock(*(m.account_id for m in messages))
-        changed, changes, audit = [], [], []
+        changed, changes, audit, counts = [], [], [], _FolderCounts()
         for message in messages:
             diff = {f: v for f, v in wanted.items() if v is not None and getattr(message, f) != v}
             if not diff:
                 continue
             previous = {f: getattr(message, f) for f in diff} | {"flags": list(message.flags)}
+            counts.leave(message)
             flags = set(message.flags)
             for field, value in diff.items():
                 setattr(message, field, value)
                 (flags.add if value else flags.discard)(FLAG_FIELDS[field])
             message.flags = sorted(flags)
+            counts.enter(message)
             changed.append(message)
             audit.append((message.id, diff))
             if _writes_back(message):
@@ -108,7 +143,7 @@ def messages_flag(
                 )
         Message.objects.bulk_update(changed, ["is_read", "is_flagged", "flags", "updated_at"])
         MessageChange.objects.bulk_create(changes)
-        folder_counts_refresh(m.folder_id for m in changed)
+        counts.save()
         _audit(tenant, actor, "message.update", audit, ip_address)
         _write_back_on_commit(tenant, changed)
 
@@ -174,16 +209,17 @@ def messages_move(
         raise ApplicationError("This folder cannot hold messages.", fields={"folder": ["Not selectable."]})
     with transaction.atomic():
         account_change_lock(folder.account_id)
-        moved, audit, touched = [], [], set()
+        moved, audit, counts = [], [], _FolderCounts()
         for message in messages:
             if message.folder_id == folder.id:
                 continue
-            touched.add(message.folder_id)
             audit.append((message.id, {"folder": [str(message.folder_id), str(folder.id)]}))
+            counts.leave(message)
             _relocate(tenant, actor, message, folder)
+            counts.enter(message)
             moved.append(message)
         Message.objects.bulk_update(moved, ["folder", "imap_uid", "uidvalidity", "deleted_at", "updated_at"])
-        folder_counts_refresh([*touched, folder.id] if moved else [])
+        counts.save()
         _audit(tenant, actor, "message.move", audit, ip_address)
         _write_back_on_commit(tenant, moved)
 
@@ -203,9 +239,9 @@ def messages_delete(
             ).order_by("name")
         }
         now = timezone.now()
-        trashed, expunged, audit, touched = [], [], [], set()
+        trashed, expunged, audit, counts = [], [], [], _FolderCounts()
         for message in messages:
-            touched.add(message.folder_id)
+            counts.leave(message)
             if permanent or message.folder.type == FolderType.TRASH:
                 expunged.append(message)
                 audit.append((message.id, {"expunged": True}))
@@ -219,7 +255,7 @@ def messages_delete(
             target = trash[message.account_id]
             audit.append((message.id, {"folder": [str(message.folder_id), str(target.id)]}))
             _relocate(tenant, actor, message, target, deleted_at=now)
-            touched.add(message.folder_id)
+            counts.enter(message)
             trashed.append(message)
         for message in expunged:
             _expunge(tenant, actor, message, now)
@@ -227,7 +263,7 @@ def messages_delete(
             [*trashed, *expunged],
             ["folder", "imap_uid", "uidvalidity", "is_deleted", "deleted_at", "updated_at"],
         )
-        folder_counts_refresh(touched)
+        counts.save()
         _audit(tenant, actor, "message.delete", audit, ip_address)
         _write_back_on_commit(tenant, [*trashed, *expunged])
 

@@ -553,3 +553,31 @@ def test_relevance_pages_walk_every_match_once(client_a, inbox_a):
 
     assert sorted(seen) == sorted(in_subject | in_body)
     assert set(seen[:3]) == in_subject  # subject hits rank first
+
+
+def test_folder_counts_follow_every_change(client_a, account_a, inbox_a, trash_a):
+    from messages.services import folder_counts_refresh
+
+    archive = FolderFactory(account=account_a, name="Archive", type="archive")
+    messages = [MessageFactory(folder=inbox_a, is_read=bool(i % 2)) for i in range(6)]
+    folders = [inbox_a.id, archive.id, trash_a.id]
+
+    def counts():
+        with tenant_scope(inbox_a.tenant_id):
+            return {f.id: (f.total_count, f.unread_count) for f in Folder.objects.filter(id__in=folders)}
+
+    def recounted():
+        with tenant_scope(inbox_a.tenant_id):
+            folder_counts_refresh(folders)
+        return counts()
+
+    recounted()
+    client_a.patch(f"/api/messages/{messages[0].id}/", {"is_read": True}, format="json")
+    client_a.post(f"/api/messages/{messages[1].id}/move/", {"folder": archive.id}, format="json")
+    client_a.post(f"/api/messages/{messages[2].id}/move/", {"folder": archive.id}, format="json")
+    client_a.delete(f"/api/messages/{messages[3].id}/")
+    client_a.delete(f"/api/messages/{messages[4].id}/?permanent=1")
+    after = counts()
+
+    assert after == recounted()
+    assert after[inbox_a.id] == (2, 0) and after[archive.id] == (2, 1) and after[trash_a.id] == (1, 0)
