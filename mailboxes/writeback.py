@@ -21,6 +21,8 @@ recorded in the audit log, and later changes go on.
 import logging
 import re
 import uuid
+from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -71,23 +73,42 @@ def account_write_back(*, tenant_id: uuid.UUID, account_id: uuid.UUID) -> WriteB
         credentials = account_credentials(account=account)
         with ImapSession(server_config(account), credentials.username, credentials.password) as session:
             writer = _Writer(account, session)
-            for change in pending:
+            for group in _groups(pending):
                 try:
-                    writer.apply(change)
-                    report.written += 1
-                except ChangeImpossible as exc:
-                    change_failed(change, str(exc))
-                    report.failed += 1
+                    impossible = writer.apply(group)
                 except (IMAPClientAbortError, OSError) as exc:
-                    _attempt_failed(change, exc)
+                    for change in group:
+                        _attempt_failed(change, exc)
                     raise MailServerError(f"connection to {account.hostname} failed: {exc}") from exc
                 except IMAPClientError as exc:
-                    if _attempt_failed(change, exc):
-                        report.failed += 1
+                    given_up = [_attempt_failed(change, exc) for change in group]
+                    if all(given_up):
+                        report.failed += len(group)
                         continue
                     report.pending = len(_pending(account))
                     raise MailServerError(f"the server refused a change: {exc}") from exc
+                for change, reason in impossible.items():
+                    change_failed(change, reason)
+                report.failed += len(impossible)
+                report.written += len(group) - len(impossible)
     return report
+
+
+def _groups(pending: list[MessageChange]) -> Iterator[list[MessageChange]]:
+    """Consecutive flag changes together (one STORE per folder and flag set:
+    a bulk "mark read" of 500 messages is a few commands, not 1,000); moves
+    and expunges one at a time."""
+    group: list[MessageChange] = []
+    for change in pending:
+        if change.kind != MessageChange.Kind.FLAGS:
+            if group:
+                yield group
+                group = []
+            yield [change]
+        else:
+            group.append(change)
+    if group:
+        yield group
 
 
 def give_up_pending(*, tenant_id: uuid.UUID, account_id: uuid.UUID, error: str) -> int:
@@ -171,19 +192,23 @@ class _Writer:
         self.account = account
         self.session = session
         self.client = session.client
+        self.selected: tuple[str, int | None] | None = None  # (folder, UIDVALIDITY) open for writing
         self.can_move = self.client.has_capability("MOVE")
         self.uidplus = self.client.has_capability("UIDPLUS")
 
     def scope(self):
         return tenant_scope(self.account.tenant_id)
 
-    def apply(self, change: MessageChange) -> None:
-        handler = {
-            MessageChange.Kind.FLAGS: self.flags,
-            MessageChange.Kind.MOVE: self.move,
-            MessageChange.Kind.EXPUNGE: self.expunge,
-        }[change.kind]
-        handler(change)
+    def apply(self, group: list[MessageChange]) -> dict[MessageChange, str]:
+        """Write a group of changes; returns those the server can never take,
+        with the reason. Protocol errors propagate (for the whole group)."""
+        if group[0].kind == MessageChange.Kind.FLAGS:
+            return self.flags(group)
+        try:
+            (self.move if group[0].kind == MessageChange.Kind.MOVE else self.expunge)(group[0])
+        except ChangeImpossible as exc:
+            return {group[0]: str(exc)}
+        return {}
 
     def done(self, change: MessageChange) -> None:
         change.state = MessageChange.State.DONE
@@ -194,16 +219,22 @@ class _Writer:
         """Select the folder for writing and check the message is still there."""
         if not folder_name or uid is None:
             raise ChangeImpossible("the message has no place on the server")
-        try:
-            state = self.client.select_folder(folder_name)
-        except IMAPClientAbortError:
-            raise
-        except IMAPClientError as exc:
-            raise ChangeImpossible(f"folder {folder_name!r} cannot be opened: {exc}") from exc
-        if state.get(b"UIDVALIDITY") != uidvalidity:
-            raise ChangeImpossible(f"folder {folder_name!r} was renumbered on the server")
+        self.select(folder_name, uidvalidity)
         if uid not in self.session.uids_in([uid]):
             raise ChangeImpossible("the message is no longer on the server")
+
+    def select(self, folder_name: str, uidvalidity: int | None) -> None:
+        if self.selected is None or self.selected[0] != folder_name:
+            self.selected = None
+            try:
+                state = self.client.select_folder(folder_name)
+            except IMAPClientAbortError:
+                raise
+            except IMAPClientError as exc:
+                raise ChangeImpossible(f"folder {folder_name!r} cannot be opened: {exc}") from exc
+            self.selected = (folder_name, state.get(b"UIDVALIDITY"))
+        if self.selected[1] != uidvalidity:
+            raise ChangeImpossible(f"folder {folder_name!r} was renumbered on the server")
 
     def status(self, folder_name: str, item: bytes) -> int | None:
         try:
@@ -214,22 +245,47 @@ class _Writer:
             raise ChangeImpossible(f"folder {folder_name!r} cannot be opened: {exc}") from exc
         return value if isinstance(value, int) else None
 
-    def flags(self, change: MessageChange) -> None:
+    def flags(self, changes: list[MessageChange]) -> dict[MessageChange, str]:
+        """STORE each change where its message is now, one command per
+        folder and flag set."""
         with self.scope():
-            message = Message.objects.select_related("folder").filter(id=change.message_id).first()
-        if message is None:
-            with self.scope():
-                self.done(change)  # gone from the server and the database: nothing to write
-            return
-        self.open(message.folder.name, message.uidvalidity, message.imap_uid)
-        add = [flag for flag, on in change.flags.items() if on]
-        remove = [flag for flag, on in change.flags.items() if not on]
-        if add:
-            self.client.add_flags([message.imap_uid], add, silent=True)
-        if remove:
-            self.client.remove_flags([message.imap_uid], remove, silent=True)
+            messages = Message.objects.select_related("folder").in_bulk([c.message_id for c in changes])
+        impossible: dict[MessageChange, str] = {}
+        stores: dict[tuple, list[tuple[MessageChange, int]]] = defaultdict(list)
+        for change in changes:
+            message = messages.get(change.message_id)
+            if message is None:
+                continue  # gone from the server and the database: nothing to write
+            if message.imap_uid is None:
+                impossible[change] = "the message has no place on the server"
+                continue
+            flags = tuple(sorted(change.flags.items()))
+            stores[(message.folder.name, message.uidvalidity, flags)].append((change, message.imap_uid))
+        for (folder_name, uidvalidity, flags), items in stores.items():
+            try:
+                self.select(folder_name, uidvalidity)
+            except ChangeImpossible as exc:
+                impossible.update((change, str(exc)) for change, _ in items)
+                continue
+            present = self.session.uids_in([uid for _, uid in items])
+            impossible.update(
+                (change, "the message is no longer on the server")
+                for change, uid in items
+                if uid not in present
+            )
+            uids = sorted(uid for _, uid in items if uid in present)
+            add = [flag for flag, on in flags if on]
+            remove = [flag for flag, on in flags if not on]
+            if uids and add:
+                self.client.add_flags(uids, add, silent=True)
+            if uids and remove:
+                self.client.remove_flags(uids, remove, silent=True)
         with self.scope():
-            self.done(change)
+            written = [change.id for change in changes if change not in impossible]
+            MessageChange.objects.filter(id__in=written).update(
+                state=MessageChange.State.DONE, finished_at=timezone.now(), updated_at=timezone.now()
+            )
+        return impossible
 
     def move(self, change: MessageChange) -> None:
         target = change.target_folder
@@ -274,6 +330,7 @@ class _Writer:
             )
         if not message_id or not _SEARCHABLE_ID.match(message_id) or not uidnext:
             return None
+        self.selected = None
         self.client.select_folder(target.name, readonly=True)
         found = self.client.search(["UID", f"{uidnext}:*", "HEADER", "Message-ID", message_id])
         found = [uid for uid in found if uid >= uidnext]

@@ -7,6 +7,7 @@ import json
 import pytest
 import redis
 from django.conf import settings
+from imapclient import IMAPClient
 
 from emailclient.core.models import AuditLog
 from emailclient.core.tenancy import tenant_scope
@@ -177,3 +178,26 @@ def test_a_sync_task_queues_the_write_back_of_changes_left_pending(synced, clien
     assert [q["headers"]["task"] for q in queued] == ["mail.write_back"]
     args, _, _ = json.loads(base64.b64decode(queued[0]["body"]))
     assert args == [str(synced.tenant_id), str(synced.id)]
+
+
+def test_bulk_flags_go_in_one_store_per_folder_and_flag_set(synced, mailbox, client_a, monkeypatch):
+    messages = rows(synced, is_flagged=False)
+    assert len(messages) > 1
+    stores = []
+    original = IMAPClient.add_flags
+
+    def add_flags(self, uids, flags, silent=False):
+        stores.append(list(uids))
+        return original(self, uids, flags, silent=silent)
+
+    monkeypatch.setattr(IMAPClient, "add_flags", add_flags)
+    ids = [str(m.id) for m in messages]
+    client_a.post("/api/messages/bulk/update/", {"ids": ids, "is_flagged": True}, format="json")
+
+    report = write_back(synced)
+
+    assert report.written == len(messages)
+    assert len(stores) == 1
+    assert all(b"\\Flagged" in server_flags(mailbox, "INBOX", m.imap_uid) for m in messages)
+    sync(synced)
+    assert_in_step(mailbox, synced)
