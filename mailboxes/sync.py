@@ -782,7 +782,7 @@ def copy_rows(model: type, rows: list[_Row]) -> None:
     building and parsing a statement of tens of thousands of parameters."""
     if not rows:
         return
-    fields = model._meta.concrete_fields
+    fields = [f for f in model._meta.concrete_fields if not f.generated]  # the database computes those
     table = model._meta.db_table
     temp = f"sync_{table}"
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)

@@ -76,7 +76,7 @@ from django.db.models.lookups import IContains, Lookup
 from emailclient.core.exceptions import ApplicationError
 from mailboxes.models import FolderType
 
-from .models import Message, recipients_text
+from .models import Message
 
 MAX_QUERY_LENGTH = 500
 MAX_TERMS = 30
@@ -266,7 +266,7 @@ def _operator_filter(term: Term) -> Q:
         case "from":
             return _contains(F("from_address"), value) | _contains(F("from_name"), value)
         case "to" | "cc":
-            return _contains(recipients_text(term.operator), value)
+            return _contains(F(f"{term.operator}_text"), value)
         case "subject":
             return _contains(F("subject"), value)
         case "has":

@@ -2,7 +2,7 @@ import datetime
 import uuid
 
 import pytest
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
 
 from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.exceptions import ApplicationError
@@ -644,3 +644,30 @@ def test_the_indexes_can_serve_the_search(text, index):
         cursor.execute("SET LOCAL enable_seqscan = off")
         plan = apply_search(Message.objects.using("admin"), parse_search_query(text)).explain()
     assert f"Bitmap Index Scan on {index}" in plan
+
+
+@pytest.mark.parametrize(
+    ("text", "condition"),
+    [
+        ("quarterly invoice", "search_vector @@"),
+        ("subject:invoice", "subject ~~*"),
+        ("from:alice", "from_name)::text ~~*"),
+        ("to:reader", "to_text ~~*"),
+        ("cc:reader", "cc_text ~~*"),
+    ],
+)
+def test_search_conditions_are_leakproof_so_rls_keeps_their_indexes(db, tenant_a, text, condition):
+    """Under row-level security PostgreSQL evaluates the policy before any
+    condition whose function is not LEAKPROOF, and such a condition cannot be
+    an index condition: at 1,000,000 messages a word search scanned the table.
+    setupdb marks @@ and ILIKE leakproof; each search condition is one of
+    them on a plain column (no other function around it)."""
+    with tenant_scope(tenant_a.id), connection.cursor() as cursor:
+        plan = apply_search(Message.objects.for_tenant(tenant_a), parse_search_query(text)).explain()
+        cursor.execute(
+            "SELECT bool_and(proleakproof) FROM pg_proc WHERE oid IN "
+            "('pg_catalog.ts_match_vq(tsvector, tsquery)'::regprocedure, "
+            "'pg_catalog.texticlike(text, text)'::regprocedure)"
+        )
+        assert cursor.fetchone()[0] is True
+    assert condition in plan
