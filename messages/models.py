@@ -94,6 +94,13 @@ class Message(TenantModel):
         indexes = [
             models.Index(fields=["tenant", "account"], name="idx_messages_tenant_account"),
             models.Index(fields=["folder", "-received_at"], name="idx_messages_folder_received"),
+            # Newest-first across a tenant (search, the unfiltered list): a broad
+            # search walks it and stops at a page instead of sorting every match.
+            models.Index(
+                fields=["tenant", "-received_at", "-id"],
+                condition=models.Q(is_deleted=False),
+                name="idx_messages_tenant_received",
+            ),
             models.Index(fields=["thread_id"], name="idx_messages_thread"),
             models.Index(fields=["account", "is_read"], name="idx_messages_account_read"),
             models.Index(fields=["imap_uid", "folder"], name="idx_messages_imap_uid"),

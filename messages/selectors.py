@@ -58,10 +58,13 @@ class MessageFilters:
 
 
 def visible_messages(*, tenant: Tenant, membership: TenantMembership) -> QuerySet[Message]:
-    messages = Message.objects.for_tenant(tenant).filter(is_deleted=False)
-    if membership.is_admin:
-        return messages.filter(account__is_deleted=False)
-    return messages.filter(account__in=account_list(tenant=tenant, membership=membership))
+    """The account ids are fetched first and given as constants: with a
+    sub-select the planner guessed an average account's size for every
+    account and, for a big folder, read all of it and sorted it instead of
+    walking its (folder, received_at) index (240 ms against 1 ms at
+    1,000,000 messages)."""
+    account_ids = list(account_list(tenant=tenant, membership=membership).values_list("id", flat=True))
+    return Message.objects.for_tenant(tenant).filter(is_deleted=False, account_id__in=account_ids)
 
 
 def message_list(

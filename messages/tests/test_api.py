@@ -203,13 +203,14 @@ def test_list_query_counts_are_pinned(client_a, inbox_a, account_a):
     for n in (1, 25):
         for _ in range(n):
             message = MessageFactory(folder=inbox_a, thread_id=uuid.uuid4())
-        assert count("/api/messages/") == 1
-        assert count("/api/messages/", {"folder": inbox_a.id, "is_read": "false"}) == 1
-        assert count("/api/messages/", {"q": "message from:sender"}) == 1
-        assert count("/api/sync/search", {"query": "message"}) == 1
+        # Message reads: the visible account ids, then the page.
+        assert count("/api/messages/") == 2
+        assert count("/api/messages/", {"folder": inbox_a.id, "is_read": "false"}) == 2
+        assert count("/api/messages/", {"q": "message from:sender"}) == 2
+        assert count("/api/sync/search", {"query": "message"}) == 2
         assert count("/api/folders/", {"account": account_a.id}) == 1
-        assert count("/api/threads/", {"account": account_a.id}) == 2  # the page, its latest messages
-        assert count(f"/api/threads/{message.thread_id}/") == 1
+        assert count("/api/threads/", {"account": account_a.id}) == 4  # ids + page, ids + latest messages
+        assert count(f"/api/threads/{message.thread_id}/") == 2
 
 
 # --- Message detail ----------------------------------------------------------------------
