@@ -308,8 +308,13 @@ check "entrypoint.sh migrate skips setupdb without DATABASE_SUPERUSER_URL" no_su
 # probe's Host header and the HTTPS-redirect exemption all work together.
 PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export PORT
-GUNICORN_CMD_ARGS="--bind 127.0.0.1:$PORT --workers 1 --no-control-socket" \
-    build_env bash deploy/entrypoint.sh web >"$WORK/web.out" 2>"$WORK/web.err" &
+# One subshell that execs into the entrypoint, which execs gunicorn: `$!` is
+# gunicorn's own pid, so the kill below reaches it (through build_env, two
+# subshells deep, it left gunicorn running after the script).
+# shellcheck disable=SC1091
+(set -a && . deploy/build-only.env && set +a && cd "$APP" \
+    && GUNICORN_CMD_ARGS="--bind 127.0.0.1:$PORT --workers 1 --no-control-socket" \
+    exec bash deploy/entrypoint.sh web) >"$WORK/web.out" 2>"$WORK/web.err" &
 WEB_PID=$!
 web_health() {
     local out
