@@ -54,6 +54,29 @@ def _write_back_on_commit(tenant: Tenant, messages: Iterable[Message]) -> None:
         )
 
 
+def _change(
+    tenant: Tenant, actor, message: Message, kind: str, *, location: tuple | None = None, **fields
+) -> MessageChange:
+    """A pending change of `message`, made where it is on the server now
+    (or at `location`: folder name, UIDVALIDITY, UID)."""
+    folder_name, uidvalidity, imap_uid = location or (
+        message.folder.name,
+        message.uidvalidity,
+        message.imap_uid,
+    )
+    return MessageChange(
+        tenant=tenant,
+        account_id=message.account_id,
+        message=message,
+        actor=actor,
+        kind=kind,
+        folder_name=folder_name,
+        uidvalidity=uidvalidity,
+        imap_uid=imap_uid,
+        **fields,
+    )
+
+
 def _writes_back(message: Message) -> bool:
     return message.account.protocol == Protocol.IMAP
 
@@ -127,19 +150,9 @@ def messages_flag(
             changed.append(message)
             audit.append((message.id, diff))
             if _writes_back(message):
+                flags = {FLAG_FIELDS[f]: v for f, v in diff.items()}
                 changes.append(
-                    MessageChange(
-                        tenant=tenant,
-                        account_id=message.account_id,
-                        message=message,
-                        actor=actor,
-                        kind=MessageChange.Kind.FLAGS,
-                        folder_name=message.folder.name,
-                        uidvalidity=message.uidvalidity,
-                        imap_uid=message.imap_uid,
-                        flags={FLAG_FIELDS[f]: v for f, v in diff.items()},
-                        previous=previous,
-                    )
+                    _change(tenant, actor, message, MessageChange.Kind.FLAGS, flags=flags, previous=previous)
                 )
         Message.objects.bulk_update(changed, ["is_read", "is_flagged", "flags", "updated_at"])
         MessageChange.objects.bulk_create(changes)
@@ -158,6 +171,14 @@ def _pending_move(message: Message) -> MessageChange | None:
     )
 
 
+def _cancel(change: MessageChange, reason: str) -> None:
+    """A pending change made pointless by a later one: nothing to write."""
+    change.state = MessageChange.State.DONE
+    change.last_error = f"cancelled: {reason}"
+    change.finished_at = timezone.now()
+    change.save(update_fields=["state", "last_error", "finished_at", "updated_at"])
+
+
 def _relocate(tenant: Tenant, actor, message: Message, folder: Folder, *, deleted_at=None) -> None:
     """Point the row at `folder` and record (or re-aim) its pending move."""
     pending = _pending_move(message) if message.imap_uid is None else None
@@ -170,27 +191,15 @@ def _relocate(tenant: Tenant, actor, message: Message, folder: Folder, *, delete
     if pending is not None:
         if pending.target_folder_id and folder.name == pending.folder_name:
             # Back where the server has it: nothing left to write.
-            pending.state = MessageChange.State.DONE
-            pending.last_error = "cancelled: moved back before it was written"
-            pending.finished_at = timezone.now()
-            pending.save(update_fields=["state", "last_error", "finished_at", "updated_at"])
+            _cancel(pending, "moved back before it was written")
             message.imap_uid, message.uidvalidity = pending.imap_uid, pending.uidvalidity
         else:
             pending.target_folder = folder
             pending.save(update_fields=["target_folder", "updated_at"])
     elif _writes_back(message):
-        MessageChange.objects.create(
-            tenant=tenant,
-            account_id=message.account_id,
-            message=message,
-            actor=actor,
-            kind=MessageChange.Kind.MOVE,
-            folder_name=message.folder.name,
-            uidvalidity=message.uidvalidity,
-            imap_uid=message.imap_uid,
-            target_folder=folder,
-            previous=previous,
-        )
+        _change(
+            tenant, actor, message, MessageChange.Kind.MOVE, target_folder=folder, previous=previous
+        ).save()
         # The UID in the new folder is the server's to give.
         message.imap_uid = message.uidvalidity = None
     message.folder = folder
@@ -275,25 +284,14 @@ def _expunge(tenant: Tenant, actor, message: Message, now) -> None:
         pending = _pending_move(message) if message.imap_uid is None else None
         if pending is not None:
             # Never reached its new folder: expunge it where the server has it.
-            pending.state = MessageChange.State.DONE
-            pending.last_error = "cancelled: deleted before it was written"
-            pending.finished_at = now
-            pending.save(update_fields=["state", "last_error", "finished_at", "updated_at"])
+            _cancel(pending, "deleted before it was written")
             message.folder_id = uuid.UUID(pending.previous["folder_id"])
             message.imap_uid, message.uidvalidity = pending.imap_uid, pending.uidvalidity
             location = (pending.folder_name, pending.uidvalidity, pending.imap_uid)
         else:
-            location = (message.folder.name, message.uidvalidity, message.imap_uid)
-        MessageChange.objects.create(
-            tenant=tenant,
-            account_id=message.account_id,
-            message=message,
-            actor=actor,
-            kind=MessageChange.Kind.EXPUNGE,
-            folder_name=location[0],
-            uidvalidity=location[1],
-            imap_uid=location[2],
-            previous=previous,
-        )
+            location = None  # where it is
+        _change(
+            tenant, actor, message, MessageChange.Kind.EXPUNGE, location=location, previous=previous
+        ).save()
     message.is_deleted = True
     message.deleted_at = now
