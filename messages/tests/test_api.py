@@ -85,7 +85,8 @@ def test_folders_list_with_counts_and_hierarchy(client_a, account_a, inbox_a, in
     assert client_a.get(f"/api/folders/{projects.id}/").json()["name"] == "INBOX/Projects"
 
 
-def test_folders_of_another_tenant_are_invisible(client_a, inbox_a, inbox_b):
+def test_folders_of_another_tenant_are_invisible(client_a, inbox_a, inbox_b, message_b):
+    assert ids(client_a.get("/api/messages/", {"folder": inbox_b.id})) == []
     assert ids(client_a.get("/api/folders/")) == [str(inbox_a.id)]
     assert client_a.get(f"/api/folders/{inbox_b.id}/").status_code == 404
     assert ids(client_a.get("/api/folders/", {"account": inbox_b.account_id})) == []
@@ -186,6 +187,8 @@ def test_member_sees_only_own_accounts_admin_sees_all(client_a, client_admin_a, 
 
     assert ids(client_a.get("/api/messages/")) == [str(mine.id)]
     assert client_a.get(f"/api/messages/{theirs.id}/").status_code == 404
+    assert ids(client_a.get("/api/messages/", {"folder": colleague.id})) == []
+    assert ids(client_admin_a.get("/api/messages/", {"folder": colleague.id})) == [str(theirs.id)]
     assert set(ids(client_admin_a.get("/api/messages/"))) == {str(mine.id), str(theirs.id)}
 
 
