@@ -121,6 +121,23 @@ def access_message(
     return message
 
 
+def access_messages(*, tenant: Tenant, membership: TenantMembership, ids: list[uuid.UUID]) -> list[Message]:
+    """The messages of a bulk change, locked, in id order (two bulk changes
+    never deadlock); every one must be visible, or none is returned."""
+    found = list(
+        visible_messages(tenant=tenant, membership=membership)
+        .select_related("folder")
+        .select_for_update(of=("self",))
+        .filter(id__in=ids)
+        .order_by("id")
+    )
+    missing = set(ids) - {m.id for m in found}
+    if missing:
+        unknown = [f"Unknown message: {i}" for i in sorted(map(str, missing))]
+        raise NotFound("Message not found.", fields={"ids": unknown})
+    return found
+
+
 def message_attachments(*, message: Message) -> list[Attachment]:
     return list(
         Attachment.objects.filter(tenant_id=message.tenant_id, message=message).order_by("created_at")
@@ -158,12 +175,14 @@ def thread_list(*, tenant: Tenant, membership: TenantMembership, account_id: uui
 
 
 def thread_latest_messages(
-    *, tenant: Tenant, membership: TenantMembership, thread_ids: list[uuid.UUID]
+    *, tenant: Tenant, account_id: uuid.UUID, thread_ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, Message]:
-    """The newest message of each thread, in one query."""
+    """The newest message of each of these threads of the account, in one
+    query. For the ids of a `thread_list()` page, which only visible rows
+    gave: the account's visibility is not looked up a second time."""
     latest = (
-        visible_messages(tenant=tenant, membership=membership)
-        .filter(thread_id__in=thread_ids)
+        Message.objects.for_tenant(tenant)
+        .filter(is_deleted=False, account_id=account_id, thread_id__in=thread_ids)
         .only(*LIST_FIELDS)
         .order_by("thread_id", "-received_at", "-id")
         .distinct("thread_id")

@@ -87,21 +87,7 @@ class MessageViewSet(TenantAPIMixin, viewsets.GenericViewSet):
         )
 
     def _messages(self, ids) -> list[Message]:
-        """The messages of a bulk request, locked; all must be visible."""
-        found = list(
-            selectors.visible_messages(tenant=self.tenant, membership=self.membership)
-            .select_related("folder")
-            .select_for_update(of=("self",))
-            .filter(id__in=ids)
-            .order_by("id")
-        )
-        missing = set(ids) - {m.id for m in found}
-        if missing:
-            raise NotFound(
-                "Message not found.",
-                fields={"ids": [f"Unknown message: {i}" for i in sorted(map(str, missing))]},
-            )
-        return found
+        return selectors.access_messages(tenant=self.tenant, membership=self.membership, ids=ids)
 
     @extend_schema(parameters=[MessageFilterSerializer])
     def list(self, request, **kwargs):
@@ -274,13 +260,12 @@ class ThreadViewSet(TenantAPIMixin, viewsets.GenericViewSet):
     def list(self, request, **kwargs):
         params = ThreadFilterSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        threads = selectors.thread_list(
-            tenant=self.tenant, membership=self.membership, account_id=params.validated_data["account"]
-        )
+        account_id = params.validated_data["account"]
+        threads = selectors.thread_list(tenant=self.tenant, membership=self.membership, account_id=account_id)
         paginator = ThreadPagination()
         page = paginator.paginate_queryset(threads, request, view=self)
         latest = selectors.thread_latest_messages(
-            tenant=self.tenant, membership=self.membership, thread_ids=[row["thread_id"] for row in page]
+            tenant=self.tenant, account_id=account_id, thread_ids=[row["thread_id"] for row in page]
         )
         for row in page:
             row["latest_message"] = latest.get(row["thread_id"])

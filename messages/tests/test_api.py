@@ -212,7 +212,7 @@ def test_list_query_counts_are_pinned(client_a, inbox_a, account_a):
         assert count("/api/messages/", {"q": "message from:sender"}) == 2
         assert count("/api/sync/search", {"query": "message"}) == 2
         assert count("/api/folders/", {"account": account_a.id}) == 1
-        assert count("/api/threads/", {"account": account_a.id}) == 4  # ids + page, ids + latest messages
+        assert count("/api/threads/", {"account": account_a.id}) == 3  # ids, the page, its latest messages
         assert count(f"/api/threads/{message.thread_id}/") == 2
 
 
@@ -527,13 +527,20 @@ def test_search_endpoints_find_own_mail_only(client_a, inbox_a, inbox_b):
     assert ids(client_a.get("/api/sync/search", {"query": "budget", "account": inbox_b.account_id})) == []
 
 
-@pytest.mark.parametrize(
-    "query", ['"unclosed', "frm:bob", "before:2024-13-01", "x" * 501, "'; DROP TABLE x; --"[:0]]
-)
+@pytest.mark.parametrize("query", ['"unclosed', "frm:bob", "before:2024-13-01", "x" * 501, ""])
 def test_malformed_search_is_400_saying_why(client_a, query):
     response = client_a.get("/api/sync/search", {"query": query})
     assert response.status_code == 400
     assert response.json()["error"]["message"]
+
+
+def test_sql_in_a_query_is_only_text(client_a, inbox_a):
+    MessageFactory(folder=inbox_a, subject="DROP TABLE email_messages")
+
+    response = client_a.get("/api/sync/search", {"query": 'subject:"\'; DROP TABLE email_messages; --"'})
+
+    assert response.status_code == 200 and response.json()["results"] == []
+    assert ids(client_a.get("/api/messages/")) != []  # the table is still there
 
 
 def test_relevance_order_needs_a_query(client_a):
