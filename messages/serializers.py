@@ -56,6 +56,37 @@ class MessageListSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
+    def to_representation(self, message: Message) -> dict:
+        """The fields above, built directly: DRF's generic loop over declared
+        fields took a third of a 50-message page's time. The dates still go
+        through their fields, so the format is DRF's; a test holds this equal
+        to the generic form."""
+        fields = self.fields
+        return {
+            "id": str(message.id),
+            "account": str(message.account_id),
+            "folder": str(message.folder_id),
+            "thread_id": None if message.thread_id is None else str(message.thread_id),
+            "message_id": message.message_id,
+            "subject": message.subject,
+            "sender": {"name": message.from_name, "address": message.from_address},
+            "to": _addresses(message.to),
+            "cc": _addresses(message.cc),
+            "preview": message.snippet,
+            "is_read": message.is_read,
+            "is_flagged": message.is_flagged,
+            "is_answered": message.is_answered,
+            "is_draft": message.is_draft,
+            "has_attachments": message.has_attachments,
+            "received_at": fields["received_at"].to_representation(message.received_at),
+            "sent_at": fields["sent_at"].to_representation(message.sent_at),
+            "size_bytes": message.size_bytes,
+        }
+
+
+def _addresses(entries: list[dict]) -> list[dict]:
+    return [{"name": str(a["name"]), "address": str(a["address"])} for a in entries]
+
 
 class AttachmentSerializer(serializers.ModelSerializer):
     download_url = serializers.SerializerMethodField()
@@ -101,6 +132,10 @@ class MessageDetailSerializer(MessageListSerializer):
             "deleted_at",
         ]
         read_only_fields = fields
+
+    def to_representation(self, message: Message) -> dict:
+        # One message at a time: DRF's generic form, not the list's shortcut.
+        return serializers.ModelSerializer.to_representation(self, message)
 
     def get_raw_url(self, message: Message) -> str:
         return self.context["request"].build_absolute_uri(reverse("message-source", args=[message.id]))
