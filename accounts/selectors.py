@@ -21,6 +21,11 @@ def account_list(*, tenant: Tenant, membership: TenantMembership) -> QuerySet[Em
     return accounts
 
 
+def deleted_account_ids(*, tenant: Tenant) -> QuerySet:
+    """The ids of the tenant's soft-deleted accounts, whose mail nobody sees."""
+    return EmailAccount.objects.for_tenant(tenant).filter(is_deleted=True).values_list("id", flat=True)
+
+
 def access_account(
     *, tenant: Tenant, membership: TenantMembership, id: uuid.UUID, lock: bool = False
 ) -> EmailAccount:

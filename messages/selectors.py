@@ -13,7 +13,7 @@ from datetime import datetime
 from django.contrib.postgres.aggregates import ArrayAgg
 from django.db.models import Count, Max, Q, QuerySet
 
-from accounts.selectors import account_list
+from accounts.selectors import account_list, deleted_account_ids
 from emailclient.core.exceptions import NotFound
 from emailclient.core.models import Tenant, TenantMembership
 from mailboxes.models import Folder
@@ -59,13 +59,20 @@ class MessageFilters:
 
 
 def visible_messages(*, tenant: Tenant, membership: TenantMembership) -> QuerySet[Message]:
-    """The account ids are fetched first and given as constants: with a
+    """The accounts are fetched first and given as constants: with a
     sub-select the planner guessed an average account's size for every
     account and, for a big folder, read all of it and sorted it instead of
     walking its (folder, received_at) index (240 ms against 1 ms at
-    1,000,000 messages)."""
+    1,000,000 messages). An admin sees every account but the deleted ones,
+    usually none, so an admin's searches carry no account list at all: one
+    that named all 100 accounts of a tenant had the planner read a million
+    index entries to intersect with a word's two matches (75 ms, not 1)."""
+    messages = Message.objects.for_tenant(tenant).filter(is_deleted=False)
+    if membership.is_admin:
+        hidden = list(deleted_account_ids(tenant=tenant))
+        return messages.exclude(account_id__in=hidden) if hidden else messages
     account_ids = list(account_list(tenant=tenant, membership=membership).values_list("id", flat=True))
-    return Message.objects.for_tenant(tenant).filter(is_deleted=False, account_id__in=account_ids)
+    return messages.filter(account_id__in=account_ids)
 
 
 def message_list(
