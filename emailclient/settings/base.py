@@ -87,6 +87,10 @@ if env("DATABASE_OWNER_URL", default=None):
 for _alias in DATABASES.values():
     _alias.setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
     _alias.setdefault("CONN_HEALTH_CHECKS", True)
+    # No JIT: it compiled every query the planner costs above 100,000 (a
+    # search over a big tenant) for 80-90 ms, for queries that take a few.
+    # A DATABASE_URL that sets `?options=` itself replaces this.
+    _alias.setdefault("OPTIONS", {}).setdefault("options", "-c jit=off")
 DATABASE_ROUTERS = ["emailclient.core.routers.SameDatabaseRouter"]
 # The superuser URL is used only to create the database and roles (`setupdb`).
 DATABASE_SUPERUSER_URL = env("DATABASE_SUPERUSER_URL", default="postgres://postgres@127.0.0.1:5432/postgres")

@@ -1,5 +1,5 @@
 import pytest
-from django.db import connection
+from django.db import connection, connections
 
 
 @pytest.mark.django_db
@@ -33,3 +33,12 @@ def test_health_is_503_naming_the_database_when_it_is_down(api_client, committed
         connection.settings_dict["PORT"] = real_port
     assert response.status_code == 503
     assert response.json()["checks"] == {"database": "failing", "redis": "ok"}
+
+
+@pytest.mark.django_db(databases=["default", "admin"])
+@pytest.mark.parametrize("alias", ["default", "admin"])
+def test_connections_run_without_jit(alias):
+    """JIT compiled big-tenant searches for 80-90 ms each; settings turn it off."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SHOW jit")
+        assert cursor.fetchone() == ("off",)
