@@ -3,7 +3,7 @@ from django.contrib.postgres.indexes import BrinIndex, GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
 from django.db.models import F, Func, Value
-from django.db.models.functions import Cast, Left
+from django.db.models.functions import Cast, Left, Lower
 
 from emailclient.core.models import TenantModel
 
@@ -23,6 +23,16 @@ def recipients_text(field: str) -> Cast:
     left out, so `to:name` does not match every message."""
     path = Func(F(field), Value("$[*].*"), function="jsonb_path_query_array", output_field=models.JSONField())
     return Cast(path, models.TextField())
+
+
+def addresses_key(field: str) -> Cast:
+    """The lower-cased addresses of a recipient list (`to`, `cc`) as a JSON
+    array, '["reader@example.com", ...]': what `to:` and `cc:` with a whole
+    address match (containment, through a GIN index)."""
+    path = Func(
+        F(field), Value("$[*].address"), function="jsonb_path_query_array", output_field=models.JSONField()
+    )
+    return Cast(Lower(Cast(path, models.TextField())), models.JSONField())
 
 
 class Message(TenantModel):
@@ -82,6 +92,18 @@ class Message(TenantModel):
     cc_text = models.GeneratedField(
         expression=recipients_text("cc"), output_field=models.TextField(), db_persist=True
     )
+    # What `from:`, `to:` and `cc:` with a whole address match: equality and
+    # containment on plain columns, indexed (a substring match of a whole
+    # address through trigrams read every row: 2 s at 1,000,000 messages).
+    from_key = models.GeneratedField(
+        expression=Lower("from_address"), output_field=models.TextField(), db_persist=True
+    )
+    to_addresses = models.GeneratedField(
+        expression=addresses_key("to"), output_field=models.JSONField(), db_persist=True
+    )
+    cc_addresses = models.GeneratedField(
+        expression=addresses_key("cc"), output_field=models.JSONField(), db_persist=True
+    )
 
     class Meta:
         db_table = "email_messages"
@@ -100,6 +122,17 @@ class Message(TenantModel):
                 fields=["tenant", "-received_at", "-id"],
                 condition=models.Q(is_deleted=False),
                 name="idx_messages_tenant_received",
+            ),
+            # Newest-first in one account: a member's searches, `account:`.
+            models.Index(
+                fields=["account", "-received_at", "-id"],
+                condition=models.Q(is_deleted=False),
+                name="idx_messages_account_received",
+            ),
+            models.Index(
+                fields=["tenant", "from_key", "-received_at", "-id"],
+                condition=models.Q(is_deleted=False),
+                name="idx_messages_from_key",
             ),
             models.Index(fields=["thread_id"], name="idx_messages_thread"),
             models.Index(fields=["account", "is_read"], name="idx_messages_account_read"),
@@ -132,6 +165,8 @@ class Message(TenantModel):
             GinIndex(fields=["from_name"], opclasses=["gin_trgm_ops"], name="trgm_messages_from_name"),
             GinIndex(fields=["to_text"], opclasses=["gin_trgm_ops"], name="trgm_messages_to"),
             GinIndex(fields=["cc_text"], opclasses=["gin_trgm_ops"], name="trgm_messages_cc"),
+            GinIndex(fields=["to_addresses"], opclasses=["jsonb_path_ops"], name="gin_messages_to_addresses"),
+            GinIndex(fields=["cc_addresses"], opclasses=["jsonb_path_ops"], name="gin_messages_cc_addresses"),
             BrinIndex(fields=["received_at"], name="brin_messages_received"),
             BrinIndex(fields=["created_at"], name="brin_messages_created"),
         ]

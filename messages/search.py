@@ -14,7 +14,10 @@ A query is terms separated by white space; every term must hold (AND).
 * ``from:x``: sender address or name contains x; ``to:x``, ``cc:x``: a
   recipient's address or name contains x; ``subject:x``: the subject contains
   x. Case-insensitive substrings, taken literally (``%``, ``_`` and ``\\`` are
-  plain characters).
+  plain characters). A whole address (``from:bob@example.com``: one ``@``, a
+  dot in the domain, no spaces) is the sender's or a recipient's address
+  itself, case-insensitive, as in Gmail: not ``jimbob@example.com``, not a
+  name.
 * ``has:attachment`` (or ``attachments``), ``is:unread``, ``is:read``,
   ``is:flagged`` (alias ``is:starred``).
 * ``in:x``: x is a folder type (inbox, sent, drafts, trash, spam, archive),
@@ -51,7 +54,10 @@ All positive words and phrases make one tsquery (``plainto_tsquery`` and
 ``phraseto_tsquery`` joined by ``&&``) matched once against the GIN index;
 each negated one is its own ``NOT (search_vector @@ ...)``, which unindexed
 messages satisfy. Substring operators compile to ``ILIKE`` (see
-`_ILikeContains`) so the pg_trgm indexes serve them. Every user value reaches
+`_ILikeContains`) so the pg_trgm indexes serve them; a whole address compiles
+to equality with `Message.from_key` or containment in `to_addresses` /
+`cc_addresses`, each indexed (trigrams of a whole address are too common to
+narrow anything down). Every user value reaches
 PostgreSQL as a query parameter; no SQL is assembled from user text and no
 ``raw`` tsquery is built from it.
 
@@ -69,8 +75,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from django.contrib.postgres import search as pg
-from django.db.models import DecimalField, F, Q, QuerySet
-from django.db.models.functions import Cast
+from django.db.models import DecimalField, F, Q, QuerySet, Value
+from django.db.models.functions import Cast, JSONArray, Lower
 from django.db.models.lookups import IContains, Lookup
 
 from emailclient.core.exceptions import ApplicationError
@@ -91,6 +97,7 @@ _HAS_VALUES = {"attachment": "attachment", "attachments": "attachment"}
 _FOLDER_TYPES = frozenset(FolderType.values) - {FolderType.CUSTOM}
 _OPERATOR_SHAPE = re.compile(r"([A-Za-z]+):(.*)")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_WHOLE_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s.]+")
 
 
 class SearchQueryError(ApplicationError, ValueError):
@@ -263,6 +270,10 @@ def _day_start(day: datetime.date) -> datetime.datetime:
 def _operator_filter(term: Term) -> Q:
     value = term.value
     match term.operator:
+        case "from" if _WHOLE_ADDRESS.fullmatch(value):
+            return Q(from_key=Lower(Value(value)))
+        case "to" | "cc" if _WHOLE_ADDRESS.fullmatch(value):
+            return Q(**{f"{term.operator}_addresses__contains": JSONArray(Lower(Value(value)))})
         case "from":
             return _contains(F("from_address"), value) | _contains(F("from_name"), value)
         case "to" | "cc":
