@@ -1,3 +1,5 @@
+import datetime
+
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -58,10 +60,8 @@ class MessageListSerializer(serializers.ModelSerializer):
 
     def to_representation(self, message: Message) -> dict:
         """The fields above, built directly: DRF's generic loop over declared
-        fields took a third of a 50-message page's time. The dates still go
-        through their fields, so the format is DRF's; a test holds this equal
-        to the generic form."""
-        fields = self.fields
+        fields (and building them) took a third of a 50-message page's
+        time. A test holds this equal to the generic form."""
         return {
             "id": str(message.id),
             "account": str(message.account_id),
@@ -78,10 +78,17 @@ class MessageListSerializer(serializers.ModelSerializer):
             "is_answered": message.is_answered,
             "is_draft": message.is_draft,
             "has_attachments": message.has_attachments,
-            "received_at": fields["received_at"].to_representation(message.received_at),
-            "sent_at": fields["sent_at"].to_representation(message.sent_at),
+            "received_at": _utc_iso(message.received_at),
+            "sent_at": _utc_iso(message.sent_at),
             "size_bytes": message.size_bytes,
         }
+
+
+def _utc_iso(value: datetime.datetime | None) -> str | None:
+    """DRF's ISO 8601 form of an aware datetime in UTC (TIME_ZONE): ...Z."""
+    if value is None:
+        return None
+    return value.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def _addresses(entries: list[dict]) -> list[dict]:
