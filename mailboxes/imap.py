@@ -173,6 +173,16 @@ class _Client(IMAPClient):
             return _PinnedIMAP4TLS(self.host, self._address, self.port, self._config, self._context)
         return _PinnedIMAP4(self.host, self._address, self.port, self._config)
 
+    def copy_with_code(self, uids: Iterable[int], folder: str) -> bytes:
+        """UID COPY, returning the text of the server's answer with its
+        response code (`[COPYUID ...]`, RFC 4315). IMAPClient.copy returns
+        None: imaplib keeps only the untagged data of a UID command."""
+        typ, data = self._imap._simple_command(
+            "UID", "COPY", sequence_set(uids), self._normalise_folder(folder)
+        )
+        self._checkok("copy", typ, data)
+        return b" ".join(d for d in data if isinstance(d, bytes))
+
     def uid_fetch(self, message_set: str, items: list[str], modifiers: list[str] | None = None) -> dict:
         """UID FETCH on a sequence-set string (`1:500,731`); IMAPClient.fetch
         takes only lists of single ids. Results are keyed by their UID item,

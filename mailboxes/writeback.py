@@ -7,10 +7,14 @@ folder before we record its new UID, and store it twice):
 
 * flags: `UID STORE +FLAGS/-FLAGS` where the message is now;
 * move: `UID MOVE`, or `UID COPY` + `\\Deleted` + `UID EXPUNGE` without the
-  MOVE extension; the new UID comes from `COPYUID` (UIDPLUS) or, failing
-  that, a search of the target folder for the message's Message-ID;
+  MOVE extension; the new UIDs come from `COPYUID` (UIDPLUS) or, failing
+  that, a search of the target folder for each message's Message-ID;
 * expunge: `\\Deleted` + `UID EXPUNGE` (a plain EXPUNGE without UIDPLUS),
   then the row goes.
+
+Consecutive changes of one kind and place go in one command: a bulk "mark
+read" is a STORE per folder and flag set, a bulk move one MOVE per source
+and target folder, a bulk delete for good one EXPUNGE per folder.
 
 A change the server can never take (its folder gone, UIDVALIDITY changed,
 the message gone) fails at once; other failures are retried, up to
@@ -18,6 +22,7 @@ the message gone) fails at once; other failures are retried, up to
 recorded in the audit log, and later changes go on.
 """
 
+import itertools
 import logging
 import re
 import uuid
@@ -44,8 +49,10 @@ from .sync import account_sync_lock, server_config
 
 logger = logging.getLogger(__name__)
 
-_COPYUID = re.compile(rb"\[COPYUID (\d+) [\d:,]+ (\d+)\]", re.IGNORECASE)
-_SEARCHABLE_ID = re.compile(r"^<[\x21-\x7e]{1,250}>$")
+_COPYUID = re.compile(rb"\[COPYUID (\d+) ([\d:,]+) ([\d:,]+)\]", re.IGNORECASE)
+# A Message-ID as stored (no angle brackets) that a SEARCH can carry as it
+# is: printable ASCII without brackets, quotes or backslashes.
+_SEARCHABLE_ID = re.compile(r"^[\x21\x23-\x3b\x3d\x3f-\x5b\x5d-\x7e]{1,250}$")
 
 
 class ChangeImpossible(Exception):
@@ -95,20 +102,17 @@ def account_write_back(*, tenant_id: uuid.UUID, account_id: uuid.UUID) -> WriteB
 
 
 def _groups(pending: list[MessageChange]) -> Iterator[list[MessageChange]]:
-    """Consecutive flag changes together (one STORE per folder and flag set:
-    a bulk "mark read" of 500 messages is a few commands, not 1,000); moves
-    and expunges one at a time."""
-    group: list[MessageChange] = []
-    for change in pending:
-        if change.kind != MessageChange.Kind.FLAGS:
-            if group:
-                yield group
-                group = []
-            yield [change]
-        else:
-            group.append(change)
-    if group:
-        yield group
+    """Consecutive changes that one command can carry: flag changes (one
+    STORE per folder and flag set follows), moves from one folder to
+    another, expunges in one folder. Order is kept: only neighbours join."""
+
+    def key(change: MessageChange) -> tuple:
+        if change.kind == MessageChange.Kind.FLAGS:
+            return (change.kind,)
+        return (change.kind, change.folder_name, change.uidvalidity, change.target_folder_id)
+
+    for _, group in itertools.groupby(pending, key=key):
+        yield list(group)
 
 
 def give_up_pending(*, tenant_id: uuid.UUID, account_id: uuid.UUID, error: str) -> int:
@@ -202,26 +206,37 @@ class _Writer:
     def apply(self, group: list[MessageChange]) -> dict[MessageChange, str]:
         """Write a group of changes; returns those the server can never take,
         with the reason. Protocol errors propagate (for the whole group)."""
-        if group[0].kind == MessageChange.Kind.FLAGS:
-            return self.flags(group)
+        match group[0].kind:
+            case MessageChange.Kind.FLAGS:
+                return self.flags(group)
+            case MessageChange.Kind.MOVE:
+                return self.moves(group)
+        return self.expunges(group)
+
+    def done(self, changes: list[MessageChange]) -> None:
+        now = timezone.now()
+        MessageChange.objects.filter(id__in=[c.id for c in changes]).update(
+            state=MessageChange.State.DONE, finished_at=now, updated_at=now
+        )
+
+    def open(self, changes: list[MessageChange]) -> tuple[list[MessageChange], dict[MessageChange, str]]:
+        """Select the changes' folder (one for all) for writing; the changes
+        whose message is still there, and the others with the reason."""
+        first = changes[0]
+        if not first.folder_name:
+            return [], {c: "the message has no place on the server" for c in changes}
         try:
-            (self.move if group[0].kind == MessageChange.Kind.MOVE else self.expunge)(group[0])
+            self.select(first.folder_name, first.uidvalidity)
         except ChangeImpossible as exc:
-            return {group[0]: str(exc)}
-        return {}
-
-    def done(self, change: MessageChange) -> None:
-        change.state = MessageChange.State.DONE
-        change.finished_at = timezone.now()
-        change.save(update_fields=["state", "finished_at", "attempts", "last_error", "updated_at"])
-
-    def open(self, folder_name: str, uidvalidity: int | None, uid: int | None) -> None:
-        """Select the folder for writing and check the message is still there."""
-        if not folder_name or uid is None:
-            raise ChangeImpossible("the message has no place on the server")
-        self.select(folder_name, uidvalidity)
-        if uid not in self.session.uids_in([uid]):
-            raise ChangeImpossible("the message is no longer on the server")
+            return [], {c: str(exc) for c in changes}
+        present = self.session.uids_in([c.imap_uid for c in changes if c.imap_uid is not None])
+        impossible = {}
+        for change in changes:
+            if change.imap_uid is None:
+                impossible[change] = "the message has no place on the server"
+            elif change.imap_uid not in present:
+                impossible[change] = "the message is no longer on the server"
+        return [c for c in changes if c not in impossible], impossible
 
     def select(self, folder_name: str, uidvalidity: int | None) -> None:
         if self.selected is None or self.selected[0] != folder_name:
@@ -281,33 +296,45 @@ class _Writer:
             if uids and remove:
                 self.client.remove_flags(uids, remove, silent=True)
         with self.scope():
-            written = [change.id for change in changes if change not in impossible]
-            MessageChange.objects.filter(id__in=written).update(
-                state=MessageChange.State.DONE, finished_at=timezone.now(), updated_at=timezone.now()
-            )
+            self.done([change for change in changes if change not in impossible])
         return impossible
 
-    def move(self, change: MessageChange) -> None:
-        target = change.target_folder
+    def moves(self, changes: list[MessageChange]) -> dict[MessageChange, str]:
+        """One MOVE (or COPY + EXPUNGE) for messages of one folder going to
+        one other; each row then takes its new UID."""
+        target = changes[0].target_folder
         if target is None:
-            raise ChangeImpossible("the destination folder is gone")
-        uidnext = self.status(target.name, b"UIDNEXT")
-        self.open(change.folder_name, change.uidvalidity, change.imap_uid)
+            return {c: "the destination folder is gone" for c in changes}
+        try:
+            uidnext = self.status(target.name, b"UIDNEXT")
+        except ChangeImpossible as exc:
+            return {c: str(exc) for c in changes}
+        todo, impossible = self.open(changes)
+        if not todo:
+            return impossible
+        uids = sorted(c.imap_uid for c in todo)
         if self.can_move:
-            response = self.client.move([change.imap_uid], target.name)
+            response = self.client.move(uids, target.name)
             response = b" ".join(
                 [_bytes(response), *map(_bytes, self.client._imap.untagged_responses.pop("OK", []))]
             )
         else:
-            response = _bytes(self.client.copy([change.imap_uid], target.name))
-            self.client.add_flags([change.imap_uid], ["\\Deleted"], silent=True)
-            self._expunge_uid(change.imap_uid)
-        new_uid = self.new_uid(response, target, uidnext, change)
+            response = self.client.copy_with_code(uids, target.name)
+            self.client.add_flags(uids, ["\\Deleted"], silent=True)
+            self._expunge_uids(uids)
+        new_uids = _copyuid_map(response, len(uids))
+        for change in todo:
+            if change.imap_uid not in new_uids:
+                new_uids[change.imap_uid] = self.searched_uid(target, uidnext, change)
         target_validity = self.status(target.name, b"UIDVALIDITY")
         with self.scope(), transaction.atomic():
             account_change_lock(self.account.id)
-            message = Message.objects.select_for_update().filter(id=change.message_id).first()
-            if message is not None:
+            messages = Message.objects.select_for_update().in_bulk([c.message_id for c in todo])
+            for change in todo:
+                message = messages.get(change.message_id)
+                if message is None:
+                    continue
+                new_uid = new_uids[change.imap_uid]
                 if new_uid is None:
                     # Moved, but its new UID is unknown: the next sync fetches
                     # it from the new folder; a row without a UID would stay twice.
@@ -316,14 +343,12 @@ class _Writer:
                     message.imap_uid = new_uid
                     message.uidvalidity = target_validity
                     message.save(update_fields=["imap_uid", "uidvalidity", "updated_at"])
-            self.done(change)
+            self.done(todo)
+        return impossible
 
-    def new_uid(
-        self, response: bytes, target: Folder, uidnext: int | None, change: MessageChange
-    ) -> int | None:
-        match = _COPYUID.search(response)
-        if match:
-            return int(match.group(2))
+    def searched_uid(self, target: Folder, uidnext: int | None, change: MessageChange) -> int | None:
+        """A moved message's new UID, found by its Message-ID among the
+        target folder's UIDs from `uidnext` on (no COPYUID from the server)."""
         with self.scope():
             message_id = (
                 Message.objects.filter(id=change.message_id).values_list("message_id", flat=True).first()
@@ -332,28 +357,67 @@ class _Writer:
             return None
         self.selected = None
         self.client.select_folder(target.name, readonly=True)
-        found = self.client.search(["UID", f"{uidnext}:*", "HEADER", "Message-ID", message_id])
+        # With its brackets: the search is a substring match, and <1@x>
+        # must not find <11@x>.
+        found = self.client.search(["UID", f"{uidnext}:*", "HEADER", "Message-ID", f"<{message_id}>"])
         found = [uid for uid in found if uid >= uidnext]
         return found[0] if len(found) == 1 else None
 
-    def expunge(self, change: MessageChange) -> None:
+    def expunges(self, changes: list[MessageChange]) -> dict[MessageChange, str]:
+        """Messages deleted for good from one folder: one EXPUNGE."""
         with self.scope():
-            if not Message.objects.filter(id=change.message_id).exists():
-                self.done(change)  # the sync saw it expunged already
-                return
-        self.open(change.folder_name, change.uidvalidity, change.imap_uid)
-        self.client.add_flags([change.imap_uid], ["\\Deleted"], silent=True)
-        self._expunge_uid(change.imap_uid)
+            stored = set(
+                Message.objects.filter(id__in=[c.message_id for c in changes]).values_list("id", flat=True)
+            )
+            gone = [c for c in changes if c.message_id not in stored]
+            self.done(gone)  # the sync saw them expunged already
+        changes = [c for c in changes if c.message_id in stored]
+        if not changes:
+            return {}
+        todo, impossible = self.open(changes)
+        if not todo:
+            return impossible
+        uids = sorted(c.imap_uid for c in todo)
+        self.client.add_flags(uids, ["\\Deleted"], silent=True)
+        self._expunge_uids(uids)
         with self.scope(), transaction.atomic():
             account_change_lock(self.account.id)
-            Message.objects.filter(id=change.message_id, is_deleted=True).delete()
-            self.done(change)
+            Message.objects.filter(id__in=[c.message_id for c in todo], is_deleted=True).delete()
+            self.done(todo)
+        return impossible
 
-    def _expunge_uid(self, uid: int) -> None:
+    def _expunge_uids(self, uids: list[int]) -> None:
         if self.uidplus:
-            self.client.uid_expunge([uid])
+            self.client.uid_expunge(uids)
         else:
-            self.client.expunge()  # also removes other \Deleted messages, as any client's would
+            self.client.expunge()  # also removes other \\Deleted messages, as any client's would
+
+
+def _copyuid_map(response: bytes, most: int) -> dict[int, int]:
+    """{source UID: new UID} from the COPYUID codes in a COPY or MOVE
+    response (RFC 4315: the two sets pair up in order). A code whose sets
+    differ in size, or hold more UIDs than were moved, is ignored."""
+    pairs: dict[int, int] = {}
+    for match in _COPYUID.finditer(response):
+        source = _ordered_uids(match.group(2).decode(), most)
+        target = _ordered_uids(match.group(3).decode(), most)
+        if source is not None and target is not None and len(source) == len(target):
+            pairs.update(zip(source, target, strict=True))
+    return pairs
+
+
+def _ordered_uids(text: str, most: int) -> list[int] | None:
+    """The UIDs of a sequence set in its order, or None past `most` of them."""
+    uids: list[int] = []
+    for item in text.split(","):
+        low, _, high = item.partition(":")
+        if not low:
+            return None
+        a, b = int(low), int(high or low)
+        if abs(b - a) + 1 > most - len(uids):
+            return None
+        uids.extend(range(min(a, b), max(a, b) + 1))
+    return uids
 
 
 def _bytes(value) -> bytes:

@@ -11,12 +11,13 @@ from imapclient import IMAPClient
 
 from emailclient.core.models import AuditLog
 from emailclient.core.tenancy import tenant_scope
+from mailboxes.imap import _Client
 from mailboxes.models import Folder, MessageChange
 from mailboxes.sync import account_sync
 from mailboxes.tasks import sync_account_task
 from mailboxes.tests.helpers import assert_in_step
 from mailboxes.tests.test_imap_sync import seed
-from mailboxes.writeback import account_write_back
+from mailboxes.writeback import _copyuid_map, account_write_back
 from messages.models import Message
 from messages.tasks import write_back_task
 from messages.tests.corpus import corpus_files
@@ -199,5 +200,124 @@ def test_bulk_flags_go_in_one_store_per_folder_and_flag_set(synced, mailbox, cli
     assert report.written == len(messages)
     assert len(stores) == 1
     assert all(b"\\Flagged" in server_flags(mailbox, "INBOX", m.imap_uid) for m in messages)
+    sync(synced)
+    assert_in_step(mailbox, synced)
+
+
+def server_message_ids(mailbox, name) -> dict[int, str]:
+    """UID -> Message-ID (as stored: no angle brackets) of every message in a server folder."""
+    mailbox.select_folder(name, readonly=True)
+    fetched = mailbox.fetch(mailbox.search(["ALL"]), ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+    return {
+        uid: data[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"].decode().split(":", 1)[1].strip().strip("<>")
+        for uid, data in fetched.items()
+    }
+
+
+def count_calls(monkeypatch, name) -> list:
+    calls = []
+    original = getattr(IMAPClient, name)
+
+    def counted(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(IMAPClient, name, counted)
+    return calls
+
+
+def assert_bulk_moved(account, mailbox, messages, target):
+    """Every row is in the target folder under the UID the server gave its
+    message there, and a sync afterwards changes nothing."""
+    on_server = server_message_ids(mailbox, target.name)
+    moved = rows(account, folder=target)
+    assert sorted(m.id for m in moved) == sorted(m.id for m in messages)
+    assert {m.imap_uid: m.message_id for m in moved} == on_server
+    sync(account)
+    assert sorted(m.id for m in rows(account, folder=target)) == sorted(m.id for m in messages)
+    assert_in_step(mailbox, account)
+
+
+def test_a_bulk_move_is_one_move_and_each_row_gets_its_new_uid(synced, mailbox, client_a, monkeypatch):
+    messages = rows(synced)[:4]
+    archive = folder(synced, "Archive")
+    moves = count_calls(monkeypatch, "move")
+
+    client_a.post(
+        "/api/messages/bulk/move/",
+        {"ids": [str(m.id) for m in messages], "folder": archive.id},
+        format="json",
+    )
+    report = write_back(synced)
+
+    assert report.written == 4
+    assert len(moves) == 1 and sorted(moves[0][0]) == sorted(m.imap_uid for m in messages)
+    assert_bulk_moved(synced, mailbox, messages, archive)
+
+
+@pytest.mark.parametrize("copyuid", [True, False], ids=["with-copyuid", "without-copyuid"])
+def test_a_bulk_move_without_the_move_extension_copies_and_expunges(
+    synced, mailbox, client_a, monkeypatch, copyuid
+):
+    """A server without MOVE gets COPY, \\Deleted and UID EXPUNGE; without
+    COPYUID in its answer, each new UID is found by Message-ID."""
+    original_capability = IMAPClient.has_capability
+    monkeypatch.setattr(
+        IMAPClient, "has_capability", lambda self, c: c != "MOVE" and original_capability(self, c)
+    )
+    copies = []
+    original_copy = _Client.copy_with_code
+
+    def copy(self, *args):
+        copies.append(args)
+        response = original_copy(self, *args)
+        assert response.startswith(b"[COPYUID ")  # Dovecot's answer
+        return response if copyuid else b"Copy completed."  # as a server without UIDPLUS answers
+
+    monkeypatch.setattr(_Client, "copy_with_code", copy)
+    messages = rows(synced)[:3]
+    projects = folder(synced, "Projects")
+
+    client_a.post(
+        "/api/messages/bulk/move/",
+        {"ids": [str(m.id) for m in messages], "folder": projects.id},
+        format="json",
+    )
+    report = write_back(synced)
+
+    assert report.written == 3 and len(copies) == 1
+    assert_bulk_moved(synced, mailbox, messages, projects)
+
+
+@pytest.mark.parametrize(
+    ("response", "moved", "pairs"),
+    [
+        (b"[COPYUID 7 3,1:2 10:12] Done", 3, {3: 10, 1: 11, 2: 12}),  # RFC 4315: in order
+        (b"* OK [COPYUID 7 5 9] a\r\n* OK [COPYUID 7 6:7 20:21] b", 3, {5: 9, 6: 20, 7: 21}),
+        (b"[COPYUID 7 1:3 10:11] sizes differ", 3, {}),
+        (b"[COPYUID 7 1:4294967295 1:4294967295] hostile", 3, {}),  # never expanded
+        (b"[COPYUID 7 1 2] [COPYUID 7 3 4] each code bounded", 1, {1: 2, 3: 4}),
+        (b"Copy completed.", 2, {}),
+    ],
+)
+def test_copyuid_codes_pair_old_and_new_uids(db, response, moved, pairs):
+    assert _copyuid_map(response, moved) == pairs
+
+
+def test_a_bulk_delete_for_good_is_one_expunge(synced, mailbox, client_a, monkeypatch):
+    messages = rows(synced)[:3]
+    kept = rows(synced)[3:]
+    expunges = count_calls(monkeypatch, "uid_expunge")
+
+    response = client_a.post(
+        "/api/messages/bulk/delete/", {"ids": [str(m.id) for m in messages], "permanent": True}, format="json"
+    )
+    assert response.status_code == 204, response.content
+    report = write_back(synced)
+
+    assert report.written == 3
+    assert len(expunges) == 1 and sorted(expunges[0][0]) == sorted(m.imap_uid for m in messages)
+    assert sorted(server_message_ids(mailbox, "INBOX")) == sorted(m.imap_uid for m in kept)
+    assert rows(synced, id__in=[m.id for m in messages]) == []
     sync(synced)
     assert_in_step(mailbox, synced)
