@@ -18,6 +18,7 @@ from emailclient.core.models import AuditLog
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.models import Folder, MessageChange
 from mailboxes.tests.factories import FolderFactory
+from messages import selectors
 from messages.blobs import default_store
 from messages.indexing import search_index_pending
 from messages.models import Message
@@ -261,11 +262,13 @@ def test_list_query_counts_are_pinned(client_a, inbox_a, account_a):
     for n in (1, 25):
         for _ in range(n):
             message = MessageFactory(folder=inbox_a, thread_id=uuid.uuid4())
+        search_index_pending(tenant_id=inbox_a.tenant_id)
         # Message reads: the visible account ids, then the page.
         assert count("/api/messages/") == 2
         assert count("/api/messages/", {"folder": inbox_a.id, "is_read": "false"}) == 2
-        assert count("/api/messages/", {"q": "message from:sender"}) == 2
-        assert count("/api/sync/search", {"query": "message"}) == 2
+        # Searches: the ids, the planner's guess, the matching ids, the page.
+        assert count("/api/messages/", {"q": "message from:sender"}) == 4
+        assert count("/api/sync/search", {"query": "message"}) == 4
         assert count("/api/folders/", {"account": account_a.id}) == 1
         assert count("/api/threads/", {"account": account_a.id}) == 3  # ids, the page, its latest messages
         assert count(f"/api/threads/{message.thread_id}/") == 2
@@ -647,3 +650,26 @@ def test_folder_counts_follow_every_change(client_a, account_a, inbox_a, trash_a
 
     assert after == recounted()
     assert after[inbox_a.id] == (2, 0) and after[archive.id] == (2, 1) and after[trash_a.id] == (1, 0)
+
+
+@pytest.mark.parametrize("threshold", [0, 2, 10_000])
+def test_a_search_pages_the_same_whichever_plan_serves_it(client_a, inbox_a, monkeypatch, threshold):
+    """Few matches are fetched by id, then paged; many are left to the
+    newest-first walk. The pages, cursors and all, must not differ."""
+    monkeypatch.setattr(selectors, "SELECTIVE_MATCHES", threshold)
+    now = timezone.now()
+    for i in range(5):
+        MessageFactory(folder=inbox_a, subject=f"budget {i}", received_at=now - datetime.timedelta(hours=i))
+    MessageFactory(folder=inbox_a, subject="budget tie a", received_at=now - datetime.timedelta(hours=9))
+    MessageFactory(folder=inbox_a, subject="budget tie b", received_at=now - datetime.timedelta(hours=9))
+    MessageFactory(folder=inbox_a, subject="other", received_at=now)
+    search_index_pending(tenant_id=inbox_a.tenant_id)
+
+    seen, url = [], "/api/sync/search?query=budget&page_size=2"
+    while url:
+        body = client_a.get(url).json()
+        seen += [m["subject"] for m in body["results"]]
+        url = body["next"]
+
+    assert seen[:5] == [f"budget {i}" for i in range(5)]
+    assert sorted(seen[5:]) == ["budget tie a", "budget tie b"]
