@@ -101,31 +101,42 @@ def message_list(
     return messages
 
 
-# Above this many matches (as the planner guesses them), a search is left to
-# walk the newest-first index until its page is full: a broad term fills it
-# within a few thousand rows.
-SELECTIVE_MATCHES = 10_000
+# A search is narrowed to its matches' ids first (see matches_first) when
+# the planner expects at most this many of them, or this share of the rows
+# searched, whichever is more. PostgreSQL guesses 0.26 % of rows for a word
+# outside its statistics; the share sits above that floor.
+SELECTIVE_MATCHES = 2_000
+SELECTIVE_SHARE = 0.005
 
 
-def matches_first(messages: QuerySet[Message]) -> QuerySet[Message]:
-    """A searched queryset, newest first, narrowed to its matches' ids when
-    they are few. Left alone, PostgreSQL pages a search by walking the
-    newest-first index and testing each row, expecting a page's worth of
-    matches soon: for a rare word it guesses 0.26 % of rows (its floor for
-    a word outside its statistics), and with one real match it walked a
-    whole tenant, a million rows, 20 s. So: ask the planner's guess
-    (EXPLAIN, no execution); when it is small, fetch the matching ids
-    through the indexes, unordered, and page those. More matches than the
-    guess allows for fall back to the walk, so the result is the same
-    either way; only the plan differs."""
-    unordered = messages.order_by()
-    plan = json.loads(unordered.explain(format="json"))
-    if plan[0]["Plan"]["Plan Rows"] > SELECTIVE_MATCHES:
+def matches_first(messages: QuerySet[Message], *, scope: QuerySet[Message]) -> QuerySet[Message]:
+    """A searched queryset (`messages`, newest first, from `scope`),
+    narrowed to its matches' ids when they are few.
+
+    Left alone, PostgreSQL pages a search by walking the newest-first index
+    and testing each row, expecting a page's worth of matches soon. For a
+    rare word it guesses 0.26 % of the rows (its floor for a word outside
+    its statistics), and with one real match it walked a whole tenant, a
+    million rows, 20 s. So: ask the planner's guesses (EXPLAIN, nothing
+    executed); when few matches are expected, fetch their ids through the
+    indexes, unordered, and page those. A broad term is left to the walk,
+    which fills a page within a few thousand rows: fetching its thousands
+    of ids first cost 0.4-1 s in one account of 96,000. More ids than
+    expected fall back to the walk too, so the result is the same either
+    way; only the plan differs."""
+    expected = _estimated_rows(messages)
+    limit = max(SELECTIVE_MATCHES, int(SELECTIVE_SHARE * _estimated_rows(scope)))
+    if expected > limit:
         return messages
-    ids = list(unordered.values_list("id", flat=True)[: SELECTIVE_MATCHES + 1])
-    if len(ids) > SELECTIVE_MATCHES:
+    ids = list(messages.order_by().values_list("id", flat=True)[: limit + 1])
+    if len(ids) > limit:
         return messages
     return messages.filter(id__in=ids)
+
+
+def _estimated_rows(messages: QuerySet[Message]) -> float:
+    plan = json.loads(messages.order_by().explain(format="json"))
+    return plan[0]["Plan"]["Plan Rows"]
 
 
 def _folder_messages(

@@ -63,10 +63,10 @@ def paginated(view, queryset, serializer_class, pagination_class):
 
 def searched(queryset, query, order: str):
     """The queryset narrowed by a parsed search query and its paginator."""
-    queryset = apply_search(queryset, query, order=order)
-    if "rank" in queryset.query.annotations:  # relevance needs words to rank by (and sorts every match)
-        return queryset, RelevancePagination
-    return selectors.matches_first(queryset), MessagePagination
+    searched = apply_search(queryset, query, order=order)
+    if "rank" in searched.query.annotations:  # relevance needs words to rank by (and sorts every match)
+        return searched, RelevancePagination
+    return selectors.matches_first(searched, scope=queryset), MessagePagination
 
 
 @extend_schema(parameters=[TENANT_HEADER])

@@ -266,9 +266,9 @@ def test_list_query_counts_are_pinned(client_a, inbox_a, account_a):
         # Message reads: the visible account ids, then the page.
         assert count("/api/messages/") == 2
         assert count("/api/messages/", {"folder": inbox_a.id, "is_read": "false"}) == 2
-        # Searches: the ids, the planner's guess, the matching ids, the page.
-        assert count("/api/messages/", {"q": "message from:sender"}) == 4
-        assert count("/api/sync/search", {"query": "message"}) == 4
+        # Searches: the ids, the planner's two guesses, the matching ids, the page.
+        assert count("/api/messages/", {"q": "message from:sender"}) == 5
+        assert count("/api/sync/search", {"query": "message"}) == 5
         assert count("/api/folders/", {"account": account_a.id}) == 1
         assert count("/api/threads/", {"account": account_a.id}) == 3  # ids, the page, its latest messages
         assert count(f"/api/threads/{message.thread_id}/") == 2
@@ -657,6 +657,7 @@ def test_a_search_pages_the_same_whichever_plan_serves_it(client_a, inbox_a, mon
     """Few matches are fetched by id, then paged; many are left to the
     newest-first walk. The pages, cursors and all, must not differ."""
     monkeypatch.setattr(selectors, "SELECTIVE_MATCHES", threshold)
+    monkeypatch.setattr(selectors, "SELECTIVE_SHARE", 0)
     now = timezone.now()
     for i in range(5):
         MessageFactory(folder=inbox_a, subject=f"budget {i}", received_at=now - datetime.timedelta(hours=i))
