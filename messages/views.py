@@ -18,7 +18,7 @@ from .blobs import BlobNotFound, default_store
 from .downloads import attachment_token, attachment_token_read, blob_response, safe_filename
 from .models import Attachment, Message
 from .sanitize import sanitize_html
-from .search import apply_search
+from .search import apply_search, positive_conditions
 from .serializers import (
     BulkDeleteSerializer,
     BulkMoveSerializer,
@@ -66,7 +66,8 @@ def searched(queryset, query, order: str):
     searched = apply_search(queryset, query, order=order)
     if "rank" in searched.query.annotations:  # relevance needs words to rank by (and sorts every match)
         return searched, RelevancePagination
-    return selectors.matches_first(searched, scope=queryset), MessagePagination
+    candidates = positive_conditions(query)
+    return selectors.matches_first(searched, scope=queryset, candidates=candidates), MessagePagination
 
 
 @extend_schema(parameters=[TENANT_HEADER])
