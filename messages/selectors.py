@@ -101,45 +101,53 @@ def message_list(
     return messages
 
 
-# A search is narrowed to its matches' ids first (see matches_first) when
+# A search is narrowed to its candidates' ids first (see matches_first) when
 # the planner expects at most this many of them, or this share of the rows
 # searched, whichever is more. PostgreSQL guesses 0.26 % of rows for a word
-# outside its statistics; the share sits above that floor.
+# outside its statistics and 0.5 % for a whole address (jsonb @>): both sit
+# under the share.
 SELECTIVE_MATCHES = 2_000
-SELECTIVE_SHARE = 0.005
+SELECTIVE_SHARE = 0.01
 
 
 def matches_first(
     messages: QuerySet[Message], *, scope: QuerySet[Message], candidates: list[Q]
-) -> QuerySet[Message]:
-    """A searched queryset (`messages`, newest first, from `scope`),
-    narrowed to the ids of its candidates when they are few. `candidates`
-    are conditions every match satisfies (a search's words, its positive
-    operators): the one the planner expects fewest rows for is looked up
-    alone, through its index.
+) -> tuple[QuerySet[Message], bool]:
+    """A searched queryset (`messages`, newest first, from `scope`), narrowed
+    to the ids of its candidates when they are few, and whether it was.
+    `candidates` are conditions every match satisfies (a search's words, its
+    positive operators). Page a narrowed queryset by primary key
+    (IdsPagination).
 
     Left alone, PostgreSQL pages a search by walking the newest-first index
     and testing each row, expecting a page's worth of matches soon. For a
     rare word it guesses 0.26 % of the rows (its floor for a word outside
     its statistics), and with one real match it walked a whole tenant, a
-    million rows, 20 s. Asked for all conditions at once, it intersected a
-    rare word's bitmap with a common one's (811,000 entries): 90 ms for 18
-    matches. So: ask the planner's guesses (EXPLAIN, nothing executed);
-    when one condition is expected to hold for few rows, fetch those ids
-    and page the messages among them. A broad search is left to the walk,
-    which fills a page within a few thousand rows. More ids than expected
-    fall back to the walk too, so the result is the same either way; only
-    the plan differs."""
+    million rows, 20 s. Asked for every condition at once, it intersected a
+    rare term's bitmap with a common one's: to:<address> meeting read the
+    811,000 entries of 'meeting' for 18 matches (90 ms).
+
+    So: ask the planner's guess for each condition alone (EXPLAIN, nothing
+    executed); when one is expected to hold for few rows, fetch those ids
+    through its own index (failing that, the ids of all conditions at once,
+    if few), and page the messages among them with every condition applied.
+    A broad search is left to the walk, which fills a page within a few
+    thousand rows. More ids than expected fall back to the walk too, so the
+    result is the same either way; only the plan differs."""
     if not candidates:
-        return messages
+        return messages, False
     limit = max(SELECTIVE_MATCHES, int(SELECTIVE_SHARE * _estimated_rows(scope)))
     expected, best = min((_estimated_rows(scope.filter(c)), i) for i, c in enumerate(candidates))
-    if expected > limit:
-        return messages
-    ids = list(scope.filter(candidates[best]).order_by().values_list("id", flat=True)[: limit + 1])
+    if expected <= limit:
+        source = scope.filter(candidates[best])
+    elif len(candidates) > 1 and _estimated_rows(messages) <= limit:
+        source = messages
+    else:
+        return messages, False
+    ids = list(source.order_by().values_list("id", flat=True)[: limit + 1])
     if len(ids) > limit:
-        return messages
-    return messages.filter(id__in=ids)
+        return messages, False
+    return messages.filter(id__in=ids), True
 
 
 def _estimated_rows(messages: QuerySet[Message]) -> float:

@@ -9,6 +9,7 @@ from rest_framework.views import APIView
 from emailclient.core.api import HasTenant, TenantAPIMixin
 from emailclient.core.exceptions import NotFound
 from emailclient.core.pagination import CursorPagination
+from emailclient.core.planner import planner_settings
 from emailclient.core.schema import TENANT_HEADER
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.selectors import access_folder
@@ -43,6 +44,17 @@ class MessagePagination(CursorPagination):
     ordering = ("-received_at", "-id")
 
 
+class IdsPagination(MessagePagination):
+    """Pages a search already narrowed to its candidates' ids
+    (`selectors.matches_first`): by primary key. Left to itself the planner
+    intersected the ids with another condition's index (185,000 unread
+    messages for 1,108 candidates: 42 ms, not 2)."""
+
+    def paginate_queryset(self, queryset, request, view=None):
+        with planner_settings(enable_bitmapscan=False):
+            return super().paginate_queryset(queryset, request, view)
+
+
 class RelevancePagination(CursorPagination):
     ordering = ("-rank", "-received_at", "-id")
 
@@ -66,8 +78,10 @@ def searched(queryset, query, order: str):
     searched = apply_search(queryset, query, order=order)
     if "rank" in searched.query.annotations:  # relevance needs words to rank by (and sorts every match)
         return searched, RelevancePagination
-    candidates = positive_conditions(query)
-    return selectors.matches_first(searched, scope=queryset, candidates=candidates), MessagePagination
+    narrowed, by_ids = selectors.matches_first(
+        searched, scope=queryset, candidates=positive_conditions(query)
+    )
+    return narrowed, (IdsPagination if by_ids else MessagePagination)
 
 
 @extend_schema(parameters=[TENANT_HEADER])
