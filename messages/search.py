@@ -301,18 +301,29 @@ def search_filter(query: SearchQuery) -> tuple[Q, pg.SearchQuery | None]:
     """The condition the query puts on messages, and the tsquery of its
     positive words and phrases (for ranking; None when it has none)."""
     condition = Q()
-    for part in _conditions(query):
+    for part in [*_negated_conditions(query), *positive_conditions(query)]:
         condition &= part
     return condition, _text(query)
 
 
 def positive_conditions(query: SearchQuery) -> list[Q]:
-    """The query's conditions that select rather than exclude (its words and
-    phrases as one, each positive operator): where to look for candidates.
+    """The query's conditions that select rather than exclude (each positive
+    operator, its words and phrases as one): where to look for candidates.
     Every match satisfies each of them."""
-    positive = [] if _text(query) is None else [Q(search_vector=_text(query))]
-    return positive + [
-        _operator_filter(t) for t in query.terms if t.operator not in (WORD, PHRASE) and not t.negated
+    operators = [t for t in query.terms if t.operator not in (WORD, PHRASE) and not t.negated]
+    conditions = [_operator_filter(t) for t in operators]
+    text = _text(query)
+    if text is not None:
+        conditions.append(Q(search_vector=text))
+    return conditions
+
+
+def _negated_conditions(query: SearchQuery) -> list[Q]:
+    """Each negated word, phrase or operator, as its own NOT (...)."""
+    return [
+        ~(Q(search_vector=_tsquery(t)) if t.operator in (WORD, PHRASE) else _operator_filter(t))
+        for t in query.terms
+        if t.negated
     ]
 
 
@@ -329,23 +340,6 @@ def _text(query: SearchQuery) -> pg.SearchQuery | None:
 def _tsquery(term: Term) -> pg.SearchQuery:
     search_type = "phrase" if term.operator == PHRASE else "plain"
     return pg.SearchQuery(term.value, search_type=search_type, config="english")
-
-
-def _conditions(query: SearchQuery) -> list[Q]:
-    """Every condition of the query: the negated words and operators, each
-    positive operator, then the positive words and phrases as one."""
-    conditions = []
-    for term in query.terms:
-        if term.operator in (WORD, PHRASE):
-            if term.negated:
-                conditions.append(~Q(search_vector=_tsquery(term)))
-        else:
-            operator_filter = _operator_filter(term)
-            conditions.append(~operator_filter if term.negated else operator_filter)
-    text = _text(query)
-    if text is not None:
-        conditions.append(Q(search_vector=text))
-    return conditions
 
 
 def apply_search(

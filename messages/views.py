@@ -75,11 +75,11 @@ def paginated(view, queryset, serializer_class, pagination_class):
 
 def searched(queryset, query, order: str):
     """The queryset narrowed by a parsed search query and its paginator."""
-    searched = apply_search(queryset, query, order=order)
-    if "rank" in searched.query.annotations:  # relevance needs words to rank by (and sorts every match)
-        return searched, RelevancePagination
+    matching = apply_search(queryset, query, order=order)
+    if "rank" in matching.query.annotations:  # relevance needs words to rank by (and sorts every match)
+        return matching, RelevancePagination
     narrowed, by_ids = selectors.matches_first(
-        searched, scope=queryset, candidates=positive_conditions(query)
+        matching, scope=queryset, candidates=positive_conditions(query)
     )
     return narrowed, (IdsPagination if by_ids else MessagePagination)
 

@@ -60,6 +60,28 @@ def server_flags(mailbox, name, uid) -> set[bytes]:
     return set(mailbox.get_flags([uid]).get(uid, ()))
 
 
+def server_message_ids(mailbox, name) -> dict[int, str]:
+    """UID -> Message-ID (as stored: no angle brackets) of every message in a server folder."""
+    mailbox.select_folder(name, readonly=True)
+    fetched = mailbox.fetch(mailbox.search(["ALL"]), ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+    return {
+        uid: data[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"].decode().split(":", 1)[1].strip().strip("<>")
+        for uid, data in fetched.items()
+    }
+
+
+def count_calls(monkeypatch, name) -> list:
+    calls = []
+    original = getattr(IMAPClient, name)
+
+    def counted(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(IMAPClient, name, counted)
+    return calls
+
+
 def test_flags_round_trip(synced, mailbox, client_a):
     unread = rows(synced, is_read=False)[0]
     flagged = rows(synced, is_flagged=True)[0]
@@ -184,14 +206,7 @@ def test_a_sync_task_queues_the_write_back_of_changes_left_pending(synced, clien
 def test_bulk_flags_go_in_one_store_per_folder_and_flag_set(synced, mailbox, client_a, monkeypatch):
     messages = rows(synced, is_flagged=False)
     assert len(messages) > 1
-    stores = []
-    original = IMAPClient.add_flags
-
-    def add_flags(self, uids, flags, silent=False):
-        stores.append(list(uids))
-        return original(self, uids, flags, silent=silent)
-
-    monkeypatch.setattr(IMAPClient, "add_flags", add_flags)
+    stores = count_calls(monkeypatch, "add_flags")
     ids = [str(m.id) for m in messages]
     client_a.post("/api/messages/bulk/update/", {"ids": ids, "is_flagged": True}, format="json")
 
@@ -202,28 +217,6 @@ def test_bulk_flags_go_in_one_store_per_folder_and_flag_set(synced, mailbox, cli
     assert all(b"\\Flagged" in server_flags(mailbox, "INBOX", m.imap_uid) for m in messages)
     sync(synced)
     assert_in_step(mailbox, synced)
-
-
-def server_message_ids(mailbox, name) -> dict[int, str]:
-    """UID -> Message-ID (as stored: no angle brackets) of every message in a server folder."""
-    mailbox.select_folder(name, readonly=True)
-    fetched = mailbox.fetch(mailbox.search(["ALL"]), ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
-    return {
-        uid: data[b"BODY[HEADER.FIELDS (MESSAGE-ID)]"].decode().split(":", 1)[1].strip().strip("<>")
-        for uid, data in fetched.items()
-    }
-
-
-def count_calls(monkeypatch, name) -> list:
-    calls = []
-    original = getattr(IMAPClient, name)
-
-    def counted(self, *args, **kwargs):
-        calls.append(args)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(IMAPClient, name, counted)
-    return calls
 
 
 def assert_bulk_moved(account, mailbox, messages, target):
