@@ -30,3 +30,16 @@ def test_index_works_through_batches(db, tenant_a):
     assert search_index_pending(tenant_id=tenant_a.id, batch_size=3) == 7
     with tenant_scope(tenant_a.id):
         assert not Message.objects.filter(search_vector__isnull=True).exists()
+
+
+def test_search_vectors_are_kept_in_the_row(db):
+    """A phrase search tests vectors row by row; out of line, each test read
+    the TOAST table too (migration 0011, bench/read_bench.py)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attstorage FROM pg_attribute"
+            " WHERE attrelid = 'email_messages'::regclass AND attname = 'search_vector'"
+        )
+        assert cursor.fetchone() == ("m",)
