@@ -136,11 +136,11 @@ def matches_first(
     result is the same either way; only the plan differs."""
     if not candidates:
         return messages, False
-    limit = max(SELECTIVE_MATCHES, int(SELECTIVE_SHARE * _estimated_rows(scope)))
-    expected, best = min((_estimated_rows(scope.filter(c)), i) for i, c in enumerate(candidates))
+    limit = max(SELECTIVE_MATCHES, int(SELECTIVE_SHARE * estimated_rows(scope)))
+    expected, best = min((estimated_rows(scope.filter(c)), i) for i, c in enumerate(candidates))
     if expected <= limit:
         source = scope.filter(candidates[best])
-    elif len(candidates) > 1 and _estimated_rows(messages) <= limit:
+    elif len(candidates) > 1 and estimated_rows(messages) <= limit:
         source = messages
     else:
         return messages, False
@@ -150,7 +150,7 @@ def matches_first(
     return messages.filter(id__in=ids), True
 
 
-def _estimated_rows(messages: QuerySet[Message]) -> float:
+def estimated_rows(messages: QuerySet[Message]) -> float:
     plan = json.loads(messages.order_by().explain(format="json"))
     return plan[0]["Plan"]["Plan Rows"]
 

@@ -22,6 +22,7 @@ from messages.search import (
     parse_search_query,
     search_filter,
 )
+from messages.selectors import estimated_rows
 from messages.tests.factories import MessageFactory
 
 UTC = datetime.UTC
@@ -724,3 +725,21 @@ def test_search_conditions_are_leakproof_so_rls_keeps_their_indexes(db, tenant_a
         )
         assert cursor.fetchone()[0] is True
     assert condition in plan
+
+
+@pytest.mark.usefixtures("committed_db")
+def test_the_planner_knows_a_folder_lies_in_one_account_and_tenant(tenant_a, tenant_b):
+    """Search plans are chosen from row estimates (`selectors.matches_first`);
+    taken as independent, the tenant, account and folder conditions would
+    be expected to hold for an eighth of a folder (migration 0012)."""
+    tenants = (tenant_a, tenant_a, tenant_b, tenant_b)
+    folders = [FolderFactory(account=EmailAccountFactory(tenant=t)) for t in tenants]
+    for folder in folders:
+        Message.objects.using("admin").bulk_create(MessageFactory.build_batch(250, folder=folder))
+    with connections["owner"].cursor() as cursor:
+        cursor.execute("ANALYZE email_messages")
+
+    folder = folders[0]
+    with tenant_scope(tenant_a.id):
+        in_folder = Message.objects.for_tenant(tenant_a).filter(account_id=folder.account_id, folder=folder)
+        assert 200 <= estimated_rows(in_folder) <= 300
