@@ -147,7 +147,7 @@ def matches_first(
     ids = list(source.order_by().values_list("id", flat=True)[: limit + 1])
     if len(ids) > limit:
         return messages, False
-    return messages.filter(id__in=ids), True
+    return messages.filter(id__any=ids), True
 
 
 def estimated_rows(messages: QuerySet[Message]) -> float:

@@ -7,4 +7,4 @@ class CoreConfig(AppConfig):
     verbose_name = "Tenants and audit"
 
     def ready(self) -> None:
-        from . import schema  # noqa: F401  (registers the OpenAPI auth extension)
+        from . import lookups, schema  # noqa: F401  (register `__any` and the OpenAPI auth extension)
