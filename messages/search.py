@@ -270,9 +270,9 @@ def _day_start(day: datetime.date) -> datetime.datetime:
 def _operator_filter(term: Term) -> Q:
     value = term.value
     match term.operator:
-        case "from" if _WHOLE_ADDRESS.fullmatch(value):
+        case "from" if _is_whole_address(value):
             return Q(from_key=Lower(Value(value)))
-        case "to" | "cc" if _WHOLE_ADDRESS.fullmatch(value):
+        case "to" | "cc" if _is_whole_address(value):
             return Q(**{f"{term.operator}_addresses__contains": JSONArray(Lower(Value(value)))})
         case "from":
             return _contains(F("from_address"), value) | _contains(F("from_name"), value)
@@ -301,21 +301,37 @@ def search_filter(query: SearchQuery) -> tuple[Q, pg.SearchQuery | None]:
     """The condition the query puts on messages, and the tsquery of its
     positive words and phrases (for ranking; None when it has none)."""
     condition = Q()
-    for part in [*_negated_conditions(query), *positive_conditions(query)]:
+    for part in [*_negated_conditions(query), *(c.condition for c in positive_conditions(query))]:
         condition &= part
     return condition, _text(query)
 
 
-def positive_conditions(query: SearchQuery) -> list[Q]:
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A condition every match of a query satisfies. `keyed`: an exact key
+    (a whole address in `to:` or `cc:`) that usually holds for few rows,
+    whatever ANALYZE's sample made the planner guess."""
+
+    condition: Q
+    keyed: bool = False
+
+
+def positive_conditions(query: SearchQuery) -> list[Candidate]:
     """The query's conditions that select rather than exclude (each positive
-    operator, its words and phrases as one): where to look for candidates.
-    Every match satisfies each of them."""
-    operators = [t for t in query.terms if t.operator not in (WORD, PHRASE) and not t.negated]
-    conditions = [_operator_filter(t) for t in operators]
+    operator, its words and phrases as one): where to look for candidates."""
+    conditions = [
+        Candidate(_operator_filter(t), keyed=t.operator in ("to", "cc") and _is_whole_address(t.value))
+        for t in query.terms
+        if t.operator not in (WORD, PHRASE) and not t.negated
+    ]
     text = _text(query)
     if text is not None:
-        conditions.append(Q(search_vector=text))
+        conditions.append(Candidate(Q(search_vector=text)))
     return conditions
+
+
+def _is_whole_address(value) -> bool:
+    return isinstance(value, str) and _WHOLE_ADDRESS.fullmatch(value) is not None
 
 
 def _negated_conditions(query: SearchQuery) -> list[Q]:

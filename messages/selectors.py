@@ -20,6 +20,7 @@ from emailclient.core.models import Tenant, TenantMembership
 from mailboxes.models import Folder
 
 from .models import Attachment, Message
+from .search import Candidate
 
 # What a list needs: never the bodies (TOASTed, compressed) or the vector.
 LIST_FIELDS = (
@@ -104,14 +105,19 @@ def message_list(
 # A search is narrowed to its candidates' ids first (see matches_first) when
 # the planner expects at most this many of them, or this share of the rows
 # searched, whichever is more. PostgreSQL guesses 0.26 % of rows for a word
-# outside its statistics and 0.5 % for a whole address (jsonb @>): both sit
-# under the share.
+# outside its statistics: under the share.
 SELECTIVE_MATCHES = 2_000
 SELECTIVE_SHARE = 0.01
+# A keyed candidate (a whole address) is tried by id unless the planner
+# expects it for more than this share of the rows: below it, its guess is
+# ANALYZE's sample (each of the 100 histogram entries of the jsonb column
+# stands for 1 % of the rows, so one sampled message to an address puts its
+# guess at about SELECTIVE_SHARE); above it, the address is a common one.
+KEYED_SHARE = 0.05
 
 
 def matches_first(
-    messages: QuerySet[Message], *, scope: QuerySet[Message], candidates: list[Q]
+    messages: QuerySet[Message], *, scope: QuerySet[Message], candidates: list[Candidate]
 ) -> tuple[QuerySet[Message], bool]:
     """A searched queryset (`messages`, newest first, from `scope`), narrowed
     to the ids of its candidates when they are few, and whether it was.
@@ -133,13 +139,24 @@ def matches_first(
     if few), and page the messages among them with every condition applied.
     A broad search is left to the walk, which fills a page within a few
     thousand rows. More ids than expected fall back to the walk too, so the
-    result is the same either way; only the plan differs."""
+    result is the same either way; only the plan differs.
+
+    A whole address in to: or cc: is tried by id unless the planner expects
+    it in a common share of the rows (KEYED_SHARE): its guess for a rare
+    address swung between 104 and 10,557 rows from one ANALYZE to the next,
+    and past the threshold the walk may cover the whole scope."""
     if not candidates:
         return messages, False
-    limit = max(SELECTIVE_MATCHES, int(SELECTIVE_SHARE * estimated_rows(scope)))
-    expected, best = min((estimated_rows(scope.filter(c)), i) for i, c in enumerate(candidates))
-    if expected <= limit:
-        source = scope.filter(candidates[best])
+    scope_rows = estimated_rows(scope)
+    limit = max(SELECTIVE_MATCHES, int(SELECTIVE_SHARE * scope_rows))
+
+    def expected(candidate: Candidate) -> float:
+        rows = estimated_rows(scope.filter(candidate.condition))
+        return min(rows, limit) if candidate.keyed and rows <= KEYED_SHARE * scope_rows else rows
+
+    fewest, best = min((expected(c), i) for i, c in enumerate(candidates))
+    if fewest <= limit:
+        source = scope.filter(candidates[best].condition)
     elif len(candidates) > 1 and estimated_rows(messages) <= limit:
         source = messages
     else:

@@ -8,6 +8,7 @@ from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.exceptions import ApplicationError
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.tests.factories import FolderFactory
+from messages import selectors
 from messages.indexing import search_index_pending
 from messages.models import Message
 from messages.search import (
@@ -20,6 +21,7 @@ from messages.search import (
     Term,
     apply_search,
     parse_search_query,
+    positive_conditions,
     search_filter,
 )
 from messages.selectors import estimated_rows
@@ -743,3 +745,42 @@ def test_the_planner_knows_a_folder_lies_in_one_account_and_tenant(tenant_a, ten
     with tenant_scope(tenant_a.id):
         in_folder = Message.objects.for_tenant(tenant_a).filter(account_id=folder.account_id, folder=folder)
         assert 200 <= estimated_rows(in_folder) <= 300
+
+
+@pytest.mark.django_db
+def test_a_rare_address_is_tried_by_id_whatever_the_sampled_guess(tenant_a, monkeypatch):
+    """The planner's guess for a whole address comes from ANALYZE's sample:
+    one sampled message to it and the guess is about the id limit. Below
+    KEYED_SHARE of the scope an address is tried by id anyway; above it,
+    or for a word guessed as high, the search is left to the walk."""
+    inbox = FolderFactory(account=EmailAccountFactory(tenant=tenant_a), name="INBOX", type="inbox")
+    rare = {"name": "", "address": "rare@example.com"}
+    for i in range(3):
+        message(inbox, subject=f"to rare {i}", to=[rare])
+    for i in range(4):
+        message(inbox, subject=f"other {i}")
+    search_index_pending(tenant_id=tenant_a.id)
+    monkeypatch.setattr(selectors, "SELECTIVE_MATCHES", 3)
+    monkeypatch.setattr(selectors, "SELECTIVE_SHARE", 0)
+
+    def narrowed(text: str, guess_share: float) -> tuple[list[str], bool]:
+        scope = Message.objects.for_tenant(tenant_a)
+        query = parse_search_query(text)
+        guesses = {str(scope.query): 1000}
+        monkeypatch.setattr(
+            selectors, "estimated_rows", lambda qs: guesses.get(str(qs.query), guess_share * 1000)
+        )
+        with tenant_scope(tenant_a.id):
+            found, by_ids = selectors.matches_first(
+                apply_search(scope, query), scope=scope, candidates=positive_conditions(query)
+            )
+            return sorted(found.values_list("subject", flat=True)), by_ids
+
+    to_rare = [f"to rare {i}" for i in range(3)]
+    assert narrowed("to:rare@example.com", 0.04) == (to_rare, True)
+    assert narrowed("cc:rare@example.com", 0.04) == ([], True)
+    assert narrowed("to:rare@example.com", 0.06) == (to_rare, False)  # a common address: the walk
+    assert narrowed("rare", 0.04) == (to_rare, False)  # a word is taken at its guess
+    assert narrowed("to:rare", 0.04) == (to_rare, False)  # part of an address: no key
+    monkeypatch.setattr(selectors, "SELECTIVE_MATCHES", 2)
+    assert narrowed("to:rare@example.com", 0.04) == (to_rare, False)  # more than the limit: the walk
