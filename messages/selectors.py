@@ -22,6 +22,10 @@ from mailboxes.models import Folder
 from .models import Attachment, Message
 from .search import Candidate
 
+# What only searches read: the search vector (about 5 KB, kept in the row)
+# and the generated search keys. No read of a message fetches them.
+SEARCH_ONLY_FIELDS = ("search_vector", "to_text", "cc_text", "from_key", "to_addresses", "cc_addresses")
+
 # What a list needs: never the bodies (TOASTed, compressed) or the vector.
 LIST_FIELDS = (
     "id",
@@ -191,7 +195,11 @@ def _folder_messages(
 def access_message(
     *, tenant: Tenant, membership: TenantMembership, id: uuid.UUID, lock: bool = False
 ) -> Message:
-    messages = visible_messages(tenant=tenant, membership=membership).select_related("folder")
+    messages = (
+        visible_messages(tenant=tenant, membership=membership)
+        .select_related("folder")
+        .defer(*SEARCH_ONLY_FIELDS)
+    )
     if lock:
         messages = messages.select_for_update(of=("self",))
     message = messages.filter(id=id).first()
@@ -206,6 +214,7 @@ def access_messages(*, tenant: Tenant, membership: TenantMembership, ids: list[u
     found = list(
         visible_messages(tenant=tenant, membership=membership)
         .select_related("folder")
+        .defer(*SEARCH_ONLY_FIELDS)
         .select_for_update(of=("self",))
         .filter(id__in=ids)
         .order_by("id")

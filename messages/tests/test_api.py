@@ -698,3 +698,19 @@ def test_a_search_pages_the_same_whichever_plan_serves_it(client_a, inbox_a, mon
     assert (
         pages("budget", 0)[:5] == [f"budget {i}" for i in range(5)] or pages("budget", 0)[0] == "budget other"
     )
+
+
+def test_reading_or_changing_a_message_never_fetches_its_search_columns(client_a, inbox_a):
+    message = MessageFactory(folder=inbox_a, subject="hello")
+    search_index_pending(tenant_id=inbox_a.tenant_id)
+
+    with CaptureQueriesContext(connection) as read:
+        assert client_a.get(f"/api/messages/{message.id}/").status_code == 200
+    with CaptureQueriesContext(connection) as changed:
+        response = client_a.patch(f"/api/messages/{message.id}/", {"is_read": True}, format="json")
+        assert response.status_code == 200
+
+    queries = [*read.captured_queries, *changed.captured_queries]
+    selects = [q["sql"] for q in queries if "email_messages" in q["sql"]]
+    assert any('"email_messages"."text_body"' in sql for sql in selects)
+    assert not any("search_vector" in sql or "to_addresses" in sql for sql in selects)
