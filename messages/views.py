@@ -73,13 +73,16 @@ def paginated(view, queryset, serializer_class, pagination_class):
     return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
 
-def searched(queryset, query, order: str):
+def searched(queryset, query, order: str, *, tenant):
     """The queryset narrowed by a parsed search query and its paginator."""
     matching = apply_search(queryset, query, order=order)
     if "rank" in matching.query.annotations:  # relevance needs words to rank by (and sorts every match)
         return matching, RelevancePagination
     narrowed, by_ids = selectors.matches_first(
-        matching, scope=queryset, candidates=positive_conditions(query)
+        matching,
+        scope=queryset,
+        candidates=positive_conditions(query),
+        tenant_messages=selectors.tenant_messages(tenant=tenant),
     )
     return narrowed, (IdsPagination if by_ids else MessagePagination)
 
@@ -116,7 +119,7 @@ class MessageViewSet(TenantAPIMixin, viewsets.GenericViewSet):
         messages = selectors.message_list(tenant=self.tenant, membership=self.membership, filters=filters)
         pagination = MessagePagination
         if data.get("q") is not None:
-            messages, pagination = searched(messages, data["q"], data["order"])
+            messages, pagination = searched(messages, data["q"], data["order"], tenant=self.tenant)
         return paginated(self, messages, MessageListSerializer, pagination)
 
     @extend_schema(parameters=[REMOTE_IMAGES], responses=MessageDetailSerializer)
@@ -258,7 +261,7 @@ class SearchView(TenantAPIMixin, APIView):
         filters = selectors.MessageFilters(account=params.validated_data.get("account"))
         messages = selectors.message_list(tenant=self.tenant, membership=self.membership, filters=filters)
         messages, pagination = searched(
-            messages, params.validated_data["query"], params.validated_data["order"]
+            messages, params.validated_data["query"], params.validated_data["order"], tenant=self.tenant
         )
         return paginated(self, messages, MessageListSerializer, pagination)
 

@@ -3,6 +3,7 @@ import uuid
 
 import pytest
 from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 
 from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.exceptions import ApplicationError
@@ -784,3 +785,36 @@ def test_a_rare_address_is_tried_by_id_whatever_the_sampled_guess(tenant_a, monk
     assert narrowed("to:rare", 0.04) == (to_rare, False)  # part of an address: no key
     monkeypatch.setattr(selectors, "SELECTIVE_MATCHES", 2)
     assert narrowed("to:rare@example.com", 0.04) == (to_rare, False)  # more than the limit: the walk
+
+
+@pytest.mark.django_db
+def test_candidates_are_fetched_over_the_tenant_then_paged_within_the_scope(tenant_a, monkeypatch):
+    """A word's ids come from the whole tenant (so the planner cannot
+    intersect them with a big account's index), and from the scope only
+    when the tenant holds too many; either way only the scope's messages
+    are found."""
+    mine, theirs = (FolderFactory(account=EmailAccountFactory(tenant=tenant_a)) for _ in range(2))
+    message(mine, subject="zebra mine")
+    message(mine, subject="yak mine")
+    for i in range(2):
+        message(theirs, subject=f"zebra theirs {i}")
+    search_index_pending(tenant_id=tenant_a.id)
+    monkeypatch.setattr(selectors, "SELECTIVE_MATCHES", 2)
+    monkeypatch.setattr(selectors, "SELECTIVE_SHARE", 0)
+    monkeypatch.setattr(selectors, "estimated_rows", lambda qs: 1)  # every candidate expected rare
+
+    def search_mine(text: str) -> tuple[list[str], bool, int]:
+        scope = selectors.tenant_messages(tenant=tenant_a).filter(account_id=mine.account_id)
+        query = parse_search_query(text)
+        with tenant_scope(tenant_a.id), CaptureQueriesContext(connection) as fetches:
+            found, by_ids = selectors.matches_first(
+                apply_search(scope, query),
+                scope=scope,
+                candidates=positive_conditions(query),
+                tenant_messages=selectors.tenant_messages(tenant=tenant_a),
+            )
+        with tenant_scope(tenant_a.id):
+            return sorted(found.values_list("subject", flat=True)), by_ids, len(fetches.captured_queries)
+
+    assert search_mine("yak") == (["yak mine"], True, 1)  # one fetch, over the tenant
+    assert search_mine("zebra") == (["zebra mine"], True, 2)  # 3 in the tenant: fetched again, in the scope
