@@ -771,7 +771,8 @@ def main(argv: list[str] | None = None) -> int:
         ).stdout.strip(),
         "git_dirty": bool(
             subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
+                # the code, not this benchmark's own earlier outputs
+                ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results-*"],
                 cwd=BASE_DIR,
                 capture_output=True,
                 text=True,
