@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.postgres.aggregates import ArrayAgg
-from django.db.models import Count, Max, Q, QuerySet
+from django.db.models import Count, Exists, Max, Q, QuerySet
 
 from accounts.selectors import account_list, deleted_account_ids
 from emailclient.core.exceptions import NotFound
@@ -205,17 +205,17 @@ def estimated_rows(messages: QuerySet[Message]) -> float:
 def _folder_messages(
     *, tenant: Tenant, membership: TenantMembership, folder_id: uuid.UUID
 ) -> QuerySet[Message]:
-    """A folder's messages, once the folder is known to be visible: by the
-    folder alone, so that the page walks (folder, received_at). With the
-    account condition as well, the planner multiplied the two selectivities,
-    expected a few hundred rows and read and sorted the whole folder (86 ms
-    for 36,616 messages; 1 ms without it)."""
+    """A folder's messages, if the folder is visible: by the folder alone, so
+    that the page walks (folder, received_at). With the account condition as
+    well, the planner multiplied the two selectivities, expected a few
+    hundred rows and read and sorted the whole folder (86 ms for 36,616
+    messages; 1 ms without it). The folder's visibility is an uncorrelated
+    EXISTS, which PostgreSQL runs once, before the walk (a one-time filter),
+    instead of a query of its own."""
     visible = Folder.objects.filter(
         id=folder_id, account__in=account_list(tenant=tenant, membership=membership)
     )
-    if not visible.exists():
-        return Message.objects.none()
-    return Message.objects.for_tenant(tenant).filter(is_deleted=False, folder_id=folder_id)
+    return Message.objects.for_tenant(tenant).filter(Exists(visible), is_deleted=False, folder_id=folder_id)
 
 
 def access_message(
