@@ -13,6 +13,8 @@ class AnyOf(Lookup):
     prepare_rhs = False
 
     def get_db_prep_lookup(self, value, connection):
+        if isinstance(value, str | bytes):  # would be taken character by character
+            raise TypeError("__any takes a list of ids, not one")
         field = self.lhs.output_field
         return "%s", [[field.get_db_prep_value(item, connection) for item in value]]
 

@@ -25,3 +25,5 @@ def test_any_matches_the_listed_ids_as_one_array_parameter():
 def test_any_refuses_what_is_not_an_id():
     with pytest.raises(ValidationError, match="is not a valid UUID"):
         list(Tenant.objects.filter(id__any=["1; DROP TABLE tenants"]))
+    with pytest.raises(TypeError, match="a list of ids"):
+        list(Tenant.objects.filter(id__any=str(uuid.uuid4())))
