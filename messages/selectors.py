@@ -179,9 +179,12 @@ def matches_first(
     fewest, best = min((expected(c), i) for i, c in enumerate(candidates))
     if fewest <= limit:
         condition = candidates[best].condition
-        ids = None if tenant_messages is None else _ids(tenant_messages.filter(condition), limit)
-        if ids is None:
+        if tenant_messages is None:
             ids = _ids(scope.filter(condition), limit)
+        else:
+            ids = _ids(tenant_messages.filter(condition), limit)
+            if ids is None and scope.query.sql_with_params() != tenant_messages.query.sql_with_params():
+                ids = _ids(scope.filter(condition), limit)  # (an admin's scope is often the tenant)
     elif len(candidates) > 1 and estimated_rows(messages) <= limit:
         ids = _ids(messages, limit)
     else:

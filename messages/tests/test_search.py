@@ -818,3 +818,17 @@ def test_candidates_are_fetched_over_the_tenant_then_paged_within_the_scope(tena
 
     assert search_mine("yak") == (["yak mine"], True, 1)  # one fetch, over the tenant
     assert search_mine("zebra") == (["zebra mine"], True, 2)  # 3 in the tenant: fetched again, in the scope
+
+    # Over the whole tenant (an admin's search) the second fetch would be the first again.
+    tenant = selectors.tenant_messages(tenant=tenant_a)
+    query = parse_search_query("zebra")
+    with tenant_scope(tenant_a.id), CaptureQueriesContext(connection) as fetches:
+        found, by_ids = selectors.matches_first(
+            apply_search(tenant, query),
+            scope=tenant,
+            candidates=positive_conditions(query),
+            tenant_messages=tenant,
+        )
+    assert (by_ids, len(fetches.captured_queries)) == (False, 1)
+    with tenant_scope(tenant_a.id):
+        assert found.count() == 3
