@@ -218,7 +218,7 @@ def _folder_messages(
     visible = Folder.objects.filter(
         id=folder_id, account__in=account_list(tenant=tenant, membership=membership)
     )
-    return Message.objects.for_tenant(tenant).filter(Exists(visible), is_deleted=False, folder_id=folder_id)
+    return tenant_messages(tenant=tenant).filter(Exists(visible), folder_id=folder_id)
 
 
 def access_message(

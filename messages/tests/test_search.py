@@ -25,7 +25,6 @@ from messages.search import (
     positive_conditions,
     search_filter,
 )
-from messages.selectors import estimated_rows
 from messages.tests.factories import MessageFactory
 
 UTC = datetime.UTC
@@ -745,7 +744,7 @@ def test_the_planner_knows_a_folder_lies_in_one_account_and_tenant(tenant_a, ten
     folder = folders[0]
     with tenant_scope(tenant_a.id):
         in_folder = Message.objects.for_tenant(tenant_a).filter(account_id=folder.account_id, folder=folder)
-        assert 200 <= estimated_rows(in_folder) <= 300
+        assert 200 <= selectors.estimated_rows(in_folder) <= 300
 
 
 @pytest.mark.django_db
