@@ -3,6 +3,9 @@
 from django.contrib.auth import get_user_model
 from rest_framework import exceptions
 from rest_framework_simplejwt import authentication, serializers
+from rest_framework_simplejwt.settings import api_settings
+from rest_framework_simplejwt.tokens import Token
+from rest_framework_simplejwt.utils import get_md5_hash_password
 
 # The middleware authenticates once and leaves the result here for the view.
 REQUEST_ATTR = "_jwt_auth"
@@ -12,10 +15,35 @@ class JWTAuthentication(authentication.JWTAuthentication):
     """simplejwt's authentication, reusing the tenant middleware's result."""
 
     def authenticate(self, request):
-        cached = getattr(request._request, REQUEST_ATTR, None)
+        django_request = getattr(request, "_request", request)  # DRF's request wraps Django's
+        cached = getattr(django_request, REQUEST_ATTR, None)
         if cached is not None:
             return cached
         return super().authenticate(request)
+
+    def validated_token(self, request) -> Token | None:
+        """The request's bearer token if it is valid (no database access)."""
+        header = self.get_header(request)
+        raw_token = None if header is None else self.get_raw_token(header)
+        if raw_token is None:
+            return None
+        try:
+            return self.get_validated_token(raw_token)
+        except exceptions.APIException:
+            return None
+
+    def checked_user(self, validated_token: Token, user):
+        """`get_user()`'s checks, for a user read along with something else
+        (the tenant middleware reads it with the membership)."""
+        if api_settings.CHECK_USER_IS_ACTIVE and not user.is_active:
+            raise exceptions.AuthenticationFailed("User is inactive", code="user_inactive")
+        if api_settings.CHECK_REVOKE_TOKEN and validated_token.get(
+            api_settings.REVOKE_TOKEN_CLAIM
+        ) != get_md5_hash_password(user.password):
+            raise exceptions.AuthenticationFailed(
+                "The user's password has been changed.", code="password_changed"
+            )
+        return user
 
 
 class TokenRefreshSerializer(serializers.TokenRefreshSerializer):

@@ -13,6 +13,14 @@ its user is authenticated, the middleware:
 
 Requests without a tenant reference or without valid credentials pass
 through untouched; the view then answers 401, or 400 if it needs a tenant.
+
+A request with a valid bearer token takes a shorter road to the same place:
+the tenant is found by the statement that sets the scope
+(`active_tenant_scope`), and the membership is read with its user and
+tenant in one query, where the general road reads the user, the tenant and
+the membership one by one. Whatever the short road does not settle (no
+token, a session, an unknown or inactive user, no such tenant, no
+membership) goes the general road, which gives the answer.
 """
 
 import re
@@ -21,12 +29,12 @@ import uuid
 from django.db import transaction
 from rest_framework import exceptions
 from rest_framework.settings import api_settings
-from rest_framework_simplejwt.authentication import JWTAuthentication
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
 
-from .authentication import REQUEST_ATTR
+from .authentication import REQUEST_ATTR, JWTAuthentication
 from .exceptions import error_response
 from .models import Tenant, TenantMembership
-from .tenancy import tenant_scope
+from .tenancy import active_tenant_scope, tenant_scope
 
 HEADER = "HTTP_X_TENANT_ID"
 PATH_TENANT = re.compile(r"^/api/v1/(?P<tenant>[^/]{1,100})/email_client/")
@@ -70,6 +78,27 @@ def authenticated_user(request):
     return None
 
 
+def _token_membership(request, authentication: JWTAuthentication, token, tenant_id):
+    """The membership in `tenant_id` of the user of a valid bearer `token`,
+    with its user and tenant, if that user may use the token; else None.
+    Runs inside the tenant's scope."""
+    if tenant_id is None:
+        return None
+    try:
+        membership = (
+            TenantMembership.objects.select_related("user", "tenant")
+            .filter(tenant_id=tenant_id, user_id=token[jwt_settings.USER_ID_CLAIM])
+            .first()
+        )
+        if membership is not None:
+            authentication.checked_user(token, membership.user)
+    except (KeyError, ValueError, TypeError, exceptions.APIException):
+        return None  # no usable user id, or a user who may not use the token
+    if membership is not None:
+        setattr(request, REQUEST_ATTR, (membership.user, token))
+    return membership
+
+
 class TenantMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
@@ -80,6 +109,13 @@ class TenantMiddleware:
         ref = tenant_reference(request)
         if ref is None:
             return self.get_response(request)
+        authentication = JWTAuthentication()
+        token = authentication.validated_token(request) if len(ref) <= MAX_REF_LENGTH else None
+        if token is not None:
+            with active_tenant_scope(ref) as tenant_id:
+                membership = _token_membership(request, authentication, token, tenant_id)
+                if membership is not None:
+                    return self._in_scope(request, membership)
         user = authenticated_user(request)
         if user is None:
             return self.get_response(request)
@@ -90,10 +126,14 @@ class TenantMiddleware:
             membership = TenantMembership.objects.filter(tenant=tenant, user=user).first()
             if membership is None:
                 return error_response(404, "not_found", "Tenant not found.")
-            request.tenant = tenant
-            request.membership = membership
-            response = self.get_response(request)
-            if response.status_code >= 400:
-                # An error answer leaves nothing half-written behind.
-                transaction.set_rollback(True)
-            return response
+            return self._in_scope(request, membership)
+
+    def _in_scope(self, request, membership: TenantMembership):
+        """The view, run in the membership's tenant scope."""
+        request.tenant = membership.tenant
+        request.membership = membership
+        response = self.get_response(request)
+        if response.status_code >= 400:
+            # An error answer leaves nothing half-written behind.
+            transaction.set_rollback(True)
+        return response

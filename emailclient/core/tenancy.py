@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from django.db import connections, transaction
 
 SETTING = "app.current_tenant_id"
+# An active tenant's id as text, or '' (no tenant: a scope that sees nothing).
+_ACTIVE_TENANT_BY_ID = "COALESCE((SELECT id::text FROM tenants WHERE id = %s::uuid AND is_active), '')"
+_ACTIVE_TENANT_BY_SLUG = "COALESCE((SELECT id::text FROM tenants WHERE slug = %s AND is_active), '')"
 
 
 def _set(cursor, value: str) -> None:
@@ -33,17 +36,38 @@ def current_tenant_id(*, using: str = "default") -> uuid.UUID | None:
 def tenant_scope(tenant_id: uuid.UUID, *, using: str = "default") -> Iterator[None]:
     """Run the block in a transaction whose queries see only `tenant_id`'s rows."""
     value = str(uuid.UUID(str(tenant_id)))  # refuses anything but a UUID
+    with _scope("%s", [value], using=using):
+        yield
+
+
+@contextmanager
+def active_tenant_scope(ref: str, *, using: str = "default") -> Iterator[uuid.UUID | None]:
+    """`tenant_scope` for the active tenant named by `ref` (its slug or id),
+    found by the same statement that sets the scope: one round trip, where a
+    lookup before the transaction took two. Yields the tenant's id, or None
+    (and a scope that sees nothing) when no active tenant has that name."""
+    try:
+        expression, value = _ACTIVE_TENANT_BY_ID, str(uuid.UUID(ref))
+    except ValueError:
+        expression, value = _ACTIVE_TENANT_BY_SLUG, ref
+    with _scope(expression, [value], using=using) as found:
+        yield uuid.UUID(found) if found else None
+
+
+@contextmanager
+def _scope(expression: str, params: list, *, using: str) -> Iterator[str]:
+    """Set the setting to the SQL `expression` for the block; yields its value."""
     connection = connections[using]
     # Outermost: the commit or rollback ends the setting, one query suffices.
     nested = connection.in_atomic_block
     with transaction.atomic(using=using):
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT current_setting(%s, true), set_config(%s, %s, true)",
-                [SETTING, SETTING, value],
+                f"SELECT current_setting(%s, true), set_config(%s, {expression}, true)",
+                [SETTING, SETTING, *params],
             )
-            previous = cursor.fetchone()[0]
-        yield
+            previous, value = cursor.fetchone()
+        yield value
         # A block marked for rollback undoes the setting with everything else.
         if nested and not connection.needs_rollback:
             with connection.cursor() as cursor:

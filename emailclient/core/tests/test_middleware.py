@@ -4,11 +4,18 @@ These tests commit for real (`committed_db`): the tenant transaction is the
 outermost one, as in production, on one persistent connection.
 """
 
+import pytest
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
 from django.db import connection
+from django.http import HttpResponse
+from django.test import Client, RequestFactory
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
 
 from accounts import selectors
 from accounts.tests.factories import EmailAccountFactory
 from conftest import bearer_client
+from emailclient.core.middleware import TenantMiddleware
 from emailclient.core.tenancy import tenant_scope
 
 
@@ -63,3 +70,74 @@ def test_tenant_setting_does_not_leak_between_requests(committed_db, tenant_a, t
     pid_last, setting, visible = _backend_state()
     assert pid_last == pid
     assert (setting or "", visible) == ("", 0)
+
+
+# --- The bearer road and the general road give the same answers -------------------------------
+
+
+@pytest.mark.django_db
+def test_a_deactivated_tenant_is_a_404_for_its_members(tenant_a, user_a):
+    client = bearer_client(user_a)
+    assert client.get("/api/accounts/", HTTP_X_TENANT_ID="tenant-a").status_code == 200
+    tenant_a.is_active = False
+    tenant_a.save()
+    for ref in ("tenant-a", str(tenant_a.id)):
+        response = client.get("/api/accounts/", HTTP_X_TENANT_ID=ref)
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.django_db
+def test_a_deleted_users_token_is_a_401_not_a_404(tenant_a, user_a):
+    client = bearer_client(user_a, tenant_a)
+    with tenant_scope(tenant_a.id):  # its membership goes with it
+        user_a.delete()
+    assert client.get("/api/accounts/").status_code == 401
+    assert client.get("/api/accounts/", HTTP_X_TENANT_ID="no-such-tenant").status_code == 401
+
+
+@pytest.mark.django_db
+def test_revoked_tokens_are_refused_when_revocation_is_on(tenant_a, user_a, monkeypatch):
+    """simplejwt's CHECK_REVOKE_TOKEN: a password change ends the tokens
+    issued before it. The membership read carries the user, so the check is
+    the middleware's to make. (simplejwt's modules hold its settings object
+    from import time: it is changed in place, as overriding SIMPLE_JWT would
+    replace it unseen.)"""
+    monkeypatch.setattr(jwt_settings, "CHECK_REVOKE_TOKEN", True)
+    client = bearer_client(user_a, tenant_a)
+    assert client.get("/api/accounts/").status_code == 200
+    user_a.set_password("another correct horse")
+    user_a.save()
+    assert client.get("/api/accounts/").status_code == 401
+
+
+@pytest.mark.django_db
+def test_a_browser_session_takes_the_general_road(tenant_a, tenant_b, user_a, settings):
+    """The browsable API (local settings) authenticates by session: no bearer
+    token, so the middleware reads the user, the tenant and the membership.
+    (DRF's views keep the authentication classes of their import, so this is
+    the middleware alone, behind Django's session and auth middleware.)"""
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_AUTHENTICATION_CLASSES": [
+            "emailclient.core.authentication.JWTAuthentication",
+            "rest_framework.authentication.SessionAuthentication",
+        ],
+    }
+    client = Client()
+    client.force_login(user_a)
+    seen = []
+
+    def view(request):
+        seen.append((request.tenant, request.membership))
+        return HttpResponse()
+
+    middleware = SessionMiddleware(AuthenticationMiddleware(TenantMiddleware(view)))
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    factory = RequestFactory(HTTP_COOKIE=f"{settings.SESSION_COOKIE_NAME}={session}")
+
+    assert middleware(factory.get("/api/accounts/", HTTP_X_TENANT_ID="tenant-a")).status_code == 200
+    [(tenant, membership)] = seen
+    assert (tenant, membership.user_id) == (tenant_a, user_a.id)
+    assert middleware(factory.get("/api/accounts/", HTTP_X_TENANT_ID="tenant-b")).status_code == 404
+    assert len(seen) == 1

@@ -10,7 +10,7 @@ from django.db import DatabaseError, connection, connections, transaction
 
 from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.models import TenantMembership
-from emailclient.core.tenancy import current_tenant_id, tenant_scope
+from emailclient.core.tenancy import active_tenant_scope, current_tenant_id, tenant_scope
 
 
 def _tables_with_tenant_column(cursor) -> list[str]:
@@ -143,6 +143,45 @@ def test_nested_scopes_restore_the_outer_tenant(tenant_a, tenant_b):
             assert current_tenant_id() == tenant_b.id
         assert current_tenant_id() == tenant_a.id
     assert current_tenant_id() is None
+
+
+@pytest.mark.django_db
+def test_active_tenant_scope_finds_the_tenant_by_slug_or_id_and_scopes_to_it(tenant_a, tenant_b):
+    account_a = EmailAccountFactory(tenant=tenant_a)
+    EmailAccountFactory(tenant=tenant_b)
+    for ref in ("tenant-a", str(tenant_a.id), str(tenant_a.id).upper()):
+        with active_tenant_scope(ref) as found, connection.cursor() as cursor:
+            assert found == tenant_a.id
+            assert current_tenant_id() == tenant_a.id
+            cursor.execute("SELECT id FROM email_accounts")
+            assert [row[0] for row in cursor.fetchall()] == [account_a.id]
+    assert current_tenant_id() is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "ref", ["no-such-tenant", "00000000-0000-0000-0000-000000000000", "tenant-a' OR 1=1 --"]
+)
+def test_active_tenant_scope_without_a_tenant_sees_nothing(tenant_a, ref):
+    EmailAccountFactory(tenant=tenant_a)
+    with tenant_scope(tenant_a.id):
+        with active_tenant_scope(ref) as found, connection.cursor() as cursor:
+            assert found is None
+            cursor.execute("SELECT count(*) FROM email_accounts")
+            assert cursor.fetchone()[0] == 0
+        assert current_tenant_id() == tenant_a.id  # the outer scope is back
+
+
+@pytest.mark.django_db
+def test_active_tenant_scope_ignores_a_deactivated_tenant(tenant_a):
+    EmailAccountFactory(tenant=tenant_a)
+    tenant_a.is_active = False
+    tenant_a.save()
+    for ref in ("tenant-a", str(tenant_a.id)):
+        with active_tenant_scope(ref) as found, connection.cursor() as cursor:
+            assert found is None
+            cursor.execute("SELECT count(*) FROM email_accounts")
+            assert cursor.fetchone()[0] == 0
 
 
 def test_admin_alias_bypasses_rls(committed_db, tenant_a, tenant_b):
