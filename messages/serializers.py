@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from .models import Attachment, Message
 from .search import SearchQueryError, parse_search_query
+from .selectors import LIST_FIELDS
 
 
 class AddressSerializer(serializers.Serializer):
@@ -58,29 +59,31 @@ class MessageListSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    def to_representation(self, message: Message) -> dict:
+    def to_representation(self, message: Message | dict) -> dict:
         """The fields above, built directly: DRF's generic loop over declared
         fields (and building them) took a third of a 50-message page's
-        time. A test holds this equal to the generic form."""
+        time. Takes a message or a list row (`selectors.list_rows`, a dict
+        of LIST_FIELDS). A test holds both equal to the generic form."""
+        m = message if isinstance(message, dict) else {name: getattr(message, name) for name in LIST_FIELDS}
         return {
-            "id": str(message.id),
-            "account": str(message.account_id),
-            "folder": str(message.folder_id),
-            "thread_id": None if message.thread_id is None else str(message.thread_id),
-            "message_id": message.message_id,
-            "subject": message.subject,
-            "sender": {"name": message.from_name, "address": message.from_address},
-            "to": _addresses(message.to),
-            "cc": _addresses(message.cc),
-            "preview": message.snippet,
-            "is_read": message.is_read,
-            "is_flagged": message.is_flagged,
-            "is_answered": message.is_answered,
-            "is_draft": message.is_draft,
-            "has_attachments": message.has_attachments,
-            "received_at": _utc_iso(message.received_at),
-            "sent_at": _utc_iso(message.sent_at),
-            "size_bytes": message.size_bytes,
+            "id": str(m["id"]),
+            "account": str(m["account_id"]),
+            "folder": str(m["folder_id"]),
+            "thread_id": None if m["thread_id"] is None else str(m["thread_id"]),
+            "message_id": m["message_id"],
+            "subject": m["subject"],
+            "sender": {"name": m["from_name"], "address": m["from_address"]},
+            "to": _addresses(m["to"]),
+            "cc": _addresses(m["cc"]),
+            "preview": m["snippet"],
+            "is_read": m["is_read"],
+            "is_flagged": m["is_flagged"],
+            "is_answered": m["is_answered"],
+            "is_draft": m["is_draft"],
+            "has_attachments": m["has_attachments"],
+            "received_at": _utc_iso(m["received_at"]),
+            "sent_at": _utc_iso(m["sent_at"]),
+            "size_bytes": m["size_bytes"],
         }
 
 

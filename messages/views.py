@@ -67,10 +67,11 @@ def _flag(request, name: str) -> bool:
     return request.query_params.get(name, "").lower() in {"1", "true", "yes"}
 
 
-def paginated(view, queryset, serializer_class, pagination_class):
+def paginated_messages(view, messages, pagination_class):
+    """A page of list items (`selectors.list_rows`) and its cursors."""
     paginator = pagination_class()
-    page = paginator.paginate_queryset(queryset, view.request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+    page = paginator.paginate_queryset(selectors.list_rows(messages), view.request, view=view)
+    return paginator.get_paginated_response(MessageListSerializer(page, many=True).data)
 
 
 def searched(queryset, query, order: str, *, tenant):
@@ -120,7 +121,7 @@ class MessageViewSet(TenantAPIMixin, viewsets.GenericViewSet):
         pagination = MessagePagination
         if data.get("q") is not None:
             messages, pagination = searched(messages, data["q"], data["order"], tenant=self.tenant)
-        return paginated(self, messages, MessageListSerializer, pagination)
+        return paginated_messages(self, messages, pagination)
 
     @extend_schema(parameters=[REMOTE_IMAGES], responses=MessageDetailSerializer)
     def retrieve(self, request, **kwargs):
@@ -263,7 +264,7 @@ class SearchView(TenantAPIMixin, APIView):
         messages, pagination = searched(
             messages, params.validated_data["query"], params.validated_data["order"], tenant=self.tenant
         )
-        return paginated(self, messages, MessageListSerializer, pagination)
+        return paginated_messages(self, messages, pagination)
 
 
 @extend_schema(parameters=[TENANT_HEADER])
@@ -295,9 +296,9 @@ class ThreadViewSet(TenantAPIMixin, viewsets.GenericViewSet):
         messages = selectors.thread_messages(tenant=self.tenant, membership=self.membership, thread_id=pk)
         body = {
             "thread_id": pk,
-            "subject": messages[0].subject,
+            "subject": messages[0]["subject"],
             "message_count": len(messages),
-            "unread_count": sum(not m.is_read for m in messages),
+            "unread_count": sum(not m["is_read"] for m in messages),
             "messages": messages,
         }
         return Response(ThreadDetailSerializer(body).data)
