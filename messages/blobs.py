@@ -5,7 +5,13 @@ gzip-compressed, at `<root>/<tenant>/<ab>/<sha256>.gz`: one level of 256
 directories, created once each (two levels made nearly every blob of a sync
 create a directory of its own). Writes go to a temporary file first and are
 renamed into place, so a crash never leaves a half-written blob under a valid
-key; writing a key that exists is a no-op.
+key; writing a key that exists only sets its modification time to now.
+
+That time is what garbage collection (`messages.blob_gc`) goes by: a blob
+is removed only when no row refers to it and it was neither written nor put
+again for a while. `discard()` renames it aside before its last look at that
+time, so a `put` racing with it either finds no file (and writes one) or
+refreshes the time first (and the blob is put back).
 
 The sync writes one or more blobs per message, so `put` is lean: string
 paths, gzip level 1 (mail text compresses about 3x at a fraction of level
@@ -23,6 +29,8 @@ import re
 import threading
 import uuid
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -37,7 +45,17 @@ def blob_key(data: bytes) -> str:
 
 
 _KEY = re.compile(r"[0-9a-f]{64}")
+_SHARD = re.compile(r"[0-9a-f]{2}")
 _CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    tenant_id: uuid.UUID
+    key: str
+    path: str
+    size: int  # on disk (compressed)
+    mtime: float
 
 
 class BlobStore:
@@ -56,8 +74,11 @@ class BlobStore:
     def put(self, tenant_id: uuid.UUID, data: bytes, key: str | None = None) -> str:
         key = key or blob_key(data)
         path = self._path(tenant_id, key)
-        if os.path.exists(path):
+        try:
+            os.utime(path)  # stored already: now in use again (see the module's docstring)
             return key
+        except FileNotFoundError:
+            pass
         folder = os.path.dirname(path)
         if folder not in self._made:
             os.makedirs(folder, exist_ok=True)
@@ -94,6 +115,51 @@ class BlobStore:
 
     def exists(self, tenant_id: uuid.UUID, key: str) -> bool:
         return self.path(tenant_id, key).exists()
+
+    def tenant_ids(self) -> list[uuid.UUID]:
+        """The tenants with a folder in the store, deleted tenants included."""
+        found = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.root) as entries:
+            for entry in entries:
+                with contextlib.suppress(ValueError):
+                    if entry.is_dir(follow_symlinks=False):
+                        found.append(uuid.UUID(entry.name))
+        return sorted(found)
+
+    def blobs(self, tenant_id: uuid.UUID) -> Iterator[StoredBlob]:
+        """The tenant's stored blobs in key order; temporary files of writes
+        in progress (or of a crash) and anything else are skipped."""
+        tenant_dir = f"{self.root}/{uuid.UUID(str(tenant_id))}"
+        try:
+            shards = sorted(name for name in os.listdir(tenant_dir) if _SHARD.fullmatch(name))
+        except FileNotFoundError:
+            return
+        for shard in shards:
+            with os.scandir(f"{tenant_dir}/{shard}") as entries:
+                found = [
+                    (entry.name[:-3], entry)
+                    for entry in entries
+                    if entry.name.endswith(".gz") and _KEY.fullmatch(entry.name[:-3]) and entry.is_file()
+                ]
+            for key, entry in sorted(found, key=lambda item: item[0]):
+                with contextlib.suppress(FileNotFoundError):
+                    stat = entry.stat()
+                    yield StoredBlob(tenant_id, key, entry.path, stat.st_size, stat.st_mtime)
+
+    def discard(self, blob: StoredBlob, *, unused_since: float) -> bool:
+        """Remove `blob` unless it was written or put again at or after
+        `unused_since` (a timestamp); whether it was removed."""
+        aside = f"{blob.path}.{os.getpid()}.{threading.get_ident()}.gc"
+        try:
+            os.rename(blob.path, aside)
+        except FileNotFoundError:
+            return False
+        # The file's own time, read after no `put` can find it any more.
+        if os.stat(aside).st_mtime >= unused_since:
+            os.replace(aside, blob.path)
+            return False
+        os.unlink(aside)
+        return True
 
 
 def default_store() -> BlobStore:

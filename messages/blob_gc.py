@@ -1,0 +1,94 @@
+"""Garbage collection of blob storage.
+
+Blobs are shared (content-addressed per tenant) and written before the rows
+that refer to them commit, so nothing removes them when a message goes: a
+message expunged on the server, deleted for good through the API, a
+re-parsed quarantine entry or a deleted tenant leaves its raw source and
+attachments on disk. `blob_garbage_collect()` removes, tenant by tenant, each
+blob that no message, attachment or quarantine entry refers to and that was
+neither written nor put again for `min_age` (see `messages.blobs`): the age
+keeps it off the blobs of a sync still writing its rows.
+
+The references are read as one sorted stream per tenant (a server-side
+cursor) and merged with the store's blobs in key order, so memory stays
+flat however large the tenant; the cost is one read of the tenant's
+message rows.
+"""
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from django.db import connection
+
+from emailclient.core.tenancy import tenant_scope
+
+from .blobs import BlobStore
+
+# Every blob key a tenant's rows refer to, once each, in byte order (the
+# store's order: keys are lowercase hex).
+_REFERENCED_KEYS = """
+    SELECT key FROM (
+        SELECT raw_blob_key FROM email_messages WHERE tenant_id = %(tenant)s AND raw_blob_key <> ''
+        UNION
+        SELECT content_hash FROM email_attachments WHERE tenant_id = %(tenant)s
+        UNION
+        SELECT raw_blob_key FROM email_quarantine WHERE tenant_id = %(tenant)s AND raw_blob_key <> ''
+    ) AS referenced (key)
+    ORDER BY key COLLATE "C"
+"""
+
+
+@dataclass
+class BlobGcReport:
+    blobs: int = 0
+    kept_referenced: int = 0
+    kept_recent: int = 0
+    removed: int = 0
+    removed_bytes: int = 0
+    tenants: list[uuid.UUID] = field(default_factory=list)
+    dry_run: bool = False
+
+    def __str__(self) -> str:
+        removed = "to remove" if self.dry_run else "removed"
+        return (
+            f"{self.blobs} blobs in {len(self.tenants)} tenant folders: {self.kept_referenced} in use, "
+            f"{self.kept_recent} unused but recent, {self.removed} {removed} ({self.removed_bytes} bytes)"
+        )
+
+
+def blob_garbage_collect(
+    *, store: BlobStore, min_age: float, dry_run: bool = False, tenant_ids: list[uuid.UUID] | None = None
+) -> BlobGcReport:
+    """Remove unreferenced blobs older than `min_age` seconds (every tenant
+    folder in the store, or `tenant_ids`). With `dry_run`, count them only."""
+    report = BlobGcReport(dry_run=dry_run)
+    unused_since = time.time() - min_age
+    for tenant_id in store.tenant_ids() if tenant_ids is None else tenant_ids:
+        report.tenants.append(tenant_id)
+        with tenant_scope(tenant_id):
+            referenced = _referenced_keys(tenant_id)
+            next_referenced = next(referenced, None)
+            for blob in store.blobs(tenant_id):
+                report.blobs += 1
+                while next_referenced is not None and next_referenced < blob.key:
+                    next_referenced = next(referenced, None)
+                if next_referenced == blob.key:
+                    report.kept_referenced += 1
+                elif blob.mtime >= unused_since:
+                    report.kept_recent += 1
+                elif dry_run or store.discard(blob, unused_since=unused_since):
+                    report.removed += 1
+                    report.removed_bytes += blob.size
+                else:
+                    report.kept_recent += 1  # put again while we looked
+    return report
+
+
+def _referenced_keys(tenant_id: uuid.UUID) -> Iterator[str]:
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(_REFERENCED_KEYS, {"tenant": tenant_id})
+        while rows := cursor.fetchmany(10_000):
+            for (key,) in rows:
+                yield key

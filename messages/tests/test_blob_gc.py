@@ -1,0 +1,140 @@
+"""Blob garbage collection: what no row refers to and nothing wrote lately goes;
+everything else stays, whichever tenant, whatever races with it."""
+
+import os
+import time
+import uuid
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from emailclient.core.tenancy import tenant_scope
+from mailboxes.tests.factories import FolderFactory
+from messages.blob_gc import blob_garbage_collect
+from messages.blobs import BlobStore
+from messages.models import QuarantinedMessage
+from messages.tests.factories import AttachmentFactory, MessageFactory
+
+pytestmark = pytest.mark.django_db
+
+DAY = 86_400
+
+
+@pytest.fixture
+def store(settings, tmp_path):
+    settings.BLOB_STORAGE_DIR = tmp_path / "blobs"
+    return BlobStore(settings.BLOB_STORAGE_DIR)
+
+
+def put(store: BlobStore, tenant_id, text: str, *, age: float = 2 * DAY) -> str:
+    key = store.put(tenant_id, text.encode())
+    then = time.time() - age
+    os.utime(store.path(tenant_id, key), (then, then))
+    return key
+
+
+def stored(store: BlobStore, tenant_id) -> set[str]:
+    return {blob.key for blob in store.blobs(tenant_id)}
+
+
+def test_unreferenced_old_blobs_go_and_everything_else_stays(store, tenant_a, tenant_b):
+    folder = FolderFactory(tenant=tenant_a)
+    raw = put(store, tenant_a.id, "raw source")
+    attached = put(store, tenant_a.id, "attachment")
+    quarantined = put(store, tenant_a.id, "not mail")
+    put(store, tenant_a.id, "source of an expunged message")
+    fresh_orphan = put(store, tenant_a.id, "written a minute ago", age=60)
+    message = MessageFactory(folder=folder, raw_blob_key=raw, content_hash=raw)
+    AttachmentFactory(message=message, content_hash=attached)
+    with tenant_scope(tenant_a.id):
+        QuarantinedMessage.objects.create(
+            tenant=tenant_a,
+            account=folder.account,
+            folder=folder,
+            imap_uid=9,
+            uidvalidity=1,
+            reason="not mail",
+            raw_blob_key=quarantined,
+        )
+    # Tenant B holds the same bytes as tenant A's message, and no row of its
+    # own refers to them: A's reference does not keep B's copy.
+    assert put(store, tenant_b.id, "raw source") == raw
+
+    report = blob_garbage_collect(store=store, min_age=DAY)
+
+    assert stored(store, tenant_a.id) == {raw, attached, quarantined, fresh_orphan}
+    assert stored(store, tenant_b.id) == set()
+    assert (report.blobs, report.kept_referenced, report.kept_recent, report.removed) == (6, 3, 1, 2)
+    assert report.removed_bytes > 0
+    assert sorted(report.tenants) == sorted([tenant_a.id, tenant_b.id])
+    with tenant_scope(tenant_a.id):
+        assert store.get(tenant_a.id, raw) == b"raw source"
+
+
+def test_a_dry_run_counts_and_removes_nothing(store, tenant_a):
+    put(store, tenant_a.id, "orphan one")
+    put(store, tenant_a.id, "orphan two")
+    report = blob_garbage_collect(store=store, min_age=DAY, dry_run=True)
+    assert report.removed == 2
+    assert len(stored(store, tenant_a.id)) == 2
+    assert "2 to remove" in str(report)
+
+
+def test_a_deleted_tenants_blobs_go(store):
+    gone = uuid.uuid4()  # a folder whose tenant row no longer exists
+    put(store, gone, "left behind")
+    (store.root / "not-a-tenant").mkdir()
+    report = blob_garbage_collect(store=store, min_age=DAY)
+    assert report.tenants == [gone]
+    assert report.removed == 1
+    assert stored(store, gone) == set()
+    assert (store.root / "not-a-tenant").is_dir()
+
+
+def test_putting_a_blob_again_makes_it_recent(store, tenant_a):
+    """The sync reuses a stored blob for a new row (the same attachment
+    again): its put refreshes the time, so a collection running before that
+    row commits spares it."""
+    key = put(store, tenant_a.id, "the same attachment")
+    store.put(tenant_a.id, b"the same attachment")
+    report = blob_garbage_collect(store=store, min_age=DAY)
+    assert (report.removed, report.kept_recent) == (0, 1)
+    assert stored(store, tenant_a.id) == {key}
+
+
+def test_a_blob_put_again_while_the_collection_looks_at_it_stays(store, tenant_a, monkeypatch):
+    """The race: listed as old and unreferenced, then put again by a sync
+    before the collection removes it."""
+    key = put(store, tenant_a.id, "reused mid-collection")
+    discard = store.discard
+
+    def put_first(blob, *, unused_since):
+        store.put(tenant_a.id, b"reused mid-collection")
+        return discard(blob, unused_since=unused_since)
+
+    monkeypatch.setattr(store, "discard", put_first)
+    report = blob_garbage_collect(store=store, min_age=DAY)
+    assert (report.removed, report.kept_recent) == (0, 1)
+    assert store.get(tenant_a.id, key) == b"reused mid-collection"
+    assert not list(store.root.rglob("*.gc")), "nothing left aside"
+
+
+def test_the_store_lists_blobs_in_key_order_and_skips_what_is_not_a_blob(store, tenant_a):
+    keys = [put(store, tenant_a.id, f"blob {n}") for n in range(40)]
+    shard = store.path(tenant_a.id, keys[0]).parent
+    (shard / f".{keys[0]}.123.456.tmp").write_bytes(b"a write in progress")
+    (shard / "README").write_text("not a blob")
+    assert [blob.key for blob in store.blobs(tenant_a.id)] == sorted(keys)
+
+
+def test_the_command(store, tenant_a, capsys):
+    put(store, tenant_a.id, "orphan")
+    call_command("gcblobs", "--dry-run", "--tenant", "tenant-a")
+    assert "Dry run, nothing removed: 1 blobs in 1 tenant folders" in capsys.readouterr().out
+    call_command("gcblobs")
+    assert "1 removed" in capsys.readouterr().out
+    assert stored(store, tenant_a.id) == set()
+    with pytest.raises(CommandError, match="at least 1"):
+        call_command("gcblobs", "--min-age-hours", "0.5")
+    with pytest.raises(CommandError, match="No tenant"):
+        call_command("gcblobs", "--tenant", "nobody")
