@@ -197,6 +197,7 @@ def test_member_sees_only_own_accounts_admin_sees_all(client_a, client_admin_a, 
 
     assert ids(client_a.get("/api/messages/")) == [str(mine.id)]
     assert client_a.get(f"/api/messages/{theirs.id}/").status_code == 404
+    assert client_admin_a.get(f"/api/messages/{theirs.id}/").status_code == 200
     assert ids(client_a.get("/api/messages/", {"folder": colleague.id})) == []
     assert ids(client_admin_a.get("/api/messages/", {"folder": colleague.id})) == [str(theirs.id)]
     assert set(ids(client_admin_a.get("/api/messages/"))) == {str(mine.id), str(theirs.id)}
@@ -280,6 +281,8 @@ def test_list_query_counts_are_pinned(client_a, inbox_a, account_a):
         assert count("/api/folders/", {"account": account_a.id}) == 1
         assert count("/api/threads/", {"account": account_a.id}) == 3  # ids, the page, its latest messages
         assert count(f"/api/threads/{message.thread_id}/") == 2
+        # A message: itself with its folder (its accounts a sub-select), its attachments.
+        assert count(f"/api/messages/{message.id}/") == 2
 
 
 # --- Message detail ----------------------------------------------------------------------
