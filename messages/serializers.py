@@ -144,8 +144,26 @@ class MessageDetailSerializer(MessageListSerializer):
         read_only_fields = fields
 
     def to_representation(self, message: Message) -> dict:
-        # One message at a time: DRF's generic form, not the list's shortcut.
-        return serializers.ModelSerializer.to_representation(self, message)
+        """The list item and the rest, built directly too: DRF's generic form
+        built the 31 fields anew for every message (about 1 ms of a
+        detail). A test holds it equal to the generic form."""
+        data = super().to_representation(message)
+        data.update(
+            folder_name=message.folder.name,
+            folder_type=message.folder.type,
+            bcc=_addresses(message.bcc),
+            reply_to=_addresses(message.reply_to),
+            in_reply_to=message.in_reply_to,
+            references=[str(reference) for reference in message.references],
+            flags=[str(flag) for flag in message.flags],
+            text_body=message.text_body,
+            html=message.sanitized.html,
+            remote_images_blocked=message.sanitized.remote_images_blocked,
+            attachments=AttachmentSerializer(message.attachment_list, many=True, context=self.context).data,
+            raw_url=self.get_raw_url(message),
+            deleted_at=_utc_iso(message.deleted_at),
+        )
+        return data
 
     def get_raw_url(self, message: Message) -> str:
         return self.context["request"].build_absolute_uri(reverse("message-source", args=[message.id]))

@@ -3,6 +3,7 @@ made through it (database side; the mail-server side is in
 mailboxes/tests/test_writeback.py)."""
 
 import datetime
+import json
 import uuid
 
 import pytest
@@ -22,7 +23,7 @@ from messages import selectors
 from messages.blobs import default_store
 from messages.indexing import search_index_pending
 from messages.models import Message
-from messages.serializers import MessageListSerializer
+from messages.serializers import MessageDetailSerializer, MessageListSerializer
 from messages.tests.factories import AttachmentFactory, MessageFactory
 
 pytestmark = pytest.mark.django_db
@@ -322,6 +323,32 @@ def test_detail_sanitises_html_and_points_cid_images_at_attachments(client_a, in
     shown = client_a.get(f"/api/messages/{message.id}/", {"remote_images": "1"}).json()
     assert "tracker.example/pixel.gif" in shown["html"]
     assert shown["remote_images_blocked"] == 0
+
+
+def test_detail_is_drf_generic_form(client_a, inbox_a, blobs, monkeypatch):
+    """The detail serializer builds its answer by hand too; it must be what
+    DRF's generic field loop makes of the same message."""
+    message = MessageFactory(
+        folder=inbox_a,
+        html_body='<p>Hi <img src="cid:logo@x"> <img src="https://tracker.example/p.gif"></p>',
+        text_body="Hi, Zoë\n",
+        bcc=[{"name": "B", "address": "b@example.org"}],
+        reply_to=[{"name": "", "address": "r@example.net"}],
+        in_reply_to="<parent@example.com>",
+        references=["<root@example.com>", "<parent@example.com>"],
+        flags=["\\Seen", "$Label1"],
+        deleted_at=datetime.datetime(2024, 2, 29, 23, 59, 59, 123456, tzinfo=datetime.UTC),
+    )
+    AttachmentFactory(message=message, content_id="logo@x", content_hash=blobs.put(message.tenant_id, b"png"))
+    AttachmentFactory(message=message, filename="a.pdf")
+    url = f"/api/messages/{message.id}/"
+    by_hand = client_a.get(url).content
+    monkeypatch.setattr(
+        MessageDetailSerializer, "to_representation", ModelSerializer.to_representation, raising=True
+    )
+    generic = client_a.get(url).content
+    assert json.loads(by_hand) == json.loads(generic)
+    assert by_hand == generic  # the keys in the same order too
 
 
 def test_detail_of_another_tenant_is_404(client_a, message_b):
