@@ -82,10 +82,11 @@ def visible_messages(*, tenant: Tenant, membership: TenantMembership) -> QuerySe
     return messages.filter(account_id__in=account_ids)
 
 
-def _visible_by_id(*, tenant: Tenant, membership: TenantMembership) -> QuerySet[Message]:
-    """`visible_messages()` for messages looked up by id: the accounts as a
-    sub-select, one query where the list needs two. The planner's guess for
-    the accounts does not matter when the primary key finds the rows."""
+def _visible_few(*, tenant: Tenant, membership: TenantMembership) -> QuerySet[Message]:
+    """`visible_messages()` for the few messages an index finds (by id, a
+    thread): the accounts as a sub-select, one query where a list needs two.
+    The planner's guess for the accounts does not matter when the primary
+    key or the thread's index finds the rows."""
     messages = tenant_messages(tenant=tenant)
     if membership.is_admin:
         return messages.exclude(account_id__in=deleted_account_ids(tenant=tenant))
@@ -243,9 +244,7 @@ def access_message(
     *, tenant: Tenant, membership: TenantMembership, id: uuid.UUID, lock: bool = False
 ) -> Message:
     messages = (
-        _visible_by_id(tenant=tenant, membership=membership)
-        .select_related("folder")
-        .defer(*SEARCH_ONLY_FIELDS)
+        _visible_few(tenant=tenant, membership=membership).select_related("folder").defer(*SEARCH_ONLY_FIELDS)
     )
     if lock:
         messages = messages.select_for_update(of=("self",))
@@ -259,7 +258,7 @@ def access_messages(*, tenant: Tenant, membership: TenantMembership, ids: list[u
     """The messages of a bulk change, locked, in id order (two bulk changes
     never deadlock); every one must be visible, or none is returned."""
     found = list(
-        _visible_by_id(tenant=tenant, membership=membership)
+        _visible_few(tenant=tenant, membership=membership)
         .select_related("folder")
         .defer(*SEARCH_ONLY_FIELDS)
         .select_for_update(of=("self",))
@@ -326,7 +325,7 @@ def thread_latest_messages(
 
 def thread_messages(*, tenant: Tenant, membership: TenantMembership, thread_id: uuid.UUID) -> list[dict]:
     """The thread's messages, oldest first, as `list_rows()`."""
-    thread = visible_messages(tenant=tenant, membership=membership).filter(thread_id=thread_id)
+    thread = _visible_few(tenant=tenant, membership=membership).filter(thread_id=thread_id)
     messages = list(list_rows(thread).order_by("received_at", "id"))
     if not messages:
         raise NotFound("Thread not found.")

@@ -199,6 +199,8 @@ def test_member_sees_only_own_accounts_admin_sees_all(client_a, client_admin_a, 
     assert ids(client_a.get("/api/messages/")) == [str(mine.id)]
     assert client_a.get(f"/api/messages/{theirs.id}/").status_code == 404
     assert client_admin_a.get(f"/api/messages/{theirs.id}/").status_code == 200
+    assert client_a.get(f"/api/threads/{theirs.thread_id}/").status_code == 404
+    assert client_admin_a.get(f"/api/threads/{theirs.thread_id}/").json()["message_count"] == 1
     assert ids(client_a.get("/api/messages/", {"folder": colleague.id})) == []
     assert ids(client_admin_a.get("/api/messages/", {"folder": colleague.id})) == [str(theirs.id)]
     assert set(ids(client_admin_a.get("/api/messages/"))) == {str(mine.id), str(theirs.id)}
@@ -281,8 +283,9 @@ def test_list_query_counts_are_pinned(client_a, inbox_a, account_a):
         assert count("/api/sync/search", {"query": "message"}) == 7
         assert count("/api/folders/", {"account": account_a.id}) == 1
         assert count("/api/threads/", {"account": account_a.id}) == 3  # ids, the page, its latest messages
-        assert count(f"/api/threads/{message.thread_id}/") == 2
-        # A message: itself with its folder (its accounts a sub-select), its attachments.
+        # A thread's or a message's accounts are a sub-select: the thread;
+        # the message with its folder, then its attachments.
+        assert count(f"/api/threads/{message.thread_id}/") == 1
         assert count(f"/api/messages/{message.id}/") == 2
 
 
