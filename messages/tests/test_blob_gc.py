@@ -45,7 +45,9 @@ def test_unreferenced_old_blobs_go_and_everything_else_stays(store, tenant_a, te
     put(store, tenant_a.id, "source of an expunged message")
     fresh_orphan = put(store, tenant_a.id, "written a minute ago", age=60)
     message = MessageFactory(folder=folder, raw_blob_key=raw, content_hash=raw)
+    MessageFactory(folder=folder, raw_blob_key=raw, content_hash=raw)  # the same mail twice
     AttachmentFactory(message=message, content_hash=attached)
+    AttachmentFactory(message=message, content_hash=raw)  # a forwarded copy of it, attached
     with tenant_scope(tenant_a.id):
         QuarantinedMessage.objects.create(
             tenant=tenant_a,
