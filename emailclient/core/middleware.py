@@ -87,7 +87,10 @@ def _token_membership(request, authentication: JWTAuthentication, token, tenant_
     try:
         membership = (
             TenantMembership.objects.select_related("user", "tenant")
-            .filter(tenant_id=tenant_id, user_id=token[jwt_settings.USER_ID_CLAIM])
+            .filter(
+                tenant_id=tenant_id,
+                **{f"user__{jwt_settings.USER_ID_FIELD}": token[jwt_settings.USER_ID_CLAIM]},
+            )
             .first()
         )
         if membership is not None:
@@ -126,6 +129,7 @@ class TenantMiddleware:
             membership = TenantMembership.objects.filter(tenant=tenant, user=user).first()
             if membership is None:
                 return error_response(404, "not_found", "Tenant not found.")
+            membership.tenant = tenant  # read already
             return self._in_scope(request, membership)
 
     def _in_scope(self, request, membership: TenantMembership):

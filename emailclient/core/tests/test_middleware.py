@@ -141,3 +141,11 @@ def test_a_browser_session_takes_the_general_road(tenant_a, tenant_b, user_a, se
     assert (tenant, membership.user_id) == (tenant_a, user_a.id)
     assert middleware(factory.get("/api/accounts/", HTTP_X_TENANT_ID="tenant-b")).status_code == 404
     assert len(seen) == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("header", ["Bearer", "Bearer a b", "Bearer ", "Basic YWxpY2U6eA==", "Bearer \x00"])
+def test_a_malformed_authorization_header_is_a_401(tenant_a, user_a, header):
+    client = Client(raise_request_exception=False)
+    response = client.get("/api/accounts/", HTTP_X_TENANT_ID="tenant-a", HTTP_AUTHORIZATION=header)
+    assert response.status_code == 401
