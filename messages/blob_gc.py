@@ -16,7 +16,7 @@ message rows and a sort of their keys (27 s for a tenant of 1,000,000
 messages on the read benchmark's database).
 """
 
-import time
+import contextlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,6 +51,7 @@ class BlobGcReport:
     kept_recent: int = 0
     removed: int = 0
     removed_bytes: int = 0
+    restored: int = 0  # set aside by a collection that was killed, put back
     tenants: list[uuid.UUID] = field(default_factory=list)
     dry_run: bool = False
 
@@ -59,6 +60,7 @@ class BlobGcReport:
         return (
             f"{self.blobs} blobs in {len(self.tenants)} tenant folders: {self.kept_referenced} in use, "
             f"{self.kept_recent} unused but recent, {self.removed} {removed} ({self.removed_bytes} bytes)"
+            + (f"; {self.restored} put back from a killed collection" if self.restored else "")
         )
 
 
@@ -68,11 +70,13 @@ def blob_garbage_collect(
     """Remove unreferenced blobs older than `min_age` seconds (every tenant
     folder in the store, or `tenant_ids`). With `dry_run`, count them only."""
     report = BlobGcReport(dry_run=dry_run)
-    unused_since = time.time() - min_age
+    unused_since = store.now() - min_age
     for tenant_id in store.tenant_ids() if tenant_ids is None else tenant_ids:
         report.tenants.append(tenant_id)
-        with tenant_scope(tenant_id):
-            referenced = _referenced_keys(tenant_id)
+        report.restored += store.restore_set_aside(tenant_id)
+        # One transaction per tenant, open while its folder is walked (the
+        # references' cursor lives in it); closed with it, the cursor too.
+        with tenant_scope(tenant_id), contextlib.closing(_referenced_keys(tenant_id)) as referenced:
             next_referenced = next(referenced, None)
             for blob in store.blobs(tenant_id):
                 report.blobs += 1

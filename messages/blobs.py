@@ -24,6 +24,7 @@ uncompressed blocks, a copy instead of deflate's CPU.
 import contextlib
 import gzip
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -46,6 +47,8 @@ def blob_key(data: bytes) -> str:
 
 _KEY = re.compile(r"[0-9a-f]{64}")
 _SHARD = re.compile(r"[0-9a-f]{2}")
+_SET_ASIDE = re.compile(r"(?P<key>[0-9a-f]{64})\.gz\.[0-9a-f]{32}\.gc")
+logger = logging.getLogger(__name__)
 _CHUNK = 1024 * 1024
 
 
@@ -62,6 +65,7 @@ class BlobStore:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._made: set[str] = set()
+        self._warned = False
 
     def path(self, tenant_id: uuid.UUID, key: str) -> Path:
         return Path(self._path(tenant_id, key))
@@ -79,6 +83,15 @@ class BlobStore:
             return key
         except FileNotFoundError:
             pass
+        except PermissionError:
+            # Stored, but not this user's file (restored by another user?):
+            # garbage collection cannot see that it is in use again.
+            if not self._warned:
+                logger.warning(
+                    "blob files not writable by this user, e.g. %s: fix the store's ownership", path
+                )
+                self._warned = True
+            return key
         folder = os.path.dirname(path)
         if folder not in self._made:
             os.makedirs(folder, exist_ok=True)
@@ -148,18 +161,54 @@ class BlobStore:
 
     def discard(self, blob: StoredBlob, *, unused_since: float) -> bool:
         """Remove `blob` unless it was written or put again at or after
-        `unused_since` (a timestamp); whether it was removed."""
-        aside = f"{blob.path}.{os.getpid()}.{threading.get_ident()}.gc"
+        `unused_since` (a time on the store's clock); whether it was removed.
+        However this ends (an error, ^C), a blob it does not remove is put
+        back; one set aside when the process was killed is put back by
+        `restore_set_aside()`."""
+        aside = f"{blob.path}.{uuid.uuid4().hex}.gc"
         try:
             os.rename(blob.path, aside)
         except FileNotFoundError:
             return False
-        # The file's own time, read after no `put` can find it any more.
-        if os.stat(aside).st_mtime >= unused_since:
-            os.replace(aside, blob.path)
-            return False
-        os.unlink(aside)
-        return True
+        removed = False
+        try:
+            # The file's own time, read after no `put` can find it any more.
+            if os.stat(aside).st_mtime < unused_since:
+                os.unlink(aside)
+                removed = True
+        except FileNotFoundError:
+            pass  # another collector put it back meanwhile
+        finally:
+            if not removed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(aside, blob.path)
+        return removed
+
+    def restore_set_aside(self, tenant_id: uuid.UUID) -> int:
+        """Put back the blobs a killed `discard()` left aside; how many."""
+        tenant_dir = f"{self.root}/{uuid.UUID(str(tenant_id))}"
+        restored = 0
+        with contextlib.suppress(FileNotFoundError):
+            for shard in os.listdir(tenant_dir):
+                if not _SHARD.fullmatch(shard):
+                    continue
+                for name in os.listdir(f"{tenant_dir}/{shard}"):
+                    match = _SET_ASIDE.fullmatch(name)
+                    if match is None:
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        os.replace(f"{tenant_dir}/{shard}/{name}", f"{tenant_dir}/{shard}/{match['key']}.gz")
+                        restored += 1
+        return restored
+
+    def now(self) -> float:
+        """The time on the store's own clock (a network file system's may
+        not be ours): a file's modification time, set now."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        probe = self.root / ".clock"
+        probe.touch()
+        os.utime(probe)
+        return probe.stat().st_mtime
 
 
 def default_store() -> BlobStore:

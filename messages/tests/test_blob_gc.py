@@ -15,8 +15,6 @@ from messages.blobs import BlobStore
 from messages.models import QuarantinedMessage
 from messages.tests.factories import AttachmentFactory, MessageFactory
 
-pytestmark = pytest.mark.django_db
-
 DAY = 86_400
 
 
@@ -37,6 +35,7 @@ def stored(store: BlobStore, tenant_id) -> set[str]:
     return {blob.key for blob in store.blobs(tenant_id)}
 
 
+@pytest.mark.django_db
 def test_unreferenced_old_blobs_go_and_everything_else_stays(store, tenant_a, tenant_b):
     folder = FolderFactory(tenant=tenant_a)
     raw = put(store, tenant_a.id, "raw source")
@@ -73,6 +72,7 @@ def test_unreferenced_old_blobs_go_and_everything_else_stays(store, tenant_a, te
         assert store.get(tenant_a.id, raw) == b"raw source"
 
 
+@pytest.mark.django_db
 def test_a_dry_run_counts_and_removes_nothing(store, tenant_a):
     put(store, tenant_a.id, "orphan one")
     put(store, tenant_a.id, "orphan two")
@@ -82,6 +82,7 @@ def test_a_dry_run_counts_and_removes_nothing(store, tenant_a):
     assert "2 to remove" in str(report)
 
 
+@pytest.mark.django_db
 def test_a_deleted_tenants_blobs_go(store):
     gone = uuid.uuid4()  # a folder whose tenant row no longer exists
     put(store, gone, "left behind")
@@ -93,6 +94,7 @@ def test_a_deleted_tenants_blobs_go(store):
     assert (store.root / "not-a-tenant").is_dir()
 
 
+@pytest.mark.django_db
 def test_putting_a_blob_again_makes_it_recent(store, tenant_a):
     """The sync reuses a stored blob for a new row (the same attachment
     again): its put refreshes the time, so a collection running before that
@@ -104,6 +106,7 @@ def test_putting_a_blob_again_makes_it_recent(store, tenant_a):
     assert stored(store, tenant_a.id) == {key}
 
 
+@pytest.mark.django_db
 def test_a_blob_put_again_while_the_collection_looks_at_it_stays(store, tenant_a, monkeypatch):
     """The race: listed as old and unreferenced, then put again by a sync
     before the collection removes it."""
@@ -121,6 +124,7 @@ def test_a_blob_put_again_while_the_collection_looks_at_it_stays(store, tenant_a
     assert not list(store.root.rglob("*.gc")), "nothing left aside"
 
 
+@pytest.mark.django_db
 def test_the_store_lists_blobs_in_key_order_and_skips_what_is_not_a_blob(store, tenant_a):
     keys = [put(store, tenant_a.id, f"blob {n}") for n in range(40)]
     shard = store.path(tenant_a.id, keys[0]).parent
@@ -129,6 +133,7 @@ def test_the_store_lists_blobs_in_key_order_and_skips_what_is_not_a_blob(store, 
     assert [blob.key for blob in store.blobs(tenant_a.id)] == sorted(keys)
 
 
+@pytest.mark.django_db
 def test_the_command(store, tenant_a, capsys):
     put(store, tenant_a.id, "orphan")
     call_command("gcblobs", "--dry-run", "--tenant", "tenant-a")
@@ -140,3 +145,67 @@ def test_the_command(store, tenant_a, capsys):
         call_command("gcblobs", "--min-age-hours", "0.5")
     with pytest.raises(CommandError, match="No tenant"):
         call_command("gcblobs", "--tenant", "nobody")
+
+
+@pytest.mark.django_db
+def test_a_blob_put_while_it_is_set_aside_is_written_again(store, tenant_a, monkeypatch):
+    """The other interleaving: the sync's put comes after the collection
+    renamed the blob aside, finds no file and writes it again."""
+    key = put(store, tenant_a.id, "reused while aside")
+    rename = os.rename
+
+    def rename_then_put(source, target):
+        rename(source, target)
+        if str(target).endswith(".gc"):
+            store.put(tenant_a.id, b"reused while aside")
+
+    monkeypatch.setattr(os, "rename", rename_then_put)
+    blob_garbage_collect(store=store, min_age=DAY)
+    monkeypatch.undo()
+    assert store.get(tenant_a.id, key) == b"reused while aside"
+    assert not list(store.root.rglob("*.gc"))
+
+
+@pytest.mark.django_db
+def test_a_blob_set_aside_is_put_back_whatever_interrupts_the_collection(store, tenant_a, monkeypatch):
+    key = put(store, tenant_a.id, "interrupted")
+    stat = os.stat
+
+    def interrupted(path, *args, **kwargs):
+        if str(path).endswith(".gc"):
+            raise KeyboardInterrupt
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        blob_garbage_collect(store=store, min_age=DAY)
+    monkeypatch.undo()
+    assert store.get(tenant_a.id, key) == b"interrupted"
+    assert not list(store.root.rglob("*.gc"))
+
+
+@pytest.mark.django_db
+def test_blobs_a_killed_collection_left_aside_are_put_back(store, tenant_a):
+    folder = FolderFactory(tenant=tenant_a)
+    kept = put(store, tenant_a.id, "in use, left aside by a killed collection")
+    MessageFactory(folder=folder, raw_blob_key=kept, content_hash=kept)
+    path = store.path(tenant_a.id, kept)
+    os.rename(path, f"{path}.{uuid.uuid4().hex}.gc")
+    report = blob_garbage_collect(store=store, min_age=DAY)
+    assert report.restored == 1
+    assert "1 put back" in str(report)
+    assert store.get(tenant_a.id, kept) == b"in use, left aside by a killed collection"
+    assert not list(store.root.rglob("*.gc"))
+
+
+def test_every_tenant_is_collected_in_its_own_committed_transaction(committed_db, store, tenant_a, tenant_b):
+    """As in production, each tenant's scope commits: the references' cursor
+    of one tenant must be closed before the next tenant's transaction."""
+    for tenant in (tenant_a, tenant_b):
+        folder = FolderFactory(tenant=tenant)
+        for n in range(3):
+            key = put(store, tenant.id, f"{tenant.slug} message {n}")
+            MessageFactory(folder=folder, raw_blob_key=key, content_hash=key)
+        put(store, tenant.id, f"{tenant.slug} orphan")
+    report = blob_garbage_collect(store=store, min_age=DAY)
+    assert (report.blobs, report.kept_referenced, report.removed) == (8, 6, 2)
