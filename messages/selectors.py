@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.contrib.postgres.aggregates import ArrayAgg
-from django.db.models import Count, Exists, Max, Q, QuerySet
+from django.db.models import Count, Exists, F, Max, Q, QuerySet
 
 from accounts.selectors import account_list, deleted_account_ids
 from emailclient.core.exceptions import NotFound
@@ -292,12 +292,62 @@ def access_attachment(*, tenant: Tenant, membership: TenantMembership, id: uuid.
 # --- Threads -----------------------------------------------------------------------
 
 
-def thread_list(*, tenant: Tenant, membership: TenantMembership, account_id: uuid.UUID) -> QuerySet:
-    """One row per thread of the account: latest date, count, unread count,
-    participants. Rows are dicts; `thread_latest_messages()` completes them."""
-    return (
-        visible_messages(tenant=tenant, membership=membership)
-        .filter(account_id=account_id, thread_id__isnull=False)
+# A thread's place in the list: its newest message's (received_at, id).
+ThreadPosition = tuple[datetime, uuid.UUID]
+
+
+def thread_page(
+    *,
+    tenant: Tenant,
+    membership: TenantMembership,
+    account_id: uuid.UUID,
+    size: int,
+    after: ThreadPosition | None = None,
+) -> tuple[list[dict], ThreadPosition | None]:
+    """A page of the account's threads, the most recently active first: one
+    row per thread (latest date, count, unread count, participants; then
+    `thread_latest_messages()` completes them), and the position to ask for
+    the next page from (None on the last page). `after` is such a position.
+
+    The threads are found by walking the account's messages newest first
+    (its newest-first index) until `size` threads have shown their newest
+    message, and only those are counted: grouping every message of the
+    account to sort its threads took 4.3 s for 96,388 messages (and 6.3 s
+    for 192,776). A message without a received date places no thread."""
+    messages = visible_messages(tenant=tenant, membership=membership).filter(
+        account_id=account_id, thread_id__isnull=False
+    )
+    walk = messages.filter(received_at__isnull=False).order_by("-received_at", "-id")
+    newest: dict[uuid.UUID, ThreadPosition] = {}  # in walk order
+    seen: set[uuid.UUID] = set()
+    position = after
+    chunk_size = 4 * size
+    while len(newest) <= size:
+        chunk = walk if position is None else walk.filter(_before(position))
+        rows = list(chunk.values_list("received_at", "id", "thread_id")[:chunk_size])
+        found = []
+        for received_at, message_id, thread_id in rows:
+            if thread_id not in seen:
+                seen.add(thread_id)
+                found.append((thread_id, (received_at, message_id)))
+        if found and after is not None:
+            # A thread with a message at or above the page's start was listed before.
+            listed = set(
+                messages.filter(thread_id__in=[t for t, _ in found])
+                .exclude(_before(after))
+                .filter(received_at__isnull=False)
+                .values_list("thread_id", flat=True)
+            )
+            found = [(t, p) for t, p in found if t not in listed]
+        newest.update(found)
+        if len(rows) < chunk_size:
+            break
+        position = rows[-1][:2]
+    threads = list(newest)[:size]
+    counts = {
+        row["thread_id"]: row
+        for row in messages.filter(thread_id__in=threads)
+        .order_by()
         .values("thread_id")
         .annotate(
             latest_at=Max("received_at"),
@@ -305,6 +355,17 @@ def thread_list(*, tenant: Tenant, membership: TenantMembership, account_id: uui
             unread_count=Count("id", filter=Q(is_read=False)),
             participants=ArrayAgg("from_address", distinct=True),
         )
+    }
+    page = [counts[t] for t in threads]
+    return page, (newest[threads[-1]] if len(newest) > size else None)
+
+
+def _before(position: ThreadPosition) -> Q:
+    """Messages after `position` in newest-first order. The plain `<=` on the
+    date bounds the index scan; the OR alone would not."""
+    received_at, message_id = position
+    return Q(received_at__lte=received_at) & (
+        Q(received_at__lt=received_at) | Q(received_at=received_at, id__lt=message_id)
     )
 
 
@@ -312,12 +373,12 @@ def thread_latest_messages(
     *, tenant: Tenant, account_id: uuid.UUID, thread_ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, dict]:
     """The newest message of each of these threads of the account, in one
-    query. For the ids of a `thread_list()` page, which only visible rows
+    query. For the ids of a `thread_page()`, which only visible rows
     gave: the account's visibility is not looked up a second time."""
     latest = (
         Message.objects.for_tenant(tenant)
         .filter(is_deleted=False, account_id=account_id, thread_id__in=thread_ids)
-        .order_by("thread_id", "-received_at", "-id")
+        .order_by("thread_id", F("received_at").desc(nulls_last=True), "-id")
         .distinct("thread_id")
     )
     return {row["thread_id"]: row for row in list_rows(latest)}

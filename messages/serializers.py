@@ -1,4 +1,6 @@
+import base64
 import datetime
+import uuid
 
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
@@ -256,8 +258,38 @@ class ThreadSerializer(serializers.Serializer):
     latest_message = MessageListSerializer(allow_null=True)
 
 
+class ThreadPageSerializer(serializers.Serializer):
+    """A page of threads; `previous` is always null (pages go forward)."""
+
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = ThreadSerializer(many=True)
+
+
 class ThreadFilterSerializer(serializers.Serializer):
+    """Query parameters of the thread list."""
+
     account = serializers.UUIDField()
+    cursor = serializers.CharField(
+        required=False, max_length=200, help_text="From the previous page's `next`."
+    )
+    page_size = serializers.IntegerField(required=False, default=50, min_value=1, max_value=200)
+
+    def validate_cursor(self, value: str):
+        """The position a `next` link carries (`thread_cursor`)."""
+        try:
+            received_at, message_id = base64.urlsafe_b64decode(value.encode("ascii")).decode().split("|")
+            position = (datetime.datetime.fromisoformat(received_at), uuid.UUID(message_id))
+        except (ValueError, UnicodeError):  # binascii.Error is a ValueError
+            raise serializers.ValidationError("Invalid cursor.") from None
+        if position[0].tzinfo is None:
+            raise serializers.ValidationError("Invalid cursor.")
+        return position
+
+
+def thread_cursor(position: tuple[datetime.datetime, uuid.UUID]) -> str:
+    received_at, message_id = position
+    return base64.urlsafe_b64encode(f"{received_at.isoformat()}|{message_id}".encode()).decode("ascii")
 
 
 class ThreadDetailSerializer(serializers.Serializer):

@@ -4,6 +4,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from emailclient.core.api import HasTenant, TenantAPIMixin
@@ -32,7 +33,9 @@ from .serializers import (
     SearchParamsSerializer,
     ThreadDetailSerializer,
     ThreadFilterSerializer,
+    ThreadPageSerializer,
     ThreadSerializer,
+    thread_cursor,
 )
 
 REMOTE_IMAGES = OpenApiParameter(
@@ -57,10 +60,6 @@ class IdsPagination(MessagePagination):
 
 class RelevancePagination(CursorPagination):
     ordering = ("-rank", "-received_at", "-id")
-
-
-class ThreadPagination(CursorPagination):
-    ordering = ("-latest_at", "thread_id")
 
 
 def _flag(request, name: str) -> bool:
@@ -276,20 +275,32 @@ class ThreadViewSet(TenantAPIMixin, viewsets.GenericViewSet):
     def get_queryset(self):
         return Message.objects.none()
 
-    @extend_schema(parameters=[ThreadFilterSerializer])
+    @extend_schema(parameters=[ThreadFilterSerializer], responses=ThreadPageSerializer)
     def list(self, request, **kwargs):
+        """Pages go forward only: follow `next` (`previous` is always null)."""
         params = ThreadFilterSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        account_id = params.validated_data["account"]
-        threads = selectors.thread_list(tenant=self.tenant, membership=self.membership, account_id=account_id)
-        paginator = ThreadPagination()
-        page = paginator.paginate_queryset(threads, request, view=self)
+        data = params.validated_data
+        account_id = data["account"]
+        page, next_position = selectors.thread_page(
+            tenant=self.tenant,
+            membership=self.membership,
+            account_id=account_id,
+            size=data["page_size"],
+            after=data.get("cursor"),
+        )
         latest = selectors.thread_latest_messages(
             tenant=self.tenant, account_id=account_id, thread_ids=[row["thread_id"] for row in page]
         )
         for row in page:
             row["latest_message"] = latest.get(row["thread_id"])
-        return paginator.get_paginated_response(ThreadSerializer(page, many=True).data)
+        next_url = None
+        if next_position is not None:
+            next_url = replace_query_param(
+                request.build_absolute_uri(), "cursor", thread_cursor(next_position)
+            )
+        results = ThreadSerializer(page, many=True).data
+        return Response({"next": next_url, "previous": None, "results": results})
 
     @extend_schema(responses=ThreadDetailSerializer)
     def retrieve(self, request, pk=None, **kwargs):

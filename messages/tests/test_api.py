@@ -4,6 +4,7 @@ mailboxes/tests/test_writeback.py)."""
 
 import datetime
 import json
+import random
 import uuid
 
 import pytest
@@ -282,7 +283,8 @@ def test_list_query_counts_are_pinned(client_a, inbox_a, account_a):
         assert count("/api/messages/", {"q": "message from:sender"}) == 8
         assert count("/api/sync/search", {"query": "message"}) == 7
         assert count("/api/folders/", {"account": account_a.id}) == 1
-        assert count("/api/threads/", {"account": account_a.id}) == 3  # ids, the page, its latest messages
+        # Threads: the account ids, the newest-first walk, the page's counts, their latest messages.
+        assert count("/api/threads/", {"account": account_a.id}) == 4
         # A thread's or a message's accounts are a sub-select: the thread;
         # the message with its folder, then its attachments.
         assert count(f"/api/threads/{message.thread_id}/") == 1
@@ -462,6 +464,54 @@ def test_threads_need_an_account_and_hide_other_tenants(client_a, message_b):
     assert client_a.get("/api/threads/").status_code == 400
     assert ids_of_threads(client_a.get("/api/threads/", {"account": message_b.account_id})) == []
     assert client_a.get(f"/api/threads/{message_b.thread_id}/").status_code == 404
+
+
+def test_thread_pages_walk_every_thread_once_in_order_of_latest_activity(client_a, account_a, inbox_a):
+    """Threads whose messages straddle page and walk-chunk boundaries: every
+    thread on exactly one page, ordered by its newest message, counted whole."""
+    start = timezone.now() - datetime.timedelta(days=30)
+    threads = [uuid.uuid4() for _ in range(9)]
+    rng = random.Random(7)
+    made: dict[uuid.UUID, list] = {t: [] for t in threads}
+    for n in range(60):
+        thread = rng.choice(threads)
+        received = start + datetime.timedelta(minutes=rng.randrange(0, 40_000))
+        made[thread].append(
+            MessageFactory(folder=inbox_a, thread_id=thread, received_at=received, is_read=n % 3 == 0)
+        )
+    # A copy without a date counts in its thread but places nothing.
+    MessageFactory(folder=inbox_a, thread_id=threads[0], received_at=None)
+    expected = sorted(
+        (t for t in threads if made[t]),
+        key=lambda t: max((m.received_at, m.id) for m in made[t]),
+        reverse=True,
+    )
+
+    seen, url = [], f"/api/threads/?account={account_a.id}&page_size=2"
+    while url:
+        body = client_a.get(url).json()
+        assert body["previous"] is None
+        seen.extend(body["results"])
+        url = body["next"]
+
+    assert [uuid.UUID(t["thread_id"]) for t in seen] == expected
+    for item in seen:
+        messages = made[uuid.UUID(item["thread_id"])]
+        assert item["message_count"] == len(messages) + (item["thread_id"] == str(threads[0]))
+        assert item["unread_count"] == sum(not m.is_read for m in messages) + (
+            item["thread_id"] == str(threads[0])
+        )
+        newest = max(messages, key=lambda m: (m.received_at, m.id))
+        assert item["latest_message"]["id"] == str(newest.id)
+
+
+@pytest.mark.parametrize("cursor", ["nope", "bm9wZQ==", "MjAyNC0wMS0wMXx4", "MjAyNC0wMS0wMXw" + "A" * 30])
+def test_a_bad_thread_cursor_or_page_size_is_a_400(client_a, account_a, cursor):
+    response = client_a.get("/api/threads/", {"account": account_a.id, "cursor": cursor})
+    assert response.status_code == 400
+    assert "cursor" in response.json()["error"]["fields"]
+    response = client_a.get("/api/threads/", {"account": account_a.id, "page_size": 0})
+    assert "page_size" in response.json()["error"]["fields"]
 
 
 def ids_of_threads(response) -> list[str]:
