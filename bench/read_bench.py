@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Read-path benchmark: folder pages, message detail, thread and search through
+"""Read-path benchmark: folder pages, message detail, threads and search through
 the HTTP API under gunicorn, at 1,000,000 messages per tenant, against notmuch.
 
     .venv/bin/python bench/read_bench.py --messages-per-tenant 20000          # the pipeline, minutes
@@ -21,7 +21,8 @@ One run:
    tenant admin;
 4. measures, one request at a time over a keep-alive connection, after a
    warm-up: the first page of the member's INBOX, its page 1,000 (the cursor
-   URL saved while walking there), message details, threads; then 20 searches
+   URL saved while walking there), message details, threads, the first page
+   of the member's thread list (its account of 192,776 messages); then 20 searches
    (10 selective, 10 broad) as the admin over the whole tenant, and the same
    20 scoped to the notmuch account (`&account=`);
 5. times the same 20 searches with notmuch (bindings, read_notmuch.py) on that
@@ -400,6 +401,9 @@ def measure_http(port: int, workload: dict, *, requests: int, repeats: int, deep
     )
     log(f"threads: {len(workload['threads'])}")
     results["thread"] = summary(timed(member, [f"/api/threads/{t}/" for t in workload["threads"]], warmup=5))
+    threads = f"/api/threads/?account={workload['member_account']}"
+    log(f"thread list, first page: {requests}")
+    results["thread_list"] = summary(timed(member, [threads] * requests, warmup=5))
 
     per_query = []
     for scope, client, account in (("tenant", admin, None), ("account", admin, workload["notmuch_account"])):
@@ -529,6 +533,7 @@ def explain_all(workload: dict, deep_path: str) -> tuple[str, dict]:
         ("folder_page_1000", "member", deep_path),
         ("message_detail", "member", f"/api/messages/{workload['details'][0]}/"),
         ("thread", "member", f"/api/threads/{workload['threads'][0]}/"),
+        ("thread_list", "member", f"/api/threads/?account={workload['member_account']}"),
     ]
     for q in workload["queries"]:
         requests.append((f"search {q['name']} ({q['class']}): {q['ours']}", "admin", search_path(q["ours"])))
@@ -611,6 +616,7 @@ def print_report(r: dict) -> None:
         ("folder_page_1000", f"folder, page {h['deep_page']} (member)"),
         ("message_detail", "message detail (member)"),
         ("thread", "thread (member)"),
+        ("thread_list", "thread list, first page (member)"),
         ("search_selective", "search, selective (admin, whole tenant)"),
         ("search_broad", "search, broad (admin, whole tenant)"),
         ("search_selective_account", "search, selective (one account)"),
