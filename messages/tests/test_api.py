@@ -803,3 +803,25 @@ def test_reading_or_changing_a_message_never_fetches_its_search_columns(client_a
     selects = [q["sql"] for q in queries if "email_messages" in q["sql"]]
     assert any('"email_messages"."text_body"' in sql for sql in selects)
     assert not any("search_vector" in sql or "to_addresses" in sql for sql in selects)
+
+
+def test_a_long_thread_does_not_hide_the_threads_behind_it(
+    client_a, account_a, inbox_a, django_assert_max_num_queries
+):
+    now = timezone.now()
+    long_thread = uuid.uuid4()
+    for n in range(40):
+        MessageFactory(folder=inbox_a, thread_id=long_thread, received_at=now - datetime.timedelta(minutes=n))
+    older = [
+        MessageFactory(
+            folder=inbox_a, thread_id=uuid.uuid4(), received_at=now - datetime.timedelta(days=n + 1)
+        )
+        for n in range(3)
+    ]
+    with django_assert_max_num_queries(12):  # the membership's and the page's, not one walk step per message
+        body = client_a.get("/api/threads/", {"account": account_a.id, "page_size": 2}).json()
+    assert [t["thread_id"] for t in body["results"]] == [str(long_thread), str(older[0].thread_id)]
+    assert body["results"][0]["message_count"] == 40
+    body = client_a.get(body["next"]).json()
+    assert [t["thread_id"] for t in body["results"]] == [str(m.thread_id) for m in older[1:]]
+    assert body["next"] is None
