@@ -2,6 +2,7 @@
 made through it (database side; the mail-server side is in
 mailboxes/tests/test_writeback.py)."""
 
+import base64
 import datetime
 import json
 import random
@@ -190,6 +191,25 @@ def test_cursor_pagination_walks_every_message_once(client_a, inbox_a):
         url = body["next"]
 
     assert sorted(seen) == sorted(made)
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not base64!",
+        base64.b64encode(b"p=not a date").decode(),
+        base64.b64encode(b"p=2024-01-01&o=abc").decode(),
+        base64.b64encode(b"p=\x00").decode(),
+    ],
+)
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [("/api/messages/", {}), ("/api/sync/search", {"query": "hello", "order": "relevance"})],
+)
+def test_a_bad_cursor_is_a_400_on_the_cursor_field(client_a, inbox_a, path, params, cursor):
+    response = client_a.get(path, {**params, "cursor": cursor})
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {"cursor": ["Invalid cursor."]}
 
 
 def test_member_sees_only_own_accounts_admin_sees_all(client_a, client_admin_a, tenant_a, inbox_a, admin_a):
