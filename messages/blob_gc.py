@@ -44,6 +44,10 @@ _REFERENCED_KEYS = """
 """
 
 
+# Below an hour, a sync still writing the rows of its blobs could lose them.
+MIN_AGE_HOURS = 1
+
+
 @dataclass
 class BlobGcReport:
     blobs: int = 0
@@ -54,6 +58,18 @@ class BlobGcReport:
     restored: int = 0  # set aside by a collection that was killed, put back
     tenants: list[uuid.UUID] = field(default_factory=list)
     dry_run: bool = False
+
+    def as_dict(self) -> dict:
+        return {
+            "blobs": self.blobs,
+            "kept_referenced": self.kept_referenced,
+            "kept_recent": self.kept_recent,
+            "removed": self.removed,
+            "removed_bytes": self.removed_bytes,
+            "restored": self.restored,
+            "tenants": len(self.tenants),
+            "dry_run": self.dry_run,
+        }
 
     def __str__(self) -> str:
         removed = "to remove" if self.dry_run else "removed"
@@ -69,6 +85,8 @@ def blob_garbage_collect(
 ) -> BlobGcReport:
     """Remove unreferenced blobs older than `min_age` seconds (every tenant
     folder in the store, or `tenant_ids`). With `dry_run`, count them only."""
+    if not min_age >= MIN_AGE_HOURS * 3600:
+        raise ValueError(f"the minimum age is at least {MIN_AGE_HOURS} hour(s)")
     report = BlobGcReport(dry_run=dry_run)
     unused_since = store.now() - min_age
     for tenant_id in store.tenant_ids() if tenant_ids is None else tenant_ids:

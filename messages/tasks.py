@@ -11,6 +11,8 @@ from mailboxes.imap import AddressNotAllowed, AuthenticationFailed, InsecureServ
 from mailboxes.sync import SyncAlreadyRunning
 from mailboxes.writeback import account_write_back, give_up_pending
 
+from .blob_gc import blob_garbage_collect
+from .blobs import default_store
 from .indexing import search_index_pending
 
 logger = logging.getLogger(__name__)
@@ -48,3 +50,13 @@ def write_back_task(self, tenant_id: str, account_id: str) -> dict:
         give_up_pending(tenant_id=tenant_id, account_id=account_id, error=str(exc))
         return {"result": "failed", "error": str(exc)}
     return {"result": "ok", "written": report.written, "failed": report.failed}
+
+
+@shared_task(name="mail.gc_blobs", ignore_result=False)
+def blob_gc_task(min_age_hours: float = 24.0) -> dict:
+    """`manage.py gcblobs` for a schedule: give `mail.gc_blobs` a periodic
+    task in the admin (django-celery-beat). A run killed by the time limit
+    leaves nothing lost (the next one puts set-aside blobs back)."""
+    report = blob_garbage_collect(store=default_store(), min_age=min_age_hours * 3600)
+    logger.info("blob garbage collection: %s", report)
+    return report.as_dict()

@@ -13,6 +13,7 @@ from mailboxes.tests.factories import FolderFactory
 from messages.blob_gc import blob_garbage_collect
 from messages.blobs import BlobStore
 from messages.models import QuarantinedMessage
+from messages.tasks import blob_gc_task
 from messages.tests.factories import AttachmentFactory, MessageFactory
 
 DAY = 86_400
@@ -209,3 +210,13 @@ def test_every_tenant_is_collected_in_its_own_committed_transaction(committed_db
         put(store, tenant.id, f"{tenant.slug} orphan")
     report = blob_garbage_collect(store=store, min_age=DAY)
     assert (report.blobs, report.kept_referenced, report.removed) == (8, 6, 2)
+
+
+@pytest.mark.django_db
+def test_the_task_for_a_schedule(store, tenant_a):
+    put(store, tenant_a.id, "orphan")
+    put(store, tenant_a.id, "orphan, but recent", age=60)
+    result = blob_gc_task(min_age_hours=12)  # as a worker runs it
+    assert (result["blobs"], result["removed"], result["kept_recent"]) == (2, 1, 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        blob_gc_task(min_age_hours=0.1)

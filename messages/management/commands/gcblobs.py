@@ -3,7 +3,7 @@ import uuid
 from django.core.management.base import BaseCommand, CommandError
 
 from emailclient.core.models import Tenant
-from messages.blob_gc import blob_garbage_collect
+from messages.blob_gc import MIN_AGE_HOURS, blob_garbage_collect
 from messages.blobs import default_store
 
 
@@ -24,9 +24,8 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="count, remove nothing")
 
     def handle(self, *args, min_age_hours: float, tenant: str | None, dry_run: bool, **options) -> None:
-        # Below an hour, a sync still writing the rows of its blobs could lose them.
-        if not min_age_hours >= 1:
-            raise CommandError("--min-age-hours must be at least 1.")
+        if not min_age_hours >= MIN_AGE_HOURS:
+            raise CommandError(f"--min-age-hours must be at least {MIN_AGE_HOURS}.")
         tenant_ids: list[uuid.UUID] | None = None
         if tenant is not None:
             found = Tenant.objects.filter(slug=tenant).values_list("id", flat=True).first()
