@@ -314,8 +314,10 @@ def thread_page(
     message, and only those are counted: grouping every message of the
     account to sort its threads took 4.3 s for 96,388 messages (and 6.3 s
     for 192,776). Threads already seen are left out of the walk's later
-    steps, so a long thread is not read message by message. A message
-    without a received date places no thread."""
+    steps, which double in size, so long threads cost a few steps, not one
+    each. A message without a received date places no thread (the sync
+    always sets one). As with any cursor over changing data, a thread whose
+    newest message is deleted between two pages may show up again later."""
     messages = visible_messages(tenant=tenant, membership=membership).filter(
         account_id=account_id, thread_id__isnull=False
     )
@@ -325,6 +327,7 @@ def thread_page(
     position = after
     chunk_size = 4 * size
     while len(newest) <= size:
+        chunk_size *= 2  # long threads: a few steps, not one per thread
         chunk = walk if position is None else walk.filter(_before(position))
         if seen:  # a long thread's older messages are skipped by the database
             chunk = chunk.exclude(thread_id__in=list(seen))
@@ -360,7 +363,8 @@ def thread_page(
             participants=ArrayAgg("from_address", distinct=True),
         )
     }
-    page = [counts[t] for t in threads]
+    # (A thread whose last visible message went since the walk is left out.)
+    page = [counts[t] for t in threads if t in counts]
     return page, (newest[threads[-1]] if len(newest) > size else None)
 
 

@@ -282,14 +282,15 @@ class ThreadFilterSerializer(serializers.Serializer):
             position = (datetime.datetime.fromisoformat(received_at), uuid.UUID(message_id))
         except (ValueError, UnicodeError):  # binascii.Error is a ValueError
             raise serializers.ValidationError("Invalid cursor.") from None
-        if position[0].tzinfo is None:
+        if position[0].utcoffset() != datetime.timedelta(0):  # what thread_cursor() writes: UTC
             raise serializers.ValidationError("Invalid cursor.")
         return position
 
 
 def thread_cursor(position: tuple[datetime.datetime, uuid.UUID]) -> str:
     received_at, message_id = position
-    return base64.urlsafe_b64encode(f"{received_at.isoformat()}|{message_id}".encode()).decode("ascii")
+    stamp = received_at.astimezone(datetime.UTC).isoformat()
+    return base64.urlsafe_b64encode(f"{stamp}|{message_id}".encode()).decode("ascii")
 
 
 class ThreadDetailSerializer(serializers.Serializer):

@@ -57,6 +57,7 @@ def blob_gc_task(min_age_hours: float = 24.0) -> dict:
     """`manage.py gcblobs` for a schedule: give `mail.gc_blobs` a periodic
     task in the admin (django-celery-beat). A run killed by the time limit
     leaves nothing lost (the next one puts set-aside blobs back)."""
-    report = blob_garbage_collect(store=default_store(), min_age=min_age_hours * 3600)
+    # A periodic task's kwargs are JSON typed in the admin: "24" is 24.
+    report = blob_garbage_collect(store=default_store(), min_age=float(min_age_hours) * 3600)
     logger.info("blob garbage collection: %s", report)
     return report.as_dict()

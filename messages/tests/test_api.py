@@ -8,6 +8,7 @@ import json
 import random
 import uuid
 
+import factory
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -200,6 +201,9 @@ def test_cursor_pagination_walks_every_message_once(client_a, inbox_a):
         base64.b64encode(b"p=not a date").decode(),
         base64.b64encode(b"p=2024-01-01&o=abc").decode(),
         base64.b64encode(b"p=\x00").decode(),
+        base64.b64encode(b"p=1e999999999").decode(),
+        base64.b64encode(b"p=2024-01-01 00:00:00+20:00").decode(),
+        base64.b64encode(b"p=2024-01-01 00:00:00").decode(),
     ],
 )
 @pytest.mark.parametrize(
@@ -208,6 +212,13 @@ def test_cursor_pagination_walks_every_message_once(client_a, inbox_a):
 )
 def test_a_bad_cursor_is_a_400_on_the_cursor_field(client_a, inbox_a, path, params, cursor):
     response = client_a.get(path, {**params, "cursor": cursor})
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {"cursor": ["Invalid cursor."]}
+
+
+def test_a_folder_cursor_with_a_nul_is_a_400(client_a, account_a):
+    cursor = base64.b64encode(b"p=INBOX\x00").decode()
+    response = client_a.get("/api/folders/", {"account": account_a.id, "cursor": cursor})
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {"cursor": ["Invalid cursor."]}
 
@@ -525,13 +536,67 @@ def test_thread_pages_walk_every_thread_once_in_order_of_latest_activity(client_
         assert item["latest_message"]["id"] == str(newest.id)
 
 
-@pytest.mark.parametrize("cursor", ["nope", "bm9wZQ==", "MjAyNC0wMS0wMXx4", "MjAyNC0wMS0wMXw" + "A" * 30])
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "nope",
+        "bm9wZQ==",
+        _b64("2024-01-01|x"),
+        "MjAyNC0wMS0wMXw" + "A" * 30,
+        _b64(f"2024-01-01T00:00:00|{uuid.uuid4()}"),  # no offset
+        _b64(f"2024-01-01T00:00:00+20:00|{uuid.uuid4()}"),  # an offset PostgreSQL refuses
+        _b64(f"9999-12-31T23:00:00-05:30|{uuid.uuid4()}"),
+        _b64(f"2024-01-01T00:00:00+00:00|{uuid.uuid4()}|more"),
+    ],
+)
 def test_a_bad_thread_cursor_or_page_size_is_a_400(client_a, account_a, cursor):
     response = client_a.get("/api/threads/", {"account": account_a.id, "cursor": cursor})
     assert response.status_code == 400
     assert "cursor" in response.json()["error"]["fields"]
-    response = client_a.get("/api/threads/", {"account": account_a.id, "page_size": 0})
-    assert "page_size" in response.json()["error"]["fields"]
+    for size in (0, 201, "x"):
+        response = client_a.get("/api/threads/", {"account": account_a.id, "page_size": size})
+        assert response.status_code == 400
+        assert "page_size" in response.json()["error"]["fields"]
+
+
+def test_many_long_threads_cost_a_few_walk_steps(client_a, account_a, inbox_a, django_assert_max_num_queries):
+    now = timezone.now()
+    threads = [uuid.uuid4() for _ in range(12)]
+    MessageFactory.create_batch(
+        480,
+        folder=inbox_a,
+        thread_id=factory.Iterator([t for t in threads for _ in range(40)]),
+        received_at=factory.Iterator([now - datetime.timedelta(minutes=n) for n in range(480)]),
+    )
+    with django_assert_max_num_queries(
+        14
+    ):  # 5 of the test's transaction and membership, 4 walk steps at most
+        body = client_a.get("/api/threads/", {"account": account_a.id, "page_size": 10}).json()
+    assert [t["thread_id"] for t in body["results"]] == [str(t) for t in threads[:10]]
+    body = client_a.get(body["next"]).json()
+    assert [t["thread_id"] for t in body["results"]] == [str(t) for t in threads[10:]]
+
+
+def test_a_thread_emptied_between_the_walk_and_its_counts_is_left_out(client_a, account_a, inbox_a):
+    now = timezone.now()
+    gone, kept = (
+        MessageFactory(folder=inbox_a, received_at=now - datetime.timedelta(minutes=n)) for n in range(2)
+    )
+
+    def delete_before_counting(execute, sql, params, many, context):
+        if "ARRAY_AGG" in sql:
+            with connection.cursor() as cursor:  # as another request would, mid-walk
+                cursor.execute("UPDATE email_messages SET is_deleted = true WHERE id = %s", [gone.id])
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(delete_before_counting):
+        response = client_a.get("/api/threads/", {"account": account_a.id})
+    assert response.status_code == 200
+    assert [t["thread_id"] for t in response.json()["results"]] == [str(kept.thread_id)]
 
 
 def ids_of_threads(response) -> list[str]:

@@ -216,7 +216,7 @@ def test_every_tenant_is_collected_in_its_own_committed_transaction(committed_db
 def test_the_task_for_a_schedule(store, tenant_a):
     put(store, tenant_a.id, "orphan")
     put(store, tenant_a.id, "orphan, but recent", age=60)
-    result = blob_gc_task(min_age_hours=12)  # as a worker runs it
+    result = blob_gc_task(min_age_hours="12")  # as a worker runs it, with kwargs typed in the admin
     assert (result["blobs"], result["removed"], result["kept_recent"]) == (2, 1, 1)
     with pytest.raises(ValueError, match="at least 1"):
         blob_gc_task(min_age_hours=0.1)
