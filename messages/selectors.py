@@ -327,7 +327,6 @@ def thread_page(
     position = after
     chunk_size = 4 * size
     while len(newest) <= size:
-        chunk_size *= 2  # long threads: a few steps, not one per thread
         chunk = walk if position is None else walk.filter(_before(position))
         if seen:  # a long thread's older messages are skipped by the database
             chunk = chunk.exclude(thread_id__in=list(seen))
@@ -350,6 +349,7 @@ def thread_page(
         if len(rows) < chunk_size:
             break
         position = rows[-1][:2]
+        chunk_size *= 2  # long threads: a few steps, not one per thread
     threads = list(newest)[:size]
     counts = {
         row["thread_id"]: row
