@@ -1,0 +1,75 @@
+"""Every list endpoint answers hostile query-string values with a 4xx or a
+page, never a 500: NULs (PostgreSQL refuses them in text), LIKE and escape
+characters, quotes, huge and malformed numbers and dates, bytes that are
+not UTF-8, and cursors whose positions PostgreSQL refuses."""
+
+import base64
+import uuid
+
+import pytest
+
+from accounts.tests.factories import EmailAccountFactory
+from conftest import bearer_client
+from mailboxes.tests.factories import FolderFactory
+
+pytestmark = pytest.mark.django_db
+
+VALUES = ["\x00", "a\x00b", "%", "_", "\\", "'", '"', "x" * 5000, "1e999", "-1", "2024-13-45", "🙂", " ", ""]
+RAW_VALUES = ["%ED%A0%80", "%FF%FE", "%C0%AF", "%00"]  # as sent on the wire, not UTF-8
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+# Cursors that decode, with positions PostgreSQL refuses (DRF's form, then the thread list's).
+CURSORS = [
+    _b64(position)
+    for position in ("p=\x00", "p=1e999999999", "p=2024-01-01 00:00:00+20:00", "p=0001-01-01 00:00:00+15:00")
+] + [
+    _b64(f"2024-01-01T00:00:00+20:00|{uuid.UUID(int=1)}"),
+    _b64(f"9999-12-31T23:00:00-05:30|{uuid.UUID(int=1)}"),
+]
+
+PARAMETERS = {
+    "/api/messages/": [
+        "account",
+        "folder",
+        "thread",
+        "is_read",
+        "is_flagged",
+        "has_attachments",
+        "received_after",
+        "received_before",
+        "sender",
+        "q",
+        "order",
+        "page_size",
+        "cursor",
+    ],
+    "/api/sync/search": ["query", "account", "order", "page_size", "cursor"],
+    "/api/threads/": ["account", "cursor", "page_size"],
+    "/api/folders/": ["account", "page_size", "cursor"],
+    "/api/accounts/": ["page_size", "cursor"],
+}
+
+
+@pytest.mark.parametrize("path", list(PARAMETERS))
+def test_no_query_value_makes_a_list_fail(tenant_a, user_a, path):
+    account = EmailAccountFactory(tenant=tenant_a, user=user_a)
+    FolderFactory(account=account)
+    client = bearer_client(user_a, tenant_a)
+    client.raise_request_exception = False
+    # What each endpoint needs besides the parameter under test.
+    needed = {"account": str(account.id), "query": "hello"}
+    failed = []
+    for name in PARAMETERS[path]:
+        for value in VALUES + (CURSORS if name == "cursor" else []):
+            response = client.get(path, {**needed, name: value})
+            if response.status_code >= 500:
+                failed.append((name, value[:20], response.status_code))
+        for raw in RAW_VALUES:
+            response = client.get(path, QUERY_STRING=f"account={account.id}&query=hello&{name}={raw}")
+            if response.status_code >= 500:
+                failed.append((name, raw, response.status_code))
+    assert failed == []
