@@ -1,9 +1,11 @@
-"""Every list endpoint answers hostile query-string values with a 4xx or a
-page, never a 500: NULs (PostgreSQL refuses them in text), LIKE and escape
+"""Hostile input gets a 4xx, never a 500.
+
+Every list endpoint, for hostile query-string values: NULs (PostgreSQL refuses them in text), LIKE and escape
 characters, quotes, huge and malformed numbers and dates, bytes that are
 not UTF-8, and cursors whose positions PostgreSQL refuses."""
 
 import base64
+import json
 import uuid
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from accounts.tests.factories import EmailAccountFactory
 from conftest import bearer_client
 from mailboxes.tests.factories import FolderFactory
+from messages.tests.factories import MessageFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -72,4 +75,45 @@ def test_no_query_value_makes_a_list_fail(tenant_a, user_a, path):
             response = client.get(path, QUERY_STRING=f"account={account.id}&query=hello&{name}={raw}")
             if response.status_code >= 500:
                 failed.append((name, raw, response.status_code))
+    assert failed == []
+
+
+# Every write endpoint, for hostile JSON values in each field and bodies that
+# are not JSON objects (one nested a thousand deep overflowed the decoder).
+BODY_VALUES = [None, True, 1, -1, 1e308, "x" * 5000, "\x00", "a\x00b", [], {}, [None], ["\x00"], {"$gt": 1}]
+RAW_BODIES = [b"\xff\xfe", b"{", b"[]", b'"x"', b"null", b'{"a":' * 1000, b"[" * 100_000]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "fields"),
+    [
+        ("patch", "/api/messages/{message}/", ["is_read", "is_flagged"]),
+        ("post", "/api/messages/{message}/move/", ["folder"]),
+        ("post", "/api/messages/bulk/update/", ["ids", "is_read", "is_flagged"]),
+        ("post", "/api/messages/bulk/move/", ["ids", "folder"]),
+        ("post", "/api/messages/bulk/delete/", ["ids", "permanent"]),
+        ("post", "/api/accounts/", ["email_address", "imap_host", "imap_port", "password", "encryption"]),
+        ("patch", "/api/accounts/{account}/", ["email_address", "imap_port", "sync_interval_minutes"]),
+    ],
+)
+def test_no_body_makes_a_write_fail(tenant_a, user_a, method, path, fields):
+    account = EmailAccountFactory(tenant=tenant_a, user=user_a)
+    message = MessageFactory(folder=FolderFactory(account=account))
+    client = bearer_client(user_a, tenant_a)
+    client.raise_request_exception = False
+    url = path.format(message=message.id, account=account.id)
+    send = getattr(client, method)
+    failed = []
+    for field in fields:
+        for value in [*BODY_VALUES, "🙂", [str(uuid.uuid4())] * 501]:
+            body = {"ids": [str(message.id)], field: value} if "ids" in fields else {field: value}
+            response = send(url, json.dumps(body), content_type="application/json")
+            if response.status_code >= 500:
+                failed.append((field, repr(value)[:30], response.status_code))
+    for raw in RAW_BODIES:
+        response = send(url, raw, content_type="application/json")
+        if response.status_code >= 500:
+            failed.append(("body", raw[:12], response.status_code))
+        elif raw.startswith((b'{"a":', b"[[")):
+            assert response.json()["error"]["code"] == "parse_error"
     assert failed == []
