@@ -37,8 +37,11 @@ from .models import Tenant, TenantMembership
 from .tenancy import active_tenant_scope, tenant_scope
 
 HEADER = "HTTP_X_TENANT_ID"
-PATH_TENANT = re.compile(r"^/api/v1/(?P<tenant>[^/]{1,100})/email_client/")
+PATH_TENANT = re.compile(r"^/api/v1/(?P<tenant>[^/]+)/email_client/")
 MAX_REF_LENGTH = 100
+# A slug (Django's validate_slug) or a UUID: anything else names no tenant,
+# and never reaches a query (a NUL in `/api/v1/%00/...` made PostgreSQL fail).
+REFERENCE = re.compile(rf"[-a-zA-Z0-9_]{{1,{MAX_REF_LENGTH}}}")
 
 
 def tenant_reference(request) -> str | None:
@@ -49,8 +52,12 @@ def tenant_reference(request) -> str | None:
     return value or None
 
 
+def is_reference(ref: str) -> bool:
+    return REFERENCE.fullmatch(ref) is not None
+
+
 def find_tenant(ref: str) -> Tenant | None:
-    if len(ref) > MAX_REF_LENGTH:
+    if not is_reference(ref):
         return None
     try:
         lookup = {"id": uuid.UUID(ref)}
@@ -113,7 +120,7 @@ class TenantMiddleware:
         if ref is None:
             return self.get_response(request)
         authentication = JWTAuthentication()
-        token = authentication.validated_token(request) if len(ref) <= MAX_REF_LENGTH else None
+        token = authentication.validated_token(request) if is_reference(ref) else None
         if token is not None:
             with active_tenant_scope(ref) as tenant_id:
                 membership = _token_membership(request, authentication, token, tenant_id)

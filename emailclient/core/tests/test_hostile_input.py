@@ -117,3 +117,13 @@ def test_no_body_makes_a_write_fail(tenant_a, user_a, method, path, fields):
         elif raw.startswith((b'{"a":', b"[[")):
             assert response.json()["error"]["code"] == "parse_error"
     assert failed == []
+
+
+@pytest.mark.parametrize("ref", ["\x00", "tenant-a\x00", "🙂", "x" * 101, "a b", "%", "'", "tenant-a/.."])
+def test_a_tenant_reference_that_is_no_slug_or_id_names_no_tenant(tenant_a, user_a, api_client, ref):
+    client = bearer_client(user_a)
+    client.raise_request_exception = False
+    assert client.get("/api/accounts/", HTTP_X_TENANT_ID=ref).status_code == 404
+    if "/" not in ref:  # the seed's path form, as a URL-decoded path
+        assert client.get(f"/api/v1/{ref}/email_client/accounts/").status_code == 404
+    assert api_client.get("/api/accounts/", HTTP_X_TENANT_ID=ref).status_code == 401
