@@ -24,6 +24,22 @@ class CursorPagination(pagination.CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 200
 
+    def get_page_size(self, request):
+        """`page_size` from 1 to `max_page_size`; anything else is a 400 (DRF
+        quietly used the default for `x` or `0` and the maximum above it)."""
+        value = request.query_params.get(self.page_size_query_param, "")
+        if value == "":  # as a serializer's IntegerField takes it: not given
+            return self.page_size
+        try:
+            size = int(value)
+        except ValueError:
+            size = 0
+        if not 1 <= size <= self.max_page_size:
+            raise exceptions.ValidationError(
+                {self.page_size_query_param: [f"A whole number from 1 to {self.max_page_size}."]}
+            )
+        return size
+
     def paginate_queryset(self, queryset, request, view=None):
         self._model = queryset.model  # decode_cursor() reads the ordering's column from it
         return super().paginate_queryset(queryset, request, view)

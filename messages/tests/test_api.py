@@ -216,6 +216,17 @@ def test_a_bad_cursor_is_a_400_on_the_cursor_field(client_a, inbox_a, path, para
     assert response.json()["error"]["fields"] == {"cursor": ["Invalid cursor."]}
 
 
+@pytest.mark.parametrize("size", ["0", "201", "x", "-1", "1.5", "9" * 50])
+@pytest.mark.parametrize(
+    "path", ["/api/messages/", "/api/folders/", "/api/sync/search?query=x", "/api/threads/", "/api/accounts/"]
+)
+def test_a_page_size_out_of_range_is_a_400_on_every_list(client_a, account_a, path, size):
+    separator = "&" if "?" in path else "?"
+    response = client_a.get(f"{path}{separator}account={account_a.id}&page_size={size}")
+    assert response.status_code == 400
+    assert "page_size" in response.json()["error"]["fields"]
+
+
 def test_a_folder_cursor_with_a_nul_is_a_400(client_a, account_a):
     cursor = base64.b64encode(b"p=INBOX\x00").decode()
     response = client_a.get("/api/folders/", {"account": account_a.id, "cursor": cursor})
