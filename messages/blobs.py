@@ -142,13 +142,8 @@ class BlobStore:
     def blobs(self, tenant_id: uuid.UUID) -> Iterator[StoredBlob]:
         """The tenant's stored blobs in key order; temporary files of writes
         in progress (or of a crash) and anything else are skipped."""
-        tenant_dir = f"{self.root}/{uuid.UUID(str(tenant_id))}"
-        try:
-            shards = sorted(name for name in os.listdir(tenant_dir) if _SHARD.fullmatch(name))
-        except FileNotFoundError:
-            return
-        for shard in shards:
-            with os.scandir(f"{tenant_dir}/{shard}") as entries:
+        for shard in self._shards(tenant_id):
+            with os.scandir(shard) as entries:
                 found = [
                     (entry.name[:-3], entry)
                     for entry in entries
@@ -186,20 +181,24 @@ class BlobStore:
 
     def restore_set_aside(self, tenant_id: uuid.UUID) -> int:
         """Put back the blobs a killed `discard()` left aside; how many."""
-        tenant_dir = f"{self.root}/{uuid.UUID(str(tenant_id))}"
         restored = 0
-        with contextlib.suppress(FileNotFoundError):
-            for shard in os.listdir(tenant_dir):
-                if not _SHARD.fullmatch(shard):
-                    continue
-                for name in os.listdir(f"{tenant_dir}/{shard}"):
-                    match = _SET_ASIDE.fullmatch(name)
-                    if match is None:
-                        continue
+        for shard in self._shards(tenant_id):
+            for name in os.listdir(shard):
+                match = _SET_ASIDE.fullmatch(name)
+                if match is not None:
                     with contextlib.suppress(FileNotFoundError):
-                        os.replace(f"{tenant_dir}/{shard}/{name}", f"{tenant_dir}/{shard}/{match['key']}.gz")
+                        os.replace(f"{shard}/{name}", f"{shard}/{match['key']}.gz")
                         restored += 1
         return restored
+
+    def _shards(self, tenant_id: uuid.UUID) -> list[str]:
+        """The tenant's shard folders (`<ab>`), in order; none if it has no folder."""
+        tenant_dir = f"{self.root}/{uuid.UUID(str(tenant_id))}"
+        try:
+            names = os.listdir(tenant_dir)
+        except FileNotFoundError:
+            return []
+        return [f"{tenant_dir}/{name}" for name in sorted(names) if _SHARD.fullmatch(name)]
 
     def now(self) -> float:
         """The time on the store's own clock (a network file system's may

@@ -329,7 +329,7 @@ def thread_page(
     while len(newest) <= size:
         chunk = walk if position is None else walk.filter(_before(position))
         if seen:  # a long thread's older messages are skipped by the database
-            chunk = chunk.exclude(thread_id__in=list(seen))
+            chunk = chunk.exclude(thread_id__any=list(seen))
         rows = list(chunk.values_list("received_at", "id", "thread_id")[:chunk_size])
         found = []
         for received_at, message_id, thread_id in rows:
@@ -339,7 +339,7 @@ def thread_page(
         if found and after is not None:
             # A thread with a message at or above the page's start was listed before.
             listed = set(
-                messages.filter(thread_id__in=[t for t, _ in found])
+                messages.filter(thread_id__any=[t for t, _ in found])
                 .exclude(_before(after))
                 .filter(received_at__isnull=False)
                 .values_list("thread_id", flat=True)
@@ -353,7 +353,7 @@ def thread_page(
     threads = list(newest)[:size]
     counts = {
         row["thread_id"]: row
-        for row in messages.filter(thread_id__in=threads)
+        for row in messages.filter(thread_id__any=threads)
         .order_by()
         .values("thread_id")
         .annotate(

@@ -5,6 +5,9 @@ import uuid
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.settings import api_settings
+
+from emailclient.core.pagination import CursorPagination
 
 from .models import Attachment, Message
 from .search import SearchQueryError, parse_search_query
@@ -273,7 +276,12 @@ class ThreadFilterSerializer(serializers.Serializer):
     cursor = serializers.CharField(
         required=False, max_length=200, help_text="From the previous page's `next`."
     )
-    page_size = serializers.IntegerField(required=False, default=50, min_value=1, max_value=200)
+    page_size = serializers.IntegerField(
+        required=False,
+        default=api_settings.PAGE_SIZE,
+        min_value=1,
+        max_value=CursorPagination.max_page_size,
+    )
 
     def validate_cursor(self, value: str):
         """The position a `next` link carries (`thread_cursor`)."""

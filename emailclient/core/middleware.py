@@ -100,12 +100,12 @@ def _token_membership(request, authentication: JWTAuthentication, token, tenant_
             )
             .first()
         )
-        if membership is not None:
-            authentication.checked_user(token, membership.user)
+        if membership is None:
+            return None
+        authentication.checked_user(token, membership.user)
     except (KeyError, ValueError, TypeError, exceptions.APIException):
         return None  # no usable user id, or a user who may not use the token
-    if membership is not None:
-        setattr(request, REQUEST_ATTR, (membership.user, token))
+    setattr(request, REQUEST_ATTR, (membership.user, token))
     return membership
 
 

@@ -3,7 +3,7 @@ import uuid
 from django.core.management.base import BaseCommand, CommandError
 
 from emailclient.core.models import Tenant
-from messages.blob_gc import MIN_AGE_HOURS, blob_garbage_collect
+from messages.blob_gc import blob_garbage_collect
 from messages.blobs import default_store
 
 
@@ -24,15 +24,16 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="count, remove nothing")
 
     def handle(self, *args, min_age_hours: float, tenant: str | None, dry_run: bool, **options) -> None:
-        if not min_age_hours >= MIN_AGE_HOURS:
-            raise CommandError(f"--min-age-hours must be at least {MIN_AGE_HOURS}.")
         tenant_ids: list[uuid.UUID] | None = None
         if tenant is not None:
             found = Tenant.objects.filter(slug=tenant).values_list("id", flat=True).first()
             if found is None:
                 raise CommandError(f"No tenant {tenant!r}.")
             tenant_ids = [found]
-        report = blob_garbage_collect(
-            store=default_store(), min_age=min_age_hours * 3600, dry_run=dry_run, tenant_ids=tenant_ids
-        )
+        try:
+            report = blob_garbage_collect(
+                store=default_store(), min_age=min_age_hours * 3600, dry_run=dry_run, tenant_ids=tenant_ids
+            )
+        except ValueError as exc:  # the minimum age
+            raise CommandError(f"--min-age-hours: {exc}.") from exc
         self.stdout.write(("Dry run, nothing removed: " if dry_run else "") + str(report) + ".")
