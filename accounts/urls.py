@@ -1,8 +1,8 @@
-from rest_framework.routers import SimpleRouter
+from emailclient.core.routes import ApiRouter
 
 from .views import AccountViewSet
 
-router = SimpleRouter()
+router = ApiRouter()
 router.register("accounts", AccountViewSet, basename="account")
 
 urlpatterns = router.urls

@@ -1,11 +1,14 @@
 from django.conf import settings
 from django.contrib import admin
-from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from django.urls import include, path, re_path
 
-from emailclient.core import auth_views
-from emailclient.core.views import health
+from emailclient.core import auth_views, views
+from emailclient.core.routes import api_path
+from emailclient.core.schema import RedocView, SchemaView, SwaggerView
 
+# Every API route answers with and without its trailing slash (see
+# emailclient/core/routes.py); the apps' URLconfs use `ApiRouter` and
+# `api_path` for that.
 api_patterns = [
     path("", include("messages.urls")),
     path("", include("accounts.urls")),
@@ -13,14 +16,14 @@ api_patterns = [
 ]
 
 urlpatterns = [
-    path("health", health, name="health"),
+    path("health", views.health, name="health"),
     path("admin/", admin.site.urls),
-    path("api/auth/token/", auth_views.TokenObtainPairView.as_view(), name="token-obtain"),
-    path("api/auth/token/refresh/", auth_views.TokenRefreshView.as_view(), name="token-refresh"),
-    path("api/auth/token/verify/", auth_views.TokenVerifyView.as_view(), name="token-verify"),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    api_path("api/auth/token", auth_views.TokenObtainPairView.as_view(), name="token-obtain"),
+    api_path("api/auth/token/refresh", auth_views.TokenRefreshView.as_view(), name="token-refresh"),
+    api_path("api/auth/token/verify", auth_views.TokenVerifyView.as_view(), name="token-verify"),
+    api_path("api/schema", SchemaView.as_view(), name="schema"),
+    api_path("api/docs", SwaggerView.as_view(url_name="schema"), name="docs"),
+    api_path("api/redoc", RedocView.as_view(url_name="schema"), name="redoc"),
     path("api/", include(api_patterns)),
     # The seed's path form: the tenant in the path instead of X-Tenant-ID.
     path("api/v1/<str:tenant>/email_client/", include((api_patterns, "seed"), namespace="seed")),
@@ -28,3 +31,12 @@ urlpatterns = [
 
 if settings.DEBUG:
     urlpatterns.append(path("api-auth/", include("rest_framework.urls")))
+
+# Last: whatever else is under /api/ is the API's JSON 404, never Django's
+# HTML page (nor an APPEND_SLASH redirect).
+urlpatterns.append(re_path(r"^api(?:/|$)", views.api_not_found, name="api-not-found"))
+
+handler400 = views.bad_request
+handler403 = views.permission_denied
+handler404 = views.page_not_found
+handler500 = views.server_error

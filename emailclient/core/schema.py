@@ -3,6 +3,8 @@
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.renderers import JSONRenderer
 
 
 class TenantJWTScheme(SimpleJWTScheme):
@@ -17,3 +19,26 @@ TENANT_HEADER = OpenApiParameter(
     required=True,
     description="Tenant slug or id. Not needed on the /api/v1/{tenant}/email_client/ paths.",
 )
+
+
+class JSONErrorsMixin:
+    """A view that renders YAML or HTML when it works, and the API's JSON
+    error shape when it does not (a 405 for a POST to /api/docs)."""
+
+    def handle_exception(self, exc):
+        response = super().handle_exception(exc)
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return response
+
+
+class SchemaView(JSONErrorsMixin, SpectacularAPIView):
+    pass
+
+
+class SwaggerView(JSONErrorsMixin, SpectacularSwaggerView):
+    pass
+
+
+class RedocView(JSONErrorsMixin, SpectacularRedocView):
+    pass
