@@ -21,6 +21,17 @@ TENANT_HEADER = OpenApiParameter(
 )
 
 
+def drop_trailing_slash(endpoints: list[tuple], **kwargs) -> list[tuple]:
+    """Preprocessing hook (SPECTACULAR_SETTINGS["PREPROCESSING_HOOKS"]): every
+    path in the form the seeds write and `reverse()` gives, without its
+    trailing slash. Every API route matches both forms (routes.py); DRF's
+    regex-to-path step would keep the router's `/?` as `/`."""
+    return [
+        (path.rstrip("/") or "/", path_regex, method, callback)
+        for path, path_regex, method, callback in endpoints
+    ]
+
+
 class JSONErrorsMixin:
     """A view that renders YAML or HTML when it works, and the API's JSON
     error shape when it does not (a 405 for a POST to /api/docs)."""

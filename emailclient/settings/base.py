@@ -167,6 +167,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {"EncryptionEnum": "accounts.models.Encryption"},
+    # Each API path once, without its (optional) trailing slash.
+    "PREPROCESSING_HOOKS": ["emailclient.core.schema.drop_trailing_slash"],
 }
 
 # --- Credentials at rest -------------------------------------------------------
