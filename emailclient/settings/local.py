@@ -1,8 +1,8 @@
 """Development settings: `make run`. Secrets come from `.env`, which
-`scripts/bootstrap.sh` writes with fresh random keys on first run."""
+`scripts/run.sh` writes with fresh random keys on first run."""
 
 from .base import *  # noqa: F403
-from .base import REST_FRAMEWORK, env
+from .base import INSTALLED_APPS, REST_FRAMEWORK, STORAGES, env
 
 DEBUG = env.bool("DEBUG", default=True)
 
@@ -22,8 +22,14 @@ REST_FRAMEWORK = {
 # The demo tenant `demo` with user `demo` is created by `manage.py seeddemo`.
 DEMO_PASSWORD = env("DEMO_PASSWORD", default="demo")
 
-# Static files straight from the apps, no collectstatic in development.
+# Static files straight from the apps' folders, no collectstatic: WhiteNoise
+# finds them through the staticfiles finders and serves them under their
+# plain names, as in production but without the manifest (which needs
+# collectstatic). `runserver_nostatic` makes runserver leave static files to
+# WhiteNoise too, so development serves them the way production does.
+INSTALLED_APPS = ["whitenoise.runserver_nostatic", *INSTALLED_APPS]
 STATIC_ROOT = None
+STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 
