@@ -1,10 +1,12 @@
 """Production settings. Secrets have no defaults: a missing one stops start-up
 with django-environ's ImproperlyConfigured naming the variable."""
 
+from pathlib import Path
+
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import CREDENTIAL_ENCRYPTION_KEYS, SECRET_KEY, SIMPLE_JWT, env
+from .base import BASE_DIR, CREDENTIAL_ENCRYPTION_KEYS, SECRET_KEY, SIMPLE_JWT, env
 
 DEBUG = False
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
@@ -26,5 +28,10 @@ CSRF_COOKIE_SECURE = True
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 30)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# `collectstatic` writes the admin's, the browsable API's and the docs' static
+# files here (the image does it at build time, into /app/var/static); WhiteNoise
+# serves them with hashed names from the manifest.
+STATIC_ROOT = Path(env("STATIC_ROOT", default=str(BASE_DIR / "var" / "static")))
 LOG_FORMAT = "json"
 LOGGING = {**LOGGING, "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}}}  # noqa: F405
