@@ -22,6 +22,7 @@ from email.header import decode_header
 from email.message import Message as MimeMessage
 from email.policy import compat32
 from email.utils import getaddresses, parsedate_to_datetime
+from html import unescape
 
 # --- Limits ---------------------------------------------------------------------
 
@@ -61,6 +62,8 @@ class ParsedAttachment:
 @dataclass
 class ParsedMessage:
     message_id: str = ""
+    # True when the message has no Message-ID and `message_id` is made up.
+    message_id_synthetic: bool = False
     in_reply_to: str = ""
     references: list[str] = field(default_factory=list)
     subject: str = ""
@@ -194,33 +197,68 @@ def decode_header_value(value) -> str:
 
 # --- Headers --------------------------------------------------------------------
 
-_MSGID = re.compile(r"<([^<>\s]{1,990})>")
-# Ids are cut to this length, consistently, so they fit a b-tree index entry
-# even when hostile mail makes them long and multi-byte.
+# Message-IDs are read leniently, as Dovecot and notmuch do, so that real mail that breaks RFC
+# 5322 (no "@", spaces, quoted local parts, no brackets, folded mid-id) keeps
+# its id: each id is the text from a "<" to the next ">" (or to the end of an
+# unclosed one), and a header without any "<" is one id, its whole value; all
+# white space and control characters are removed. Message-ID, In-Reply-To
+# and References are read alike, so a reply finds its parent however odd the
+# id. An id longer than MAX_MESSAGE_ID characters keeps its first characters
+# and a SHA-256 of the whole (deterministic, so the message and every
+# reference to it agree), so it fits `ThreadRef.message_id` and a b-tree index
+# entry even when hostile mail makes it long and multi-byte.
+
 MAX_MESSAGE_ID = 250
+_LONG_ID_PREFIX = MAX_MESSAGE_ID - 65  # then "~" and 64 hex digits
+_BRACKETED_ID = re.compile(r"<([^>]*+)(?:>|$)")
+_ID_NOISE = re.compile(r"[\s\x00-\x1f\x7f]++")
+# References that name no message: git send-email's `--in-reply-to=yes` bug
+# sends `<yes>`, which would chain unrelated threads together. Only ignored
+# as a reference; a Message-ID `<yes>` is still that message's id.
+_NOT_REFERENCES = frozenset({"yes"})
+SYNTHETIC_ID_DOMAIN = "synthetic.invalid"
+
+
+def _normalise_id(text: str) -> str:
+    text = _ID_NOISE.sub("", text)
+    if len(text) > MAX_MESSAGE_ID:
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+        text = f"{text[:_LONG_ID_PREFIX]}~{digest}"
+    return text
 
 
 def message_ids(value: str | None) -> list[str]:
-    """The `<id>`s of a Message-ID, In-Reply-To or References header, without
-    brackets, in order, de-duplicated; ids without an "@" are dropped."""
+    """The ids of a Message-ID, In-Reply-To or References header, normalised
+    (see above), in order, de-duplicated; the first is the Message-ID's."""
     if not value:
         return []
+    value = clean_text(value)
+    if "<" not in value:
+        bare = _normalise_id(value)
+        return [bare] if bare else []
     seen: dict[str, None] = {}
-    for match in _MSGID.finditer(clean_text(value)):
-        # A msg-id is id-left "@" id-right; git send-email's `--in-reply-to=yes`
-        # bug sends `<yes>`, which would chain unrelated threads together.
-        if "@" in match.group(1):
-            seen.setdefault(match.group(1)[:MAX_MESSAGE_ID], None)
+    for match in _BRACKETED_ID.finditer(value):
+        normalised = _normalise_id(match.group(1))
+        if normalised:
+            seen.setdefault(normalised, None)
     return list(seen)
 
 
-def _first_message_id(value: str | None) -> str:
+def message_id(value: str | None) -> str:
+    """The id of a Message-ID (or Content-ID) header, or ""."""
     ids = message_ids(value)
-    if ids:
-        return ids[0]
-    # A bare id without brackets: keep it if it looks like one.
-    bare = clean_line(value or "", MAX_MESSAGE_ID)
-    return bare if bare and " " not in bare and "@" in bare else ""
+    return ids[0] if ids else ""
+
+
+def reference_ids(value: str | None) -> list[str]:
+    """The ids of an In-Reply-To or References header that name messages."""
+    return [i for i in message_ids(value) if i.lower() not in _NOT_REFERENCES]
+
+
+def synthetic_message_id(raw: bytes) -> str:
+    """The stable id of a message without one: from its raw bytes, so the same
+    message gets the same id on every sync and after a UIDVALIDITY change."""
+    return f"sha256-{hashlib.sha256(raw).hexdigest()}@{SYNTHETIC_ID_DOMAIN}"
 
 
 # `Name <a@b>`, `"Quoted, Name" <a@b>` or `a@b`, then a comma or the end. Lists
@@ -296,37 +334,69 @@ def parse_date(value: str | None) -> datetime | None:
 
 # --- Bodies ---------------------------------------------------------------------
 
-_ENTITY = {"&nbsp;": " ", "&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'"}
-_ENTITY_RE = re.compile("|".join(map(re.escape, _ENTITY)))
+# HTML bodies are read as text for the search index, previews and the text
+# body of HTML-only mail. At most this many characters of HTML are read (the
+# index reads 100,000 characters of text; HTML is rarely under a fifth markup).
+MAX_HTML_TEXT_INPUT = 500_000
+
+# Elements whose content is never shown, dropped with it; comments too.
+_HIDDEN_START = re.compile(r"<(?:(script|style|title)\b|!--)", re.IGNORECASE)
+_HIDDEN_END = {
+    name: re.compile(rf"</{name}\b[^>]*+>?", re.IGNORECASE) for name in ("script", "style", "title")
+}
+# A tag: "<" then a letter, "/", "!" or "?" (any other "<" is text), to the
+# next ">" or the end. Block-level ones are line breaks, cells are spaces,
+# the rest (inline) are nothing: "<b>H</b>ello" is one word.
+_BLOCK_TAG = re.compile(
+    r"<(?:/?(?:address|article|aside|blockquote|body|br|caption|center|dd|div|dl|dt|fieldset|figcaption"
+    r"|figure|footer|form|h[1-6]|header|hr|html|li|main|nav|ol|p|pre|section|table|tbody|tfoot|thead|tr|ul)"
+    r"(?![a-z0-9:-])[^>]*+>?)",
+    re.IGNORECASE,
+)
+_CELL_TAG = re.compile(r"</?t[dh](?![a-z0-9:-])[^>]*+>?", re.IGNORECASE)
+_ANY_TAG = re.compile(r"</?[a-zA-Z!?][^>]*+>?")
+# Characters that render as nothing: zero-width spaces and joiners, soft
+# hyphens, byte order marks (newsletters pad their preheaders with them).
+_INVISIBLE = re.compile("[\u00ad\u034f\u180e\u200b-\u200f\u2060-\u2064\ufeff]++")
 
 
-def _strip_tags(html: str) -> str:
-    """Tags out, script and style content out, in one linear pass (a regex
-    rescans to the end after every unclosed `<style`: quadratic)."""
-    lower = html.lower()
+def _drop_hidden(html: str) -> str:
+    """Scripts, styles, titles and comments out, content and all, in one
+    linear pass: an unclosed one hides the rest, as in a browser."""
+    found = _HIDDEN_START.search(html)
+    if found is None:
+        return html
     out: list[str] = []
     position, end = 0, len(html)
-    while position < end:
-        start = html.find("<", position)
-        if start < 0:
-            out.append(html[position:])
-            break
-        out.append(html[position:start])
-        out.append(" ")
-        for tag in ("script", "style"):
-            if lower.startswith("<" + tag, start):
-                closing = lower.find("</" + tag, start)
-                start = end if closing < 0 else closing
-                break
-        close = html.find(">", start)
-        position = end if close < 0 else close + 1
+    while found is not None:
+        out.append(html[position : found.start()])
+        name = found.group(1)
+        if name:
+            closing = _HIDDEN_END[name.lower()].search(html, found.end())
+            position = end if closing is None else closing.end()
+        else:
+            closing = html.find("-->", found.end())
+            position = end if closing < 0 else closing + 3
+        found = _HIDDEN_START.search(html, position)
+    out.append(html[position:])
     return "".join(out)
 
 
 def html_to_text(html: str) -> str:
-    """Rough text of an HTML body, for snippets and search only."""
-    text = _strip_tags(html[:200_000])
-    return _ENTITY_RE.sub(lambda m: _ENTITY[m.group(0)], text)
+    """The text of an HTML body, as search and previews need it: hidden
+    elements out, block elements as line breaks, every entity decoded,
+    white space folded. Linear in the input, cut at MAX_HTML_TEXT_INPUT."""
+    text = _drop_hidden(html[:MAX_HTML_TEXT_INPUT])
+    if "<" in text:
+        text = _ANY_TAG.sub("", _CELL_TAG.sub(" ", _BLOCK_TAG.sub("\n", text)))
+    if "&" in text:
+        text = unescape(text)
+    if not text.isascii():
+        text = _INVISIBLE.sub("", text)
+    # White space folded, and empty lines out (str.split: C speed, every
+    # Unicode space, controls included).
+    lines = (" ".join(line.split()) for line in _CONTROL.sub(" ", text).split("\n"))
+    return clean_text("\n".join(line for line in lines if line))
 
 
 def make_snippet(text: str, length: int = 200) -> str:
@@ -457,7 +527,7 @@ def _walk(msg: MimeMessage, result: ParsedMessage, limits: Limits) -> None:
             texts.append(decode_bytes(_payload_bytes(part), part.get_content_charset()))
             continue
         data = _message_part_bytes(part) if mime_type == "message/rfc822" else _payload_bytes(part)
-        content_id = _first_message_id(_first(headers, "content-id"))
+        content_id = message_id(_first(headers, "content-id"))
         result.attachments.append(
             ParsedAttachment(
                 filename=filename or ("message.eml" if mime_type == "message/rfc822" else ""),
@@ -469,6 +539,10 @@ def _walk(msg: MimeMessage, result: ParsedMessage, limits: Limits) -> None:
         )
     result.text_body = clean_text("\n\n".join(texts)).replace("\r\n", "\n")
     result.html_body = clean_text("\n".join(htmls))
+    if result.html_body and not result.text_body.strip():
+        # HTML-only mail: its text, so its words are indexed and previewed,
+        # and the API's text_body is never empty for a message with a body.
+        result.text_body = html_to_text(result.html_body)
 
 
 # --- Entry point ----------------------------------------------------------------
@@ -648,10 +722,13 @@ def parse_message(raw: bytes, limits: Limits | None = None) -> ParsedMessage:
     def header(name: str) -> str | None:
         return _first(headers, name.lower())
 
-    result.message_id = _first_message_id(header("Message-ID"))
-    in_reply_to = message_ids(header("In-Reply-To"))
+    result.message_id = message_id(header("Message-ID"))
+    if not result.message_id:
+        result.message_id = synthetic_message_id(raw)
+        result.message_id_synthetic = True
+    in_reply_to = reference_ids(header("In-Reply-To"))
     result.in_reply_to = in_reply_to[0] if in_reply_to else ""
-    result.references = message_ids(header("References"))[-100:]
+    result.references = reference_ids(header("References"))[-100:]
     result.subject = clean_line(decode_header_value(header("Subject")), 10_000)
     senders = parse_addresses(headers.get("from"))
     if senders:
@@ -663,5 +740,5 @@ def parse_message(raw: bytes, limits: Limits | None = None) -> ParsedMessage:
     result.reply_to = parse_addresses(headers.get("reply-to"))
     result.sent_at = parse_date(header("Date"))
     _walk(msg, result, limits)
-    result.snippet = make_snippet(result.text_body or html_to_text(result.html_body))
+    result.snippet = make_snippet(result.text_body)
     return result

@@ -14,8 +14,10 @@ from messages.parsing import (
     _split_addresses,
     decode_header_value,
     html_to_text,
+    message_id,
     message_ids,
     parse_message,
+    reference_ids,
 )
 from messages.tests.corpus import CORPUS_DIR, corpus_files
 
@@ -107,9 +109,97 @@ def test_limits_quarantine_reasons():
 
 def test_references_and_ids():
     assert message_ids("<a@x> <b@y>\r\n <a@x> junk <c@z>") == ["a@x", "b@y", "c@z"]
-    assert message_ids("<yes>") == []  # git send-email --in-reply-to=yes
-    long_id = "<" + "é" * 900 + "@x>"
-    assert len(message_ids(long_id)[0]) == 250
+    # git send-email --in-reply-to=yes: an id, but no reference
+    assert message_ids("<yes>") == ["yes"]
+    assert reference_ids("<a@x> <yes> <YES>") == ["a@x"]
+    assert message_ids("<>  < >") == []
+    assert message_id(None) == message_id("") == message_id("   ") == ""
+
+
+# (header value as written, the id kept): the text from "<" to the next ">"
+# (or the end), or the whole value without any "<"; white space removed.
+ID_SHAPES = [
+    ("<1234.5678@example.com>", "1234.5678@example.com"),
+    ("<no-at-sign-1234>", "no-at-sign-1234"),
+    ("<spaces inside @ example.com>", "spacesinside@example.com"),
+    ('<"quoted local part"@example.com>', '"quotedlocalpart"@example.com'),
+    ("  bare.id@example.com  ", "bare.id@example.com"),
+    ("bare id without brackets", "bareidwithoutbrackets"),
+    ("<folded-in-mid\r\n id@example.com>", "folded-in-midid@example.com"),
+    (
+        "<abc@host\r\n\tReceived: from mx by host; Mon, 1 Jan 2024 00:00:00 +0000>",
+        "abc@hostReceived:frommxbyhost;Mon,1Jan202400:00:00+0000",
+    ),
+    ("<unclosed@example.com", "unclosed@example.com"),
+    ("<first@x> <second@y>", "first@x"),
+    ("(comment) <id@x> (trailing)", "id@x"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), ID_SHAPES, ids=[e for _, e in ID_SHAPES])
+def test_message_id_shapes_are_kept_as_written(value, expected):
+    assert message_id(value) == expected
+    # In-Reply-To and References read the same way, so a reply finds it.
+    assert message_ids(value)[0] == expected
+    raw = f"From: a@b.c\r\nMessage-ID: {value}\r\nIn-Reply-To: {value}\r\nReferences: {value}\r\n\r\nbody"
+    parsed = parse_message(raw.encode())
+    assert parsed.message_id == parsed.in_reply_to == parsed.references[0] == expected
+    assert not parsed.message_id_synthetic
+
+
+def test_over_long_ids_are_cut_the_same_way_everywhere():
+    long_id = "é" * 900 + "@x"
+    kept = message_id(f"<{long_id}>")
+    assert len(kept) == 250
+    assert kept.startswith("é" * 185 + "~")
+    assert kept == message_ids(f"<a@b> <{long_id}>")[1] == reference_ids(f"<{long_id}>")[0]
+    # Two ids that share their first 250 characters stay apart.
+    assert message_id(f"<{long_id}1>") != kept
+    assert message_id("<" + "x" * 250 + ">") == "x" * 250
+
+
+def test_a_message_without_message_id_gets_a_stable_synthetic_one():
+    raw = b"From: a@b.c\r\nSubject: no id\r\n\r\nbody"
+    first, again = parse_message(raw), parse_message(raw)
+    assert first.message_id_synthetic
+    assert first.message_id == again.message_id
+    assert first.message_id.endswith("@synthetic.invalid")
+    assert parse_message(raw + b"!").message_id != first.message_id
+    empty = parse_message(b"From: a@b.c\r\nMessage-ID: <>\r\n\r\nbody")
+    assert empty.message_id_synthetic
+
+
+def test_html_to_text():
+    html = (
+        "<html><head><title>Title</title><style>p { color: red }</style></head><body>"
+        "<p>Caf&eacute; &amp; cr&egrave;me&nbsp;br&ucirc;l&eacute;e &#x2603; &#8364;5</p>"
+        "<div>Hi <b>th</b>ere<script>alert('x < y')</script>!</div><!-- hidden > text -->"
+        "<ul><li>one<li>two</ul><table><tr><td>a</td><td>b</td></tr></table>"
+        "a &lt; b, 1 < 2<br>in&shy;visible&zwnj; &ZeroWidthSpace;end</body></html>"
+    )
+    assert (
+        html_to_text(html)
+        == "Café & crème brûlée ☃ €5\nHi there!\none\ntwo\na b\na < b, 1 < 2\ninvisible end"
+    )
+    assert html_to_text("<p>&lt;b&gt;not a tag&lt;/b&gt;</p>") == "<b>not a tag</b>"
+    assert html_to_text("<SCRIPT>x</SCRIPT >y<style>unclosed") == "y"
+    assert html_to_text("text <unclosed tag") == "text"
+
+
+def test_html_only_mail_has_a_text_body_and_preview():
+    raw = (
+        b"From: a@b.c\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+        b"<html><style>.x{}</style><p>Caf&eacute; <i>menu</i></p><p>Second&nbsp;line</p></html>"
+    )
+    parsed = parse_message(raw)
+    assert parsed.text_body == "Café menu\nSecond line"
+    assert parsed.snippet == "Café menu Second line"
+    both = parse_message(
+        b"From: a@b.c\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: text/plain\r\n\r\nplain words\r\n"
+        b"--b\r\nContent-Type: text/html\r\n\r\n<p>html words</p>\r\n--b--\r\n"
+    )
+    assert both.text_body == "plain words"
 
 
 def _address_headers():
@@ -152,8 +242,10 @@ def test_hostile_html_is_linear(complexity_guard):
     # Unclosed <style and lone "<", 200 KB of them: the old tag regex took 25 s.
     parsed = parse_message(b"From: x@y.z\r\nContent-Type: text/html\r\n\r\n" + b"<style<" * 30_000)
     assert parsed.html_body.startswith("<style<")
-    assert html_to_text("<" * 200_000) == " "
-    assert html_to_text("<p>Hi <b>there</b><script>x()</script>!") == " Hi  there  !"
+    assert parsed.text_body == ""  # all of it is an unclosed style: nothing shown
+    assert html_to_text("<" * 200_000) == "<" * 200_000
+    for hostile in ("<script", "<!--", "<a ", "<p", "&", "&#"):
+        html_to_text(hostile * 100_000)
 
 
 def test_obsolete_space_before_colon_keeps_the_header():
