@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Make sure PostgreSQL and Redis answer on loopback; install (Debian packages)
-# and start them when they do not. Idempotent; safe to run on every start.
+# and start them when they do not. Also installs, when missing, Chromium for the
+# browser tests and Dovecot for the mail tests. Idempotent; safe to run on every
+# start.
 set -euo pipefail
 
 log() { printf '==> %s\n' "$*"; }
@@ -51,6 +53,13 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
 fi
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { echo "Redis does not answer on 127.0.0.1:6379" >&2; exit 1; }
 log "PostgreSQL and Redis are up"
+
+# --- Chromium (the browser tests drive it through Playwright) --------------------
+# Debian's build: Playwright cannot download its own browsers here. Fonts so
+# that screenshots show text.
+if [ ! -x /usr/bin/chromium ]; then
+    apt_install --no-install-recommends chromium fonts-liberation fonts-dejavu-core
+fi
 
 # --- Dovecot (dev/test IMAP and POP3 server) and isync (mbsync, for bench/) -----
 "$(dirname "$0")/../deploy/devmail/install.sh"
