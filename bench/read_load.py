@@ -523,7 +523,7 @@ def finalize(settings, jobs: int) -> dict:
             conn.execute(
                 """SELECT relname, pg_size_pretty(pg_total_relation_size(oid)) FROM pg_class
                    WHERE relname IN ('email_messages', 'email_attachments', 'gin_messages_search',
-                                     'idx_messages_folder_received', 'trgm_messages_subject')"""
+                                     'idx_messages_folder_page', 'trgm_messages_subject')"""
             ).fetchall()
         )
         summary = {

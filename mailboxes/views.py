@@ -6,7 +6,7 @@ from rest_framework.views import APIView
 
 from accounts.selectors import access_account
 from emailclient.core.api import TenantAPIMixin
-from emailclient.core.pagination import CursorPagination
+from emailclient.core.pagination import KeysetPagination
 from emailclient.core.schema import TENANT_HEADER
 
 from . import status
@@ -21,7 +21,7 @@ from .serializers import (
 from .services import sync_request
 
 
-class FolderPagination(CursorPagination):
+class FolderPagination(KeysetPagination):
     ordering = ("name", "id")
 
 

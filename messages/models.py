@@ -115,7 +115,9 @@ class Message(TenantModel):
         ]
         indexes = [
             models.Index(fields=["tenant", "account"], name="idx_messages_tenant_account"),
-            models.Index(fields=["folder", "-received_at"], name="idx_messages_folder_received"),
+            # A folder's page: keyset over (received_at, id), so a page deep in
+            # messages that share one date is still read straight off the index.
+            models.Index(fields=["folder", "-received_at", "-id"], name="idx_messages_folder_page"),
             # Newest-first across a tenant (search, the unfiltered list): a broad
             # search walks it and stops at a page instead of sorting every match.
             models.Index(
@@ -141,7 +143,7 @@ class Message(TenantModel):
             models.Index(
                 fields=["folder", "-received_at"],
                 condition=models.Q(is_read=False, is_deleted=False),
-                name="idx_messages_unread",
+                name="idx_messages_folder_unread",
             ),
             models.Index(
                 fields=["account", "-received_at"],

@@ -7,7 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
-from emailclient.core.pagination import CursorPagination
+from emailclient.core.pagination import KeysetPagination
 
 from .models import Attachment, Message
 from .search import SearchQueryError, parse_search_query
@@ -280,7 +280,7 @@ class ThreadFilterSerializer(serializers.Serializer):
         required=False,
         default=api_settings.PAGE_SIZE,
         min_value=1,
-        max_value=CursorPagination.max_page_size,
+        max_value=KeysetPagination.max_page_size,
     )
 
     def validate_cursor(self, value: str):

@@ -9,7 +9,7 @@ from rest_framework.views import APIView
 
 from emailclient.core.api import HasTenant, TenantAPIMixin
 from emailclient.core.exceptions import NotFound
-from emailclient.core.pagination import CursorPagination
+from emailclient.core.pagination import KeysetPagination
 from emailclient.core.planner import planner_settings
 from emailclient.core.schema import TENANT_HEADER
 from emailclient.core.tenancy import tenant_scope
@@ -43,7 +43,7 @@ REMOTE_IMAGES = OpenApiParameter(
 )
 
 
-class MessagePagination(CursorPagination):
+class MessagePagination(KeysetPagination):
     ordering = ("-received_at", "-id")
 
 
@@ -58,7 +58,7 @@ class IdsPagination(MessagePagination):
             return super().paginate_queryset(queryset, request, view)
 
 
-class RelevancePagination(CursorPagination):
+class RelevancePagination(KeysetPagination):
     ordering = ("-rank", "-received_at", "-id")
 
 

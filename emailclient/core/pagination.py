@@ -1,30 +1,95 @@
+"""Keyset pagination over a list's whole ordering.
+
+A page is the rows after (or before) the last one the client saw, compared
+as a row value over every ordering key: `(received_at, id) < (%s, %s)`.
+PostgreSQL serves that from an index whose columns are the keys, so page
+1,000 costs what page 1 costs, and rows that tie on the first key are
+paged like any others. (DRF's `CursorPagination` keys on the first field
+only and pages ties by an offset it caps at 1,000: past that, `next` gave
+the same page forever.)
+
+A cursor is base64url of a small JSON object, `{"after": [...]}` or
+`{"before": [...]}`, holding one value per key. It is the client's to send
+back, so it is checked like any input: a cursor that does not decode, or
+whose values are not values of the keys' columns as PostgreSQL takes them
+(a NUL in a text, an infinite number, a date with an offset PostgreSQL
+refuses), is a 400 on the `cursor` field.
+"""
+
+import base64
+import binascii
 import datetime
+import decimal
+import json
 import math
+import uuid
+from collections.abc import Sequence
+from typing import Any
 
 from django.core.exceptions import FieldDoesNotExist
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
+from django.db.models import Expression, F, Q, QuerySet, Value
 from rest_framework import exceptions, pagination
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.utils.urls import replace_query_param
+
+MAX_CURSOR_LENGTH = 1_000
 
 
 def invalid_cursor() -> exceptions.ValidationError:
     return exceptions.ValidationError({"cursor": ["Invalid cursor."]})
 
 
-class CursorPagination(pagination.CursorPagination):
-    """Keyset pagination: page 1,000 costs what page 1 costs.
+class RowCompare(Expression):
+    """`(a, b, c) < (x, y, z)`: a row-value comparison, which a B-tree index on
+    (a, b, c), in either direction, serves as one range."""
 
-    A cursor is the client's to send back, so it is input like any other: one
-    that does not decode (DRF answers it with a 404), or whose position is
-    not a value of the ordering's column as PostgreSQL takes it (a NUL in a
-    text, an infinite rank, a date with an offset PostgreSQL refuses, which
-    reached the query as a 500), is a 400 on the `cursor` field."""
+    output_field = models.BooleanField()
+    conditional = True
 
-    ordering = "-created_at"
+    def __init__(self, keys: Sequence[Any], values: Sequence[Value], operator: str):
+        super().__init__()
+        if operator not in {"<", ">"} or len(keys) != len(values) or not keys:
+            raise ValueError("RowCompare takes as many keys as values and < or >")
+        self.keys = [F(key) if isinstance(key, str) else key for key in keys]
+        self.values = list(values)
+        self.operator = operator
+
+    def get_source_expressions(self):
+        return [*self.keys, *self.values]
+
+    def set_source_expressions(self, exprs):
+        self.keys, self.values = list(exprs[: len(self.keys)]), list(exprs[len(self.keys) :])
+
+    def as_sql(self, compiler, connection):
+        sides, params = [], []
+        for side in (self.keys, self.values):
+            parts = []
+            for expression in side:
+                sql, part_params = compiler.compile(expression)
+                parts.append(sql)
+                params.extend(part_params)
+            sides.append(", ".join(parts))
+        return f"({sides[0]}) {self.operator} ({sides[1]})", params
+
+
+class KeysetPagination(pagination.BasePagination):
+    """Pages a queryset by `ordering`: every key descending (`-received_at`,
+    `-id`) or every key ascending, the last one unique (the primary key).
+    Only the first key may be NULL; PostgreSQL sorts NULLs first in a
+    descending order and last in an ascending one, and so do the cursors.
+
+    Items may be model instances or dicts (`values()` rows with the keys)."""
+
+    ordering: tuple[str, ...] = ("-created_at", "-id")
+    page_size = api_settings.PAGE_SIZE
     page_size_query_param = "page_size"
     max_page_size = 200
+    cursor_query_param = "cursor"
 
-    def get_page_size(self, request):
+    def get_page_size(self, request) -> int:
         """`page_size` from 1 to `max_page_size`; anything else is a 400 (DRF
         quietly used the default for `x` or `0` and the maximum above it)."""
         value = request.query_params.get(self.page_size_query_param, "")
@@ -40,38 +105,170 @@ class CursorPagination(pagination.CursorPagination):
             )
         return size
 
-    def paginate_queryset(self, queryset, request, view=None):
-        self._model = queryset.model  # decode_cursor() reads the ordering's column from it
-        return super().paginate_queryset(queryset, request, view)
+    # --- the page -------------------------------------------------------------------
 
-    def decode_cursor(self, request):
+    def paginate_queryset(self, queryset: QuerySet, request, view=None) -> list:
+        self.request = request
+        self.base_url = request.build_absolute_uri()
+        self.keys = [key.lstrip("-") for key in self.ordering]
+        self.descending = self.ordering[0].startswith("-")
+        if any(key.startswith("-") != self.descending for key in self.ordering):
+            raise ValueError("Keyset ordering keys must all go the same way")
+        self.fields = [self._field(queryset, key) for key in self.keys]
+        size = self.get_page_size(request)
+        backwards, position = self.decode_cursor(request)
+
+        # Walking backwards is walking the reversed order forwards.
+        downwards = self.descending != backwards
+        rows = queryset.order_by(*(f"-{key}" if downwards else key for key in self.keys))
+        if position is not None:
+            rows = rows.filter(self._past(position, downwards=downwards))
+        page = list(rows[: size + 1])
+        more = len(page) > size
+        page = page[:size]
+        if backwards:
+            page.reverse()
+
+        first = self._position(page[0]) if page else position
+        last = self._position(page[-1]) if page else position
+        # Forwards, there is a previous page if we came from somewhere; backwards, a next one.
+        self.next_position = last if (more if not backwards else position is not None) else None
+        self.previous_position = first if (more if backwards else position is not None) else None
+        return page
+
+    def _past(self, position: list, *, downwards: bool) -> Q:
+        """The rows that come after `position` in the walk's order."""
+        operator = "<" if downwards else ">"
+        values = [Value(v, output_field=f) for v, f in zip(position, self.fields, strict=True)]
+        first, rest = self.keys[0], self.keys[1:]
+        if position[0] is None:
+            # Among the NULLs, by the other keys; then (downwards) every non-NULL row.
+            within = Q(**{f"{first}__isnull": True}) & Q(RowCompare(rest, values[1:], operator))
+            return within | Q(**{f"{first}__isnull": False}) if downwards else within
+        after = Q(RowCompare(self.keys, values, operator))
+        # NULLs come last going up; going down they came first, and a NULL never compares.
+        return after if downwards else after | Q(**{f"{first}__isnull": True})
+
+    def _position(self, item) -> list:
+        get = item.__getitem__ if isinstance(item, dict) else lambda key: getattr(item, key)
+        return [get(key) for key in self.keys]
+
+    @staticmethod
+    def _field(queryset: QuerySet, key: str) -> models.Field:
         try:
-            cursor = super().decode_cursor(request)
-        except exceptions.NotFound:
+            return queryset.model._meta.get_field(key)
+        except FieldDoesNotExist:  # an annotation, such as a search's rank
+            return queryset.query.annotations[key].output_field
+
+    # --- the response ---------------------------------------------------------------
+
+    def get_paginated_response(self, data) -> Response:
+        return Response({"next": self.get_next_link(), "previous": self.get_previous_link(), "results": data})
+
+    def get_paginated_response_schema(self, schema: dict) -> dict:
+        link = {"type": "string", "nullable": True, "format": "uri"}
+        return {
+            "type": "object",
+            "required": ["results"],
+            "properties": {"next": link, "previous": link, "results": schema},
+        }
+
+    def get_next_link(self) -> str | None:
+        return self._link("after", self.next_position)
+
+    def get_previous_link(self) -> str | None:
+        return self._link("before", self.previous_position)
+
+    def _link(self, direction: str, position: list | None) -> str | None:
+        if position is None:
+            return None
+        return replace_query_param(
+            self.base_url, self.cursor_query_param, self.encode_cursor(direction, position)
+        )
+
+    def get_schema_operation_parameters(self, view) -> list[dict]:
+        return [
+            {
+                "name": self.cursor_query_param,
+                "required": False,
+                "in": "query",
+                "description": "The `next` or `previous` link's cursor.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": self.page_size_query_param,
+                "required": False,
+                "in": "query",
+                "description": f"Items per page, 1 to {self.max_page_size} (default {self.page_size}).",
+                "schema": {"type": "integer"},
+            },
+        ]
+
+    # --- cursors ----------------------------------------------------------------------
+
+    def encode_cursor(self, direction: str, position: list) -> str:
+        body = json.dumps({direction: [_dumpable(v) for v in position]}, separators=(",", ":"))
+        return base64.urlsafe_b64encode(body.encode()).decode("ascii")
+
+    def decode_cursor(self, request) -> tuple[bool, list | None]:
+        """(backwards, position), or (False, None) without a cursor."""
+        encoded = request.query_params.get(self.cursor_query_param)
+        if encoded is None:
+            return False, None
+        if len(encoded) > MAX_CURSOR_LENGTH:
+            raise invalid_cursor()
+        try:
+            body = json.loads(base64.urlsafe_b64decode(encoded.encode("ascii")))
+        except (ValueError, UnicodeError, binascii.Error, RecursionError):
             raise invalid_cursor() from None
-        if cursor is None or cursor.position is None:
-            return cursor
-        return cursor._replace(position=self._checked_position(cursor.position))
+        if not isinstance(body, dict) or len(body) != 1:
+            raise invalid_cursor()
+        [(direction, values)] = body.items()
+        if direction not in {"after", "before"} or not isinstance(values, list):
+            raise invalid_cursor()
+        if len(values) != len(self.keys):
+            raise invalid_cursor()
+        position = [
+            self._checked(value, field, i)
+            for i, (value, field) in enumerate(zip(values, self.fields, strict=True))
+        ]
+        return direction == "before", position
 
-    def _checked_position(self, position: str) -> str:
-        name = self.ordering[0].lstrip("-")
+    def _checked(self, value, field: models.Field, index: int):
+        """`value` as the key's column takes it, or a 400."""
+        if value is None:
+            if index == 0 and field.null:
+                return None
+            raise invalid_cursor()
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise invalid_cursor()
+        if isinstance(value, str) and "\x00" in value:
+            raise invalid_cursor()
         try:
-            field = self._model._meta.get_field(name)
-        except FieldDoesNotExist:  # an annotation: a search's rank
-            field = models.FloatField()
-        try:
-            value = field.to_python(position)
-        except DjangoValidationError:
+            value = field.to_python(value)
+        except (DjangoValidationError, TypeError, ValueError, decimal.InvalidOperation):
             raise invalid_cursor() from None
         if isinstance(value, datetime.datetime):
             if value.tzinfo is None:
                 raise invalid_cursor()
-            try:
-                return value.astimezone(datetime.UTC).isoformat()
+            try:  # in UTC: PostgreSQL refuses offsets past 15:59, Python not
+                value = value.astimezone(datetime.UTC)
             except OverflowError:
                 raise invalid_cursor() from None
         if isinstance(value, float) and not math.isfinite(value):
             raise invalid_cursor()
-        if "\x00" in str(value):
-            raise invalid_cursor()
-        return position
+        try:
+            field.run_validators(value)  # a decimal's digits, a text's length
+        except DjangoValidationError:
+            raise invalid_cursor() from None
+        return value
+
+
+def _dumpable(value):
+    """A key's value as JSON keeps it exactly: dates in UTC with microseconds,
+    decimals and UUIDs as text."""
+    if isinstance(value, datetime.datetime):
+        return value.astimezone(datetime.UTC).isoformat()
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return str(value)
+    return value

@@ -198,12 +198,20 @@ def test_cursor_pagination_walks_every_message_once(client_a, inbox_a):
     "cursor",
     [
         "not base64!",
-        base64.b64encode(b"p=not a date").decode(),
-        base64.b64encode(b"p=2024-01-01&o=abc").decode(),
-        base64.b64encode(b"p=\x00").decode(),
-        base64.b64encode(b"p=1e999999999").decode(),
-        base64.b64encode(b"p=2024-01-01 00:00:00+20:00").decode(),
-        base64.b64encode(b"p=2024-01-01 00:00:00").decode(),
+        base64.b64encode(b"p=2024-01-01&o=abc").decode(),  # DRF's form, no longer ours
+        *(
+            base64.urlsafe_b64encode(json.dumps(body).encode()).decode()
+            for body in (
+                {"after": ["not a date", str(uuid.UUID(int=1))]},
+                {"after": ["\x00", str(uuid.UUID(int=1))]},
+                {"after": ["1e999999999", str(uuid.UUID(int=1))]},
+                {"after": ["2024-01-01 00:00:00", str(uuid.UUID(int=1))]},  # no offset
+                {"after": ["2024-01-01T00:00:00+00:00", "not a uuid"]},
+                {"after": ["2024-01-01T00:00:00+00:00"]},  # a key short
+                {"sideways": ["2024-01-01T00:00:00+00:00", str(uuid.UUID(int=1))]},
+                ["2024-01-01T00:00:00+00:00", str(uuid.UUID(int=1))],
+            )
+        ),
     ],
 )
 @pytest.mark.parametrize(
@@ -228,7 +236,9 @@ def test_a_page_size_out_of_range_is_a_400_on_every_list(client_a, account_a, pa
 
 
 def test_a_folder_cursor_with_a_nul_is_a_400(client_a, account_a):
-    cursor = base64.b64encode(b"p=INBOX\x00").decode()
+    cursor = base64.urlsafe_b64encode(
+        json.dumps({"after": ["INBOX\x00", str(uuid.UUID(int=1))]}).encode()
+    ).decode()
     response = client_a.get("/api/folders/", {"account": account_a.id, "cursor": cursor})
     assert response.status_code == 400
     assert response.json()["error"]["fields"] == {"cursor": ["Invalid cursor."]}

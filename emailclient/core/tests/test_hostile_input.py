@@ -25,13 +25,25 @@ def _b64(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode()
 
 
-# Cursors that decode, with positions PostgreSQL refuses (DRF's form, then the thread list's).
+# Cursors that decode, with positions PostgreSQL refuses (the lists' form,
+# then the thread list's).
+_ID = str(uuid.UUID(int=1))
 CURSORS = [
-    _b64(position)
-    for position in ("p=\x00", "p=1e999999999", "p=2024-01-01 00:00:00+20:00", "p=0001-01-01 00:00:00+15:00")
+    _b64(json.dumps({"after": position}))
+    for position in (
+        ["\x00", _ID],
+        ["1e999999999", _ID],
+        ["2024-01-01 00:00:00+20:00", _ID],
+        ["0001-01-01 00:00:00+15:00", _ID],
+        ["2024-01-01T00:00:00+00:00", "\x00"],
+        [None, None],
+        [1e308, _ID, _ID],
+        [{"a": 1}, _ID],
+    )
 ] + [
     _b64(f"2024-01-01T00:00:00+20:00|{uuid.UUID(int=1)}"),
     _b64(f"9999-12-31T23:00:00-05:30|{uuid.UUID(int=1)}"),
+    _b64("[" * 5000),
 ]
 
 PARAMETERS = {
