@@ -27,6 +27,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.postgres",
+    "corsheaders",
     "rest_framework",
     "rest_framework_simplejwt.token_blacklist",
     "drf_spectacular",
@@ -40,6 +41,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a preflight is answered before anything else can answer it.
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -179,6 +182,17 @@ SPECTACULAR_SETTINGS = {
     # Each API path once, without its (optional) trailing slash.
     "PREPROCESSING_HOOKS": ["emailclient.core.schema.drop_trailing_slash"],
 }
+
+# --- CORS: browser front-ends on other origins ----------------------------------
+# Origins allowed to call the API from a browser, e.g. https://crm.example.com
+# (scheme, host and port; no path). Empty: no other origin may.
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/api/"
+# Bearer tokens, not cookies: a cross-origin request never carries credentials.
+CORS_ALLOW_CREDENTIALS = False
+CORS_ALLOW_HEADERS = ("accept", "authorization", "content-type", "x-tenant-id", "idempotency-key")
+CORS_EXPOSE_HEADERS = ("content-disposition", "retry-after")
+CORS_PREFLIGHT_MAX_AGE = 600
 
 # --- Credentials at rest -------------------------------------------------------
 # Comma-separated Fernet keys; the first encrypts, all decrypt. Rotate by putting
