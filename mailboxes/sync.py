@@ -324,7 +324,8 @@ class _Engine:
         """New names that are vanished folders renamed: the UIDVALIDITY
         matches exactly one vanished and one new folder (RFC 3501 makes it
         unique per name only; some servers reuse values), and the messages
-        at the stored UIDs carry the stored Message-IDs."""
+        at the stored UIDs carry the stored Message-IDs (real ones: a
+        synthetic id is not on the server to compare)."""
         validities = Counter(f.uidvalidity for f in missing.values() if f.uidvalidity is not None)
         if not validities:
             return {}
@@ -346,7 +347,7 @@ class _Engine:
     def same_messages(self, session: ImapSession, old: Folder, new_name: str) -> bool:
         with self.scope():
             sample = dict(
-                Message.objects.filter(folder=old, uidvalidity=old.uidvalidity)
+                Message.objects.filter(folder=old, uidvalidity=old.uidvalidity, message_id_synthetic=False)
                 .exclude(message_id="")
                 .order_by("imap_uid")
                 .values_list("imap_uid", "message_id")[:5]
@@ -705,6 +706,7 @@ class _Engine:
             modseq=item.modseq,
             pop3_uidl="",
             message_id=parsed.message_id,
+            message_id_synthetic=parsed.message_id_synthetic,
             in_reply_to=parsed.in_reply_to,
             references=parsed.references,
             from_address=parsed.from_address,

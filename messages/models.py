@@ -50,7 +50,10 @@ class Message(TenantModel):
     pop3_uidl = models.CharField(max_length=70, blank=True)
 
     # RFC 5322 headers, decoded.
+    # Normalised leniently (messages.parsing.message_ids), at most 250 characters.
     message_id = models.CharField(max_length=998, blank=True)
+    # The message had no Message-ID: `message_id` was made from its raw bytes.
+    message_id_synthetic = models.BooleanField(default=False, db_default=False)
     in_reply_to = models.CharField(max_length=998, blank=True)
     references = ArrayField(models.CharField(max_length=998), default=list, blank=True)
     from_address = models.CharField(max_length=998, blank=True)

@@ -10,6 +10,7 @@ from rest_framework.settings import api_settings
 from emailclient.core.pagination import KeysetPagination
 
 from .models import Attachment, Message
+from .parsing import message_id
 from .search import SearchQueryError, parse_search_query
 from .selectors import LIST_FIELDS
 
@@ -48,6 +49,7 @@ class MessageListSerializer(serializers.ModelSerializer):
             "folder",
             "thread_id",
             "message_id",
+            "message_id_synthetic",
             "subject",
             "sender",
             "to",
@@ -76,6 +78,7 @@ class MessageListSerializer(serializers.ModelSerializer):
             "folder": str(m["folder_id"]),
             "thread_id": None if m["thread_id"] is None else str(m["thread_id"]),
             "message_id": m["message_id"],
+            "message_id_synthetic": m["message_id_synthetic"],
             "subject": m["subject"],
             "sender": {"name": m["from_name"], "address": m["from_address"]},
             "to": _addresses(m["to"]),
@@ -188,12 +191,23 @@ class MessageFilterSerializer(serializers.Serializer):
     sender = serializers.CharField(
         required=False, max_length=200, help_text="Part of the sender's address or name."
     )
+    message_id = serializers.CharField(
+        required=False,
+        max_length=2000,
+        help_text="A Message-ID, with or without angle brackets, read as the parser reads the header.",
+    )
     q = serializers.CharField(
         required=False, max_length=500, help_text="A search query (see the search endpoint)."
     )
     order = serializers.ChoiceField(
         choices=["newest", "relevance"], default="newest", help_text="`relevance` needs `q`."
     )
+
+    def validate_message_id(self, value: str) -> str:
+        normalised = message_id(value)
+        if not normalised:
+            raise serializers.ValidationError("Not a Message-ID.")
+        return normalised
 
     def validate_q(self, value: str):
         try:
