@@ -344,17 +344,19 @@ _HIDDEN_START = re.compile(r"<(?:(script|style|title)\b|!--)", re.IGNORECASE)
 _HIDDEN_END = {
     name: re.compile(rf"</{name}\b[^>]*+>?", re.IGNORECASE) for name in ("script", "style", "title")
 }
+# The rest of a tag: attributes (a quoted value may hold ">") to the ">".
+_TAG_REST = r"""(?:[^>"']++|"[^"]*+"|'[^']*+')*+>?"""
 # A tag: "<" then a letter, "/", "!" or "?" (any other "<" is text), to the
 # next ">" or the end. Block-level ones are line breaks, cells are spaces,
 # the rest (inline) are nothing: "<b>H</b>ello" is one word.
 _BLOCK_TAG = re.compile(
     r"<(?:/?(?:address|article|aside|blockquote|body|br|caption|center|dd|div|dl|dt|fieldset|figcaption"
     r"|figure|footer|form|h[1-6]|header|hr|html|li|main|nav|ol|p|pre|section|table|tbody|tfoot|thead|tr|ul)"
-    r"(?![a-z0-9:-])[^>]*+>?)",
+    r"(?![a-z0-9:-])" + _TAG_REST + ")",
     re.IGNORECASE,
 )
-_CELL_TAG = re.compile(r"</?t[dh](?![a-z0-9:-])[^>]*+>?", re.IGNORECASE)
-_ANY_TAG = re.compile(r"</?[a-zA-Z!?][^>]*+>?")
+_CELL_TAG = re.compile(r"</?t[dh](?![a-z0-9:-])" + _TAG_REST, re.IGNORECASE)
+_ANY_TAG = re.compile(r"</?[a-zA-Z!?]" + _TAG_REST)
 # Characters that render as nothing: zero-width spaces and joiners, soft
 # hyphens, byte order marks (newsletters pad their preheaders with them).
 _INVISIBLE = re.compile("[\u00ad\u034f\u180e\u200b-\u200f\u2060-\u2064\ufeff]++")

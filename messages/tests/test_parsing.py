@@ -184,6 +184,8 @@ def test_html_to_text():
     assert html_to_text("<p>&lt;b&gt;not a tag&lt;/b&gt;</p>") == "<b>not a tag</b>"
     assert html_to_text("<SCRIPT>x</SCRIPT >y<style>unclosed") == "y"
     assert html_to_text("text <unclosed tag") == "text"
+    # notmuch's case: a quoted attribute value may hold ">"; it is no text.
+    assert html_to_text('<body><input value="a>swordfish">\n</body>hunter2') == "hunter2"
 
 
 def test_html_only_mail_has_a_text_body_and_preview():
