@@ -36,9 +36,11 @@ def database_state(account) -> dict[str, dict[int, tuple | None]]:
         folders = {f.id: f for f in Folder.objects.filter(account=account, is_selectable=True)}
         state = {f.name: {} for f in folders.values()}
         rows = Message.objects.filter(account=account).values_list(
-            "folder_id", "uidvalidity", "imap_uid", "flags", "message_id"
+            "folder_id", "uidvalidity", "imap_uid", "flags", "message_id", "message_id_synthetic"
         )
-        for folder_id, validity, uid, flags, message_id in rows:
+        for folder_id, validity, uid, flags, message_id, synthetic in rows:
+            if synthetic:
+                message_id = ""  # made up by us: the server's header has none
             folder = folders[folder_id]
             assert validity == folder.uidvalidity, f"{folder.name}: a row of an old UIDVALIDITY is left"
             assert uid not in state[folder.name], f"duplicate uid {uid} in {folder.name}"
