@@ -144,7 +144,7 @@ class Message(TenantModel):
             models.Index(fields=["imap_uid", "folder"], name="idx_messages_imap_uid"),
             models.Index(fields=["message_id", "account"], name="idx_messages_message_id"),
             models.Index(
-                fields=["folder", "-received_at"],
+                fields=["folder", "-received_at", "-id"],
                 condition=models.Q(is_read=False, is_deleted=False),
                 name="idx_messages_folder_unread",
             ),
