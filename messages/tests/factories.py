@@ -21,7 +21,7 @@ class MessageFactory(TenantScopedFactory):
     tenant = factory.SelfAttribute("folder.tenant")
     uidvalidity = factory.SelfAttribute("folder.uidvalidity")
     imap_uid = factory.Sequence(lambda n: n + 1)
-    message_id = factory.LazyFunction(lambda: f"<{uuid.uuid4().hex}@example.com>")
+    message_id = factory.LazyFunction(lambda: f"{uuid.uuid4().hex}@example.com")  # as the parser stores it
     from_address = "sender@example.com"
     from_name = "Sam Sender"
     to = factory.LazyFunction(lambda: [{"name": "Rita Reader", "address": "reader@example.com"}])
