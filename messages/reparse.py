@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from django.utils import timezone
 
 from emailclient.core.models import Tenant
+from emailclient.core.pagination import rows_past
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.sync import SyncAlreadyRunning, account_sync_lock, parse_limits
 
@@ -59,7 +60,7 @@ LOCK_WAIT_SECONDS = 30.0
 
 ID_FIELDS = ("message_id", "message_id_synthetic", "in_reply_to", "references")
 TEXT_FIELDS = ("text_body", "snippet")
-_READ_FIELDS = ("id", "account_id", "raw_blob_key", "thread_id", *ID_FIELDS, *TEXT_FIELDS)
+_READ_FIELDS = ("id", "received_at", "account_id", "raw_blob_key", "thread_id", *ID_FIELDS, *TEXT_FIELDS)
 
 
 @dataclass
@@ -135,18 +136,22 @@ def messages_reparse(
     limits = parse_limits()
     report = ReparseReport(tenant=tenant.slug, dry_run=dry_run)
     busy_accounts: set[uuid.UUID] = set()
-    after: uuid.UUID | None = None
+    # Newest first, as the tenant's (or the account's) newest-first index
+    # holds the rows that are not deleted: each batch is one range of it.
+    keys = ("received_at", "id")
+    fields = [Message._meta.get_field(key) for key in keys]
+    after: tuple | None = None
     while True:
         with tenant_scope(tenant.id):
             rows = Message.objects.for_tenant(tenant).filter(is_deleted=False)
             if account_id is not None:
                 rows = rows.filter(account_id=account_id)
             if after is not None:
-                rows = rows.filter(id__gt=after)
-            batch = list(rows.order_by("id").only(*_READ_FIELDS)[:batch_size])
+                rows = rows.filter(rows_past(keys, after, fields, downwards=True))
+            batch = list(rows.order_by("-received_at", "-id").only(*_READ_FIELDS)[:batch_size])
         if not batch:
             break
-        after = batch[-1].id
+        after = (batch[-1].received_at, batch[-1].id)
         report.examined += len(batch)
         changed = _reparse_batch(tenant.id, batch, store, limits, report)
         if changed and not dry_run:

@@ -75,6 +75,24 @@ class RowCompare(Expression):
         return f"({sides[0]}) {self.operator} ({sides[1]})", params
 
 
+def rows_past(
+    keys: Sequence[str], position: Sequence, fields: Sequence[models.Field], *, downwards: bool
+) -> Q:
+    """The rows that come after `position` (a value per key) in the order of
+    `keys`, all descending (`downwards`) or all ascending, the last key
+    unique. Only the first key may be NULL: PostgreSQL sorts NULLs first going
+    down and last going up, and a NULL never compares."""
+    operator = "<" if downwards else ">"
+    values = [Value(v, output_field=f) for v, f in zip(position, fields, strict=True)]
+    first, rest = keys[0], keys[1:]
+    if position[0] is None:
+        # Among the NULLs, by the other keys; then (downwards) every non-NULL row.
+        within = Q(**{f"{first}__isnull": True}) & Q(RowCompare(rest, values[1:], operator))
+        return within | Q(**{f"{first}__isnull": False}) if downwards else within
+    after = Q(RowCompare(keys, values, operator))
+    return after if downwards else after | Q(**{f"{first}__isnull": True})
+
+
 class KeysetPagination(pagination.BasePagination):
     """Pages a queryset by `ordering`: every key descending (`-received_at`,
     `-id`) or every key ascending, the last one unique (the primary key).
@@ -137,17 +155,7 @@ class KeysetPagination(pagination.BasePagination):
         return page
 
     def _past(self, position: list, *, downwards: bool) -> Q:
-        """The rows that come after `position` in the walk's order."""
-        operator = "<" if downwards else ">"
-        values = [Value(v, output_field=f) for v, f in zip(position, self.fields, strict=True)]
-        first, rest = self.keys[0], self.keys[1:]
-        if position[0] is None:
-            # Among the NULLs, by the other keys; then (downwards) every non-NULL row.
-            within = Q(**{f"{first}__isnull": True}) & Q(RowCompare(rest, values[1:], operator))
-            return within | Q(**{f"{first}__isnull": False}) if downwards else within
-        after = Q(RowCompare(self.keys, values, operator))
-        # NULLs come last going up; going down they came first, and a NULL never compares.
-        return after if downwards else after | Q(**{f"{first}__isnull": True})
+        return rows_past(self.keys, position, self.fields, downwards=downwards)
 
     def _position(self, item) -> list:
         get = item.__getitem__ if isinstance(item, dict) else lambda key: getattr(item, key)
