@@ -10,7 +10,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from .models import EmailAccount
 
-SYNC_TASK = "mailboxes.sync_account"
+SYNC_TASK = "mailboxes.tasks.sync_account"
 
 
 def periodic_task_name(account: EmailAccount) -> str:

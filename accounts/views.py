@@ -1,12 +1,9 @@
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
-from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from emailclient.core.api import TenantAPIMixin
 from emailclient.core.schema import TENANT_HEADER
-from mailboxes.serializers import SyncRequestedSerializer
-from mailboxes.views import sync_requested_response
 
 from .models import EmailAccount
 from .selectors import access_account, account_list
@@ -61,12 +58,6 @@ class AccountViewSet(TenantAPIMixin, viewsets.GenericViewSet):
     @extend_schema(request=AccountInputSerializer, responses=AccountOutputSerializer)
     def partial_update(self, request, **kwargs):
         return self.update(request, partial=True, **kwargs)
-
-    @extend_schema(request=None, responses={202: SyncRequestedSerializer})
-    @action(detail=True, methods=["post"])
-    def sync(self, request, **kwargs):
-        """The seed's `POST .../accounts/{id}/sync`: same as `POST /api/sync/imap/{id}`."""
-        return sync_requested_response(self._get_account())
 
     def destroy(self, request, **kwargs):
         account_delete(account=self._get_account(lock=True), actor=request.user, ip_address=self.client_ip())

@@ -214,7 +214,7 @@ def create_tenants(accounts: int) -> None:
     from emailclient.core.crypto import encrypt_secret
     from emailclient.core.models import Tenant, TenantMembership
     from emailclient.core.tenancy import tenant_scope
-    from mailboxes.models import Folder
+    from messages.models import Folder
 
     User = get_user_model()
     # One hash for all (hashing 200 times is slow), with a hasher that the

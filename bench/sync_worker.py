@@ -8,7 +8,7 @@ went: a few functions of the sync path are wrapped with timers (exclusive
 wall and thread-CPU time per thread: a step's nested steps are subtracted),
 which costs about a microsecond a call. No application file is changed.
 With --index it then runs the search indexing of the stored messages
-(`messages.indexing.search_index_pending`, what the mail.index_search task
+(`messages.indexing.search_index_pending`, what the messages.tasks.index_search task
 does after a sync) and reports its time separately.
 
     TEST_DATABASE_NAME=emailclient_bench DJANGO_SETTINGS_MODULE=emailclient.settings.test \
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     if phases is not None:
         result["phases"] = phases.report(seconds)
     if args.index:
-        # The sync's rows have no search vector yet (the mail.index_search
+        # The sync's rows have no search vector yet (the messages.tasks.index_search
         # task fills it afterwards): time that step on its own.
         from messages.indexing import search_index_pending
 

@@ -7,9 +7,9 @@ from django.utils import timezone
 from accounts.models import EmailAccount
 from emailclient.core.exceptions import ApplicationError
 from emailclient.core.tenancy import tenant_scope
+from messages.models import MessageChange
 
 from . import status
-from .models import MessageChange
 
 
 class QueueUnavailable(ApplicationError):

@@ -39,7 +39,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -54,13 +53,12 @@ from accounts.models import EmailAccount
 from accounts.services import account_credentials
 from emailclient.core.tenancy import tenant_scope
 from messages.blobs import BlobStore, blob_key, default_store
-from messages.models import Attachment, Message, QuarantinedMessage
-from messages.parsing import Limits, MessageRejected, ParsedMessage, parse_message
+from messages.locks import account_change_lock, account_sync_lock
+from messages.models import Attachment, Folder, FolderType, Message, MessageChange, QuarantinedMessage
+from messages.parsing import MessageRejected, ParsedMessage, parse_limits, parse_message
 from messages.threading import assign_threads
 
 from .imap import FetchedMessage, FolderInfo, FolderState, ImapSession, MailServerError, ServerConfig
-from .locks import account_change_lock
-from .models import Folder, FolderType, MessageChange
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +67,6 @@ Progress = Callable[[str, int, int], None]
 # UIDs per FLAGS fetch when checking known messages: bounds memory and the
 # size of the IN (...) lists on folders of any size.
 FLAG_RANGE = 20_000
-
-
-class SyncAlreadyRunning(Exception):
-    pass
 
 
 @dataclass
@@ -164,25 +158,6 @@ def flag_fields(flags: tuple[str, ...]) -> dict:
     }
 
 
-# --- Lock ------------------------------------------------------------------------
-
-
-@contextmanager
-def account_sync_lock(account_id: uuid.UUID) -> Iterator[None]:
-    """A session-level advisory lock: released when we finish or when the
-    worker's connection dies, never held by a crashed sync."""
-    key = int.from_bytes(account_id.bytes[:8], "big", signed=True)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-        if not cursor.fetchone()[0]:
-            raise SyncAlreadyRunning(str(account_id))
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
-
-
 # --- Entry point -------------------------------------------------------------------
 
 
@@ -197,15 +172,6 @@ def server_config(account: EmailAccount) -> ServerConfig:
         connect_timeout=settings.MAIL_CONNECT_TIMEOUT,
         read_timeout=settings.MAIL_READ_TIMEOUT,
         max_literal=settings.MAIL_MAX_MESSAGE_BYTES + 1024 * 1024,
-    )
-
-
-def parse_limits() -> Limits:
-    return Limits(
-        max_message_bytes=settings.MAIL_MAX_MESSAGE_BYTES,
-        max_header_bytes=settings.MAIL_MAX_HEADER_BYTES,
-        max_parts=settings.MAIL_MAX_PARTS,
-        max_depth=settings.MAIL_MAX_MIME_DEPTH,
     )
 
 

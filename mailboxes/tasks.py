@@ -1,4 +1,5 @@
-"""Celery tasks of the sync engine: thin, JSON arguments, ids only."""
+"""Celery tasks of the sync side: thin, JSON arguments, ids only. Names are
+the module path."""
 
 import logging
 import uuid
@@ -8,12 +9,14 @@ from django.conf import settings
 
 from accounts.models import EmailAccount
 from emailclient.core.retry import backoff_countdown
-from messages.tasks import search_index_task, write_back_task
+from messages.locks import SyncAlreadyRunning
+from messages.tasks import search_index_task
 
 from . import status
 from .imap import AddressNotAllowed, AuthenticationFailed, InsecureServer, MailServerError
 from .services import account_sync_finished, account_sync_started, pending_changes
-from .sync import SyncAlreadyRunning, account_sync
+from .sync import account_sync
+from .writeback import account_write_back, give_up_pending
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +25,7 @@ PERMANENT = (AuthenticationFailed, InsecureServer, AddressNotAllowed)
 
 
 @shared_task(
-    name="mailboxes.sync_account",
+    name="mailboxes.tasks.sync_account",
     bind=True,
     acks_late=True,
     max_retries=None,  # bounded by SYNC_MAX_RETRIES below, read at run time
@@ -81,3 +84,32 @@ def _failed(tenant_id: uuid.UUID, account_id: uuid.UUID, task_id: str, exc: Exce
     account_sync_finished(tenant_id=tenant_id, account_id=account_id, error=message, succeeded=False)
     status.sync_release(account_id, task_id)
     status.sync_status_set(account_id, state=status.FAILED, error=message)
+
+
+@shared_task(
+    name="mailboxes.tasks.write_back",
+    bind=True,
+    acks_late=True,
+    max_retries=None,  # bounded below: busy accounts wait, failures count
+    time_limit=settings.CELERY_TASK_TIME_LIMIT,
+    soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT,
+)
+def write_back_task(self, tenant_id: str, account_id: str) -> dict:
+    """Write the account's pending changes to its server. Waits for a
+    running sync; retries with backoff while the server fails; a change
+    that keeps failing is undone (see `writeback`)."""
+    tenant_id, account_id = uuid.UUID(tenant_id), uuid.UUID(account_id)
+    try:
+        report = account_write_back(tenant_id=tenant_id, account_id=account_id)
+    except SyncAlreadyRunning as exc:
+        raise self.retry(exc=exc, countdown=5) from exc
+    except (AuthenticationFailed, InsecureServer, AddressNotAllowed) as exc:
+        # Nothing will change until the account does: undo now, say why.
+        give_up_pending(tenant_id=tenant_id, account_id=account_id, error=str(exc))
+        return {"result": "failed", "error": str(exc)}
+    except MailServerError as exc:
+        if self.request.retries < settings.WRITEBACK_MAX_ATTEMPTS:
+            raise self.retry(exc=exc, countdown=backoff_countdown(self.request.retries)) from exc
+        give_up_pending(tenant_id=tenant_id, account_id=account_id, error=str(exc))
+        return {"result": "failed", "error": str(exc)}
+    return {"result": "ok", "written": report.written, "failed": report.failed}

@@ -1,12 +1,10 @@
-from emailclient.core.routes import ApiRouter, api_path
+from emailclient.core.routes import api_path
 
-from .views import FolderViewSet, SyncStatusView, SyncTriggerView
-
-router = ApiRouter()
-router.register("folders", FolderViewSet, basename="folder")
+from .views import SyncStatusView, SyncTriggerView
 
 urlpatterns = [
     api_path("sync/imap/<uuid:account_id>", SyncTriggerView.as_view(), name="sync-trigger"),
     api_path("sync/status/<uuid:account_id>", SyncStatusView.as_view(), name="sync-status"),
-    *router.urls,
+    # The seed's form of the same trigger.
+    api_path("accounts/<uuid:account_id>/sync", SyncTriggerView.as_view(), name="account-sync"),
 ]

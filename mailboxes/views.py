@@ -1,28 +1,15 @@
 from drf_spectacular.utils import extend_schema
 from rest_framework import status as http
-from rest_framework import viewsets
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.selectors import access_account
 from emailclient.core.api import TenantAPIMixin
-from emailclient.core.pagination import KeysetPagination
 from emailclient.core.schema import TENANT_HEADER
 
 from . import status
-from .models import Folder
-from .selectors import access_folder, folder_list
-from .serializers import (
-    FolderFilterSerializer,
-    FolderSerializer,
-    SyncRequestedSerializer,
-    SyncStatusSerializer,
-)
+from .serializers import SyncRequestedSerializer, SyncStatusSerializer
 from .services import sync_request
-
-
-class FolderPagination(KeysetPagination):
-    ordering = ("name", "id")
 
 
 def sync_requested_response(account) -> Response:
@@ -33,7 +20,8 @@ def sync_requested_response(account) -> Response:
 
 
 class SyncTriggerView(TenantAPIMixin, APIView):
-    """Queue a sync of the account (202), or join the one already queued or running."""
+    """Queue a sync of the account (202), or join the one already queued or
+    running. Also the seed's `POST .../accounts/{id}/sync`."""
 
     @extend_schema(parameters=[TENANT_HEADER], request=None, responses={202: SyncRequestedSerializer})
     def post(self, request, account_id, **kwargs):
@@ -59,27 +47,3 @@ class SyncStatusView(TenantAPIMixin, APIView):
             "last_error": account.last_sync_error or live.get("error", ""),
         }
         return Response(SyncStatusSerializer(body).data)
-
-
-@extend_schema(parameters=[TENANT_HEADER])
-class FolderViewSet(TenantAPIMixin, viewsets.ReadOnlyModelViewSet):
-    """Folders of the accounts the user sees, with their unread and total counts."""
-
-    serializer_class = FolderSerializer
-    pagination_class = FolderPagination
-
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return Folder.objects.none()
-        filters = FolderFilterSerializer(data=self.request.query_params)
-        filters.is_valid(raise_exception=True)
-        return folder_list(
-            tenant=self.tenant, membership=self.membership, account_id=filters.validated_data.get("account")
-        )
-
-    @extend_schema(parameters=[FolderFilterSerializer])
-    def list(self, request, *args, **kwargs):
-        return super().list(request, *args, **kwargs)
-
-    def get_object(self):
-        return access_folder(tenant=self.tenant, membership=self.membership, id=self.kwargs["pk"])

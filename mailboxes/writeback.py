@@ -40,12 +40,11 @@ from accounts.models import EmailAccount
 from accounts.services import account_credentials
 from emailclient.core.models import AuditLog
 from emailclient.core.tenancy import tenant_scope
-from messages.models import Message
+from messages.locks import account_change_lock, account_sync_lock
+from messages.models import Folder, Message, MessageChange
 
 from .imap import ImapSession, MailServerError
-from .locks import account_change_lock
-from .models import Folder, MessageChange
-from .sync import account_sync_lock, server_config
+from .sync import server_config
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ class WriteBackReport:
 
 
 def account_write_back(*, tenant_id: uuid.UUID, account_id: uuid.UUID) -> WriteBackReport:
-    """Write the account's pending changes. Raises `sync.SyncAlreadyRunning`
+    """Write the account's pending changes. Raises `SyncAlreadyRunning`
     while a sync holds the account, `MailServerError` when the server could
     not be reached or changes are left to retry."""
     report = WriteBackReport()

@@ -24,6 +24,8 @@ from email.policy import compat32
 from email.utils import getaddresses, parsedate_to_datetime
 from html import unescape
 
+from django.conf import settings
+
 # --- Limits ---------------------------------------------------------------------
 
 
@@ -33,6 +35,16 @@ class Limits:
     max_header_bytes: int = 256 * 1024
     max_parts: int = 1000
     max_depth: int = 30
+
+
+def parse_limits() -> Limits:
+    """The limits the settings give (`MAIL_MAX_*`): the sync's and `reparse`'s."""
+    return Limits(
+        max_message_bytes=settings.MAIL_MAX_MESSAGE_BYTES,
+        max_header_bytes=settings.MAIL_MAX_HEADER_BYTES,
+        max_parts=settings.MAIL_MAX_PARTS,
+        max_depth=settings.MAIL_MAX_MIME_DEPTH,
+    )
 
 
 class MessageRejected(Exception):

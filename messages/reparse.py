@@ -45,12 +45,12 @@ from django.utils import timezone
 from emailclient.core.models import Tenant
 from emailclient.core.pagination import rows_past
 from emailclient.core.tenancy import tenant_scope
-from mailboxes.sync import SyncAlreadyRunning, account_sync_lock, parse_limits
 
 from .blobs import BlobNotFound, BlobStore, default_store
 from .indexing import search_index_pending
+from .locks import SyncAlreadyRunning, account_sync_lock
 from .models import Message, ThreadRef
-from .parsing import Limits, MessageRejected, parse_message
+from .parsing import Limits, MessageRejected, parse_limits, parse_message
 from .threading import assign_threads
 
 logger = logging.getLogger(__name__)

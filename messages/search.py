@@ -80,9 +80,8 @@ from django.db.models.functions import Cast, JSONArray, Lower
 from django.db.models.lookups import IContains, Lookup
 
 from emailclient.core.exceptions import ApplicationError
-from mailboxes.models import FolderType
 
-from .models import Message
+from .models import FolderType, Message
 
 MAX_QUERY_LENGTH = 500
 MAX_TERMS = 30

@@ -17,9 +17,8 @@ from django.db.models import Count, Exists, F, Max, Q, QuerySet
 from accounts.selectors import account_list, deleted_account_ids
 from emailclient.core.exceptions import NotFound
 from emailclient.core.models import Tenant, TenantMembership
-from mailboxes.models import Folder
 
-from .models import Attachment, Message
+from .models import Attachment, Folder, Message
 from .search import Candidate
 
 # What only searches read: the search vector (about 5 KB, kept in the row)
@@ -51,6 +50,31 @@ LIST_FIELDS = (
     "sent_at",
     "size_bytes",
 )
+
+
+# --- Folders -----------------------------------------------------------------------
+
+
+def folder_list(
+    *, tenant: Tenant, membership: TenantMembership, account_id: uuid.UUID | None = None
+) -> QuerySet[Folder]:
+    """The folders of the accounts the user sees."""
+    folders = Folder.objects.for_tenant(tenant).filter(
+        account__in=account_list(tenant=tenant, membership=membership)
+    )
+    if account_id is not None:
+        folders = folders.filter(account_id=account_id)
+    return folders
+
+
+def access_folder(*, tenant: Tenant, membership: TenantMembership, id: uuid.UUID) -> Folder:
+    folder = folder_list(tenant=tenant, membership=membership).filter(id=id).first()
+    if folder is None:
+        raise NotFound("Folder not found.")
+    return folder
+
+
+# --- Messages ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

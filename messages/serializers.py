@@ -9,7 +9,7 @@ from rest_framework.settings import api_settings
 
 from emailclient.core.pagination import KeysetPagination
 
-from .models import Attachment, Message
+from .models import Attachment, Folder, Message
 from .parsing import message_id
 from .search import SearchQueryError, parse_search_query
 from .selectors import LIST_FIELDS
@@ -321,3 +321,34 @@ class ThreadDetailSerializer(serializers.Serializer):
     message_count = serializers.IntegerField()
     unread_count = serializers.IntegerField()
     messages = MessageListSerializer(many=True)
+
+
+class FolderSerializer(serializers.ModelSerializer):
+    display_name = serializers.SerializerMethodField(help_text="The last part of the hierarchical name.")
+
+    class Meta:
+        model = Folder
+        fields = [
+            "id",
+            "account",
+            "name",
+            "display_name",
+            "delimiter",
+            "parent",
+            "type",
+            "attributes",
+            "is_selectable",
+            "unread_count",
+            "total_count",
+            "last_synced_at",
+        ]
+        read_only_fields = fields
+
+    def get_display_name(self, folder: Folder) -> str:
+        if folder.delimiter and folder.delimiter in folder.name:
+            return folder.name.rsplit(folder.delimiter, 1)[1]
+        return folder.name
+
+
+class FolderFilterSerializer(serializers.Serializer):
+    account = serializers.UUIDField(required=False)

@@ -14,6 +14,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 
+from celery import current_app
 from django.db import transaction
 from django.db.models import Count, F, Q
 from django.db.models.functions import Greatest
@@ -22,10 +23,13 @@ from django.utils import timezone
 from accounts.models import Protocol
 from emailclient.core.exceptions import ApplicationError, Conflict
 from emailclient.core.models import AuditLog, Tenant
-from mailboxes.locks import account_change_lock
-from mailboxes.models import Folder, FolderType, MessageChange
 
-from .models import Message
+from .locks import account_change_lock
+from .models import Folder, FolderType, Message, MessageChange
+
+# The sync side's task that writes pending changes to the server, queued by
+# name so that the store never imports the layer above it.
+WRITE_BACK_TASK = "mailboxes.tasks.write_back"
 
 FLAG_FIELDS = {"is_read": "\\Seen", "is_flagged": "\\Flagged"}
 
@@ -46,11 +50,13 @@ def _audit(tenant: Tenant, actor, action: str, entries: list[tuple[uuid.UUID, di
 
 
 def _write_back_on_commit(tenant: Tenant, messages: Iterable[Message]) -> None:
-    from .tasks import write_back_task  # the task module imports the write-back engine
-
+    """Queue the sync side's write-back of the accounts' pending changes, by
+    name: the store records changes, the layer above writes them."""
     for account_id in {m.account_id for m in messages if m.account.protocol == Protocol.IMAP}:
         transaction.on_commit(
-            lambda account_id=account_id: write_back_task.delay(str(tenant.id), str(account_id))
+            lambda account_id=account_id: current_app.send_task(
+                WRITE_BACK_TASK, args=[str(tenant.id), str(account_id)]
+            )
         )
 
 

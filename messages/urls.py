@@ -1,8 +1,9 @@
 from emailclient.core.routes import ApiRouter, api_path
 
-from .views import AttachmentDownloadView, MessageViewSet, SearchView, ThreadViewSet
+from .views import AttachmentDownloadView, FolderViewSet, MessageViewSet, SearchView, ThreadViewSet
 
 router = ApiRouter()
+router.register("folders", FolderViewSet, basename="folder")
 router.register("messages", MessageViewSet, basename="message")
 router.register("threads", ThreadViewSet, basename="thread")
 

@@ -13,18 +13,20 @@ from emailclient.core.pagination import KeysetPagination
 from emailclient.core.planner import planner_settings
 from emailclient.core.schema import TENANT_HEADER
 from emailclient.core.tenancy import tenant_scope
-from mailboxes.selectors import access_folder
 
 from . import selectors, services
 from .blobs import BlobNotFound, default_store
 from .downloads import attachment_token, attachment_token_read, blob_response, safe_filename
-from .models import Attachment, Message
+from .models import Attachment, Folder, Message
 from .sanitize import sanitize_html
 from .search import apply_search, positive_conditions
+from .selectors import access_folder, folder_list
 from .serializers import (
     BulkDeleteSerializer,
     BulkMoveSerializer,
     BulkUpdateSerializer,
+    FolderFilterSerializer,
+    FolderSerializer,
     MessageDetailSerializer,
     MessageFilterSerializer,
     MessageListSerializer,
@@ -41,6 +43,10 @@ from .serializers import (
 REMOTE_IMAGES = OpenApiParameter(
     "remote_images", OpenApiTypes.BOOL, description="Keep remote images in the HTML (blocked by default)."
 )
+
+
+class FolderPagination(KeysetPagination):
+    ordering = ("name", "id")
 
 
 class MessagePagination(KeysetPagination):
@@ -366,3 +372,27 @@ class AttachmentDownloadView(APIView):
                 self.permission_denied(request)
         tenant, membership = request._request.tenant, request._request.membership
         return selectors.access_attachment(tenant=tenant, membership=membership, id=pk)
+
+
+@extend_schema(parameters=[TENANT_HEADER])
+class FolderViewSet(TenantAPIMixin, viewsets.ReadOnlyModelViewSet):
+    """Folders of the accounts the user sees, with their unread and total counts."""
+
+    serializer_class = FolderSerializer
+    pagination_class = FolderPagination
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Folder.objects.none()
+        filters = FolderFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        return folder_list(
+            tenant=self.tenant, membership=self.membership, account_id=filters.validated_data.get("account")
+        )
+
+    @extend_schema(parameters=[FolderFilterSerializer])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    def get_object(self):
+        return access_folder(tenant=self.tenant, membership=self.membership, id=self.kwargs["pk"])

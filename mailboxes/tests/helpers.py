@@ -3,9 +3,8 @@
 from imapclient import IMAPClient
 
 from emailclient.core.tenancy import tenant_scope
-from mailboxes.models import Folder
 from mailboxes.sync import flag_fields
-from messages.models import Message, QuarantinedMessage
+from messages.models import Folder, Message, QuarantinedMessage
 from messages.parsing import message_ids
 
 HEADER = b"BODY[HEADER.FIELDS (MESSAGE-ID)]"

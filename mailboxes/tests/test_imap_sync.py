@@ -11,10 +11,10 @@ from django.db import connection
 from django.db.models import Count
 
 from emailclient.core.tenancy import tenant_scope
-from mailboxes.models import Folder
-from mailboxes.sync import SyncAlreadyRunning, account_sync, account_sync_lock
+from mailboxes.sync import account_sync
 from mailboxes.tests.helpers import assert_in_step
-from messages.models import Attachment, Message, QuarantinedMessage
+from messages.locks import SyncAlreadyRunning, account_sync_lock
+from messages.models import Attachment, Folder, Message, QuarantinedMessage
 from messages.tests.corpus import corpus_files
 
 CORPUS = {

@@ -171,7 +171,7 @@ def test_each_account_gets_a_periodic_sync_that_follows_it(client_a):
         format="json",
     ).json()
     task = PeriodicTask.objects.get(name=f"sync-account-{created['id']}")
-    assert task.task == "mailboxes.sync_account" and task.enabled
+    assert task.task == "mailboxes.tasks.sync_account" and task.enabled
     assert task.interval.every == 600 and task.interval.period == "seconds"
     assert json.loads(task.kwargs) == {"tenant_id": _tenant_id(client_a), "account_id": created["id"]}
 

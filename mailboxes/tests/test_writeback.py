@@ -12,14 +12,12 @@ from imapclient import IMAPClient
 from emailclient.core.models import AuditLog
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.imap import _Client
-from mailboxes.models import Folder, MessageChange
 from mailboxes.sync import account_sync
-from mailboxes.tasks import sync_account_task
+from mailboxes.tasks import sync_account_task, write_back_task
 from mailboxes.tests.helpers import assert_in_step
 from mailboxes.tests.test_imap_sync import seed
 from mailboxes.writeback import _copyuid_map, account_write_back
-from messages.models import Message
-from messages.tasks import write_back_task
+from messages.models import Folder, Message, MessageChange
 from messages.tests.corpus import corpus_files
 
 pytestmark = pytest.mark.django_db
@@ -198,7 +196,7 @@ def test_a_sync_task_queues_the_write_back_of_changes_left_pending(synced, clien
 
     assert result.get()["result"] == "ok"
     queued = [json.loads(raw) for raw in broker.lrange("celery", 0, -1)]
-    assert [q["headers"]["task"] for q in queued] == ["mail.write_back"]
+    assert [q["headers"]["task"] for q in queued] == ["mailboxes.tasks.write_back"]
     args, _, _ = json.loads(base64.b64decode(queued[0]["body"]))
     assert args == [str(synced.tenant_id), str(synced.id)]
 

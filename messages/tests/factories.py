@@ -4,9 +4,21 @@ import uuid
 import factory
 from django.utils import timezone
 
+from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.tests.factories import TenantScopedFactory
-from mailboxes.tests.factories import FolderFactory
-from messages.models import Attachment, Message
+from messages.models import Attachment, Folder, Message
+
+
+class FolderFactory(TenantScopedFactory):
+    class Meta:
+        model = Folder
+
+    account = factory.SubFactory(EmailAccountFactory)
+    tenant = factory.SelfAttribute("account.tenant")
+    name = factory.Sequence(lambda n: f"Folder {n}")
+    type = "custom"
+    delimiter = "/"
+    uidvalidity = 1
 
 
 class MessageFactory(TenantScopedFactory):

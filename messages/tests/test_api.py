@@ -20,14 +20,12 @@ from accounts.services import account_delete
 from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.models import AuditLog
 from emailclient.core.tenancy import tenant_scope
-from mailboxes.models import Folder, MessageChange
-from mailboxes.tests.factories import FolderFactory
 from messages import selectors
 from messages.blobs import default_store
 from messages.indexing import search_index_pending
-from messages.models import Message
+from messages.models import Folder, Message, MessageChange
 from messages.serializers import MessageDetailSerializer, MessageListSerializer
-from messages.tests.factories import AttachmentFactory, MessageFactory
+from messages.tests.factories import AttachmentFactory, FolderFactory, MessageFactory
 
 pytestmark = pytest.mark.django_db
 

@@ -9,12 +9,11 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from emailclient.core.tenancy import tenant_scope
-from mailboxes.tests.factories import FolderFactory
 from messages.blob_gc import blob_garbage_collect
 from messages.blobs import BlobStore
 from messages.models import QuarantinedMessage
 from messages.tasks import blob_gc_task
-from messages.tests.factories import AttachmentFactory, MessageFactory
+from messages.tests.factories import AttachmentFactory, FolderFactory, MessageFactory
 
 DAY = 86_400
 

@@ -16,13 +16,13 @@ from django.db import connections
 
 from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.tenancy import tenant_scope
-from mailboxes.tests.factories import FolderFactory
 from messages.blobs import default_store
 from messages.indexing import search_index_pending
 from messages.models import Message, ThreadRef
 from messages.parsing import parse_message, synthetic_message_id
 from messages.reparse import messages_reparse
 from messages.tests.corpus import CORPUS_DIR
+from messages.tests.factories import FolderFactory
 from messages.threading import assign_threads
 
 PARENT = b"""\

@@ -8,7 +8,6 @@ from django.test.utils import CaptureQueriesContext
 from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.exceptions import ApplicationError
 from emailclient.core.tenancy import tenant_scope
-from mailboxes.tests.factories import FolderFactory
 from messages import selectors
 from messages.indexing import search_index_pending
 from messages.models import Message
@@ -25,7 +24,7 @@ from messages.search import (
     positive_conditions,
     search_filter,
 )
-from messages.tests.factories import MessageFactory
+from messages.tests.factories import FolderFactory, MessageFactory
 
 UTC = datetime.UTC
 

@@ -4,8 +4,7 @@ import pytest
 
 from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.tenancy import tenant_scope
-from mailboxes.models import Folder
-from messages.models import Message
+from messages.models import Folder, Message
 from messages.threading import assign_threads, base_subject
 
 pytestmark = pytest.mark.django_db

@@ -12,8 +12,7 @@ import pytest
 
 from accounts.tests.factories import EmailAccountFactory
 from conftest import bearer_client
-from mailboxes.tests.factories import FolderFactory
-from messages.tests.factories import MessageFactory
+from messages.tests.factories import FolderFactory, MessageFactory
 
 pytestmark = pytest.mark.django_db
 

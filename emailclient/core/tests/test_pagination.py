@@ -19,11 +19,9 @@ from django.utils import timezone
 from accounts.models import EmailAccount
 from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.tenancy import tenant_scope
-from mailboxes.models import Folder
-from mailboxes.tests.factories import FolderFactory
 from messages.indexing import search_index_pending
-from messages.models import Message
-from messages.tests.factories import MessageFactory
+from messages.models import Folder, Message
+from messages.tests.factories import FolderFactory, MessageFactory
 
 SAME_SECOND = timezone.now().replace(microsecond=0) - datetime.timedelta(days=1)
 

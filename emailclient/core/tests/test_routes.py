@@ -21,10 +21,9 @@ from accounts.models import EmailAccount
 from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.tenancy import tenant_scope
 from emailclient.core.views import api_not_found
-from mailboxes.tests.factories import FolderFactory
 from messages.blobs import default_store
 from messages.models import Message
-from messages.tests.factories import AttachmentFactory, MessageFactory
+from messages.tests.factories import AttachmentFactory, FolderFactory, MessageFactory
 
 pytestmark = pytest.mark.django_db
 

@@ -7,8 +7,9 @@ from accounts.models import EmailAccount
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.imap import MailServerError
 from mailboxes.services import account_sync_finished, account_sync_started, sync_request
-from mailboxes.sync import SyncAlreadyRunning, SyncReport, account_sync
+from mailboxes.sync import SyncReport, account_sync
 from messages.indexing import search_index_pending
+from messages.locks import SyncAlreadyRunning
 
 
 class Command(BaseCommand):

@@ -42,8 +42,7 @@ from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
 from accounts.services import account_create, account_update
 from emailclient.core.services import tenant_create, tenant_member_add
-from mailboxes.tests.factories import FolderFactory
-from messages.tests.factories import MessageFactory
+from messages.tests.factories import FolderFactory, MessageFactory
 
 CHROMIUM = os.environ.get("BROWSER_TESTS_CHROMIUM", "/usr/bin/chromium")
 # The development server is opened as `make run` prints it, on 127.0.0.1; the
