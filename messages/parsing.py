@@ -225,9 +225,10 @@ _LONG_ID_PREFIX = MAX_MESSAGE_ID - 65  # then "~" and 64 hex digits
 _BRACKETED_ID = re.compile(r"<([^>]*+)(?:>|$)")
 _ID_NOISE = re.compile(r"[\s\x00-\x1f\x7f]++")
 # References that name no message: git send-email's `--in-reply-to=yes` bug
-# sends `<yes>`, which would chain unrelated threads together. Only ignored
-# as a reference; a Message-ID `<yes>` is still that message's id.
-_NOT_REFERENCES = frozenset({"yes"})
+# sends `<yes>`, and broken clients write placeholders, any of which would
+# chain unrelated threads together. Only ignored as references (compared
+# case-insensitively); a Message-ID `<yes>` is still that message's id.
+_NOT_REFERENCES = frozenset({"yes", "no", "null", "none", "nil", "undefined", "unknown", "true", "false", "0"})
 SYNTHETIC_ID_DOMAIN = "synthetic.invalid"
 
 

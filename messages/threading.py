@@ -37,8 +37,14 @@ def base_subject(subject: str) -> tuple[str, bool]:
     return " ".join(stripped.lower().split()), had_prefix
 
 
+# A subject's key in the thread index, beside the Message-IDs. It has a
+# space: a Message-ID as the parser reads it never has one, so no header a
+# sender writes can name a subject's key and join (or merge) its threads.
+SUBJECT_KEY_PREFIX = "subject: "
+
+
 def _subject_key(base: str) -> str:
-    return "subject:" + hashlib.sha1(base.encode(), usedforsecurity=False).hexdigest()
+    return SUBJECT_KEY_PREFIX + hashlib.sha1(base.encode(), usedforsecurity=False).hexdigest()
 
 
 class _Threads:

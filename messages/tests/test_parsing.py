@@ -112,6 +112,9 @@ def test_references_and_ids():
     # git send-email --in-reply-to=yes: an id, but no reference
     assert message_ids("<yes>") == ["yes"]
     assert reference_ids("<a@x> <yes> <YES>") == ["a@x"]
+    # placeholders broken clients write: no reference either, or they would chain unrelated mail
+    assert reference_ids("<null> <a@x> <None> <undefined> <0> <unknown>") == ["a@x"]
+    assert message_ids("<null>") == ["null"]
     assert message_ids("<>  < >") == []
     assert message_id(None) == message_id("") == message_id("   ") == ""
 

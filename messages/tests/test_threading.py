@@ -1,11 +1,18 @@
 """Threading by Message-ID, In-Reply-To and References."""
 
+import importlib
+import uuid
+from types import SimpleNamespace
+
 import pytest
+from django.apps import apps as django_apps
+from django.db import connection
 
 from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.tenancy import tenant_scope
-from messages.models import Folder, Message
-from messages.threading import assign_threads, base_subject
+from messages.models import Folder, Message, ThreadRef
+from messages.parsing import parse_message
+from messages.threading import _subject_key, assign_threads, base_subject
 
 pytestmark = pytest.mark.django_db
 
@@ -123,3 +130,54 @@ def test_threads_are_per_account(tenant_a, folder, account):
 )
 def test_base_subject(subject, base, reply):
     assert base_subject(subject) == (base, reply)
+
+
+def test_no_header_can_name_a_subjects_key(account, folder):
+    """Subject keys share the thread index with Message-IDs. A sender who
+    writes a subject's key as a reference (`<subject:...>`, `<subject: ...>`:
+    the parser removes the space) must not join that subject's thread."""
+    key = _subject_key(base_subject("Quarterly figures")[0])
+    header = f"References: <{key}> <{key.replace(' ', '')}>\r\nIn-Reply-To: <{key}>\r\n"
+    parsed = parse_message(
+        b"From: mallory@evil.example\r\nSubject: Quarterly figures\r\nMessage-ID: <m@evil.example>\r\n"
+        + header.encode()
+        + b"\r\nhello\r\n"
+    )
+    store(account, folder, {"id": "q@x", "subject": "Quarterly figures"})
+    store(account, folder, {"id": "r@x", "subject": "Re: Quarterly figures"})  # joins by subject
+    store(account, folder, {"id": parsed.message_id, "parent": parsed.in_reply_to, "refs": parsed.references})
+
+    t = threads(account)
+    assert t["q@x"] == t["r@x"]
+    assert t["m@evil.example"] != t["q@x"]
+
+
+def test_old_subject_keys_are_rewritten_in_every_tenant(tenant_a, tenant_b):
+    """Migration mail.0016: each tenant's `subject:<hex>` keys gain the space,
+    under RLS, and go back on reversal; Message-IDs are left alone."""
+    migration = importlib.import_module("messages.migrations.0016_subject_keys_with_a_space")
+    hexes = {tenant_a: "a" * 40, tenant_b: "b" * 40}
+    for tenant, hex_ in hexes.items():
+        account = EmailAccountFactory(tenant=tenant)
+        with tenant_scope(tenant.id):
+            for message_id in (f"subject:{hex_}", "subject:not-a-key@x", "plain@x"):
+                ThreadRef.objects.create(
+                    tenant=tenant, account=account, message_id=message_id, thread_id=uuid.uuid4()
+                )
+
+    def keys() -> dict:
+        found = {}
+        for tenant in hexes:
+            with tenant_scope(tenant.id):
+                found[tenant.slug] = sorted(ThreadRef.objects.values_list("message_id", flat=True))
+        return found
+
+    before = keys()
+    editor = SimpleNamespace(connection=connection)
+    migration.forwards(django_apps, editor)
+    assert keys() == {
+        tenant.slug: sorted([f"subject: {hex_}", "subject:not-a-key@x", "plain@x"])
+        for tenant, hex_ in hexes.items()
+    }
+    migration.backwards(django_apps, editor)
+    assert keys() == before
