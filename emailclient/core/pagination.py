@@ -35,7 +35,18 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.utils.urls import replace_query_param
 
-MAX_CURSOR_LENGTH = 1_000
+# A cursor holds a row's keys, a folder's whole name among them (UTF-8 in the
+# JSON, so a non-Latin name costs two or three bytes a character, then base64).
+MAX_CURSOR_LENGTH = 8_192
+
+
+# A cursor's key: (backwards, inclusive).
+CURSOR_DIRECTIONS = {
+    "after": (False, False),
+    "from": (False, True),
+    "before": (True, False),
+    "through": (True, True),
+}
 
 
 def invalid_cursor() -> exceptions.ValidationError:
@@ -51,8 +62,8 @@ class RowCompare(Expression):
 
     def __init__(self, keys: Sequence[Any], values: Sequence[Value], operator: str):
         super().__init__()
-        if operator not in {"<", ">"} or len(keys) != len(values) or not keys:
-            raise ValueError("RowCompare takes as many keys as values and < or >")
+        if operator not in {"<", ">", "<=", ">="} or len(keys) != len(values) or not keys:
+            raise ValueError("RowCompare takes as many keys as values and <, >, <= or >=")
         self.keys = [F(key) if isinstance(key, str) else key for key in keys]
         self.values = list(values)
         self.operator = operator
@@ -76,28 +87,63 @@ class RowCompare(Expression):
 
 
 def rows_past(
-    keys: Sequence[str], position: Sequence, fields: Sequence[models.Field], *, downwards: bool
+    keys: Sequence[str],
+    position: Sequence,
+    fields: Sequence[models.Field],
+    *,
+    downwards: bool,
+    inclusive: bool = False,
 ) -> Q:
-    """The rows that come after `position` (a value per key) in the order of
-    `keys`, all descending (`downwards`) or all ascending, the last key
-    unique. Only the first key may be NULL: PostgreSQL sorts NULLs first going
-    down and last going up, and a NULL never compares."""
-    operator = "<" if downwards else ">"
+    """The rows that come after `position` (a value per key; with `inclusive`,
+    from it on) in the order of `keys`, all descending (`downwards`) or all
+    ascending, the last key unique. PostgreSQL sorts NULLs first going down
+    and last going up; so do these conditions.
+
+    The common case is one row-value comparison, which an index on the keys
+    serves as one range. A row value stops at its first NULL pair, so it
+    serves only where that is right: no NULL in the position, and going down
+    (rows with an equal prefix and a NULL come first: excluded, as they
+    should be) or with no NULL in any key but the first. Anything else is
+    spelled out key by key."""
     values = [Value(v, output_field=f) for v, f in zip(position, fields, strict=True)]
-    first, rest = keys[0], keys[1:]
-    if position[0] is None:
-        # Among the NULLs, by the other keys; then (downwards) every non-NULL row.
-        within = Q(**{f"{first}__isnull": True}) & Q(RowCompare(rest, values[1:], operator))
-        return within | Q(**{f"{first}__isnull": False}) if downwards else within
-    after = Q(RowCompare(keys, values, operator))
-    return after if downwards else after | Q(**{f"{first}__isnull": True})
+    operator = ("<" if downwards else ">") + ("=" if inclusive else "")
+    first_nullable, later_nullable = fields[0].null, any(f.null for f in fields[1:])
+    if None not in position and (downwards or not later_nullable):
+        after = Q(RowCompare(keys, values, operator))
+        if not downwards and first_nullable:
+            after |= Q(**{f"{keys[0]}__isnull": True})
+        return after
+    return _rows_past_by_key(keys, position, values, downwards=downwards, inclusive=inclusive)
+
+
+def _rows_past_by_key(
+    keys: Sequence[str], position: Sequence, values: Sequence[Value], *, downwards: bool, inclusive: bool
+) -> Q:
+    """`rows_past()` as a lexicographic OR: equal on the first i keys and past
+    the position on the next, for each i."""
+
+    def equal(key: str, value, expression: Value) -> Q:
+        return Q(**{f"{key}__isnull": True}) if value is None else Q(**{key: expression})
+
+    def past(key: str, value, expression: Value) -> Q:
+        if value is None:  # NULLs first going down: every non-NULL is past; going up, none is
+            return Q(**{f"{key}__isnull": False}) if downwards else Q(pk__in=[])
+        beyond = Q(**{f"{key}__{'lt' if downwards else 'gt'}": expression})
+        return beyond if downwards else beyond | Q(**{f"{key}__isnull": True})
+
+    condition, prefix = Q(pk__in=[]), Q()
+    for key, value, expression in zip(keys, position, values, strict=True):
+        condition |= prefix & past(key, value, expression)
+        prefix &= equal(key, value, expression)
+    return condition | prefix if inclusive else condition
 
 
 class KeysetPagination(pagination.BasePagination):
     """Pages a queryset by `ordering`: every key descending (`-received_at`,
     `-id`) or every key ascending, the last one unique (the primary key).
-    Only the first key may be NULL; PostgreSQL sorts NULLs first in a
-    descending order and last in an ascending one, and so do the cursors.
+    Keys may be NULL (a message without a date); PostgreSQL sorts NULLs
+    first in a descending order and last in an ascending one, and so do the
+    cursors.
 
     Items may be model instances or dicts (`values()` rows with the keys)."""
 
@@ -134,28 +180,33 @@ class KeysetPagination(pagination.BasePagination):
             raise ValueError("Keyset ordering keys must all go the same way")
         self.fields = [self._field(queryset, key) for key in self.keys]
         size = self.get_page_size(request)
-        backwards, position = self.decode_cursor(request)
+        backwards, position, inclusive = self.decode_cursor(request)
 
         # Walking backwards is walking the reversed order forwards.
         downwards = self.descending != backwards
         rows = queryset.order_by(*(f"-{key}" if downwards else key for key in self.keys))
         if position is not None:
-            rows = rows.filter(self._past(position, downwards=downwards))
+            rows = rows.filter(
+                rows_past(self.keys, position, self.fields, downwards=downwards, inclusive=inclusive)
+            )
         page = list(rows[: size + 1])
         more = len(page) > size
         page = page[:size]
         if backwards:
             page.reverse()
 
+        # Forwards, there is a previous page if we came from somewhere; backwards, a next one.
+        # An empty page's links start from its cursor's row itself (it may
+        # have gone since), so that row is not skipped on the way back.
+        self.next_position = self.previous_position = None
+        self.links_inclusive = not page
         first = self._position(page[0]) if page else position
         last = self._position(page[-1]) if page else position
-        # Forwards, there is a previous page if we came from somewhere; backwards, a next one.
-        self.next_position = last if (more if not backwards else position is not None) else None
-        self.previous_position = first if (more if backwards else position is not None) else None
+        if more if not backwards else position is not None:
+            self.next_position = last
+        if more if backwards else position is not None:
+            self.previous_position = first
         return page
-
-    def _past(self, position: list, *, downwards: bool) -> Q:
-        return rows_past(self.keys, position, self.fields, downwards=downwards)
 
     def _position(self, item) -> list:
         get = item.__getitem__ if isinstance(item, dict) else lambda key: getattr(item, key)
@@ -190,9 +241,8 @@ class KeysetPagination(pagination.BasePagination):
     def _link(self, direction: str, position: list | None) -> str | None:
         if position is None:
             return None
-        return replace_query_param(
-            self.base_url, self.cursor_query_param, self.encode_cursor(direction, position)
-        )
+        cursor = self.encode_cursor(direction, position, inclusive=self.links_inclusive)
+        return replace_query_param(self.base_url, self.cursor_query_param, cursor)
 
     def get_schema_operation_parameters(self, view) -> list[dict]:
         return [
@@ -214,15 +264,21 @@ class KeysetPagination(pagination.BasePagination):
 
     # --- cursors ----------------------------------------------------------------------
 
-    def encode_cursor(self, direction: str, position: list) -> str:
-        body = json.dumps({direction: [_dumpable(v) for v in position]}, separators=(",", ":"))
+    def encode_cursor(self, direction: str, position: list, *, inclusive: bool = False) -> str:
+        """`{"after": [...]}`, `{"before": [...]}`; `{"from": [...]}` and
+        `{"through": [...]}` include the row at the position."""
+        if inclusive:
+            direction = {"after": "from", "before": "through"}[direction]
+        body = json.dumps(
+            {direction: [_dumpable(v) for v in position]}, separators=(",", ":"), ensure_ascii=False
+        )
         return base64.urlsafe_b64encode(body.encode()).decode("ascii")
 
-    def decode_cursor(self, request) -> tuple[bool, list | None]:
-        """(backwards, position), or (False, None) without a cursor."""
+    def decode_cursor(self, request) -> tuple[bool, list | None, bool]:
+        """(backwards, position, inclusive), or (False, None, False) without a cursor."""
         encoded = request.query_params.get(self.cursor_query_param)
         if encoded is None:
-            return False, None
+            return False, None, False
         if len(encoded) > MAX_CURSOR_LENGTH:
             raise invalid_cursor()
         try:
@@ -232,26 +288,29 @@ class KeysetPagination(pagination.BasePagination):
         if not isinstance(body, dict) or len(body) != 1:
             raise invalid_cursor()
         [(direction, values)] = body.items()
-        if direction not in {"after", "before"} or not isinstance(values, list):
+        if direction not in CURSOR_DIRECTIONS or not isinstance(values, list):
             raise invalid_cursor()
         if len(values) != len(self.keys):
             raise invalid_cursor()
-        position = [
-            self._checked(value, field, i)
-            for i, (value, field) in enumerate(zip(values, self.fields, strict=True))
-        ]
-        return direction == "before", position
+        position = [self._checked(value, field) for value, field in zip(values, self.fields, strict=True)]
+        backwards, inclusive = CURSOR_DIRECTIONS[direction]
+        return backwards, position, inclusive
 
-    def _checked(self, value, field: models.Field, index: int):
+    def _checked(self, value, field: models.Field):
         """`value` as the key's column takes it, or a 400."""
         if value is None:
-            if index == 0 and field.null:
+            if field.null:
                 return None
             raise invalid_cursor()
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             raise invalid_cursor()
-        if isinstance(value, str) and "\x00" in value:
-            raise invalid_cursor()
+        if isinstance(value, str):
+            if "\x00" in value:  # PostgreSQL refuses NUL in text
+                raise invalid_cursor()
+            try:  # and a lone surrogate is no UTF-8 at all
+                value.encode()
+            except UnicodeEncodeError:
+                raise invalid_cursor() from None
         try:
             value = field.to_python(value)
         except (DjangoValidationError, TypeError, ValueError, decimal.InvalidOperation):

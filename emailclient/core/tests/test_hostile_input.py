@@ -38,6 +38,8 @@ CURSORS = [
         [None, None],
         [1e308, _ID, _ID],
         [{"a": 1}, _ID],
+        ["\ud800", _ID],
+        ["2024-01-01T00:00:00+00:00", "\udfff"],
     )
 ] + [
     _b64(f"2024-01-01T00:00:00+20:00|{uuid.UUID(int=1)}"),
@@ -56,6 +58,7 @@ PARAMETERS = {
         "received_after",
         "received_before",
         "sender",
+        "message_id",
         "q",
         "order",
         "page_size",

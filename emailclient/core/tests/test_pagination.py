@@ -21,6 +21,7 @@ from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.tenancy import tenant_scope
 from messages.indexing import search_index_pending
 from messages.models import Folder, Message
+from messages.search import apply_search, parse_search_query
 from messages.tests.factories import FolderFactory, MessageFactory
 
 SAME_SECOND = timezone.now().replace(microsecond=0) - datetime.timedelta(days=1)
@@ -181,19 +182,32 @@ def _nodes(plan: dict):
     "path", ["/api/messages/?q={q}&order={order}", "/api/sync/search?query={q}&order={order}"]
 )
 def test_search_matches_tied_on_rank_are_each_listed_once(client_a, tenant_a, inbox_a, path, order):
+    """Two ranks, each shared by many matches; dated and undated ones."""
     matches = bulk_messages(inbox_a, 2_000, subject="Quarterly figures", text_body="the zanzibar report")
     matches += bulk_messages(
         inbox_a, 20, subject="Quarterly figures", text_body="zanzibar", received_at=SAME_SECOND
     )
+    matches += bulk_messages(inbox_a, 7, subject="Zanzibar", text_body="zanzibar", received_at=None)
+    matches += bulk_messages(inbox_a, 5, subject="Quarterly figures", text_body="zanzibar", received_at=None)
     bulk_messages(inbox_a, 30, subject="Other news", text_body="nothing to see")
     search_index_pending(tenant_id=tenant_a.id)
 
     ids = walk_both_ways(client_a, path.format(q="zanzibar", order=order) + "&page_size=200")
 
+    assert ids == expected_order(tenant_a, "zanzibar", order=order)
     assert sorted(ids) == sorted(str(m.id) for m in matches)
-    assert len(ids) == len(set(ids))
-    if order == "newest":
-        assert ids == newest_first(matches)
+
+
+def expected_order(tenant, query: str, *, order: str) -> list[str]:
+    """The matches' ids in the list's order, as the database sorts them."""
+    messages = Message.objects.for_tenant(tenant).filter(is_deleted=False)
+    with tenant_scope(tenant.id):
+        matching = apply_search(messages, parse_search_query(query), order=order)
+        keys = ("-rank", "-received_at", "-id") if order == "relevance" else ("-received_at", "-id")
+        ranked = [str(i) for i in matching.order_by(*keys).values_list("id", flat=True)]
+        if order == "relevance":  # ties within ranks, and more than one rank
+            assert len(set(matching.values_list("rank", flat=True))) >= 2
+    return ranked
 
 
 @pytest.mark.django_db
@@ -238,3 +252,33 @@ def test_threads_tied_on_their_latest_date_are_each_listed_once(client_a, accoun
         newest, key=newest.get, reverse=True
     )
     assert all(body["previous"] is None for body in pages)
+
+
+@pytest.mark.django_db
+def test_long_folder_names_in_any_script_page_on(client_a, account_a):
+    """A cursor carries the folder's whole name: UTF-8, not JSON escapes."""
+    names = ["A", "Проекты/" * 125, "中文文件夹" * 200, "Я"]
+    folders = [FolderFactory(account=account_a, name=name) for name in names]
+
+    ids = walk_both_ways(client_a, f"/api/folders/?account={account_a.id}&page_size=1")
+
+    assert ids == [str(f.id) for f in sorted(folders, key=lambda f: (f.name, f.id))]
+
+
+@pytest.mark.django_db
+def test_the_way_back_from_an_emptied_page_skips_nothing(client_a, inbox_a):
+    """The last page's rows go between two requests: its `previous` still
+    starts from the last row the client saw."""
+    messages = bulk_messages(inbox_a, 5)
+    order = newest_first(messages)
+    first = client_a.get("/api/messages/?page_size=2").json()
+    second = client_a.get(first["next"]).json()
+    with tenant_scope(inbox_a.tenant_id):
+        Message.objects.filter(id=order[4]).delete()
+
+    third = client_a.get(second["next"]).json()
+    assert third["results"] == [] and third["next"] is None
+    back = client_a.get(third["previous"]).json()
+
+    assert [m["id"] for m in back["results"]] == order[2:4]
+    assert [m["id"] for m in client_a.get(back["previous"]).json()["results"]] == order[:2]
