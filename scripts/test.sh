@@ -11,6 +11,8 @@ export DJANGO_SETTINGS_MODULE=emailclient.settings.test
 printf '==> ruff\n'
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+printf '==> import contracts (.importlinter)\n'
+.venv/bin/lint-imports
 printf '==> makemigrations --check\n'
 .venv/bin/python manage.py makemigrations --check --dry-run --no-input -v 1 2>/dev/null
 printf '==> pytest\n'
