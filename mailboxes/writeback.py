@@ -38,7 +38,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from accounts.models import EmailAccount
 from accounts.services import account_credentials
-from emailclient.core.models import AuditLog
+from emailclient.core.services import audit_log_record_many
 from emailclient.core.tenancy import tenant_scope
 from messages.locks import account_change_lock, account_sync_lock
 from messages.models import Folder, Message, MessageChange
@@ -163,13 +163,17 @@ def change_failed(change: MessageChange, error: str) -> None:
         change.last_error = error[:1000]
         change.finished_at = timezone.now()
         change.save(update_fields=["state", "last_error", "finished_at", "attempts", "updated_at"])
-        AuditLog.objects.create(
+        audit_log_record_many(
             tenant_id=change.tenant_id,
             actor_id=change.actor_id,
             action="message.change_failed",
             object_type="message",
-            object_id=change.message_id,
-            changes={"kind": change.kind, "error": change.last_error, "restored": change.previous},
+            entries=[
+                (
+                    change.message_id,
+                    {"kind": change.kind, "error": change.last_error, "restored": change.previous},
+                )
+            ],
         )
         from messages.services import folder_counts_refresh
 

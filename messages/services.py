@@ -22,7 +22,8 @@ from django.utils import timezone
 
 from accounts.models import Protocol
 from emailclient.core.exceptions import ApplicationError, Conflict
-from emailclient.core.models import AuditLog, Tenant
+from emailclient.core.models import Tenant
+from emailclient.core.services import audit_log_record_many
 
 from .locks import account_change_lock
 from .models import Folder, FolderType, Message, MessageChange
@@ -35,17 +36,13 @@ FLAG_FIELDS = {"is_read": "\\Seen", "is_flagged": "\\Flagged"}
 
 
 def _audit(tenant: Tenant, actor, action: str, entries: list[tuple[uuid.UUID, dict]], ip_address) -> None:
-    AuditLog.objects.bulk_create(
-        AuditLog(
-            tenant=tenant,
-            actor=actor,
-            action=action,
-            object_type="message",
-            object_id=message_id,
-            changes=changes,
-            ip_address=ip_address,
-        )
-        for message_id, changes in entries
+    audit_log_record_many(
+        tenant_id=tenant.id,
+        actor_id=getattr(actor, "pk", None),
+        action=action,
+        object_type="message",
+        entries=entries,
+        ip_address=ip_address,
     )
 
 

@@ -1,6 +1,7 @@
 """Writes on tenants, memberships and the audit log."""
 
 import uuid
+from collections.abc import Iterable
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
@@ -22,17 +23,43 @@ def audit_log_record(
     changes: dict | None = None,
     ip_address: str | None = None,
 ) -> AuditLog:
-    """Append one audit entry. `changes` must hold no secret; callers pass
-    field names (and non-secret values) only."""
-    with tenant_scope(tenant.id):
-        return AuditLog.objects.create(
-            tenant=tenant,
-            actor=actor,
-            action=action,
-            object_type=object_type,
-            object_id=object_id,
-            changes=changes or {},
-            ip_address=ip_address,
+    """Append one audit entry (`audit_log_record_many()` with one)."""
+    [entry] = audit_log_record_many(
+        tenant_id=tenant.id,
+        actor_id=getattr(actor, "pk", None),
+        action=action,
+        object_type=object_type,
+        entries=[(object_id, changes or {})],
+        ip_address=ip_address,
+    )
+    return entry
+
+
+def audit_log_record_many(
+    *,
+    tenant_id: uuid.UUID,
+    actor_id: int | None,
+    action: str,
+    object_type: str,
+    entries: Iterable[tuple[uuid.UUID | None, dict]],
+    ip_address: str | None = None,
+) -> list[AuditLog]:
+    """Append one audit entry per `(object_id, changes)`, in one statement:
+    the single way every part of the service writes the audit log. `changes`
+    must hold no secret; callers pass field names (and non-secret values)
+    only."""
+    with tenant_scope(tenant_id):
+        return AuditLog.objects.bulk_create(
+            AuditLog(
+                tenant_id=tenant_id,
+                actor_id=actor_id,
+                action=action,
+                object_type=object_type,
+                object_id=object_id,
+                changes=changes,
+                ip_address=ip_address,
+            )
+            for object_id, changes in entries
         )
 
 
