@@ -21,7 +21,7 @@ def account_list(*, tenant: Tenant, membership: TenantMembership) -> QuerySet[Em
     return accounts
 
 
-def deleted_account_ids(*, tenant: Tenant) -> QuerySet:
+def deleted_account_ids(*, tenant: Tenant) -> QuerySet[EmailAccount, uuid.UUID]:
     """The ids of the tenant's soft-deleted accounts, whose mail nobody sees."""
     return EmailAccount.objects.for_tenant(tenant).filter(is_deleted=True).values_list("id", flat=True)
 

@@ -1,7 +1,11 @@
 """Writes on email accounts. Every change is audited, without secrets."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -44,11 +48,11 @@ class Credentials:
         return f"Credentials(username={self.username!r}, password='***')"
 
 
-def _apply(account: EmailAccount, data: dict) -> dict:
+def _apply(account: EmailAccount, data: dict[str, Any]) -> dict[str, Any]:
     """Set the writable fields and secrets present in `data` on `account`.
     Returns the audit record of what changed: old and new values for plain
     fields, only the word "changed" for secrets."""
-    changes = {}
+    changes: dict[str, Any] = {}
     for field in WRITABLE_FIELDS:
         if field in data and getattr(account, field) != data[field]:
             changes[field] = {"old": getattr(account, field), "new": data[field]}
@@ -85,7 +89,12 @@ def _save(account: EmailAccount) -> None:
 
 
 def account_create(
-    *, tenant: Tenant, user, data: dict, actor=None, ip_address: str | None = None
+    *,
+    tenant: Tenant,
+    user: User,
+    data: dict[str, Any],
+    actor: AbstractBaseUser | AnonymousUser | None = None,
+    ip_address: str | None = None,
 ) -> EmailAccount:
     """Create `user`'s account in `tenant`. `actor` (default: the user) is who
     is recorded in the audit log, e.g. an operator in the admin."""
@@ -116,11 +125,11 @@ INCOMING_ENDPOINT = ("protocol", "hostname", "port", "encryption", "username")
 OUTGOING_ENDPOINT = ("smtp_hostname", "smtp_port", "smtp_encryption", "smtp_username")
 
 
-def _require_secret_for_new_endpoint(account: EmailAccount, data: dict) -> None:
-    def changed(fields) -> list[str]:
+def _require_secret_for_new_endpoint(account: EmailAccount, data: dict[str, Any]) -> None:
+    def changed(fields: Iterable[str]) -> list[str]:
         return [f for f in fields if f in data and data[f] != getattr(account, f)]
 
-    errors = {}
+    errors: dict[str, list[str]] = {}
     incoming = changed(INCOMING_ENDPOINT)
     if incoming and not data.get("password"):
         errors["password"] = [f"Required when {', '.join(incoming)} changes."]
@@ -133,7 +142,11 @@ def _require_secret_for_new_endpoint(account: EmailAccount, data: dict) -> None:
 
 
 def account_update(
-    *, account: EmailAccount, actor, data: dict, ip_address: str | None = None
+    *,
+    account: EmailAccount,
+    actor: AbstractBaseUser | AnonymousUser | None,
+    data: dict[str, Any],
+    ip_address: str | None = None,
 ) -> EmailAccount:
     _require_secret_for_new_endpoint(account, data)
     if ("protocol" in data or "encryption" in data) and "port" not in data:
@@ -160,7 +173,9 @@ def account_update(
     return account
 
 
-def account_delete(*, account: EmailAccount, actor, ip_address: str | None = None) -> None:
+def account_delete(
+    *, account: EmailAccount, actor: AbstractBaseUser | AnonymousUser | None, ip_address: str | None = None
+) -> None:
     """Soft delete: the account disappears from the API and stops syncing;
     its row and mail stay for the audit trail until purged."""
     with tenant_scope(account.tenant_id):
@@ -203,7 +218,7 @@ def account_credentials_rotate(*, batch_size: int = 500) -> int:
             .only("id", "password_encrypted", "smtp_password_encrypted")
             .order_by("id")
         )
-        batch = []
+        batch: list[EmailAccount] = []
         for account in accounts.iterator(chunk_size=batch_size):
             account.password_encrypted = rotate_secret(account.password_encrypted)
             if account.smtp_password_encrypted:

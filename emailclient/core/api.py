@@ -1,5 +1,7 @@
 """Building blocks for tenant-scoped DRF views."""
 
+from typing import TYPE_CHECKING
+
 from rest_framework import permissions
 
 from .exceptions import TenantRequired
@@ -18,18 +20,24 @@ class HasTenant(permissions.BasePermission):
         return True
 
 
-class TenantAPIMixin:
+if TYPE_CHECKING:  # for the checker, a mixin of API views (self.request and the rest)
+    from rest_framework.views import APIView as _APIViewBase
+else:
+    _APIViewBase = object
+
+
+class TenantAPIMixin(_APIViewBase):
     """For views under a tenant: `self.tenant`, `self.membership`."""
 
     permission_classes = [permissions.IsAuthenticated, HasTenant]
 
     @property
     def tenant(self) -> Tenant:
-        return self.request._request.tenant
+        return self.request._request.tenant  # type: ignore[attr-defined]  # set by TenantMiddleware
 
     @property
     def membership(self) -> TenantMembership:
-        return self.request._request.membership
+        return self.request._request.membership  # type: ignore[attr-defined]  # set by TenantMiddleware
 
     def client_ip(self) -> str | None:
         return self.request.META.get("REMOTE_ADDR") or None

@@ -8,6 +8,7 @@ the DRF exception handler below turns them, DRF's own exceptions, Django's
 """
 
 import logging
+from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -22,10 +23,10 @@ logger = logging.getLogger(__name__)
 
 
 class ApplicationError(Exception):
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     code = "error"
 
-    def __init__(self, message: str, *, fields: dict | None = None, code: str | None = None):
+    def __init__(self, message: str, *, fields: dict[str, Any] | None = None, code: str | None = None):
         super().__init__(message)
         self.message = message
         self.fields = fields or {}
@@ -47,8 +48,8 @@ class Conflict(ApplicationError):
     code = "conflict"
 
 
-def error_body(code: str, message: str, fields: dict | None = None) -> dict:
-    body = {"code": code, "message": message}
+def error_body(code: str, message: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "message": message}
     if fields:
         body["fields"] = fields
     return {"error": body}

@@ -60,14 +60,16 @@ def find_tenant(ref: str) -> Tenant | None:
     if not is_reference(ref):
         return None
     try:
-        lookup = {"id": uuid.UUID(ref)}
+        lookup: dict[str, uuid.UUID | str] = {"id": uuid.UUID(ref)}
     except ValueError:
         lookup = {"slug": ref}
     return Tenant.objects.filter(is_active=True, **lookup).first()
 
 
 def _session_auth_enabled() -> bool:
-    return any(cls.__name__ == "SessionAuthentication" for cls in api_settings.DEFAULT_AUTHENTICATION_CLASSES)
+    # The stubs type the setting as written (dotted paths); api_settings gives the imported classes.
+    classes = api_settings.DEFAULT_AUTHENTICATION_CLASSES
+    return any(cls.__name__ == "SessionAuthentication" for cls in classes)  # type: ignore[attr-defined]
 
 
 def authenticated_user(request):

@@ -6,6 +6,7 @@ first wall, RLS the second.
 """
 
 import uuid
+from typing import Self, TypeVar
 
 from django.conf import settings
 from django.contrib.postgres.indexes import BrinIndex
@@ -37,8 +38,11 @@ class Tenant(BaseModel):
         return self.slug
 
 
-class TenantQuerySet(models.QuerySet):
-    def for_tenant(self, tenant: Tenant | uuid.UUID):
+_M = TypeVar("_M", bound=models.Model)
+
+
+class TenantQuerySet(models.QuerySet[_M]):
+    def for_tenant(self, tenant: Tenant | uuid.UUID) -> Self:
         tenant_id = tenant.id if isinstance(tenant, Tenant) else tenant
         return self.filter(tenant_id=tenant_id)
 

@@ -24,20 +24,27 @@ import json
 import math
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from django.core.exceptions import FieldDoesNotExist
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Expression, F, Q, QuerySet, Value
+from django.db.models.sql.compiler import SQLCompiler
 from rest_framework import exceptions, pagination
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.utils.urls import replace_query_param
+from rest_framework.views import APIView
 
 # A cursor holds a row's keys, a folder's whole name among them (UTF-8 in the
 # JSON, so a non-Latin name costs two or three bytes a character, then base64).
 MAX_CURSOR_LENGTH = 8_192
+
+_M = TypeVar("_M", bound=models.Model)
+_Row = TypeVar("_Row")
 
 
 # A cursor's key: (backwards, inclusive).
@@ -60,21 +67,23 @@ class RowCompare(Expression):
     output_field = models.BooleanField()
     conditional = True
 
-    def __init__(self, keys: Sequence[Any], values: Sequence[Value], operator: str):
+    def __init__(self, keys: Sequence[Any], values: Sequence[Value], operator: str) -> None:
         super().__init__()
         if operator not in {"<", ">", "<=", ">="} or len(keys) != len(values) or not keys:
             raise ValueError("RowCompare takes as many keys as values and <, >, <= or >=")
-        self.keys = [F(key) if isinstance(key, str) else key for key in keys]
+        self.keys: list[Any] = [F(key) if isinstance(key, str) else key for key in keys]
         self.values = list(values)
         self.operator = operator
 
-    def get_source_expressions(self):
+    def get_source_expressions(self) -> list[Any]:
         return [*self.keys, *self.values]
 
-    def set_source_expressions(self, exprs):
+    def set_source_expressions(self, exprs: Sequence[Any]) -> None:
         self.keys, self.values = list(exprs[: len(self.keys)]), list(exprs[len(self.keys) :])
 
-    def as_sql(self, compiler, connection):
+    def as_sql(self, compiler: SQLCompiler, connection: BaseDatabaseWrapper) -> tuple[str, list[Any]]:
+        sides: list[str]
+        params: list[Any]
         sides, params = [], []
         for side in (self.keys, self.values):
             parts = []
@@ -88,8 +97,8 @@ class RowCompare(Expression):
 
 def rows_past(
     keys: Sequence[str],
-    position: Sequence,
-    fields: Sequence[models.Field],
+    position: Sequence[Any],
+    fields: Sequence["models.Field[Any, Any]"],
     *,
     downwards: bool,
     inclusive: bool = False,
@@ -117,15 +126,15 @@ def rows_past(
 
 
 def _rows_past_by_key(
-    keys: Sequence[str], position: Sequence, values: Sequence[Value], *, downwards: bool, inclusive: bool
+    keys: Sequence[str], position: Sequence[Any], values: Sequence[Value], *, downwards: bool, inclusive: bool
 ) -> Q:
     """`rows_past()` as a lexicographic OR: equal on the first i keys and past
     the position on the next, for each i."""
 
-    def equal(key: str, value, expression: Value) -> Q:
+    def equal(key: str, value: Any, expression: Value) -> Q:
         return Q(**{f"{key}__isnull": True}) if value is None else Q(**{key: expression})
 
-    def past(key: str, value, expression: Value) -> Q:
+    def past(key: str, value: Any, expression: Value) -> Q:
         if value is None:  # NULLs first going down: every non-NULL is past; going up, none is
             return Q(**{f"{key}__isnull": False}) if downwards else Q(pk__in=[])
         beyond = Q(**{f"{key}__{'lt' if downwards else 'gt'}": expression})
@@ -148,12 +157,22 @@ class KeysetPagination(pagination.BasePagination):
     Items may be model instances or dicts (`values()` rows with the keys)."""
 
     ordering: tuple[str, ...] = ("-created_at", "-id")
-    page_size = api_settings.PAGE_SIZE
+    page_size = cast(int, api_settings.PAGE_SIZE)  # set in REST_FRAMEWORK
     page_size_query_param = "page_size"
     max_page_size = 200
     cursor_query_param = "cursor"
 
-    def get_page_size(self, request) -> int:
+    # Set by paginate_queryset() for the links.
+    request: Request
+    base_url: str
+    keys: list[str]
+    descending: bool
+    fields: list["models.Field[Any, Any]"]
+    next_position: list[Any] | None
+    previous_position: list[Any] | None
+    links_inclusive: bool
+
+    def get_page_size(self, request: Request) -> int:
         """`page_size` from 1 to `max_page_size`; anything else is a 400 (DRF
         quietly used the default for `x` or `0` and the maximum above it)."""
         value = request.query_params.get(self.page_size_query_param, "")
@@ -171,7 +190,9 @@ class KeysetPagination(pagination.BasePagination):
 
     # --- the page -------------------------------------------------------------------
 
-    def paginate_queryset(self, queryset: QuerySet, request, view=None) -> list:
+    def paginate_queryset(
+        self, queryset: QuerySet[_M, _Row], request: Request, view: APIView | None = None
+    ) -> list[_Row]:
         self.request = request
         self.base_url = request.build_absolute_uri()
         self.keys = [key.lstrip("-") for key in self.ordering]
@@ -208,23 +229,25 @@ class KeysetPagination(pagination.BasePagination):
             self.previous_position = first
         return page
 
-    def _position(self, item) -> list:
+    def _position(self, item: Any) -> list[Any]:
         get = item.__getitem__ if isinstance(item, dict) else lambda key: getattr(item, key)
         return [get(key) for key in self.keys]
 
     @staticmethod
-    def _field(queryset: QuerySet, key: str) -> models.Field:
+    def _field(queryset: QuerySet[Any, Any], key: str) -> "models.Field[Any, Any]":
+        field: models.Field[Any, Any]
         try:
-            return queryset.model._meta.get_field(key)
+            field = queryset.model._meta.get_field(key)
         except FieldDoesNotExist:  # an annotation, such as a search's rank
-            return queryset.query.annotations[key].output_field
+            field = queryset.query.annotations[key].output_field
+        return field
 
     # --- the response ---------------------------------------------------------------
 
-    def get_paginated_response(self, data) -> Response:
+    def get_paginated_response(self, data: Any) -> Response:
         return Response({"next": self.get_next_link(), "previous": self.get_previous_link(), "results": data})
 
-    def get_paginated_response_schema(self, schema: dict) -> dict:
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
         link = {"type": "string", "nullable": True, "format": "uri"}
         return {
             "type": "object",
@@ -238,13 +261,13 @@ class KeysetPagination(pagination.BasePagination):
     def get_previous_link(self) -> str | None:
         return self._link("before", self.previous_position)
 
-    def _link(self, direction: str, position: list | None) -> str | None:
+    def _link(self, direction: str, position: list[Any] | None) -> str | None:
         if position is None:
             return None
         cursor = self.encode_cursor(direction, position, inclusive=self.links_inclusive)
         return replace_query_param(self.base_url, self.cursor_query_param, cursor)
 
-    def get_schema_operation_parameters(self, view) -> list[dict]:
+    def get_schema_operation_parameters(self, view: APIView) -> list[dict[str, Any]]:
         return [
             {
                 "name": self.cursor_query_param,
@@ -264,7 +287,7 @@ class KeysetPagination(pagination.BasePagination):
 
     # --- cursors ----------------------------------------------------------------------
 
-    def encode_cursor(self, direction: str, position: list, *, inclusive: bool = False) -> str:
+    def encode_cursor(self, direction: str, position: list[Any], *, inclusive: bool = False) -> str:
         """`{"after": [...]}`, `{"before": [...]}`; `{"from": [...]}` and
         `{"through": [...]}` include the row at the position."""
         if inclusive:
@@ -274,7 +297,7 @@ class KeysetPagination(pagination.BasePagination):
         )
         return base64.urlsafe_b64encode(body.encode()).decode("ascii")
 
-    def decode_cursor(self, request) -> tuple[bool, list | None, bool]:
+    def decode_cursor(self, request: Request) -> tuple[bool, list[Any] | None, bool]:
         """(backwards, position, inclusive), or (False, None, False) without a cursor."""
         encoded = request.query_params.get(self.cursor_query_param)
         if encoded is None:
@@ -296,7 +319,7 @@ class KeysetPagination(pagination.BasePagination):
         backwards, inclusive = CURSOR_DIRECTIONS[direction]
         return backwards, position, inclusive
 
-    def _checked(self, value, field: models.Field):
+    def _checked(self, value: Any, field: "models.Field[Any, Any]") -> Any:
         """`value` as the key's column takes it, or a 400."""
         if value is None:
             if field.null:
@@ -331,7 +354,7 @@ class KeysetPagination(pagination.BasePagination):
         return value
 
 
-def _dumpable(value):
+def _dumpable(value: Any) -> Any:
     """A key's value as JSON keeps it exactly: dates in UTC with microseconds,
     decimals and UUIDs as text."""
     if isinstance(value, datetime.datetime):

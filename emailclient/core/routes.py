@@ -22,6 +22,8 @@ class OptionalSlashRoutePattern(RoutePattern):
     matches `sync/imap/{id}` and `sync/imap/{id}/`. Its `str()` (what the
     schema generator reads) is the route without the slash."""
 
+    _regex: str  # set by RoutePattern.__init__ (private: not in django-stubs)
+
     def __init__(self, route: str, name: str | None = None, is_endpoint: bool = False):
         if not isinstance(route, str):
             # A lazily translated route is compiled again per language, from

@@ -2,25 +2,25 @@
 
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
-from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError, transaction
 
 from .exceptions import ApplicationError, Conflict
 from .models import AuditLog, Tenant, TenantMembership
 from .tenancy import tenant_scope
 
-User = get_user_model()
-
 
 def audit_log_record(
     *,
     tenant: Tenant,
-    actor,
+    actor: AbstractBaseUser | AnonymousUser | None,
     action: str,
     object_type: str,
     object_id: uuid.UUID | None,
-    changes: dict | None = None,
+    changes: dict[str, Any] | None = None,
     ip_address: str | None = None,
 ) -> AuditLog:
     """Append one audit entry (`audit_log_record_many()` with one)."""
@@ -41,7 +41,7 @@ def audit_log_record_many(
     actor_id: int | None,
     action: str,
     object_type: str,
-    entries: Iterable[tuple[uuid.UUID | None, dict]],
+    entries: Iterable[tuple[uuid.UUID | None, dict[str, Any]]],
     ip_address: str | None = None,
 ) -> list[AuditLog]:
     """Append one audit entry per `(object_id, changes)`, in one statement:
@@ -71,7 +71,9 @@ def tenant_create(*, slug: str, name: str = "") -> Tenant:
         raise Conflict(f"A tenant with slug {slug!r} already exists.") from exc
 
 
-def tenant_member_add(*, tenant: Tenant, user, role: str = TenantMembership.Role.MEMBER) -> TenantMembership:
+def tenant_member_add(
+    *, tenant: Tenant, user: User, role: str = TenantMembership.Role.MEMBER
+) -> TenantMembership:
     """Add the user to the tenant, or change the role of an existing member."""
     if role not in TenantMembership.Role.values:
         raise ApplicationError(f"Unknown role {role!r}.", fields={"role": ["Unknown role."]})
@@ -82,6 +84,6 @@ def tenant_member_add(*, tenant: Tenant, user, role: str = TenantMembership.Role
     return membership
 
 
-def tenant_member_remove(*, tenant: Tenant, user) -> None:
+def tenant_member_remove(*, tenant: Tenant, user: User) -> None:
     with tenant_scope(tenant.id):
         TenantMembership.objects.filter(tenant=tenant, user=user).delete()

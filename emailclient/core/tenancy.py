@@ -9,10 +9,11 @@ the rollback of the atomic block undoes the setting by itself.
 """
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from django.db import connections, transaction
+from django.db.backends.utils import CursorWrapper
 
 SETTING = "app.current_tenant_id"
 # An active tenant's id as text, or '' (no tenant: a scope that sees nothing).
@@ -20,7 +21,7 @@ _ACTIVE_TENANT_BY_ID = "COALESCE((SELECT id::text FROM tenants WHERE id = %s::uu
 _ACTIVE_TENANT_BY_SLUG = "COALESCE((SELECT id::text FROM tenants WHERE slug = %s AND is_active), '')"
 
 
-def _set(cursor, value: str) -> None:
+def _set(cursor: CursorWrapper, value: str) -> None:
     cursor.execute("SELECT set_config(%s, %s, true)", [SETTING, value])
 
 
@@ -55,7 +56,7 @@ def active_tenant_scope(ref: str, *, using: str = "default") -> Iterator[uuid.UU
 
 
 @contextmanager
-def _scope(expression: str, params: list, *, using: str) -> Iterator[str]:
+def _scope(expression: str, params: Sequence[str], *, using: str) -> Iterator[str]:
     """Set the setting to the SQL `expression` for the block; yields its value."""
     connection = connections[using]
     # Outermost: the commit or rollback ends the setting, one query suffices.

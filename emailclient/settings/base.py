@@ -226,7 +226,7 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
+STATIC_ROOT: Path | None = BASE_DIR / "var" / "static"
 # WhiteNoise serves the admin's and the browsable API's static files from the
 # app itself, compressed and cache-busted, so no extra web server is needed.
 STORAGES = {
