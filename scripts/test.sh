@@ -13,6 +13,10 @@ printf '==> ruff\n'
 .venv/bin/ruff format --check .
 printf '==> import contracts (.importlinter)\n'
 .venv/bin/lint-imports
+# The files, plugins and strict modules are in mypy.ini; .mypy_cache keeps
+# a run without changes to a few seconds.
+printf '==> mypy (mypy.ini)\n'
+.venv/bin/mypy
 printf '==> makemigrations --check\n'
 .venv/bin/python manage.py makemigrations --check --dry-run --no-input -v 1 2>/dev/null
 printf '==> pytest\n'
