@@ -11,14 +11,16 @@ from messages import parsing
 from messages.parsing import (
     Limits,
     MessageRejected,
-    _split_addresses,
     decode_header_value,
     html_to_text,
     message_id,
     message_ids,
+    mime,
     parse_message,
+    parts,
     reference_ids,
 )
+from messages.parsing.addresses import _split_addresses
 from messages.tests.corpus import CORPUS_DIR, corpus_files
 
 ALL = corpus_files()
@@ -278,8 +280,8 @@ def _fast_tree(raw: bytes):
     if "\r" in text and text.count("\r") != text.count("\r\n"):
         return None
     try:
-        return parsing._fast_part(text, 0, len(text), 0)
-    except parsing._Unusual:
+        return mime._fast_part(text, 0, len(text), 0)
+    except mime._Unusual:
         return None
 
 
@@ -327,7 +329,7 @@ def test_fast_mime_tree_matches_or_declines_on_odd_structures(raw):
     tree = _fast_tree(raw)
     if tree is not None:
         assert _tree(tree) == _tree(reference)
-    assert _tree(parsing.mime_tree(raw)) == _tree(reference)
+    assert _tree(mime.mime_tree(raw)) == _tree(reference)
 
 
 @pytest.mark.parametrize(
@@ -348,6 +350,6 @@ def test_large_base64_parts_decode_as_email_decodes_them(encoded):
         + b"\r\n--b--\r\n"
     )
     part = email.message_from_bytes(raw, policy=compat32).get_payload()[1]
-    assert len(part.get_payload()) > parsing._LARGE_PART
-    assert parsing._payload_bytes(part) == part.get_payload(decode=True)
+    assert len(part.get_payload()) > parts._LARGE_PART
+    assert parts._payload_bytes(part) == part.get_payload(decode=True)
     assert parse_message(raw).attachments[0].data == part.get_payload(decode=True)

@@ -1,0 +1,32 @@
+"""What input the parser refuses, and how far it reads: `Limits` (from the
+settings' `MAIL_MAX_*`) and `MessageRejected`."""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = 50 * 1024 * 1024
+    max_header_bytes: int = 256 * 1024
+    max_parts: int = 1000
+    max_depth: int = 30
+
+
+def parse_limits() -> Limits:
+    """The limits the settings give (`MAIL_MAX_*`): the sync's and `reparse`'s."""
+    return Limits(
+        max_message_bytes=settings.MAIL_MAX_MESSAGE_BYTES,
+        max_header_bytes=settings.MAIL_MAX_HEADER_BYTES,
+        max_parts=settings.MAIL_MAX_PARTS,
+        max_depth=settings.MAIL_MAX_MIME_DEPTH,
+    )
+
+
+class MessageRejected(Exception):
+    """The input cannot be stored as a message; `reason` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
