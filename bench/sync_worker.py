@@ -161,7 +161,7 @@ def install_phase_timers() -> PhaseTimers:
     from django.db.models.query import QuerySet
 
     import mailboxes.imap as imap
-    import mailboxes.sync as sync
+    import mailboxes.sync.engine as sync
     from messages.blobs import BlobStore
 
     timers = PhaseTimers()

@@ -9,7 +9,9 @@ from emailclient.core.tenancy import tenant_scope
 from mailboxes import status
 from mailboxes.imap import ImapSession, MailServerError
 from mailboxes.services import sync_request
-from mailboxes.sync import _Engine, _Pipeline, account_sync, server_config
+from mailboxes.sync import account_sync, server_config
+from mailboxes.sync.engine import _Engine
+from mailboxes.sync.pipeline import _Pipeline
 from mailboxes.tasks import sync_account_task
 from mailboxes.tests.conftest import PASSWORD
 from mailboxes.tests.helpers import assert_in_step

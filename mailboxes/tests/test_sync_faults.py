@@ -161,7 +161,7 @@ def limited_devmail(request, tmp_path_factory):
 @pytest.mark.django_db
 def test_sync_without_condstore_or_qresync(limited_devmail, mail_settings, tenant_a, user_a, monkeypatch):
     # Small UID ranges, so that flag and expunge checks span many ranges.
-    monkeypatch.setattr("mailboxes.sync.FLAG_RANGE", 7)
+    monkeypatch.setattr("mailboxes.sync.engine.FLAG_RANGE", 7)
     limited_devmail.add_user("plain", PASSWORD)
     client = imap(limited_devmail, "plain")
     capabilities = {c.upper() for c in client.capabilities()}

@@ -1,0 +1,20 @@
+"""The IMAP server settings of an account, for the sync and the write-back."""
+
+from django.conf import settings
+
+from accounts.models import EmailAccount
+from mailboxes.imap import ServerConfig
+
+
+def server_config(account: EmailAccount) -> ServerConfig:
+    return ServerConfig(
+        host=account.hostname,
+        port=account.port,
+        encryption=account.encryption,
+        allow_private=settings.MAIL_ALLOW_PRIVATE_HOSTS,
+        allow_plaintext=settings.MAIL_ALLOW_PLAINTEXT,
+        ca_file=settings.MAIL_TLS_CA_FILE,
+        connect_timeout=settings.MAIL_CONNECT_TIMEOUT,
+        read_timeout=settings.MAIL_READ_TIMEOUT,
+        max_literal=settings.MAIL_MAX_MESSAGE_BYTES + 1024 * 1024,
+    )

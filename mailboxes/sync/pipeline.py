@@ -1,0 +1,133 @@
+"""The two kinds of background work of a sync: blob writes on a thread pool,
+and commits in order on a writer thread with its own database connection."""
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from django.db import connection
+
+from messages.blobs import BlobStore
+
+logger = logging.getLogger(__name__)
+
+
+class _BlobWriter:
+    """Writes blobs on two background threads. A blob write is mostly work
+    without the GIL (gzip in C; creating the file, which costs a few hundred
+    microseconds of kernel time on ext4), so it runs on the other core while
+    this thread parses. The writes not yet done hold at most `max_bytes`
+    (one always goes, however big). Without `threaded`, writes run inline.
+    Leaving the block waits for every write."""
+
+    def __init__(self, store: BlobStore, tenant_id: uuid.UUID, *, threaded: bool, max_bytes: int):
+        self.store = store
+        self.tenant_id = tenant_id
+        self.max_bytes = max_bytes
+        self.pending = 0
+        self.done = threading.Condition()
+        self.executor = ThreadPoolExecutor(2, thread_name_prefix="sync-blobs") if threaded else None
+
+    def put(self, data: bytes, key: str) -> Future | None:
+        if self.executor is None:
+            self.store.put(self.tenant_id, data, key)
+            return None
+        with self.done:
+            while self.pending and self.pending + len(data) > self.max_bytes:
+                self.done.wait()
+            self.pending += len(data)
+        return self.executor.submit(self._put, data, key)
+
+    def _put(self, data: bytes, key: str) -> None:
+        try:
+            self.store.put(self.tenant_id, data, key)
+        finally:
+            with self.done:
+                self.pending -= len(data)
+                self.done.notify_all()
+
+    def __enter__(self) -> "_BlobWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+
+
+class _Pipeline:
+    """Runs commit jobs in order on a writer thread with its own database
+    connection, so that PostgreSQL works on batch N while this thread fetches
+    and parses batch N+1 (two cores, one GIL: parsing is Python, a commit is
+    mostly waiting on PostgreSQL). At most two jobs wait, and the jobs not
+    yet done hold at most `max_bytes` (one job always goes, however big),
+    bounding memory by bytes whatever the size of the mail.
+
+    Without `threaded` (inside an outer transaction, as in tests that roll
+    back) jobs run inline. Leaving the block waits for every job; the first
+    job error is raised then, or by the next `submit`."""
+
+    def __init__(self, *, threaded: bool, max_bytes: int = 32 * 1024 * 1024):
+        self.threaded = threaded
+        self.error: BaseException | None = None
+        self.max_bytes = max_bytes
+        self.in_flight = 0
+        self.done = threading.Condition()
+        if threaded:
+            self.jobs: queue.Queue = queue.Queue(maxsize=2)
+            self.thread = threading.Thread(target=self._work, name="sync-writer", daemon=True)
+            self.thread.start()
+
+    def _work(self) -> None:
+        try:
+            while (item := self.jobs.get()) is not None:
+                job, size = item
+                try:
+                    if self.error is None:
+                        job()
+                except BaseException as exc:
+                    self.error = exc
+                finally:
+                    with self.done:
+                        self.in_flight -= size
+                        self.done.notify_all()
+        finally:
+            connection.close()
+
+    def submit(self, job: Callable[[], None], size: int = 0) -> None:
+        if self.error is not None:
+            raise self.error
+        if not self.threaded:
+            job()
+            return
+        with self.done:
+            while self.in_flight and self.in_flight + size > self.max_bytes and self.error is None:
+                self.done.wait()
+            self.in_flight += size
+        self.jobs.put((job, size))
+
+    def __enter__(self) -> "_Pipeline":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.threaded:
+            # Wait for the writer whatever happens here (a soft time limit, a
+            # ^C): returning early would release the account's lock while
+            # batches are still being committed. It has two jobs at most.
+            while True:
+                try:
+                    self.jobs.put(None)
+                    break
+                except BaseException:  # noqa: S112 - interrupted while waiting; wait again
+                    continue
+            while self.thread.is_alive():
+                try:
+                    self.thread.join()
+                except BaseException:  # noqa: S112
+                    continue
+        if self.error is not None:
+            if exc is None:
+                raise self.error
+            logger.error("sync writer failed as well", exc_info=self.error)
