@@ -22,6 +22,7 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import IO, Literal, TypeAlias, overload
 
 from imapclient import IMAPClient
 from imapclient.datetime_util import parse_to_datetime
@@ -80,7 +81,13 @@ def resolve(host: str, port: int, *, allow_private: bool) -> str:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise MailServerError(f"cannot resolve {host}: {exc}") from exc
-    addresses = [info[4][0] for info in infos]
+    addresses: list[str] = []
+    for *_, sockaddr in infos:
+        # AF_INET and AF_INET6 give the address as text; (int, bytes) is a
+        # family this Python does not know, never the answer for a host name.
+        if not isinstance(sockaddr[0], str):
+            raise MailServerError(f"{host} resolves to an address of an unknown family")
+        addresses.append(sockaddr[0])
     if not allow_private:
         refused = [a for a in addresses if not address_allowed(a)]
         if refused:
@@ -114,18 +121,23 @@ def ssl_context(config: ServerConfig) -> ssl.SSLContext:
 
 # --- imaplib with a pinned address and bounded reads -------------------------------
 
+# One message's FETCH items by name (b"UID", b"FLAGS", b"BODY[]", ...), as the
+# parsers give them: numbers, tuples of flags, datetimes, bytes, None.
+FetchData: TypeAlias = dict[bytes, object]
 
-class _BoundedReads:
+
+class _BoundedReads(imaplib.IMAP4):
     max_line: int
     max_literal: int
+    file: IO[bytes]  # imaplib opens it with `sock.makefile("rb")`
 
-    def readline(self):
+    def readline(self) -> bytes:
         line = self.file.readline(self.max_line + 1)
         if len(line) > self.max_line:
             raise ProtocolViolation(f"server line longer than {self.max_line} bytes")
         return line
 
-    def read(self, size):
+    def read(self, size: int) -> bytes:
         if size > self.max_literal:
             raise ProtocolViolation(
                 f"server literal of {size} bytes is over the {self.max_literal}-byte limit"
@@ -133,14 +145,14 @@ class _BoundedReads:
         return super().read(size)
 
 
-class _PinnedIMAP4(_BoundedReads, imaplib.IMAP4):
+class _PinnedIMAP4(_BoundedReads):
     def __init__(self, host: str, address: str, port: int, config: ServerConfig):
         self._address = address
         self.max_line, self.max_literal = config.max_line, config.max_literal
         self._connect_timeout = config.connect_timeout
         super().__init__(host, port, timeout=config.connect_timeout)
 
-    def _create_socket(self, timeout=None):
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
         return socket.create_connection((self._address, self.port), timeout or self._connect_timeout)
 
 
@@ -149,7 +161,7 @@ class _PinnedIMAP4TLS(_PinnedIMAP4):
         self._context = context
         super().__init__(host, address, port, config)
 
-    def _create_socket(self, timeout=None):
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
         sock = super()._create_socket(timeout)
         return self._context.wrap_socket(sock, server_hostname=self.host)
 
@@ -168,7 +180,7 @@ class _Client(IMAPClient):
         )
         self.normalise_times = False  # keep INTERNALDATE's zone: aware datetimes
 
-    def _create_IMAP4(self):
+    def _create_IMAP4(self) -> imaplib.IMAP4:
         if self.ssl:
             return _PinnedIMAP4TLS(self.host, self._address, self.port, self._config, self._context)
         return _PinnedIMAP4(self.host, self._address, self.port, self._config)
@@ -183,7 +195,9 @@ class _Client(IMAPClient):
         self._checkok("copy", typ, data)
         return b" ".join(d for d in data if isinstance(d, bytes))
 
-    def uid_fetch(self, message_set: str, items: list[str], modifiers: list[str] | None = None) -> dict:
+    def uid_fetch(
+        self, message_set: str, items: list[str], modifiers: list[str] | None = None
+    ) -> dict[int, FetchData]:
         """UID FETCH on a sequence-set string (`1:500,731`); IMAPClient.fetch
         takes only lists of single ids. Results are keyed by their UID item,
         never by sequence number: unsolicited FETCH responses (another
@@ -201,7 +215,7 @@ class _Client(IMAPClient):
         parsed = parse_fetch_fast(data)
         if parsed is None:
             parsed = parse_fetch_response(data, self.normalise_times, uid_is_key=False)
-        by_uid = {}
+        by_uid: dict[int, FetchData] = {}
         for item in parsed.values():
             uid = item.get(b"UID")
             if isinstance(uid, int):
@@ -217,7 +231,7 @@ _FETCH_ITEM = re.compile(
 _FETCH_KIND = {b"UID": 2, b"RFC822.SIZE": 2, b"FLAGS": 3, b"MODSEQ": 3, b"INTERNALDATE": 4, b"BODY[]": 5}
 
 
-def parse_fetch_fast(data: list) -> dict[int, dict] | None:
+def parse_fetch_fast(data: list[bytes | tuple[bytes, bytes] | None]) -> dict[int, FetchData] | None:
     """imaplib's FETCH responses as IMAPClient's `parse_fetch_response(...,
     normalise_times=False, uid_is_key=False)` returns them (by sequence
     number; numbers, flag tuples, dates, literals), for the items the sync
@@ -226,7 +240,7 @@ def parse_fetch_fast(data: list) -> dict[int, dict] | None:
     a FETCH). None for anything else, which IMAPClient then parses."""
     if data == [None]:
         return {}
-    parsed: dict[int, dict] = {}
+    parsed: dict[int, FetchData] = {}
     position, count = 0, len(data)
     while position < count:
         entry = data[position]
@@ -244,7 +258,7 @@ def parse_fetch_fast(data: list) -> dict[int, dict] | None:
         start = _FETCH_START.match(line)
         if start is None:
             return None
-        fields: dict = {}
+        fields: FetchData = {}
         at, end = start.end(), len(line)
         while at < end:
             match = _FETCH_ITEM.match(line, at)
@@ -316,26 +330,38 @@ MAX_UID = 2**32 - 1  # RFC 3501: nz-number, 32 bits
 MAX_MODSEQ = 2**63 - 1  # RFC 7162: mod-sequence-value, 63 bits
 
 
-def check_uid(value) -> int:
+def check_uid(value: object) -> int:
     if not isinstance(value, int) or not 1 <= value <= MAX_UID:
         raise ProtocolViolation(f"the server sent UID {str(value)[:40]}")
     return value
 
 
-def check_number(value, *, name: str, low: int = 0, high: int = MAX_MODSEQ, optional: bool = False):
+@overload
+def check_number(
+    value: object, *, name: str, low: int = 0, high: int = MAX_MODSEQ, optional: Literal[False] = False
+) -> int: ...
+@overload
+def check_number(
+    value: object, *, name: str, low: int = 0, high: int = MAX_MODSEQ, optional: Literal[True]
+) -> int | None: ...
+def check_number(
+    value: object, *, name: str, low: int = 0, high: int = MAX_MODSEQ, optional: bool = False
+) -> int | None:
     """A number from a server reply, in range, or ProtocolViolation."""
     if value is None and optional:
         return None
+    if not isinstance(value, int | str | bytes):  # None, a tuple, a datetime: what int() refuses
+        raise ProtocolViolation(f"the server sent {name} {str(value)[:40]!r}")
     try:
         number = int(value)
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:
         raise ProtocolViolation(f"the server sent {name} {str(value)[:40]!r}") from exc
     if not low <= number <= high:
         raise ProtocolViolation(f"the server sent {name} {number}, out of range")
     return number
 
 
-def _text(value) -> str:
+def _text(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
@@ -344,7 +370,7 @@ def _text(value) -> str:
 def sequence_set(uids: Iterable[int]) -> str:
     """`1:3,7,9:10` from sorted or unsorted UIDs: short commands for big sets."""
     ordered = sorted(set(uids))
-    ranges = []
+    ranges: list[list[int]] = []
     for uid in ordered:
         if ranges and uid == ranges[-1][1] + 1:
             ranges[-1][1] = uid
@@ -427,7 +453,7 @@ class ImapSession:
     def __enter__(self) -> "ImapSession":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         try:
             self.client.logout()
         except Exception:
@@ -458,7 +484,7 @@ class ImapSession:
         """EXAMINE (read-only): syncing never changes the mailbox."""
         return self._state(self.client.select_folder(name, readonly=True), exists_key=b"EXISTS")
 
-    def _state(self, response: dict, *, exists_key: bytes) -> FolderState:
+    def _state(self, response: dict[bytes, object], *, exists_key: bytes) -> FolderState:
         modseq = response.get(b"HIGHESTMODSEQ") if self.condstore else None
         return FolderState(
             uidvalidity=check_number(response.get(b"UIDVALIDITY"), name="UIDVALIDITY", low=1, high=MAX_UID),
@@ -507,6 +533,8 @@ class ImapSession:
         result = {}
         for uid, data in response.items():
             header = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER.FIELDS")), b"") or b""
+            if not isinstance(header, bytes):  # a literal or a quoted string; NIL (None) is b"" above
+                raise ProtocolViolation(f"the server sent a Message-ID header of {type(header).__name__}")
             ids = message_ids(header.decode("utf-8", "replace").partition(":")[2])
             result[uid] = ids[0] if ids else ""
         return result
@@ -524,7 +552,9 @@ class ImapSession:
         items = ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "BODY.PEEK[HEADER]"]
         return self._fetch(uids, items + (["MODSEQ"] if self.condstore else []))
 
-    def _fetch(self, uids: Iterable[int], items: list[str], modifiers=None) -> dict[int, FetchedMessage]:
+    def _fetch(
+        self, uids: Iterable[int], items: list[str], modifiers: list[str] | None = None
+    ) -> dict[int, FetchedMessage]:
         uid_list = list(uids)
         if not uid_list:
             return {}
@@ -532,7 +562,7 @@ class ImapSession:
         return {uid: self._message(uid, data) for uid, data in response.items()}
 
     @staticmethod
-    def _message(uid: int, data: dict) -> FetchedMessage:
+    def _message(uid: int, data: FetchData) -> FetchedMessage:
         raw = data.get(b"BODY[]")
         if raw is None:
             raw = data.get(b"BODY[HEADER]")

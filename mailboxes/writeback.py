@@ -28,7 +28,9 @@ import re
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any, TypeAlias
 
 from django.conf import settings
 from django.db import transaction
@@ -105,7 +107,7 @@ def _groups(pending: list[MessageChange]) -> Iterator[list[MessageChange]]:
     STORE per folder and flag set follows), moves from one folder to
     another, expunges in one folder. Order is kept: only neighbours join."""
 
-    def key(change: MessageChange) -> tuple:
+    def key(change: MessageChange) -> tuple[str] | tuple[str, str, int | None, uuid.UUID | None]:
         if change.kind == MessageChange.Kind.FLAGS:
             return (change.kind,)
         return (change.kind, change.folder_name, change.uidvalidity, change.target_folder_id)
@@ -153,7 +155,11 @@ def change_failed(change: MessageChange, error: str) -> None:
     logger.warning("write-back of %s change %s failed: %s", change.kind, change.id, error)
     with tenant_scope(change.tenant_id), transaction.atomic():
         account_change_lock(change.account_id)
-        message = Message.objects.select_for_update().filter(id=change.message_id).first()
+        message = (
+            Message.objects.select_for_update().filter(id=change.message_id).first()
+            if change.message_id is not None
+            else None  # the message was deleted (SET_NULL)
+        )
         touched = set()
         if message is not None:
             touched.add(message.folder_id)
@@ -180,7 +186,8 @@ def change_failed(change: MessageChange, error: str) -> None:
         folder_counts_refresh(touched)
 
 
-def _restore(message: Message, previous: dict) -> None:
+def _restore(message: Message, previous: dict[str, Any]) -> None:
+    """`previous`: the JSON object of `MessageChange.previous`, field name → value."""
     fields = []
     for name, value in previous.items():
         if name == "folder_id":
@@ -194,6 +201,10 @@ def _restore(message: Message, previous: dict) -> None:
     message.save(update_fields=[*fields, "updated_at"])
 
 
+# The changes of one STORE: folder name, UIDVALIDITY, ((flag, on), ...).
+_StoreKey: TypeAlias = tuple[str, int | None, tuple[tuple[str, bool], ...]]
+
+
 class _Writer:
     def __init__(self, account: EmailAccount, session: ImapSession):
         self.account = account
@@ -203,7 +214,7 @@ class _Writer:
         self.can_move = self.client.has_capability("MOVE")
         self.uidplus = self.client.has_capability("UIDPLUS")
 
-    def scope(self):
+    def scope(self) -> AbstractContextManager[None]:
         return tenant_scope(self.account.tenant_id)
 
     def apply(self, group: list[MessageChange]) -> dict[MessageChange, str]:
@@ -222,9 +233,12 @@ class _Writer:
             state=MessageChange.State.DONE, finished_at=now, updated_at=now
         )
 
-    def open(self, changes: list[MessageChange]) -> tuple[list[MessageChange], dict[MessageChange, str]]:
+    def open(
+        self, changes: list[MessageChange]
+    ) -> tuple[list[tuple[MessageChange, int]], dict[MessageChange, str]]:
         """Select the changes' folder (one for all) for writing; the changes
-        whose message is still there, and the others with the reason."""
+        whose message is still there, each with its UID, and the others with
+        the reason."""
         first = changes[0]
         if not first.folder_name:
             return [], {c: "the message has no place on the server" for c in changes}
@@ -233,13 +247,16 @@ class _Writer:
         except ChangeImpossible as exc:
             return [], {c: str(exc) for c in changes}
         present = self.session.uids_in([c.imap_uid for c in changes if c.imap_uid is not None])
-        impossible = {}
+        todo: list[tuple[MessageChange, int]] = []
+        impossible: dict[MessageChange, str] = {}
         for change in changes:
             if change.imap_uid is None:
                 impossible[change] = "the message has no place on the server"
             elif change.imap_uid not in present:
                 impossible[change] = "the message is no longer on the server"
-        return [c for c in changes if c not in impossible], impossible
+            else:
+                todo.append((change, change.imap_uid))
+        return todo, impossible
 
     def select(self, folder_name: str, uidvalidity: int | None) -> None:
         if self.selected is None or self.selected[0] != folder_name:
@@ -269,7 +286,7 @@ class _Writer:
         with self.scope():
             messages = Message.objects.select_related("folder").in_bulk([c.message_id for c in changes])
         impossible: dict[MessageChange, str] = {}
-        stores: dict[tuple, list[tuple[MessageChange, int]]] = defaultdict(list)
+        stores: dict[_StoreKey, list[tuple[MessageChange, int]]] = defaultdict(list)
         for change in changes:
             message = messages.get(change.message_id)
             if message is None:
@@ -315,7 +332,7 @@ class _Writer:
         todo, impossible = self.open(changes)
         if not todo:
             return impossible
-        uids = sorted(c.imap_uid for c in todo)
+        uids = sorted(uid for _, uid in todo)
         if self.can_move:
             response = self.client.move(uids, target.name)
             response = b" ".join(
@@ -325,19 +342,19 @@ class _Writer:
             response = self.client.copy_with_code(uids, target.name)
             self.client.add_flags(uids, ["\\Deleted"], silent=True)
             self._expunge_uids(uids)
-        new_uids = _copyuid_map(response, len(uids))
-        for change in todo:
-            if change.imap_uid not in new_uids:
-                new_uids[change.imap_uid] = self.searched_uid(target, uidnext, change)
+        new_uids: dict[int, int | None] = dict(_copyuid_map(response, len(uids)))
+        for change, uid in todo:
+            if uid not in new_uids:
+                new_uids[uid] = self.searched_uid(target, uidnext, change)
         target_validity = self.status(target.name, b"UIDVALIDITY")
         with self.scope(), transaction.atomic():
             account_change_lock(self.account.id)
-            messages = Message.objects.select_for_update().in_bulk([c.message_id for c in todo])
-            for change in todo:
+            messages = Message.objects.select_for_update().in_bulk([c.message_id for c, _ in todo])
+            for change, uid in todo:
                 message = messages.get(change.message_id)
                 if message is None:
                     continue
-                new_uid = new_uids[change.imap_uid]
+                new_uid = new_uids[uid]
                 if new_uid is None:
                     # Moved, but its new UID is unknown: the next sync fetches
                     # it from the new folder; a row without a UID would stay twice.
@@ -346,12 +363,14 @@ class _Writer:
                     message.imap_uid = new_uid
                     message.uidvalidity = target_validity
                     message.save(update_fields=["imap_uid", "uidvalidity", "updated_at"])
-            self.done(todo)
+            self.done([c for c, _ in todo])
         return impossible
 
     def searched_uid(self, target: Folder, uidnext: int | None, change: MessageChange) -> int | None:
         """A moved message's new UID, found by its Message-ID among the
         target folder's UIDs from `uidnext` on (no COPYUID from the server)."""
+        if change.message_id is None:  # the message was deleted (SET_NULL)
+            return None
         with self.scope():
             message_id = (
                 Message.objects.filter(id=change.message_id).values_list("message_id", flat=True).first()
@@ -380,13 +399,13 @@ class _Writer:
         todo, impossible = self.open(changes)
         if not todo:
             return impossible
-        uids = sorted(c.imap_uid for c in todo)
+        uids = sorted(uid for _, uid in todo)
         self.client.add_flags(uids, ["\\Deleted"], silent=True)
         self._expunge_uids(uids)
         with self.scope(), transaction.atomic():
             account_change_lock(self.account.id)
-            Message.objects.filter(id__in=[c.message_id for c in todo], is_deleted=True).delete()
-            self.done(todo)
+            Message.objects.filter(id__in=[c.message_id for c, _ in todo], is_deleted=True).delete()
+            self.done([c for c, _ in todo])
         return impossible
 
     def _expunge_uids(self, uids: list[int]) -> None:
@@ -423,7 +442,7 @@ def _ordered_uids(text: str, most: int) -> list[int] | None:
     return uids
 
 
-def _bytes(value) -> bytes:
+def _bytes(value: object) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):

@@ -18,7 +18,7 @@ messages on the read benchmark's database).
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 from django.db import connection
@@ -112,7 +112,7 @@ def blob_garbage_collect(
     return report
 
 
-def _referenced_keys(tenant_id: uuid.UUID) -> Iterator[str]:
+def _referenced_keys(tenant_id: uuid.UUID) -> Generator[str, None, None]:
     with connection.chunked_cursor() as cursor:
         cursor.execute(_REFERENCED_KEYS, {"tenant": tenant_id})
         while rows := cursor.fetchmany(10_000):

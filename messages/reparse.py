@@ -39,7 +39,9 @@ import zlib
 from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
+from django.db import models
 from django.utils import timezone
 
 from emailclient.core.models import Tenant
@@ -139,7 +141,10 @@ def messages_reparse(
     # Newest first, as the tenant's (or the account's) newest-first index
     # holds the rows that are not deleted: each batch is one range of it.
     keys = ("received_at", "id")
-    fields = [Message._meta.get_field(key) for key in keys]
+    fields: list[models.Field[Any, Any]] = [
+        Message._meta.get_field("received_at"),
+        Message._meta.get_field("id"),
+    ]
     after: tuple | None = None
     while True:
         with tenant_scope(tenant.id):
@@ -261,8 +266,8 @@ def _write_batch(
                     fields.add("search_vector")
                 message.updated_at = now
                 groups[frozenset(fields)].append(message)
-            for fields, messages in groups.items():
-                Message.objects.bulk_update(messages, [*sorted(fields), "updated_at"])
+            for names, messages in groups.items():
+                Message.objects.bulk_update(messages, [*sorted(names), "updated_at"])
     _count(writable, report)
 
 
@@ -303,7 +308,13 @@ def _thread(tenant_id: uuid.UUID, account_id: uuid.UUID, messages: list[Message]
     # has it (a reply named it): then that thread and this one merge below.
     _seed_index(tenant_id, account_id, [(m.message_id, m.thread_id) for m in messages if m.thread_id])
     views = [_ThreadView(m) for m in messages]
-    assign_threads(tenant_id=tenant_id, account_id=account_id, messages=views)
+    # assign_threads reads and sets only what a _ThreadView has, but is annotated with Message.
+    assign_threads(tenant_id=tenant_id, account_id=account_id, messages=views)  # type: ignore[arg-type]
+    threads: list[uuid.UUID] = []
+    for view in views:
+        if view.thread_id is None:
+            raise AssertionError("assign_threads gives every message a thread")
+        threads.append(view.thread_id)
     # Where the ids led elsewhere, the old thread joins the new one.
     merged: dict[uuid.UUID, uuid.UUID] = {}
 
@@ -312,15 +323,15 @@ def _thread(tenant_id: uuid.UUID, account_id: uuid.UUID, messages: list[Message]
             thread = merged[thread]
         return thread
 
-    for message, view in zip(messages, views, strict=True):
-        old, new = message.thread_id, find(view.thread_id)
+    for message, thread in zip(messages, threads, strict=True):
+        old, new = message.thread_id, find(thread)
         if old is not None and find(old) != new:
             old = find(old)
             Message.objects.filter(account_id=account_id, thread_id=old).update(thread_id=new)
             ThreadRef.objects.filter(account_id=account_id, thread_id=old).update(thread_id=new)
             merged[old] = new
-    for message, view in zip(messages, views, strict=True):
-        message.thread_id = find(view.thread_id)
+    for message, thread in zip(messages, threads, strict=True):
+        message.thread_id = find(thread)
     return gone
 
 

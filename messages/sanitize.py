@@ -303,17 +303,17 @@ def _read_tag(src: str, pos: int) -> tuple[int, str, list[tuple[str, str | None]
             match.group(1).lower(),
             [(n.lower(), q1 or q2 or bare) for n, q1, q2, bare in found],
         )
-    match = _TAG_NAME.match(src, pos)
+    match = _match_at(_TAG_NAME, src, pos)
     name, pos = match.group().lower(), match.end()
     attributes: list[tuple[str, str | None]] = []
     end = len(src)
     while True:
-        pos = _SKIP_SPACE_SLASH.match(src, pos).end()
+        pos = _match_at(_SKIP_SPACE_SLASH, src, pos).end()
         if pos >= end:
             return None
         if src[pos] == ">":
             return pos + 1, name, attributes
-        match = _ATTR_NAME.match(src, pos)
+        match = _match_at(_ATTR_NAME, src, pos)  # src[pos] is neither space, "/" nor ">"
         attribute, pos = match.group().lower(), match.end()
         value = None
         equals = _EQUALS.match(src, pos)
@@ -327,9 +327,18 @@ def _read_tag(src: str, pos: int) -> tuple[int, str, list[tuple[str, str | None]
                     return None
                 value, pos = src[pos + 1 : close], close + 1
             else:
-                match = _UNQUOTED.match(src, pos)
+                match = _match_at(_UNQUOTED, src, pos)
                 value, pos = match.group(), match.end()
         attributes.append((attribute, value))
+
+
+def _match_at(pattern: re.Pattern[str], src: str, pos: int) -> re.Match[str]:
+    """`pattern.match(src, pos)` where it cannot fail: the pattern matches the
+    empty string, or the caller has seen the character it needs."""
+    match = pattern.match(src, pos)
+    if match is None:
+        raise AssertionError(f"{pattern.pattern!r} does not match at {pos}")
+    return match
 
 
 def _after(src: str, pos: int, needle: str) -> int:

@@ -33,14 +33,14 @@ class Command(BaseCommand):
     ) -> None:
         if batch_size < 1:
             raise CommandError("--batch-size: at least 1.")
-        tenants = Tenant.objects.order_by("slug")
+        rows = Tenant.objects.order_by("slug")
         if tenant is not None:
-            tenants = tenants.filter(slug=tenant)
+            rows = rows.filter(slug=tenant)
         if account is not None:
             # Finding an account across tenants is an operator's read: admin alias.
             owner = EmailAccount.objects.using("admin").filter(id=account).values_list("tenant_id", flat=True)
-            tenants = tenants.filter(id__in=list(owner))
-        tenants = list(tenants)
+            rows = rows.filter(id__in=list(owner))
+        tenants = list(rows)
         if not tenants:
             if account is not None:
                 raise CommandError(f"No account {account}" + (f" in tenant {tenant!r}." if tenant else "."))
