@@ -557,7 +557,7 @@ def explain_all(workload: dict, deep_path: str) -> tuple[str, dict]:
         statements = [q["sql"] for q in captured.captured_queries]
         sqls = [
             sql for sql in statements if '"email_messages"' in sql and not sql.startswith("EXPLAIN")
-        ]  # not matches_first's own guesses
+        ]  # not narrow_to_candidate_ids's own guesses
         lines.append("=" * 100)
         lines.append(
             f"{name}\nGET {path} as the {role}; {len(captured.captured_queries)} queries in the request"

@@ -93,7 +93,12 @@ class MessageFilters:
 
 
 def visible_messages(*, tenant: Tenant, membership: TenantMembership) -> QuerySet[Message]:
-    """The accounts are fetched first and given as constants: with a
+    """The messages this user may see: `all_tenant_messages()` narrowed to
+    the accounts the user sees. For lists and searches, which walk an index
+    over many rows; a lookup of a few rows by id or thread uses
+    `_visible_messages_for_lookup()`.
+
+    The accounts are fetched first and given as constants: with a
     sub-select the planner guessed an average account's size for every
     account and, for a big folder, read all of it and sorted it instead of
     walking its (folder, received_at) index (240 ms against 1 ms at
@@ -101,7 +106,7 @@ def visible_messages(*, tenant: Tenant, membership: TenantMembership) -> QuerySe
     usually none, so an admin's searches carry no account list at all: one
     that named all 100 accounts of a tenant had the planner read a million
     index entries to intersect with a word's two matches (75 ms, not 1)."""
-    messages = tenant_messages(tenant=tenant)
+    messages = all_tenant_messages(tenant=tenant)
     if membership.is_admin:
         hidden = list(deleted_account_ids(tenant=tenant))
         return messages.exclude(account_id__in=hidden) if hidden else messages
@@ -109,12 +114,13 @@ def visible_messages(*, tenant: Tenant, membership: TenantMembership) -> QuerySe
     return messages.filter(account_id__in=account_ids)
 
 
-def _visible_few(*, tenant: Tenant, membership: TenantMembership) -> QuerySet[Message]:
-    """`visible_messages()` for the few messages an index finds (by id, a
-    thread): the accounts as a sub-select, one query where a list needs two.
+def _visible_messages_for_lookup(*, tenant: Tenant, membership: TenantMembership) -> QuerySet[Message]:
+    """The same rows as `visible_messages()`, with the account check as a
+    sub-select, for the few messages an index finds (by id, a thread): one
+    query where a list needs two.
     The planner's guess for the accounts does not matter when the primary
     key or the thread's index finds the rows."""
-    messages = tenant_messages(tenant=tenant)
+    messages = all_tenant_messages(tenant=tenant)
     if membership.is_admin:
         return messages.exclude(account_id__in=deleted_account_ids(tenant=tenant))
     return messages.filter(account_id__in=account_list(tenant=tenant, membership=membership).values("id"))
@@ -128,9 +134,11 @@ def list_rows(messages: QuerySet[Message]) -> QuerySet[dict]:
     return messages.values(*LIST_FIELDS, *messages.query.annotation_select)
 
 
-def tenant_messages(*, tenant: Tenant) -> QuerySet[Message]:
-    """Every message of the tenant not deleted for good, whoever may see it:
-    the start of `visible_messages()`, and nothing a user is shown unnarrowed."""
+def all_tenant_messages(*, tenant: Tenant) -> QuerySet[Message]:
+    """Every message of the tenant not deleted for good, on every account,
+    with no check of who may see it ("all", where `visible_messages()` is the
+    user's share of it): the start of the visible sets, the tenant-wide side
+    of a search's candidate ids, and nothing a user is shown unnarrowed."""
     return Message.objects.for_tenant(tenant).filter(is_deleted=False)
 
 
@@ -161,7 +169,7 @@ def message_list(
     return messages
 
 
-# A search is narrowed to its candidates' ids first (see matches_first) when
+# A search is narrowed to its candidates' ids first (see narrow_to_candidate_ids) when
 # the planner expects at most this many of them, or this share of the rows
 # searched, whichever is more. PostgreSQL guesses 0.26 % of rows for a word
 # outside its statistics: under the share.
@@ -175,12 +183,12 @@ SELECTIVE_SHARE = 0.01
 KEYED_SHARE = 0.05
 
 
-def matches_first(
+def narrow_to_candidate_ids(
     messages: QuerySet[Message],
     *,
     scope: QuerySet[Message],
     candidates: list[Candidate],
-    tenant_messages: QuerySet[Message] | None = None,
+    whole_tenant: QuerySet[Message] | None = None,
 ) -> tuple[QuerySet[Message], bool]:
     """A searched queryset (`messages`, newest first, from `scope`), narrowed
     to the ids of its candidates when they are few, and whether it was.
@@ -205,7 +213,7 @@ def matches_first(
     result is the same either way; only the plan differs.
 
     The candidate's ids are fetched over the whole tenant first (given
-    `tenant_messages`), and only if there are too many there, within the
+    `whole_tenant`), and only if there are too many there, within the
     scope: fetched within an account, a rare word's 4 index entries were
     intersected with the account's 96,388 (14 ms; the planner expected the
     word in 5,290 rows, its floor), a cost that grows with the account. The
@@ -228,11 +236,11 @@ def matches_first(
     fewest, best = min((expected(c), i) for i, c in enumerate(candidates))
     if fewest <= limit:
         condition = candidates[best].condition
-        if tenant_messages is None:
+        if whole_tenant is None:
             ids = _ids(scope.filter(condition), limit)
         else:
-            ids = _ids(tenant_messages.filter(condition), limit)
-            if ids is None and scope.query.sql_with_params() != tenant_messages.query.sql_with_params():
+            ids = _ids(whole_tenant.filter(condition), limit)
+            if ids is None and scope.query.sql_with_params() != whole_tenant.query.sql_with_params():
                 ids = _ids(scope.filter(condition), limit)  # (an admin's scope is often the tenant)
     elif len(candidates) > 1 and estimated_rows(messages) <= limit:
         ids = _ids(messages, limit)
@@ -267,14 +275,16 @@ def _folder_messages(
     visible = Folder.objects.filter(
         id=folder_id, account__in=account_list(tenant=tenant, membership=membership)
     )
-    return tenant_messages(tenant=tenant).filter(Exists(visible), folder_id=folder_id)
+    return all_tenant_messages(tenant=tenant).filter(Exists(visible), folder_id=folder_id)
 
 
 def access_message(
     *, tenant: Tenant, membership: TenantMembership, id: uuid.UUID, lock: bool = False
 ) -> Message:
     messages = (
-        _visible_few(tenant=tenant, membership=membership).select_related("folder").defer(*SEARCH_ONLY_FIELDS)
+        _visible_messages_for_lookup(tenant=tenant, membership=membership)
+        .select_related("folder")
+        .defer(*SEARCH_ONLY_FIELDS)
     )
     if lock:
         messages = messages.select_for_update(of=("self",))
@@ -288,7 +298,7 @@ def access_messages(*, tenant: Tenant, membership: TenantMembership, ids: list[u
     """The messages of a bulk change, locked, in id order (two bulk changes
     never deadlock); every one must be visible, or none is returned."""
     found = list(
-        _visible_few(tenant=tenant, membership=membership)
+        _visible_messages_for_lookup(tenant=tenant, membership=membership)
         .select_related("folder")
         .defer(*SEARCH_ONLY_FIELDS)
         .select_for_update(of=("self",))
@@ -424,7 +434,7 @@ def thread_latest_messages(
 
 def thread_messages(*, tenant: Tenant, membership: TenantMembership, thread_id: uuid.UUID) -> list[dict]:
     """The thread's messages, oldest first, as `list_rows()`."""
-    thread = _visible_few(tenant=tenant, membership=membership).filter(thread_id=thread_id)
+    thread = _visible_messages_for_lookup(tenant=tenant, membership=membership).filter(thread_id=thread_id)
     messages = list(list_rows(thread).order_by("received_at", "id"))
     if not messages:
         raise NotFound("Thread not found.")

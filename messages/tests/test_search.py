@@ -730,7 +730,7 @@ def test_search_conditions_are_leakproof_so_rls_keeps_their_indexes(db, tenant_a
 
 @pytest.mark.usefixtures("committed_db")
 def test_the_planner_knows_a_folder_lies_in_one_account_and_tenant(tenant_a, tenant_b):
-    """Search plans are chosen from row estimates (`selectors.matches_first`);
+    """Search plans are chosen from row estimates (`selectors.narrow_to_candidate_ids`);
     taken as independent, the tenant, account and folder conditions would
     be expected to hold for an eighth of a folder (migration 0012)."""
     tenants = (tenant_a, tenant_a, tenant_b, tenant_b)
@@ -770,7 +770,7 @@ def test_a_rare_address_is_tried_by_id_whatever_the_sampled_guess(tenant_a, monk
             selectors, "estimated_rows", lambda qs: guesses.get(str(qs.query), guess_share * 1000)
         )
         with tenant_scope(tenant_a.id):
-            found, by_ids = selectors.matches_first(
+            found, by_ids = selectors.narrow_to_candidate_ids(
                 apply_search(scope, query), scope=scope, candidates=positive_conditions(query)
             )
             return sorted(found.values_list("subject", flat=True)), by_ids
@@ -802,14 +802,14 @@ def test_candidates_are_fetched_over_the_tenant_then_paged_within_the_scope(tena
     monkeypatch.setattr(selectors, "estimated_rows", lambda qs: 1)  # every candidate expected rare
 
     def search_mine(text: str) -> tuple[list[str], bool, int]:
-        scope = selectors.tenant_messages(tenant=tenant_a).filter(account_id=mine.account_id)
+        scope = selectors.all_tenant_messages(tenant=tenant_a).filter(account_id=mine.account_id)
         query = parse_search_query(text)
         with tenant_scope(tenant_a.id), CaptureQueriesContext(connection) as fetches:
-            found, by_ids = selectors.matches_first(
+            found, by_ids = selectors.narrow_to_candidate_ids(
                 apply_search(scope, query),
                 scope=scope,
                 candidates=positive_conditions(query),
-                tenant_messages=selectors.tenant_messages(tenant=tenant_a),
+                whole_tenant=selectors.all_tenant_messages(tenant=tenant_a),
             )
         with tenant_scope(tenant_a.id):
             return sorted(found.values_list("subject", flat=True)), by_ids, len(fetches.captured_queries)
@@ -818,14 +818,14 @@ def test_candidates_are_fetched_over_the_tenant_then_paged_within_the_scope(tena
     assert search_mine("zebra") == (["zebra mine"], True, 2)  # 3 in the tenant: fetched again, in the scope
 
     # Over the whole tenant (an admin's search) the second fetch would be the first again.
-    tenant = selectors.tenant_messages(tenant=tenant_a)
+    tenant = selectors.all_tenant_messages(tenant=tenant_a)
     query = parse_search_query("zebra")
     with tenant_scope(tenant_a.id), CaptureQueriesContext(connection) as fetches:
-        found, by_ids = selectors.matches_first(
+        found, by_ids = selectors.narrow_to_candidate_ids(
             apply_search(tenant, query),
             scope=tenant,
             candidates=positive_conditions(query),
-            tenant_messages=tenant,
+            whole_tenant=tenant,
         )
     assert (by_ids, len(fetches.captured_queries)) == (False, 1)
     with tenant_scope(tenant_a.id):
