@@ -11,7 +11,7 @@ from emailclient.core.pagination import KeysetPagination
 
 from .models import Attachment, Folder, Message
 from .parsing import message_id
-from .search import SearchQueryError, parse_search_query
+from .search import MAX_QUERY_LENGTH, SearchQueryError, parse_search_query
 from .selectors import LIST_FIELDS
 
 
@@ -177,6 +177,24 @@ class MessageDetailSerializer(MessageListSerializer):
         return self.context["request"].build_absolute_uri(reverse("message-source", args=[message.id]))
 
 
+class SearchQueryField(serializers.CharField):
+    """A search query, validated as text (length, not blank) and returned
+    parsed (`search.SearchQuery`); a query that does not parse is a
+    validation error saying why. The one validation of a search query, for
+    the message list's `q` and the search endpoint's `query`."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_length", MAX_QUERY_LENGTH)
+        super().__init__(**kwargs)
+
+    def run_validation(self, data=serializers.empty):
+        text = super().run_validation(data)
+        try:
+            return parse_search_query(text)
+        except SearchQueryError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+
+
 class MessageFilterSerializer(serializers.Serializer):
     """Query parameters of the message list."""
 
@@ -196,9 +214,7 @@ class MessageFilterSerializer(serializers.Serializer):
         max_length=2000,
         help_text="A Message-ID, with or without angle brackets, read as the parser reads the header.",
     )
-    q = serializers.CharField(
-        required=False, max_length=500, help_text="A search query (see the search endpoint)."
-    )
+    q = SearchQueryField(required=False, help_text="A search query (see the search endpoint).")
     order = serializers.ChoiceField(
         choices=["newest", "relevance"], default="newest", help_text="`relevance` needs `q`."
     )
@@ -208,12 +224,6 @@ class MessageFilterSerializer(serializers.Serializer):
         if not normalised:
             raise serializers.ValidationError("Not a Message-ID.")
         return normalised
-
-    def validate_q(self, value: str):
-        try:
-            return parse_search_query(value)
-        except SearchQueryError as exc:
-            raise serializers.ValidationError(str(exc)) from exc
 
     def validate(self, attrs):
         after, before = attrs.get("received_after"), attrs.get("received_before")
@@ -225,15 +235,9 @@ class MessageFilterSerializer(serializers.Serializer):
 
 
 class SearchParamsSerializer(serializers.Serializer):
-    query = serializers.CharField(max_length=500)
+    query = SearchQueryField()
     account = serializers.UUIDField(required=False)
     order = serializers.ChoiceField(choices=["newest", "relevance"], default="newest")
-
-    def validate_query(self, value: str):
-        try:
-            return parse_search_query(value)
-        except SearchQueryError as exc:
-            raise serializers.ValidationError(str(exc)) from exc
 
 
 class MessageUpdateSerializer(serializers.Serializer):
