@@ -9,7 +9,7 @@ from emailclient.core.exceptions import ApplicationError
 from emailclient.core.tenancy import tenant_scope
 from messages.models import MessageChange
 
-from . import status
+from .sync_status import FAILED, QUEUED, sync_claim, sync_release, sync_status_set
 
 
 class QueueUnavailable(ApplicationError):
@@ -27,17 +27,17 @@ def sync_request(*, account: EmailAccount) -> tuple[str, bool]:
     from .tasks import sync_account_task
 
     task_id = str(uuid.uuid4())
-    existing = status.sync_claim(account.id, task_id)
+    existing = sync_claim(account.id, task_id)
     if existing:
         return existing, True
-    status.sync_status_set(account.id, state=status.QUEUED, task_id=task_id, error="")
+    sync_status_set(account.id, state=QUEUED, task_id=task_id, error="")
     try:
         sync_account_task.apply_async(
             kwargs={"tenant_id": str(account.tenant_id), "account_id": str(account.id)}, task_id=task_id
         )
     except Exception as exc:
-        status.sync_release(account.id, task_id)
-        status.sync_status_set(account.id, state=status.FAILED, error="task queue unavailable")
+        sync_release(account.id, task_id)
+        sync_status_set(account.id, state=FAILED, error="task queue unavailable")
         raise QueueUnavailable("The task queue is unavailable; try again later.") from exc
     return task_id, False
 

@@ -12,10 +12,10 @@ from emailclient.core.retry import backoff_countdown
 from messages.locks import SyncAlreadyRunning
 from messages.tasks import search_index_task
 
-from . import status
 from .imap import AddressNotAllowed, AuthenticationFailed, InsecureServer, MailServerError
 from .services import account_sync_finished, account_sync_started, pending_changes
 from .sync import account_sync
+from .sync_status import FAILED, IDLE, QUEUED, RUNNING, sync_release, sync_status_set
 from .writeback import account_write_back, give_up_pending
 
 logger = logging.getLogger(__name__)
@@ -37,21 +37,19 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
     task_id = self.request.id or ""
 
     def progress(folder: str, done: int, total: int) -> None:
-        status.sync_status_set(
-            account_id, state=status.RUNNING, task_id=task_id, folder=folder, done=done, total=total
-        )
+        sync_status_set(account_id, state=RUNNING, task_id=task_id, folder=folder, done=done, total=total)
 
     try:
         account_sync_started(tenant_id=tenant_id, account_id=account_id)
         report = account_sync(tenant_id=tenant_id, account_id=account_id, progress=progress)
     except EmailAccount.DoesNotExist:
         logger.info("sync of account %s skipped: no such account", account_id)
-        status.sync_release(account_id, task_id)
-        status.sync_status_set(account_id, state=status.IDLE)
+        sync_release(account_id, task_id)
+        sync_status_set(account_id, state=IDLE)
         return {"result": "missing"}
     except SyncAlreadyRunning:
         logger.info("sync of account %s already running; this trigger joins it", account_id)
-        status.sync_release(account_id, task_id)  # or the next trigger would "join" this finished task
+        sync_release(account_id, task_id)  # or the next trigger would "join" this finished task
         return {"result": "joined"}
     except PERMANENT as exc:
         _failed(tenant_id, account_id, task_id, exc)
@@ -59,7 +57,7 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
     except MailServerError as exc:
         if self.request.retries < settings.SYNC_MAX_RETRIES:
             account_sync_finished(tenant_id=tenant_id, account_id=account_id, error=str(exc), succeeded=False)
-            status.sync_status_set(account_id, state=status.QUEUED, error=str(exc))
+            sync_status_set(account_id, state=QUEUED, error=str(exc))
             raise self.retry(exc=exc, countdown=backoff_countdown(self.request.retries)) from exc
         _failed(tenant_id, account_id, task_id, exc)
         return {"result": "failed", "error": str(exc)}
@@ -73,8 +71,8 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
     if pending_changes(tenant_id=tenant_id, account_id=account_id):
         # Normally queued by the change itself; this catches a task that was lost.
         write_back_task.delay(str(tenant_id), str(account_id))
-    status.sync_release(account_id, task_id)
-    status.sync_status_set(account_id, state=status.IDLE, error=folder_errors, last_summary=report.summary())
+    sync_release(account_id, task_id)
+    sync_status_set(account_id, state=IDLE, error=folder_errors, last_summary=report.summary())
     return {"result": "ok", "summary": report.summary()}
 
 
@@ -82,8 +80,8 @@ def _failed(tenant_id: uuid.UUID, account_id: uuid.UUID, task_id: str, exc: Exce
     message = str(exc) or type(exc).__name__
     logger.warning("sync of account %s failed: %s", account_id, message)
     account_sync_finished(tenant_id=tenant_id, account_id=account_id, error=message, succeeded=False)
-    status.sync_release(account_id, task_id)
-    status.sync_status_set(account_id, state=status.FAILED, error=message)
+    sync_release(account_id, task_id)
+    sync_status_set(account_id, state=FAILED, error=message)
 
 
 @shared_task(

@@ -1,5 +1,5 @@
 from drf_spectacular.utils import extend_schema
-from rest_framework import status as http
+from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -7,16 +7,16 @@ from accounts.selectors import access_account
 from emailclient.core.api import TenantAPIMixin
 from emailclient.core.schema import TENANT_HEADER
 
-from . import status
 from .serializers import SyncRequestedSerializer, SyncStatusSerializer
 from .services import sync_request
+from .sync_status import IDLE, QUEUED, sync_status_get
 
 
 def sync_requested_response(account) -> Response:
     task_id, joined = sync_request(account=account)
-    state = status.sync_status_get(account.id).get("state", status.QUEUED)
+    state = sync_status_get(account.id).get("state", QUEUED)
     body = {"task_id": task_id, "state": state, "joined": joined}
-    return Response(SyncRequestedSerializer(body).data, status=http.HTTP_202_ACCEPTED)
+    return Response(SyncRequestedSerializer(body).data, status=status.HTTP_202_ACCEPTED)
 
 
 class SyncTriggerView(TenantAPIMixin, APIView):
@@ -33,10 +33,10 @@ class SyncStatusView(TenantAPIMixin, APIView):
     @extend_schema(parameters=[TENANT_HEADER], responses=SyncStatusSerializer)
     def get(self, request, account_id, **kwargs):
         account = access_account(tenant=self.tenant, membership=self.membership, id=account_id)
-        live = status.sync_status_get(account.id)
+        live = sync_status_get(account.id)
         body = {
             "account_id": account.id,
-            "state": live.get("state", status.IDLE),
+            "state": live.get("state", IDLE),
             "task_id": live.get("task_id", ""),
             "progress": {
                 "folder": live.get("folder", ""),

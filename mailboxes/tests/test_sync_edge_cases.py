@@ -6,7 +6,7 @@ from django.db import connections
 from imapclient.exceptions import IMAPClientError
 
 from emailclient.core.tenancy import tenant_scope
-from mailboxes import status
+from mailboxes import sync_status
 from mailboxes.imap import ImapSession, MailServerError
 from mailboxes.services import sync_request
 from mailboxes.sync import account_sync, server_config
@@ -133,4 +133,4 @@ def test_a_trigger_that_joins_a_running_sync_releases_its_claim(imap_account):
         other.close()
     assert result == {"result": "joined"}
     assert sync_request(account=imap_account)[1] is False  # a new sync is queued, not "joined" to a ghost
-    assert status.sync_status_get(imap_account.id)["state"] == status.QUEUED
+    assert sync_status.sync_status_get(imap_account.id)["state"] == sync_status.QUEUED

@@ -14,7 +14,7 @@ from accounts.tests.factories import EmailAccountFactory
 from conftest import bearer_client
 from emailclient.core.crypto import encrypt_secret
 from emailclient.core.tenancy import tenant_scope
-from mailboxes import status
+from mailboxes import sync_status
 from mailboxes.tasks import sync_account_task
 from mailboxes.tests.helpers import assert_in_step
 from mailboxes.tests.test_imap_sync import seed
@@ -38,7 +38,7 @@ def test_task_syncs_and_records_success(imap_account, mailbox):
     assert result["result"] == "ok"
     account = reload(imap_account)
     assert account.last_sync_at is not None and not account.is_syncing and account.last_sync_error == ""
-    assert status.sync_status_get(account.id)["state"] == status.IDLE
+    assert sync_status.sync_status_get(account.id)["state"] == sync_status.IDLE
     assert_in_step(mailbox, imap_account)
 
 
@@ -52,8 +52,8 @@ def test_authentication_failure_marks_the_account_and_stops(imap_account):
     account = reload(imap_account)
     assert "refused the login" in account.last_sync_error
     assert account.last_sync_at is None
-    assert status.sync_status_get(account.id)["state"] == status.FAILED
-    assert "wrong" not in json.dumps(status.sync_status_get(account.id))
+    assert sync_status.sync_status_get(account.id)["state"] == sync_status.FAILED
+    assert "wrong" not in json.dumps(sync_status.sync_status_get(account.id))
 
 
 @pytest.mark.django_db
@@ -79,7 +79,7 @@ def test_network_errors_are_retried_then_fail(imap_account, settings):
     assert len(attempts) == 2
     assert all(15 <= c <= 180 for c in attempts), attempts  # backoff with jitter
     assert outcome.result["result"] == "failed"  # the retries ran (eagerly), the last one gave up
-    assert status.sync_status_get(imap_account.id)["state"] == status.FAILED
+    assert sync_status.sync_status_get(imap_account.id)["state"] == sync_status.FAILED
     assert "cannot connect" in reload(imap_account).last_sync_error
 
 
