@@ -18,6 +18,7 @@ snippets); `limits` and `results` hold the types it takes and returns.
 """
 
 import re
+from typing import cast
 
 from .addresses import MAX_ADDRESS_HEADER, parse_addresses
 from .headers import (
@@ -42,13 +43,14 @@ from .identifiers import (
 from .limits import Limits, MessageRejected, parse_limits
 from .mime import mime_tree
 from .parts import walk_parts
-from .results import ParsedAttachment, ParsedMessage
+from .results import Address, ParsedAttachment, ParsedMessage
 
 __all__ = [
     "MAX_ADDRESS_HEADER",
     "MAX_HTML_TEXT_INPUT",
     "MAX_MESSAGE_ID",
     "SYNTHETIC_ID_DOMAIN",
+    "Address",
     "Limits",
     "MessageRejected",
     "ParsedAttachment",
@@ -93,7 +95,7 @@ def _check_shape(raw: bytes, limits: Limits) -> None:
     if end is None and len(raw) > limits.max_header_bytes:
         raise MessageRejected(f"header over the {limits.max_header_bytes}-byte limit")
     # Mail starts with header fields; a stray MIME body or binary blob does not.
-    start = _LEADING_SPACE.match(raw).end()
+    start = cast(re.Match[bytes], _LEADING_SPACE.match(raw)).end()  # `\s*+` matches any input
     first = raw[start : start + 1000]  # not raw.lstrip(): no copy of a large message
     if first.startswith(b"From ") and b"\n" in first:
         first = first.split(b"\n", 1)[1]

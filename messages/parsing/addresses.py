@@ -4,6 +4,7 @@ import re
 from email.utils import getaddresses
 
 from .headers import clean_line, clean_text, decode_header_value, unraw
+from .results import Address
 
 # `Name <a@b>`, `"Quoted, Name" <a@b>` or `a@b`, then a comma or the end. Lists
 # made only of these (nearly all mail) skip getaddresses' character-by-
@@ -23,7 +24,7 @@ MAX_ADDRESS_HEADER = 16 * 1024
 
 
 def _split_addresses(value: str) -> list[tuple[str, str]]:
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     position, end = 0, len(value)
     while position < end:
         match = _ADDRESS_ITEM.match(value, position)
@@ -39,7 +40,7 @@ def _split_addresses(value: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def parse_addresses(values: list[str] | None) -> list[dict]:
+def parse_addresses(values: list[str] | None) -> list[Address]:
     """[{"name": ..., "address": ...}] from one or more address headers.
     Display names are decoded after splitting, so an encoded comma inside a
     name cannot split an address."""
@@ -49,7 +50,7 @@ def parse_addresses(values: list[str] | None) -> list[dict]:
         pairs = [pair for v in values for pair in _split_addresses(clean_text(unraw(v[:MAX_ADDRESS_HEADER])))]
     except Exception:
         return []
-    result = []
+    result: list[Address] = []
     for name, address in pairs:
         address = clean_line(address, 320)
         name = clean_line(decode_header_value(name), 500)

@@ -95,7 +95,7 @@ def unraw(value: str) -> str:
     return decode_bytes(value.encode("utf-8", "surrogateescape"), None)
 
 
-def decode_header_value(value) -> str:
+def decode_header_value(value: str | None) -> str:
     """RFC 2047 encoded words in any charset, and raw 8-bit headers (UTF-8
     or Latin-1), to text. Never raises."""
     if value is None:

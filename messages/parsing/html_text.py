@@ -49,8 +49,8 @@ def _drop_hidden(html: str) -> str:
             closing = _HIDDEN_END[name.lower()].search(html, found.end())
             position = end if closing is None else closing.end()
         else:
-            closing = html.find("-->", found.end())
-            position = end if closing < 0 else closing + 3
+            comment_end = html.find("-->", found.end())
+            position = end if comment_end < 0 else comment_end + 3
         found = _HIDDEN_START.search(html, position)
     out.append(html[position:])
     return "".join(out)

@@ -57,15 +57,15 @@ def _fast_part(text: str, start: int, end: int, depth: int) -> MimeMessage:
             if not _HEADER_NAME.match(line):
                 raise _Unusual  # "From " lines, bad names: the FeedParser's defect handling
             if field:
-                msg._headers.append(compat32.header_source_parse(field))
+                msg._headers.append(compat32.header_source_parse(field))  # type: ignore[attr-defined]  # private list, filled as FeedParser does
             field = [line]
         if field:
-            msg._headers.append(compat32.header_source_parse(field))
+            msg._headers.append(compat32.header_source_parse(field))  # type: ignore[attr-defined]  # private list, filled as FeedParser does
     maintype = msg.get_content_maintype()
     if maintype == "message":
         raise _Unusual
     if maintype != "multipart":
-        msg._payload = text[body:end]
+        msg._payload = text[body:end]  # type: ignore[attr-defined]  # set as FeedParser does: no set_payload checks
         return msg
     boundary = msg.get_boundary()
     if boundary is None or msg.get_content_type() == "multipart/digest":
@@ -85,7 +85,7 @@ def _fast_part(text: str, start: int, end: int, depth: int) -> MimeMessage:
         if child.get_content_maintype() == "multipart":
             child.epilogue = _strip_eol(child.epilogue) if child.epilogue else None
         else:
-            child._payload = _strip_eol(child._payload)
+            child._payload = _strip_eol(child._payload)  # type: ignore[attr-defined]  # str, set just above
         msg.attach(child)
     msg.epilogue = text[marks[-1][1] : end]
     return msg
@@ -95,7 +95,7 @@ def _boundary_lines(text: str, start: int, end: int, separator: str) -> list[tup
     """(line start, next line's start, is the close boundary) of each
     boundary line in text[start:end], up to the close boundary: a line that is
     the separator, optionally `--`, then only spaces and tabs."""
-    marks = []
+    marks: list[tuple[int, int, bool]] = []
     position = start
     while (found := text.find(separator, position, end)) >= 0:
         if found == start or text[found - 1] == "\n":

@@ -5,6 +5,7 @@ import binascii
 import re
 from email.message import Message as MimeMessage
 from email.policy import compat32
+from typing import cast
 
 from .headers import (
     clean_line,
@@ -27,7 +28,8 @@ _LARGE_PART = 64 * 1024
 
 
 def _payload_bytes(part: MimeMessage) -> bytes:
-    payload = part._payload
+    # The stored payload itself: get_payload() would copy and convert it.
+    payload: str | list[MimeMessage] | None = part._payload  # type: ignore[attr-defined]
     if (
         isinstance(payload, str)
         and len(payload) > _LARGE_PART
@@ -40,15 +42,17 @@ def _payload_bytes(part: MimeMessage) -> bytes:
         # attachment costs its decoded size once.
         return binascii.a2b_base64(payload)
     try:
-        payload = part.get_payload(decode=True)
+        decoded = part.get_payload(decode=True)
     except Exception:
-        payload = None
-    if payload is None:
+        decoded = None
+    if decoded is None:
         raw = part.get_payload()
         if isinstance(raw, str):
             return raw.encode("utf-8", "surrogateescape")
         return b""
-    return payload
+    # decode=True gives None for a multipart and bytes for any other part
+    # (the stubs allow a Message, which it never returns).
+    return cast(bytes, decoded)
 
 
 def _filename(part: MimeMessage, headers: dict[str, list[str]]) -> str:
@@ -86,10 +90,13 @@ def _mime_type(part: MimeMessage) -> str:
 def _message_part_bytes(part: MimeMessage) -> bytes:
     inner = part.get_payload()
     if isinstance(inner, list) and inner:
-        try:
-            return inner[0].as_bytes(policy=compat32)
-        except Exception:  # an embedded message too broken to regenerate
-            return str(inner[0]).encode("utf-8", "surrogateescape")
+        embedded = inner[0]
+        if isinstance(embedded, MimeMessage):  # always, from the parser
+            try:
+                return embedded.as_bytes(policy=compat32)
+            except Exception:  # an embedded message too broken to regenerate
+                return str(embedded).encode("utf-8", "surrogateescape")
+        return str(embedded).encode("utf-8", "surrogateescape")
     return _payload_bytes(part)
 
 

@@ -3,6 +3,14 @@
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypedDict
+
+
+class Address(TypedDict):
+    """One address of an address header; `name` may be ""."""
+
+    name: str
+    address: str
 
 
 @dataclass
@@ -28,10 +36,10 @@ class ParsedMessage:
     subject: str = ""
     from_name: str = ""
     from_address: str = ""
-    to: list[dict] = field(default_factory=list)
-    cc: list[dict] = field(default_factory=list)
-    bcc: list[dict] = field(default_factory=list)
-    reply_to: list[dict] = field(default_factory=list)
+    to: list[Address] = field(default_factory=list)
+    cc: list[Address] = field(default_factory=list)
+    bcc: list[Address] = field(default_factory=list)
+    reply_to: list[Address] = field(default_factory=list)
     sent_at: datetime | None = None
     text_body: str = ""
     html_body: str = ""
