@@ -7,8 +7,10 @@ import imaplib
 import logging
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import cast
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -94,7 +96,7 @@ def account_sync(
 
 
 class _Engine:
-    def __init__(self, account: EmailAccount, store: BlobStore, progress: Progress | None):
+    def __init__(self, account: EmailAccount, store: BlobStore, progress: Progress | None) -> None:
         self.account = account
         self.tenant_id = account.tenant_id
         self.store = store
@@ -107,7 +109,7 @@ class _Engine:
         self.blobs = _BlobWriter(store, self.tenant_id, threaded=False, max_bytes=0)
         self.pipeline = _Pipeline(threaded=False)
 
-    def scope(self):
+    def scope(self) -> AbstractContextManager[None]:
         return tenant_scope(self.tenant_id)
 
     # Folders ---------------------------------------------------------------
@@ -126,7 +128,7 @@ class _Engine:
             self.sync_folders(session, folders, counts)
         self.report.folders = len(folders)
 
-    def sync_folders(self, session: ImapSession, folders: list[Folder], counts: dict) -> None:
+    def sync_folders(self, session: ImapSession, folders: list[Folder], counts: dict[uuid.UUID, int]) -> None:
         for folder in folders:
             if not folder.is_selectable:
                 continue
@@ -198,17 +200,18 @@ class _Engine:
         FLAG_RANGE stored UIDs at a time: memory stays flat on huge folders,
         and sparse UIDs (a server may jump to 4,000,000,000) cost nothing."""
         known = sorted(self.known_uids(folder, 1, cursor - 1))
-        condstore = session.condstore and bool(folder.highestmodseq)
+        # CHANGEDSINCE needs CONDSTORE and a stored HIGHESTMODSEQ (falsy: neither).
+        since_modseq = folder.highestmodseq if session.condstore else None
         # CONDSTORE without QRESYNC tells no expunges: compare UID sets, unless
         # the counts show that nothing came and nothing went.
-        compare_uids = condstore and not session.qresync
+        compare_uids = bool(since_modseq) and not session.qresync
         if compare_uids and state.uidnext == cursor and state.exists == len(known):
             compare_uids = False
         server_uids = session.uids(1) if compare_uids else None
         for chunk in _chunks(known, FLAG_RANGE):
             low, high = chunk[0], chunk[-1]
-            if condstore:
-                changes = session.flag_changes(since_modseq=folder.highestmodseq, low=low, high=high)
+            if since_modseq:
+                changes = session.flag_changes(since_modseq=since_modseq, low=low, high=high)
                 updates = {uid: flags for uid, (flags, _) in changes.changed.items()}
                 if session.qresync:
                     vanished = changes.vanished
@@ -230,7 +233,8 @@ class _Engine:
             "imap_uid__lte": high,
         }
         with self.scope():
-            uids = set(Message.objects.filter(**where).values_list("imap_uid", flat=True))
+            # imap_uid__gte leaves out rows without a UID.
+            uids = cast(set[int], set(Message.objects.filter(**where).values_list("imap_uid", flat=True)))
             uids |= set(QuarantinedMessage.objects.filter(**where).values_list("imap_uid", flat=True))
         return uids
 
@@ -252,7 +256,7 @@ class _Engine:
             )
             changed = []
             for message in rows:
-                fields = flag_fields(updates[message.imap_uid])
+                fields = flag_fields(updates[cast(int, message.imap_uid)])  # selected by imap_uid__in
                 if any(getattr(message, k) != v for k, v in fields.items()):
                     for k, v in fields.items():
                         setattr(message, k, v)
@@ -265,12 +269,11 @@ class _Engine:
     def expunge(self, folder: Folder, uids: set[int]) -> None:
         if not uids:
             return
+        validity = cast(int, folder.uidvalidity)  # set by sync_folder from the SELECT
         with self.scope(), transaction.atomic():
-            Message.objects.filter(
-                folder=folder, uidvalidity=folder.uidvalidity, imap_uid__in=list(uids)
-            ).delete()
+            Message.objects.filter(folder=folder, uidvalidity=validity, imap_uid__in=list(uids)).delete()
             QuarantinedMessage.objects.filter(
-                folder=folder, uidvalidity=folder.uidvalidity, imap_uid__in=list(uids)
+                folder=folder, uidvalidity=validity, imap_uid__in=list(uids)
             ).delete()
         self.report.expunged += len(uids)
 
@@ -410,7 +413,10 @@ class _Engine:
         with self.scope(), transaction.atomic():
             batch.drop_stored()
             if batch.messages:
-                assign_threads(tenant_id=self.tenant_id, account_id=self.account.id, messages=batch.messages)
+                # assign_threads reads and sets only what a _MessageRow has, but is
+                # annotated with Message: its owner may switch to a Protocol.
+                rows = cast(list[Message], batch.messages)
+                assign_threads(tenant_id=self.tenant_id, account_id=self.account.id, messages=rows)
                 copy_rows(Message, batch.messages)
                 copy_rows(Attachment, batch.attachments)
             if batch.rematched:
@@ -447,7 +453,8 @@ class _Engine:
                 uidvalidity=folder.uidvalidity
             )
             self.report.expunged += stale.delete()[0]
-            QuarantinedMessage.objects.filter(folder=folder).exclude(uidvalidity=folder.uidvalidity).delete()
+            validity = cast(int, folder.uidvalidity)  # set by sync_folder from the SELECT
+            QuarantinedMessage.objects.filter(folder=folder).exclude(uidvalidity=validity).delete()
             counts = Message.objects.filter(folder=folder, is_deleted=False).aggregate(
                 total=Count("id"), unread=Count("id", filter=Q(is_read=False))
             )

@@ -137,12 +137,14 @@ def _detect_renames(
 
 def _same_messages(session: ImapSession, account: EmailAccount, old: Folder, new_name: str) -> bool:
     with tenant_scope(account.tenant_id):
-        sample = dict(
+        rows = (
             Message.objects.filter(folder=old, uidvalidity=old.uidvalidity, message_id_synthetic=False)
             .exclude(message_id="")
             .order_by("imap_uid")
             .values_list("imap_uid", "message_id")[:5]
         )
+        # A row with a UIDVALIDITY has a UID (only unsynced moves have neither).
+        sample = {uid: message_id for uid, message_id in rows if uid is not None}
     if not sample:
         return True  # nothing stored that could end up under the wrong name
     session.select(new_name)

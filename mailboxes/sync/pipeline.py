@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
 
 from django.db import connection
 
@@ -23,7 +24,7 @@ class _BlobWriter:
     (one always goes, however big). Without `threaded`, writes run inline.
     Leaving the block waits for every write."""
 
-    def __init__(self, store: BlobStore, tenant_id: uuid.UUID, *, threaded: bool, max_bytes: int):
+    def __init__(self, store: BlobStore, tenant_id: uuid.UUID, *, threaded: bool, max_bytes: int) -> None:
         self.store = store
         self.tenant_id = tenant_id
         self.max_bytes = max_bytes
@@ -31,7 +32,7 @@ class _BlobWriter:
         self.done = threading.Condition()
         self.executor = ThreadPoolExecutor(2, thread_name_prefix="sync-blobs") if threaded else None
 
-    def put(self, data: bytes, key: str) -> Future | None:
+    def put(self, data: bytes, key: str) -> Future[None] | None:
         if self.executor is None:
             self.store.put(self.tenant_id, data, key)
             return None
@@ -52,7 +53,7 @@ class _BlobWriter:
     def __enter__(self) -> "_BlobWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=True)
 
@@ -69,14 +70,14 @@ class _Pipeline:
     back) jobs run inline. Leaving the block waits for every job; the first
     job error is raised then, or by the next `submit`."""
 
-    def __init__(self, *, threaded: bool, max_bytes: int = 32 * 1024 * 1024):
+    def __init__(self, *, threaded: bool, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.threaded = threaded
         self.error: BaseException | None = None
         self.max_bytes = max_bytes
         self.in_flight = 0
         self.done = threading.Condition()
         if threaded:
-            self.jobs: queue.Queue = queue.Queue(maxsize=2)
+            self.jobs: queue.Queue[tuple[Callable[[], None], int] | None] = queue.Queue(maxsize=2)
             self.thread = threading.Thread(target=self._work, name="sync-writer", daemon=True)
             self.thread.start()
 
@@ -111,7 +112,9 @@ class _Pipeline:
     def __enter__(self) -> "_Pipeline":
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self.threaded:
             # Wait for the writer whatever happens here (a soft time limit, a
             # ^C): returning early would release the account's lock while

@@ -6,12 +6,14 @@ import json
 import logging
 import operator
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, TypedDict, cast
 
 from django.db import connection
-from django.db.models import F, Value
+from django.db.models import F, Model, Value
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
@@ -26,7 +28,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def flag_fields(flags: tuple[str, ...]) -> dict:
+class FlagFields(TypedDict):
+    """A message's flag columns, as `flag_fields` gives them."""
+
+    flags: list[str]
+    is_read: bool
+    is_flagged: bool
+    is_draft: bool
+    is_answered: bool
+
+
+def flag_fields(flags: tuple[str, ...]) -> FlagFields:
     lowered = {f.lower() for f in flags}
     return {
         "flags": sorted(f[:128] for f in flags if f.lower() != "\\recent"),
@@ -50,8 +62,31 @@ class _Row:
     model's (`assign_threads` reads and sets a message's the same way as on
     a model instance), at a fraction of a model instance's cost."""
 
-    def __init__(self, **values):
+    # The attributes read here and by `assign_threads` (annotations only:
+    # no class attributes, no cost); `copy_rows` reads every column by name.
+    id: uuid.UUID
+    created_at: datetime
+
+    def __init__(self, **values: object) -> None:
         self.__dict__.update(values)
+
+
+class _MessageRow(_Row):
+    """A row of `Message`, from `message_row`."""
+
+    imap_uid: int
+    uidvalidity: int | None
+    message_id: str
+    in_reply_to: str
+    references: list[str]
+    subject: str
+    thread_id: uuid.UUID | None
+
+
+class _AttachmentRow(_Row):
+    """A row of `Attachment`, from `attachment_row`."""
+
+    message_id: uuid.UUID
 
 
 def message_row(
@@ -63,11 +98,11 @@ def message_row(
     raw_key: str,
     *,
     size: int,
-) -> _Row:
+) -> _MessageRow:
     """The row of a new message: `item` as fetched, `parsed` from its raw
     `size` bytes, stored under `raw_key`."""
     now = timezone.now()
-    return _Row(
+    return _MessageRow(
         id=uuid.uuid4(),
         created_at=now,
         updated_at=now,
@@ -106,8 +141,8 @@ def message_row(
     )
 
 
-def attachment_row(tenant_id: uuid.UUID, message: _Row, part: ParsedAttachment) -> _Row:
-    return _Row(
+def attachment_row(tenant_id: uuid.UUID, message: _MessageRow, part: ParsedAttachment) -> _AttachmentRow:
+    return _AttachmentRow(
         id=uuid.uuid4(),
         created_at=message.created_at,
         updated_at=message.created_at,
@@ -124,7 +159,7 @@ def attachment_row(tenant_id: uuid.UUID, message: _Row, part: ParsedAttachment) 
     )
 
 
-def copy_rows(model: type, rows: list[_Row]) -> None:
+def copy_rows(model: type[Model], rows: Sequence[_Row]) -> None:
     """INSERT `rows` into `model`'s table through COPY, inside the caller's
     transaction and tenant scope. PostgreSQL refuses COPY FROM into a table
     with row-level security, so the rows go to a temporary table first
@@ -153,16 +188,16 @@ def copy_rows(model: type, rows: list[_Row]) -> None:
 class _Batch:
     folder_id: uuid.UUID
     next_uid: int
-    messages: list[_Row] = field(default_factory=list)
-    attachments: list[_Row] = field(default_factory=list)
+    messages: list[_MessageRow] = field(default_factory=list)
+    attachments: list[_AttachmentRow] = field(default_factory=list)
     rematched: list[Message] = field(default_factory=list)
     quarantined: list[QuarantinedMessage] = field(default_factory=list)
-    blob_writes: list[Future | None] = field(default_factory=list)
+    blob_writes: list[Future[None] | None] = field(default_factory=list)
     size: int = 0  # bytes its rows hold in memory, roughly
 
     def quarantine(
         self, engine: "_Engine", folder: Folder, item: FetchedMessage, raw: bytes | None, reason: str
-    ):
+    ) -> None:
         key = blob_key(raw) if raw else ""
         if raw:
             self.blob_writes.append(engine.blobs.put(raw, key))
@@ -173,7 +208,8 @@ class _Batch:
                 account=engine.account,
                 folder=folder,
                 imap_uid=item.uid,
-                uidvalidity=folder.uidvalidity,
+                # Set by the engine from the SELECT before any message is fetched.
+                uidvalidity=cast(int, folder.uidvalidity),
                 reason=reason[:1000],
                 size_bytes=item.size,
                 raw_blob_key=key,
@@ -203,7 +239,7 @@ class _Batch:
 class _RematchPool:
     """Old rows by content hash and by Message-ID; a row is taken once."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.by_key: dict[str, list[uuid.UUID]] = {}
         self.taken: set[uuid.UUID] = set()
 
