@@ -72,7 +72,7 @@ import re
 import unicodedata
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from django.contrib.postgres import search as pg
 from django.db.models import DecimalField, F, Q, QuerySet, Value
@@ -250,15 +250,15 @@ class _ILikeContains(IContains):
     parameter; only the operator differs. Used as an expression, never
     registered, so no other `icontains` changes."""
 
-    def process_lhs(self, compiler, connection, lhs=None):
+    def process_lhs(self, compiler: Any, connection: Any, lhs: Any = None) -> tuple[str, list[Any]]:
         sql, params = Lookup.process_lhs(self, compiler, connection, lhs)  # without UPPER()
         return sql, list(params)
 
-    def get_rhs_op(self, connection, rhs):
+    def get_rhs_op(self, connection: Any, rhs: str) -> str:
         return f"ILIKE {rhs}"
 
 
-def _contains(expression, value: str) -> Q:
+def _contains(expression: F, value: str) -> Q:
     return Q(_ILikeContains(expression, value))
 
 
@@ -268,6 +268,12 @@ def _day_start(day: datetime.date) -> datetime.datetime:
 
 def _operator_filter(term: Term) -> Q:
     value = term.value
+    if isinstance(value, datetime.date):  # after:, before:
+        if term.operator == "after":
+            return Q(received_at__gte=_day_start(value))
+        return Q(received_at__lt=_day_start(value))
+    if isinstance(value, uuid.UUID):  # account: by id
+        return Q(account_id=value)
     match term.operator:
         case "from" if _is_whole_address(value):
             return Q(from_key=Lower(Value(value)))
@@ -285,13 +291,7 @@ def _operator_filter(term: Term) -> Q:
             return {"unread": Q(is_read=False), "read": Q(is_read=True), "flagged": Q(is_flagged=True)}[value]
         case "in":
             return Q(folder__type=value) if value in _FOLDER_TYPES else Q(folder__name__iexact=value)
-        case "after":
-            return Q(received_at__gte=_day_start(value))
-        case "before":
-            return Q(received_at__lt=_day_start(value))
         case "account":
-            if isinstance(value, uuid.UUID):
-                return Q(account_id=value)
             return Q(account__email_address__iexact=value)
     raise AssertionError(f"no filter for {term.operator}")
 
@@ -329,7 +329,7 @@ def positive_conditions(query: SearchQuery) -> list[Candidate]:
     return conditions
 
 
-def _is_whole_address(value) -> bool:
+def _is_whole_address(value: object) -> bool:
     return isinstance(value, str) and _WHOLE_ADDRESS.fullmatch(value) is not None
 
 
@@ -354,7 +354,7 @@ def _text(query: SearchQuery) -> pg.SearchQuery | None:
 
 def _tsquery(term: Term) -> pg.SearchQuery:
     search_type = "phrase" if term.operator == PHRASE else "plain"
-    return pg.SearchQuery(term.value, search_type=search_type, config="english")
+    return pg.SearchQuery(str(term.value), search_type=search_type, config="english")
 
 
 def apply_search(

@@ -13,8 +13,12 @@ server gets one change, from where it is on the server to where it is now
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
+from datetime import datetime
+from functools import partial
+from typing import Any
 
 from celery import current_app
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Count, F, Q
 from django.db.models.functions import Greatest
@@ -35,7 +39,15 @@ WRITE_BACK_TASK = "mailboxes.tasks.write_back"
 FLAG_FIELDS = {"is_read": "\\Seen", "is_flagged": "\\Flagged"}
 
 
-def _audit(tenant: Tenant, actor, action: str, entries: list[tuple[uuid.UUID, dict]], ip_address) -> None:
+# Who made a change: a user, or nobody (a change the service made itself).
+Actor = User | None
+# An audit entry: the message's id and its changed fields.
+AuditEntry = tuple[uuid.UUID, dict[str, Any]]
+
+
+def _audit(
+    tenant: Tenant, actor: Actor, action: str, entries: list[AuditEntry], ip_address: str | None
+) -> None:
     audit_log_record_many(
         tenant_id=tenant.id,
         actor_id=getattr(actor, "pk", None),
@@ -50,15 +62,25 @@ def _write_back_on_commit(tenant: Tenant, messages: Iterable[Message]) -> None:
     """Queue the sync side's write-back of the accounts' pending changes, by
     name: the store records changes, the layer above writes them."""
     for account_id in {m.account_id for m in messages if m.account.protocol == Protocol.IMAP}:
-        transaction.on_commit(
-            lambda account_id=account_id: current_app.send_task(
-                WRITE_BACK_TASK, args=[str(tenant.id), str(account_id)]
-            )
-        )
+        transaction.on_commit(partial(_queue_write_back, tenant.id, account_id))
+
+
+def _queue_write_back(tenant_id: uuid.UUID, account_id: uuid.UUID) -> None:
+    current_app.send_task(WRITE_BACK_TASK, args=[str(tenant_id), str(account_id)])
+
+
+# Where a message is on the server: folder name, UIDVALIDITY, UID.
+Location = tuple[str, int | None, int | None]
 
 
 def _change(
-    tenant: Tenant, actor, message: Message, kind: str, *, location: tuple | None = None, **fields
+    tenant: Tenant,
+    actor: Actor,
+    message: Message,
+    kind: str,
+    *,
+    location: Location | None = None,
+    **fields: Any,
 ) -> MessageChange:
     """A pending change of `message`, made where it is on the server now
     (or at `location`: folder name, UIDVALIDITY, UID)."""
@@ -89,7 +111,7 @@ class _FolderCounts:
     of any size on each click. `leave()` before a message changes, `enter()`
     after; the sync recounts each folder it visits anyway."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.deltas: dict[uuid.UUID, list[int]] = defaultdict(lambda: [0, 0])
 
     def _add(self, message: Message, sign: int) -> None:
@@ -128,7 +150,7 @@ def folder_counts_refresh(folder_ids: Iterable[uuid.UUID]) -> None:
 def messages_flag(
     *,
     tenant: Tenant,
-    actor,
+    actor: Actor,
     messages: list[Message],
     is_read: bool | None = None,
     is_flagged: bool | None = None,
@@ -137,7 +159,10 @@ def messages_flag(
     wanted = {"is_read": is_read, "is_flagged": is_flagged}
     with transaction.atomic():
         account_change_lock(*(m.account_id for m in messages))
-        changed, changes, audit, counts = [], [], [], _FolderCounts()
+        changed: list[Message] = []
+        changes: list[MessageChange] = []
+        audit: list[AuditEntry] = []
+        counts = _FolderCounts()
         for message in messages:
             diff = {f: v for f, v in wanted.items() if v is not None and getattr(message, f) != v}
             if not diff:
@@ -153,9 +178,16 @@ def messages_flag(
             changed.append(message)
             audit.append((message.id, diff))
             if _writes_back(message):
-                flags = {FLAG_FIELDS[f]: v for f, v in diff.items()}
+                server_flags = {FLAG_FIELDS[f]: v for f, v in diff.items()}
                 changes.append(
-                    _change(tenant, actor, message, MessageChange.Kind.FLAGS, flags=flags, previous=previous)
+                    _change(
+                        tenant,
+                        actor,
+                        message,
+                        MessageChange.Kind.FLAGS,
+                        flags=server_flags,
+                        previous=previous,
+                    )
                 )
         Message.objects.bulk_update(changed, ["is_read", "is_flagged", "flags", "updated_at"])
         MessageChange.objects.bulk_create(changes)
@@ -182,7 +214,9 @@ def _cancel(change: MessageChange, reason: str) -> None:
     change.save(update_fields=["state", "last_error", "finished_at", "updated_at"])
 
 
-def _relocate(tenant: Tenant, actor, message: Message, folder: Folder, *, deleted_at=None) -> None:
+def _relocate(
+    tenant: Tenant, actor: Actor, message: Message, folder: Folder, *, deleted_at: datetime | None = None
+) -> None:
     """Point the row at `folder` and record (or re-aim) its pending move."""
     pending = _pending_move(message) if message.imap_uid is None else None
     previous = {
@@ -210,7 +244,7 @@ def _relocate(tenant: Tenant, actor, message: Message, folder: Folder, *, delete
 
 
 def messages_move(
-    *, tenant: Tenant, actor, messages: list[Message], folder: Folder, ip_address: str | None = None
+    *, tenant: Tenant, actor: Actor, messages: list[Message], folder: Folder, ip_address: str | None = None
 ) -> None:
     if any(m.account_id != folder.account_id for m in messages):
         raise ApplicationError(
@@ -221,7 +255,9 @@ def messages_move(
         raise ApplicationError("This folder cannot hold messages.", fields={"folder": ["Not selectable."]})
     with transaction.atomic():
         account_change_lock(folder.account_id)
-        moved, audit, counts = [], [], _FolderCounts()
+        moved: list[Message] = []
+        audit: list[AuditEntry] = []
+        counts = _FolderCounts()
         for message in messages:
             if message.folder_id == folder.id:
                 continue
@@ -237,7 +273,12 @@ def messages_move(
 
 
 def messages_delete(
-    *, tenant: Tenant, actor, messages: list[Message], permanent: bool = False, ip_address: str | None = None
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    messages: list[Message],
+    permanent: bool = False,
+    ip_address: str | None = None,
 ) -> None:
     """Move to the account's Trash; messages already in Trash, or all of
     them with `permanent`, are deleted from the server for good (the rows
@@ -251,7 +292,10 @@ def messages_delete(
             ).order_by("name")
         }
         now = timezone.now()
-        trashed, expunged, audit, counts = [], [], [], _FolderCounts()
+        trashed: list[Message] = []
+        expunged: list[Message] = []
+        audit: list[AuditEntry] = []
+        counts = _FolderCounts()
         for message in messages:
             counts.leave(message)
             if permanent or message.folder.type == FolderType.TRASH:
@@ -280,7 +324,7 @@ def messages_delete(
         _write_back_on_commit(tenant, [*trashed, *expunged])
 
 
-def _expunge(tenant: Tenant, actor, message: Message, now) -> None:
+def _expunge(tenant: Tenant, actor: Actor, message: Message, now: datetime) -> None:
     deleted_at = message.deleted_at.isoformat() if message.deleted_at else None
     previous = {"is_deleted": False, "deleted_at": deleted_at}
     if _writes_back(message):
@@ -290,7 +334,7 @@ def _expunge(tenant: Tenant, actor, message: Message, now) -> None:
             _cancel(pending, "deleted before it was written")
             message.folder_id = uuid.UUID(pending.previous["folder_id"])
             message.imap_uid, message.uidvalidity = pending.imap_uid, pending.uidvalidity
-            location = (pending.folder_name, pending.uidvalidity, pending.imap_uid)
+            location: Location | None = (pending.folder_name, pending.uidvalidity, pending.imap_uid)
         else:
             location = None  # where it is
         _change(
