@@ -53,7 +53,7 @@ from .indexing import search_index_pending
 from .locks import SyncAlreadyRunning, account_sync_lock
 from .models import Message, ThreadRef
 from .parsing import Limits, MessageRejected, parse_limits, parse_message
-from .threading import assign_threads
+from .threads import assign_threads
 
 logger = logging.getLogger(__name__)
 

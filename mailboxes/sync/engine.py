@@ -38,7 +38,7 @@ from messages.blobs import BlobStore, blob_key, default_store
 from messages.locks import account_change_lock, account_sync_lock
 from messages.models import Attachment, Folder, Message, MessageChange, QuarantinedMessage
 from messages.parsing import MessageRejected, parse_limits, parse_message
-from messages.threading import assign_threads
+from messages.threads import assign_threads
 
 logger = logging.getLogger(__name__)
 

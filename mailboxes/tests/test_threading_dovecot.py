@@ -8,7 +8,7 @@ from mailboxes.sync import account_sync
 from mailboxes.tests.test_imap_sync import seed
 from messages.models import Message
 from messages.tests.corpus import corpus_files
-from messages.threading import base_subject
+from messages.threads import base_subject
 
 pytestmark = pytest.mark.django_db
 

@@ -23,7 +23,7 @@ from messages.parsing import parse_message, synthetic_message_id
 from messages.reparse import messages_reparse
 from messages.tests.corpus import CORPUS_DIR
 from messages.tests.factories import FolderFactory
-from messages.threading import assign_threads
+from messages.threads import assign_threads
 
 PARENT = b"""\
 From: Olga Odd <olga@example.com>

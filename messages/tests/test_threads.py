@@ -12,7 +12,7 @@ from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.tenancy import tenant_scope
 from messages.models import Folder, Message, ThreadRef
 from messages.parsing import parse_message
-from messages.threading import _subject_key, assign_threads, base_subject
+from messages.threads import _subject_key, assign_threads, base_subject
 
 pytestmark = pytest.mark.django_db
 
