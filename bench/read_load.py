@@ -101,8 +101,6 @@ ATTACHMENT_COLUMNS = [
     "content_id",
     "is_inline",
     "content_hash",
-    "storage_type",
-    "storage_path",
 ]
 STATE_SQL = """
 CREATE TABLE IF NOT EXISTS bench_read_state (key text PRIMARY KEY, value jsonb NOT NULL);
@@ -333,8 +331,6 @@ def _load_unit(unit: tuple[int, int, int, int]) -> tuple[tuple, int, float]:
                             "",
                             False,
                             a["content_hash"],
-                            "local",
-                            "",
                         ]
                     )
                 if maildir is not None:

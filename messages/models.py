@@ -315,8 +315,6 @@ class Attachment(TenantModel):
     content_id = models.CharField(max_length=998, blank=True)
     is_inline = models.BooleanField(default=False)
     content_hash = models.CharField(max_length=64)
-    storage_type = models.CharField(max_length=20, default="local")
-    storage_path = models.CharField(max_length=1000, blank=True)
 
     class Meta:
         db_table = "email_attachments"
@@ -324,7 +322,6 @@ class Attachment(TenantModel):
         indexes = [
             models.Index(fields=["message"], name="idx_attachments_message"),
             models.Index(fields=["tenant", "content_hash"], name="idx_attachments_hash"),
-            models.Index(fields=["storage_path"], name="idx_attachments_storage_path"),
         ]
 
     def __str__(self) -> str:

@@ -154,8 +154,6 @@ def attachment_row(tenant_id: uuid.UUID, message: _MessageRow, part: ParsedAttac
         content_id=part.content_id,
         is_inline=part.is_inline,
         content_hash=part.sha256,
-        storage_type="local",
-        storage_path="",
     )
 
 
