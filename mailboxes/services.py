@@ -1,4 +1,4 @@
-"""Writes around a sync: requesting one, and recording how it went."""
+"""Writes around a sync: requesting one, running one and recording how it went."""
 
 import uuid
 
@@ -7,8 +7,12 @@ from django.utils import timezone
 from accounts.models import EmailAccount
 from emailclient.core.exceptions import ApplicationError
 from emailclient.core.tenancy import tenant_scope
+from messages.indexing import search_index_pending
+from messages.locks import SyncAlreadyRunning
 from messages.models import MessageChange
+from messages.tasks import search_index_task
 
+from .sync import Progress, SyncReport, account_sync
 from .sync_status import FAILED, QUEUED, sync_claim, sync_release, sync_status_set
 
 
@@ -61,3 +65,49 @@ def pending_changes(*, tenant_id: uuid.UUID, account_id: uuid.UUID) -> bool:
     """Whether API changes of the account still wait to be written to its server."""
     with tenant_scope(tenant_id):
         return MessageChange.objects.filter(account_id=account_id, state=MessageChange.State.PENDING).exists()
+
+
+def account_sync_run(
+    *,
+    tenant_id: uuid.UUID,
+    account_id: uuid.UUID,
+    progress: Progress | None = None,
+    index_inline: bool = False,
+) -> SyncReport:
+    """Sync the account and record the run on it: `is_syncing` meanwhile,
+    then the time of success or the error. After a success, index what the
+    sync stored for search (here with `index_inline`, else by a queued task)
+    and queue the write-back of changes still pending (normally queued by the
+    change itself; this catches a task that was lost).
+
+    Raises what `account_sync` raises. `EmailAccount.DoesNotExist` and
+    `SyncAlreadyRunning` leave the account as it is (there is none, or the
+    other run records its own end); any other error is recorded first."""
+    try:
+        account_sync_started(tenant_id=tenant_id, account_id=account_id)
+        report = account_sync(tenant_id=tenant_id, account_id=account_id, progress=progress)
+    except (EmailAccount.DoesNotExist, SyncAlreadyRunning):
+        raise
+    except Exception as exc:
+        account_sync_finished(
+            tenant_id=tenant_id, account_id=account_id, error=str(exc) or type(exc).__name__, succeeded=False
+        )
+        raise
+    account_sync_finished(
+        tenant_id=tenant_id, account_id=account_id, error=folder_errors_text(report), succeeded=True
+    )
+    if report.new:
+        if index_inline:
+            search_index_pending(tenant_id=tenant_id)
+        else:
+            search_index_task.delay(str(tenant_id))
+    if pending_changes(tenant_id=tenant_id, account_id=account_id):
+        from .tasks import write_back_task
+
+        write_back_task.delay(str(tenant_id), str(account_id))
+    return report
+
+
+def folder_errors_text(report: SyncReport) -> str:
+    """The folders the server refused in a sync, with its answers; empty if none."""
+    return "; ".join(f"{name}: {error}" for name, error in report.folder_errors.items())

@@ -10,11 +10,9 @@ from django.conf import settings
 from accounts.models import EmailAccount
 from emailclient.core.retry import backoff_countdown
 from messages.locks import SyncAlreadyRunning
-from messages.tasks import search_index_task
 
 from .imap import AddressNotAllowed, AuthenticationFailed, InsecureServer, MailServerError
-from .services import account_sync_finished, account_sync_started, pending_changes
-from .sync import account_sync
+from .services import account_sync_run, folder_errors_text
 from .sync_status import FAILED, IDLE, QUEUED, RUNNING, sync_release, sync_status_set
 from .writeback import account_write_back, give_up_pending
 
@@ -40,8 +38,7 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
         sync_status_set(account_id, state=RUNNING, task_id=task_id, folder=folder, done=done, total=total)
 
     try:
-        account_sync_started(tenant_id=tenant_id, account_id=account_id)
-        report = account_sync(tenant_id=tenant_id, account_id=account_id, progress=progress)
+        report = account_sync_run(tenant_id=tenant_id, account_id=account_id, progress=progress)
     except EmailAccount.DoesNotExist:
         logger.info("sync of account %s skipped: no such account", account_id)
         sync_release(account_id, task_id)
@@ -52,34 +49,26 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
         sync_release(account_id, task_id)  # or the next trigger would "join" this finished task
         return {"result": "joined"}
     except PERMANENT as exc:
-        _failed(tenant_id, account_id, task_id, exc)
+        _failed(account_id, task_id, exc)
         return {"result": "failed", "error": str(exc)}
     except MailServerError as exc:
         if self.request.retries < settings.SYNC_MAX_RETRIES:
-            account_sync_finished(tenant_id=tenant_id, account_id=account_id, error=str(exc), succeeded=False)
             sync_status_set(account_id, state=QUEUED, error=str(exc))
             raise self.retry(exc=exc, countdown=backoff_countdown(self.request.retries)) from exc
-        _failed(tenant_id, account_id, task_id, exc)
+        _failed(account_id, task_id, exc)
         return {"result": "failed", "error": str(exc)}
     except Exception as exc:
-        _failed(tenant_id, account_id, task_id, exc)
+        _failed(account_id, task_id, exc)
         raise
-    folder_errors = "; ".join(f"{name}: {error}" for name, error in report.folder_errors.items())
-    account_sync_finished(tenant_id=tenant_id, account_id=account_id, error=folder_errors, succeeded=True)
-    if report.new:
-        search_index_task.delay(str(tenant_id))
-    if pending_changes(tenant_id=tenant_id, account_id=account_id):
-        # Normally queued by the change itself; this catches a task that was lost.
-        write_back_task.delay(str(tenant_id), str(account_id))
     sync_release(account_id, task_id)
-    sync_status_set(account_id, state=IDLE, error=folder_errors, last_summary=report.summary())
+    sync_status_set(account_id, state=IDLE, error=folder_errors_text(report), last_summary=report.summary())
     return {"result": "ok", "summary": report.summary()}
 
 
-def _failed(tenant_id: uuid.UUID, account_id: uuid.UUID, task_id: str, exc: Exception) -> None:
+def _failed(account_id: uuid.UUID, task_id: str, exc: Exception) -> None:
+    """The run recorded the error on the account; the live status says it too."""
     message = str(exc) or type(exc).__name__
     logger.warning("sync of account %s failed: %s", account_id, message)
-    account_sync_finished(tenant_id=tenant_id, account_id=account_id, error=message, succeeded=False)
     sync_release(account_id, task_id)
     sync_status_set(account_id, state=FAILED, error=message)
 

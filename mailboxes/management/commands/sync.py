@@ -6,9 +6,8 @@ from django.core.management.base import BaseCommand, CommandError
 from accounts.models import EmailAccount
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.imap import MailServerError
-from mailboxes.services import account_sync_finished, account_sync_started, sync_request
-from mailboxes.sync import SyncReport, account_sync
-from messages.indexing import search_index_pending
+from mailboxes.services import account_sync_run, sync_request
+from mailboxes.sync import SyncReport
 from messages.locks import SyncAlreadyRunning
 
 
@@ -71,20 +70,12 @@ class Command(BaseCommand):
                 self.stdout.write(f"\r  {folder[:30]:<30} [{bar}] {done}/{total}", ending="")
                 self.stdout.flush()
 
-        account_sync_started(tenant_id=item.tenant_id, account_id=item.id)
+        # A MailServerError is recorded on the account, then raised; on
+        # SyncAlreadyRunning the account's state is the other worker's.
         try:
-            report = account_sync(tenant_id=item.tenant_id, account_id=item.id, progress=progress)
-        except MailServerError as exc:
-            account_sync_finished(
-                tenant_id=item.tenant_id, account_id=item.id, error=str(exc), succeeded=False
+            return account_sync_run(
+                tenant_id=item.tenant_id, account_id=item.id, progress=progress, index_inline=True
             )
-            raise
-        # SyncAlreadyRunning: another worker has it; its state is that worker's.
         finally:
             if interactive:
                 self.stdout.write("")
-        errors = "; ".join(f"{name}: {error}" for name, error in report.folder_errors.items())
-        account_sync_finished(tenant_id=item.tenant_id, account_id=item.id, error=errors, succeeded=True)
-        if report.new:
-            search_index_pending(tenant_id=item.tenant_id)
-        return report
