@@ -357,8 +357,12 @@ def _tsquery(term: Term) -> pg.SearchQuery:
     return pg.SearchQuery(str(term.value), search_type=search_type, config="english")
 
 
+# The orders a search's results come in.
+SearchOrder = Literal["newest", "relevance"]
+
+
 def apply_search(
-    queryset: QuerySet[Message], query: SearchQuery, *, order: Literal["newest", "relevance"] = "newest"
+    queryset: QuerySet[Message], query: SearchQuery, *, order: SearchOrder = "newest"
 ) -> QuerySet[Message]:
     """`queryset` narrowed to the query's matches, in `order`: "newest"
     (received_at, then id, descending, as the folder view) or "relevance"

@@ -10,6 +10,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
 from django.contrib.postgres.aggregates import ArrayAgg
 from django.db.models import Count, Exists, F, Max, Q, QuerySet
@@ -126,12 +127,17 @@ def _visible_messages_for_lookup(*, tenant: Tenant, membership: TenantMembership
     return messages.filter(account_id__in=account_list(tenant=tenant, membership=membership).values("id"))
 
 
-def list_rows(messages: QuerySet[Message]) -> QuerySet[dict]:
+# A message as a list reads it: LIST_FIELDS (and annotations) by name.
+Row = dict[str, Any]
+
+
+def list_rows(messages: QuerySet[Message]) -> QuerySet[Message, Row]:
     """A list's messages as dicts of LIST_FIELDS, with the query's selected
     annotations (a search's rank, which its pagination reads). For a
     50-message page this is 1.2-1.5 ms cheaper than model instances (4-5 ms
     of the page's fetch, measured in-process)."""
-    return messages.values(*LIST_FIELDS, *messages.query.annotation_select)
+    rows: QuerySet[Message, Row] = messages.values(*LIST_FIELDS, *messages.query.annotation_select)
+    return rows
 
 
 def all_tenant_messages(*, tenant: Tenant) -> QuerySet[Message]:
@@ -259,7 +265,7 @@ def _ids(messages: QuerySet[Message], limit: int) -> list[uuid.UUID] | None:
 
 def estimated_rows(messages: QuerySet[Message]) -> float:
     plan = json.loads(messages.order_by().explain(format="json"))
-    return plan[0]["Plan"]["Plan Rows"]
+    return float(plan[0]["Plan"]["Plan Rows"])
 
 
 def _folder_messages(
@@ -343,7 +349,7 @@ def thread_page(
     account_id: uuid.UUID,
     size: int,
     after: ThreadPosition | None = None,
-) -> tuple[list[dict], ThreadPosition | None]:
+) -> tuple[list[Row], ThreadPosition | None]:
     """A page of the account's threads, the most recently active first: one
     row per thread (latest date, count, unread count, participants; then
     `thread_latest_messages()` completes them), and the position to ask for
@@ -370,8 +376,12 @@ def thread_page(
         chunk = walk if position is None else walk.filter(_before(position))
         if seen:  # a long thread's older messages are skipped by the database
             chunk = chunk.exclude(thread_id__any=list(seen))
-        rows = list(chunk.values_list("received_at", "id", "thread_id")[:chunk_size])
-        found = []
+        # Neither NULL: the walk reads dated messages of threads only.
+        rows = cast(
+            list[tuple[datetime, uuid.UUID, uuid.UUID]],
+            list(chunk.values_list("received_at", "id", "thread_id")[:chunk_size]),
+        )
+        found: list[tuple[uuid.UUID, ThreadPosition]] = []
         for received_at, message_id, thread_id in rows:
             if thread_id not in seen:
                 seen.add(thread_id)
@@ -388,7 +398,7 @@ def thread_page(
         newest.update(found)
         if len(rows) < chunk_size:
             break
-        position = rows[-1][:2]
+        position = (rows[-1][0], rows[-1][1])
         chunk_size *= 2  # long threads: a few steps, not one per thread
     threads = list(newest)[:size]
     counts = {
@@ -419,7 +429,7 @@ def _before(position: ThreadPosition) -> Q:
 
 def thread_latest_messages(
     *, tenant: Tenant, account_id: uuid.UUID, thread_ids: list[uuid.UUID]
-) -> dict[uuid.UUID, dict]:
+) -> dict[uuid.UUID, Row]:
     """The newest message of each of these threads of the account, in one
     query. For the ids of a `thread_page()`, which only visible rows
     gave: the account's visibility is not looked up a second time."""
@@ -432,7 +442,7 @@ def thread_latest_messages(
     return {row["thread_id"]: row for row in list_rows(latest)}
 
 
-def thread_messages(*, tenant: Tenant, membership: TenantMembership, thread_id: uuid.UUID) -> list[dict]:
+def thread_messages(*, tenant: Tenant, membership: TenantMembership, thread_id: uuid.UUID) -> list[Row]:
     """The thread's messages, oldest first, as `list_rows()`."""
     thread = _visible_messages_for_lookup(tenant=tenant, membership=membership).filter(thread_id=thread_id)
     messages = list(list_rows(thread).order_by("received_at", "id"))

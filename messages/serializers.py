@@ -1,6 +1,7 @@
 import base64
 import datetime
 import uuid
+from typing import Any, Protocol, cast
 
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
@@ -11,6 +12,7 @@ from emailclient.core.pagination import KeysetPagination
 
 from .models import Attachment, Folder, Message
 from .parsing import message_id
+from .sanitize import SanitizedHtml
 from .search import MAX_QUERY_LENGTH, SearchQueryError, parse_search_query
 from .selectors import LIST_FIELDS
 
@@ -20,6 +22,7 @@ class AddressSerializer(serializers.Serializer):
     address = serializers.CharField(allow_blank=True)
 
 
+@extend_schema_field(AddressSerializer)
 class SenderField(serializers.Field):
     """`from_name` and `from_address` as one address object."""
 
@@ -28,9 +31,6 @@ class SenderField(serializers.Field):
 
     def to_representation(self, message: Message) -> dict:
         return {"name": message.from_name, "address": message.from_address}
-
-
-SenderField = extend_schema_field(AddressSerializer)(SenderField)
 
 
 class MessageListSerializer(serializers.ModelSerializer):
@@ -118,6 +118,23 @@ class AttachmentSerializer(serializers.ModelSerializer):
         return self.context["download_urls"][attachment.id]
 
 
+class _DetailSource(Protocol):
+    """A stored message as the detail view hands it over: with its HTML
+    sanitised and its attachments fetched."""
+
+    id: uuid.UUID
+    folder: Folder
+    bcc: list[Any]
+    reply_to: list[Any]
+    in_reply_to: str
+    references: list[str]
+    flags: list[str]
+    text_body: str
+    deleted_at: datetime.datetime | None
+    sanitized: SanitizedHtml
+    attachment_list: list[Attachment]
+
+
 class MessageDetailSerializer(MessageListSerializer):
     """The whole message. `html` is the sanitised HTML body; `remote_images_blocked`
     says how many remote images it referenced that were left out (ask again
@@ -151,29 +168,31 @@ class MessageDetailSerializer(MessageListSerializer):
         ]
         read_only_fields = fields
 
-    def to_representation(self, message: Message) -> dict:
+    def to_representation(self, message: Message | dict[str, Any]) -> dict[str, Any]:
         """The list item and the rest, built directly too: DRF's generic form
         built the 31 fields anew for every message (about 1 ms of a
-        detail). A test holds it equal to the generic form."""
+        detail). A test holds it equal to the generic form. The view gives
+        the message its sanitised HTML and its attachments (`_DetailSource`)."""
         data = super().to_representation(message)
+        detail = cast(_DetailSource, message)
         data.update(
-            folder_name=message.folder.name,
-            folder_type=message.folder.type,
-            bcc=_addresses(message.bcc),
-            reply_to=_addresses(message.reply_to),
-            in_reply_to=message.in_reply_to,
-            references=[str(reference) for reference in message.references],
-            flags=[str(flag) for flag in message.flags],
-            text_body=message.text_body,
-            html=message.sanitized.html,
-            remote_images_blocked=message.sanitized.remote_images_blocked,
-            attachments=AttachmentSerializer(message.attachment_list, many=True, context=self.context).data,
-            raw_url=self.get_raw_url(message),
-            deleted_at=_utc_iso(message.deleted_at),
+            folder_name=detail.folder.name,
+            folder_type=detail.folder.type,
+            bcc=_addresses(detail.bcc),
+            reply_to=_addresses(detail.reply_to),
+            in_reply_to=detail.in_reply_to,
+            references=[str(reference) for reference in detail.references],
+            flags=[str(flag) for flag in detail.flags],
+            text_body=detail.text_body,
+            html=detail.sanitized.html,
+            remote_images_blocked=detail.sanitized.remote_images_blocked,
+            attachments=AttachmentSerializer(detail.attachment_list, many=True, context=self.context).data,
+            raw_url=self.get_raw_url(detail),
+            deleted_at=_utc_iso(detail.deleted_at),
         )
         return data
 
-    def get_raw_url(self, message: Message) -> str:
+    def get_raw_url(self, message: Message | _DetailSource) -> str:
         return self.context["request"].build_absolute_uri(reverse("message-source", args=[message.id]))
 
 

@@ -16,6 +16,7 @@ subject.
 import hashlib
 import re
 import uuid
+from typing import cast
 
 from django.db import connection
 
@@ -105,8 +106,8 @@ def assign_threads(*, tenant_id: uuid.UUID, account_id: uuid.UUID, messages: lis
             if base:
                 subject_roots[_subject_key(base)] = thread
 
-    for message in messages:
-        message.thread_id = threads.find(message.thread_id)
+    for message in messages:  # each got a thread above
+        message.thread_id = threads.find(cast(uuid.UUID, message.thread_id))
 
     merged = {old: threads.find(old) for old in set(known.values()) if threads.find(old) != old}
     if merged:

@@ -1,3 +1,4 @@
+from django.db.models import QuerySet
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -9,6 +10,7 @@ from rest_framework.views import APIView
 
 from emailclient.core.api import HasTenant, TenantAPIMixin
 from emailclient.core.exceptions import NotFound
+from emailclient.core.models import Tenant
 from emailclient.core.pagination import KeysetPagination
 from emailclient.core.planner import planner_settings
 from emailclient.core.schema import TENANT_HEADER
@@ -19,7 +21,7 @@ from .blobs import BlobNotFound, default_store
 from .downloads import attachment_token, attachment_token_read, blob_response, safe_filename
 from .models import Attachment, Folder, Message
 from .sanitize import sanitize_html
-from .search import apply_search, positive_conditions
+from .search import SearchOrder, SearchQuery, apply_search, positive_conditions
 from .selectors import access_folder, folder_list
 from .serializers import (
     BulkDeleteSerializer,
@@ -79,7 +81,9 @@ def paginated_messages(view, messages, pagination_class):
     return paginator.get_paginated_response(MessageListSerializer(page, many=True).data)
 
 
-def search_queryset_and_paginator(queryset, query, order: str, *, tenant):
+def search_queryset_and_paginator(
+    queryset: QuerySet[Message], query: SearchQuery, order: SearchOrder, *, tenant: Tenant
+) -> tuple[QuerySet[Message], type[KeysetPagination]]:
     """The queryset narrowed by a parsed search query, and the pagination
     class that pages it (by relevance, by the candidates' ids, or newest
     first)."""
