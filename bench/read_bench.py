@@ -65,7 +65,7 @@ import read_mailgen as mailgen  # noqa: E402
 PAGE_SIZE = 50  # REST_FRAMEWORK["PAGE_SIZE"]
 DEEP_PAGE = 1_000
 TENANT = read_load.TENANT_SLUGS[0]
-TARGETS_MS = {  # p95, from the issue
+TARGETS_MS = {  # p95 targets (bench/README.md)
     "folder_first_page": 20,
     "folder_page_1000": 20,
     "thread": 20,

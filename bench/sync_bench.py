@@ -15,7 +15,7 @@ One run:
    b. our no-change resync (time, bodies fetched: must be 0),
    c. mbsync pulling the same mailbox into a Maildir, and its no-change run;
 4. checks that stored + quarantined equals the server's count, per folder;
-5. prints a table with the targets of the issue, optionally writes JSON;
+5. prints a table with the targets (bench/README.md), optionally writes JSON;
 6. stops Dovecot and removes its files and the database (unless --keep).
 
     .venv/bin/python bench/sync_bench.py                      # 10,000 messages
@@ -51,7 +51,7 @@ SETTINGS = "emailclient.settings.test"
 MAIL_USER = "bench"
 MAIL_PASSWORD = "bench-password"  # noqa: S105 - a throwaway local Dovecot user
 
-# The issue's targets.
+# Targets (bench/README.md).
 TARGET_RATIO_MIN, TARGET_RATIO_GOAL = 0.5, 1.0
 TARGET_RESYNC_SECONDS = 1.0  # for 100,000 messages in 10 folders
 TARGET_PEAK_MB = 300.0

@@ -25,7 +25,7 @@ urlpatterns = [
     api_path("api/docs", SwaggerView.as_view(url_name="schema"), name="docs"),
     api_path("api/redoc", RedocView.as_view(url_name="schema"), name="redoc"),
     path("api/", include(api_patterns)),
-    # The seed's path form: the tenant in the path instead of X-Tenant-ID.
+    # The tenant in the path instead of X-Tenant-ID (README, "Tenancy and security").
     path("api/v1/<str:tenant>/email_client/", include((api_patterns, "seed"), namespace="seed")),
 ]
 

@@ -263,7 +263,7 @@ class MessageViewSet(TenantAPIMixin, viewsets.GenericViewSet):
 
 
 class SearchView(TenantAPIMixin, APIView):
-    """The seed's `GET /api/sync/search?query=...`: search across the user's
+    """`GET /api/sync/search?query=...`: search across the user's
     accounts (or one, with `account`). Same results as `/api/messages/?q=`."""
 
     @extend_schema(

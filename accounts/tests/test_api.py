@@ -295,7 +295,7 @@ def test_a_garbage_token_is_a_401_not_a_tenant_lookup(tenant_a, api_client, djan
     assert response.status_code == 401
 
 
-# --- The seed's path form -------------------------------------------------------
+# --- The tenant-in-path form -------------------------------------------------------
 
 
 def test_seed_path_alias_takes_the_tenant_from_the_path(user_a, tenant_a, tenant_b, account_b):

@@ -1,7 +1,7 @@
 """Tenant resolution and the per-request tenant transaction.
 
 A request names its tenant by the `X-Tenant-ID` header (slug or UUID) or by
-the seed's path form `/api/v1/{tenant}/email_client/...`. When it does and
+the path form `/api/v1/{tenant}/email_client/...`. When it does and
 its user is authenticated, the middleware:
 
 1. looks the tenant up (active tenants only);

@@ -1,6 +1,6 @@
 """API routes that answer the same with and without a trailing slash.
 
-The seeds write every path without one (`POST /api/accounts`), Django and
+Clients often write paths without one (`POST /api/accounts`), Django and
 DRF's routers with one. Every API route matches both forms itself, so
 `CommonMiddleware`'s APPEND_SLASH never redirects an API request (a 301
 that drops a POST's body, or the `RuntimeError` it raises under DEBUG).

@@ -23,7 +23,7 @@ TENANT_HEADER = OpenApiParameter(
 
 def drop_trailing_slash(endpoints: list[tuple], **kwargs) -> list[tuple]:
     """Preprocessing hook (SPECTACULAR_SETTINGS["PREPROCESSING_HOOKS"]): every
-    path in the form the seeds write and `reverse()` gives, without its
+    path in the form `reverse()` gives, without its
     trailing slash. Every API route matches both forms (routes.py); DRF's
     regex-to-path step would keep the router's `/?` as `/`."""
     return [

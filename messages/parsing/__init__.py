@@ -1,7 +1,7 @@
 """RFC 5322 / MIME parsing for the sync engine.
 
 Built on the `compat32` policy with explicit decoding: `email.policy.default`
-is about ten times slower on real mail (see README, Benchmarks), and sync
+is about ten times slower on real mail (see README, Sync), and sync
 speed is bounded by parsing. Every function in this package is total: hostile
 or broken input yields replacement characters and defects, never an
 exception, except `parse_message`'s `MessageRejected` for input that is not

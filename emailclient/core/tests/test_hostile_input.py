@@ -138,6 +138,6 @@ def test_a_tenant_reference_that_is_no_slug_or_id_names_no_tenant(tenant_a, user
     client = bearer_client(user_a)
     client.raise_request_exception = False
     assert client.get("/api/accounts/", HTTP_X_TENANT_ID=ref).status_code == 404
-    if "/" not in ref:  # the seed's path form, as a URL-decoded path
+    if "/" not in ref:  # the tenant-in-path form, as a URL-decoded path
         assert client.get(f"/api/v1/{ref}/email_client/accounts/").status_code == 404
     assert api_client.get("/api/accounts/", HTTP_X_TENANT_ID=ref).status_code == 401

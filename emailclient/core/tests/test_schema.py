@@ -31,7 +31,7 @@ def test_schema_and_docs_are_served(api_client):
 @pytest.mark.django_db
 def test_the_schema_lists_every_route_once_without_its_trailing_slash(api_client):
     """Routes answer with and without the slash; the schema names each once,
-    in the form without it (the seeds' form, and what reverse() gives)."""
+    in the form without it (what reverse() gives)."""
     response = api_client.get("/api/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     paths = set(response.json()["paths"])
 
