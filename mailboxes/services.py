@@ -94,7 +94,7 @@ def account_sync_run(
         )
         raise
     account_sync_finished(
-        tenant_id=tenant_id, account_id=account_id, error=folder_errors_text(report), succeeded=True
+        tenant_id=tenant_id, account_id=account_id, error=report.folder_errors_text(), succeeded=True
     )
     if report.new:
         if index_inline:
@@ -106,8 +106,3 @@ def account_sync_run(
 
         write_back_task.delay(str(tenant_id), str(account_id))
     return report
-
-
-def folder_errors_text(report: SyncReport) -> str:
-    """The folders the server refused in a sync, with its answers; empty if none."""
-    return "; ".join(f"{name}: {error}" for name, error in report.folder_errors.items())

@@ -12,7 +12,7 @@ from emailclient.core.retry import backoff_countdown
 from messages.locks import SyncAlreadyRunning
 
 from .imap import AddressNotAllowed, AuthenticationFailed, InsecureServer, MailServerError
-from .services import account_sync_run, folder_errors_text
+from .services import account_sync_run
 from .sync_status import FAILED, IDLE, QUEUED, RUNNING, sync_release, sync_status_set
 from .writeback import account_write_back, give_up_pending
 
@@ -61,7 +61,7 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
         _failed(account_id, task_id, exc)
         raise
     sync_release(account_id, task_id)
-    sync_status_set(account_id, state=IDLE, error=folder_errors_text(report), last_summary=report.summary())
+    sync_status_set(account_id, state=IDLE, error=report.folder_errors_text(), last_summary=report.summary())
     return {"result": "ok", "summary": report.summary()}
 
 

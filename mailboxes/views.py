@@ -12,13 +12,6 @@ from .services import sync_request
 from .sync_status import IDLE, QUEUED, sync_status_get
 
 
-def sync_requested_response(account) -> Response:
-    task_id, joined = sync_request(account=account)
-    state = sync_status_get(account.id).get("state", QUEUED)
-    body = {"task_id": task_id, "state": state, "joined": joined}
-    return Response(SyncRequestedSerializer(body).data, status=status.HTTP_202_ACCEPTED)
-
-
 class SyncTriggerView(TenantAPIMixin, APIView):
     """Queue a sync of the account (202), or join the one already queued or
     running. Also the seed's `POST .../accounts/{id}/sync`."""
@@ -26,7 +19,13 @@ class SyncTriggerView(TenantAPIMixin, APIView):
     @extend_schema(parameters=[TENANT_HEADER], request=None, responses={202: SyncRequestedSerializer})
     def post(self, request, account_id, **kwargs):
         account = access_account(tenant=self.tenant, membership=self.membership, id=account_id)
-        return sync_requested_response(account)
+        task_id, joined = sync_request(account=account)
+        body = {
+            "task_id": task_id,
+            "state": sync_status_get(account.id).get("state", QUEUED),
+            "joined": joined,
+        }
+        return Response(SyncRequestedSerializer(body).data, status=status.HTTP_202_ACCEPTED)
 
 
 class SyncStatusView(TenantAPIMixin, APIView):

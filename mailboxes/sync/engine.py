@@ -68,6 +68,10 @@ class SyncReport:
             text += f", {len(self.folder_errors)} folder(s) refused: " + ", ".join(sorted(self.folder_errors))
         return text
 
+    def folder_errors_text(self) -> str:
+        """The folders the server refused, with its answers; empty if none."""
+        return "; ".join(f"{name}: {error}" for name, error in self.folder_errors.items())
+
 
 def account_sync(
     *,
