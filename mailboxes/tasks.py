@@ -31,37 +31,37 @@ PERMANENT = (AuthenticationFailed, InsecureServer, AddressNotAllowed)
     soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT,
 )
 def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
-    tenant_id, account_id = uuid.UUID(tenant_id), uuid.UUID(account_id)
+    tenant, account = uuid.UUID(tenant_id), uuid.UUID(account_id)
     task_id = self.request.id or ""
 
     def progress(folder: str, done: int, total: int) -> None:
-        sync_status_set(account_id, state=RUNNING, task_id=task_id, folder=folder, done=done, total=total)
+        sync_status_set(account, state=RUNNING, task_id=task_id, folder=folder, done=done, total=total)
 
     try:
-        report = account_sync_run(tenant_id=tenant_id, account_id=account_id, progress=progress)
+        report = account_sync_run(tenant_id=tenant, account_id=account, progress=progress)
     except EmailAccount.DoesNotExist:
-        logger.info("sync of account %s skipped: no such account", account_id)
-        sync_release(account_id, task_id)
-        sync_status_set(account_id, state=IDLE)
+        logger.info("sync of account %s skipped: no such account", account)
+        sync_release(account, task_id)
+        sync_status_set(account, state=IDLE)
         return {"result": "missing"}
     except SyncAlreadyRunning:
-        logger.info("sync of account %s already running; this trigger joins it", account_id)
-        sync_release(account_id, task_id)  # or the next trigger would "join" this finished task
+        logger.info("sync of account %s already running; this trigger joins it", account)
+        sync_release(account, task_id)  # or the next trigger would "join" this finished task
         return {"result": "joined"}
     except PERMANENT as exc:
-        _failed(account_id, task_id, exc)
+        _failed(account, task_id, exc)
         return {"result": "failed", "error": str(exc)}
     except MailServerError as exc:
         if self.request.retries < settings.SYNC_MAX_RETRIES:
-            sync_status_set(account_id, state=QUEUED, error=str(exc))
+            sync_status_set(account, state=QUEUED, error=str(exc))
             raise self.retry(exc=exc, countdown=backoff_countdown(self.request.retries)) from exc
-        _failed(account_id, task_id, exc)
+        _failed(account, task_id, exc)
         return {"result": "failed", "error": str(exc)}
     except Exception as exc:
-        _failed(account_id, task_id, exc)
+        _failed(account, task_id, exc)
         raise
-    sync_release(account_id, task_id)
-    sync_status_set(account_id, state=IDLE, error=report.folder_errors_text(), last_summary=report.summary())
+    sync_release(account, task_id)
+    sync_status_set(account, state=IDLE, error=report.folder_errors_text(), last_summary=report.summary())
     return {"result": "ok", "summary": report.summary()}
 
 
@@ -85,18 +85,18 @@ def write_back_task(self, tenant_id: str, account_id: str) -> dict:
     """Write the account's pending changes to its server. Waits for a
     running sync; retries with backoff while the server fails; a change
     that keeps failing is undone (see `writeback`)."""
-    tenant_id, account_id = uuid.UUID(tenant_id), uuid.UUID(account_id)
+    tenant, account = uuid.UUID(tenant_id), uuid.UUID(account_id)
     try:
-        report = account_write_back(tenant_id=tenant_id, account_id=account_id)
+        report = account_write_back(tenant_id=tenant, account_id=account)
     except SyncAlreadyRunning as exc:
         raise self.retry(exc=exc, countdown=5) from exc
     except (AuthenticationFailed, InsecureServer, AddressNotAllowed) as exc:
         # Nothing will change until the account does: undo now, say why.
-        give_up_pending(tenant_id=tenant_id, account_id=account_id, error=str(exc))
+        give_up_pending(tenant_id=tenant, account_id=account, error=str(exc))
         return {"result": "failed", "error": str(exc)}
     except MailServerError as exc:
         if self.request.retries < settings.WRITEBACK_MAX_ATTEMPTS:
             raise self.retry(exc=exc, countdown=backoff_countdown(self.request.retries)) from exc
-        give_up_pending(tenant_id=tenant_id, account_id=account_id, error=str(exc))
+        give_up_pending(tenant_id=tenant, account_id=account, error=str(exc))
         return {"result": "failed", "error": str(exc)}
     return {"result": "ok", "written": report.written, "failed": report.failed}

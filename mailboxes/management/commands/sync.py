@@ -25,14 +25,14 @@ class Command(BaseCommand):
 
     def handle(self, *args, account, tenant, all, run_async, **options) -> None:
         # Finding accounts across tenants is an operator's read: admin alias.
-        accounts = EmailAccount.objects.using("admin").select_related("tenant").filter(is_deleted=False)
+        matching = EmailAccount.objects.using("admin").select_related("tenant").filter(is_deleted=False)
         if account:
-            accounts = accounts.filter(id=account)
+            matching = matching.filter(id=account)
         else:
-            accounts = accounts.filter(is_enabled=True)
+            matching = matching.filter(is_enabled=True)
             if tenant:
-                accounts = accounts.filter(tenant__slug=tenant)
-        accounts = list(accounts.order_by("tenant__slug", "email_address"))
+                matching = matching.filter(tenant__slug=tenant)
+        accounts = list(matching.order_by("tenant__slug", "email_address"))
         if not accounts:
             raise CommandError("No matching account.")
         if run_async:
