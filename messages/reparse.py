@@ -309,7 +309,7 @@ def _thread(tenant_id: uuid.UUID, account_id: uuid.UUID, messages: list[Message]
     _seed_index(tenant_id, account_id, [(m.message_id, m.thread_id) for m in messages if m.thread_id])
     views = [_ThreadView(m) for m in messages]
     # assign_threads reads and sets only what a _ThreadView has, but is annotated with Message.
-    assign_threads(tenant_id=tenant_id, account_id=account_id, messages=views)  # type: ignore[arg-type]
+    assign_threads(tenant_id=tenant_id, account_id=account_id, messages=views)
     threads: list[uuid.UUID] = []
     for view in views:
         if view.thread_id is None:

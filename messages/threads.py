@@ -16,7 +16,8 @@ subject.
 import hashlib
 import re
 import uuid
-from typing import cast
+from collections.abc import Sequence
+from typing import Protocol, cast
 
 from django.db import connection
 
@@ -26,6 +27,17 @@ _REPLY_PREFIX = re.compile(
     r"^\s*(?:(?:re|fwd?|aw|wg|sv|vs|antw|rif|tr|odp|vl)\s*(?:\[\d+\])?\s*[:\uff1a]\s*|\[[^\]]{1,40}\]\s*)+",
     re.IGNORECASE,
 )
+
+
+class Threadable(Protocol):
+    """What `assign_threads()` reads of a message and sets on it: a stored
+    `Message`, a row the sync is about to copy in, a view `reparse` makes."""
+
+    message_id: str
+    in_reply_to: str
+    references: list[str]
+    subject: str
+    thread_id: uuid.UUID | None
 
 
 def base_subject(subject: str) -> tuple[str, bool]:
@@ -70,7 +82,7 @@ class _Threads:
         return keep
 
 
-def assign_threads(*, tenant_id: uuid.UUID, account_id: uuid.UUID, messages: list[Message]) -> None:
+def assign_threads(*, tenant_id: uuid.UUID, account_id: uuid.UUID, messages: Sequence[Threadable]) -> None:
     """Set `thread_id` on `messages` (not yet saved) and update the index and
     the stored messages of merged threads. Call inside the batch's
     transaction, under the account's sync lock."""
@@ -122,7 +134,7 @@ def assign_threads(*, tenant_id: uuid.UUID, account_id: uuid.UUID, messages: lis
     _upsert(tenant_id, account_id, rows)
 
 
-def _ids_of(message: Message) -> list[str]:
+def _ids_of(message: Threadable) -> list[str]:
     ids = list(message.references)
     if message.in_reply_to:
         ids.append(message.in_reply_to)

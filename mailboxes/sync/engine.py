@@ -417,10 +417,7 @@ class _Engine:
         with self.scope(), transaction.atomic():
             batch.drop_stored()
             if batch.messages:
-                # assign_threads reads and sets only what a _MessageRow has, but is
-                # annotated with Message: its owner may switch to a Protocol.
-                rows = cast(list[Message], batch.messages)
-                assign_threads(tenant_id=self.tenant_id, account_id=self.account.id, messages=rows)
+                assign_threads(tenant_id=self.tenant_id, account_id=self.account.id, messages=batch.messages)
                 copy_rows(Message, batch.messages)
                 copy_rows(Attachment, batch.attachments)
             if batch.rematched:
