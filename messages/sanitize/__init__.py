@@ -1,0 +1,134 @@
+"""The sanitiser the API applies to a stored HTML body before serving it.
+
+`sanitize_html` returns a fragment meant for a sandboxed container (an iframe
+with `sandbox` and no `allow-scripts`); the sanitiser does not rely on the
+sandbox, the sandbox does not rely on the sanitiser.
+
+Two passes, and nh3 (ammonia, on html5ever: the HTML5 parsing algorithm
+browsers use) has the last word:
+
+1. `canonicalise` (`tree`) re-emits the input as plain, well-nested markup: comments,
+   doctypes and raw-text elements (`script`, `style`, `title`, `textarea`,
+   `noscript`, `iframe`, `xmp`, `noembed`, `noframes`, `plaintext`) go with
+   their content; `svg`, `math`, `template`, `object`, `applet` and `select`
+   go with everything inside them; only allowed tags are emitted, at most
+   `MAX_DEPTH` deep, with at most `MAX_OPEN_FORMATTING` formatting elements
+   (`b`, `font`, `a` ...) open at once and `MAX_ATTRIBUTES` attributes each.
+   html5ever's tree builder is quadratic in nesting depth and in open
+   formatting elements (40,000 nested `<div>` take seconds, 1,000 nested
+   `<font>` with 30 attributes as many), and a bound read off the input would
+   be as good as our guess at how a browser tokenises it; a bound on markup we
+   wrote ourselves holds whatever the input was. This pass is only structural:
+   what it gets wrong costs fidelity on broken HTML, never safety.
+2. `nh3.clean` with allow-lists of tags, attributes, URL schemes and CSS
+   properties, and `AttributePolicy` (`policy`) as `attribute_filter`: nh3 calls it
+   *after* its own scheme check and does not re-check what it returns, so it
+   is the authority on every URL and every `style`.
+
+Policy:
+
+- `<style>` elements are dropped with their content. A stylesheet cannot be
+  confined to the fragment without a CSS parser and selector rewriting (it
+  would restyle the page around the container when one is not an iframe), and
+  it is the widest door for tracking and injection (`@import`, `@font-face`,
+  `url()` in any property). Senders inline their CSS for clients that do the
+  same, so the common loss is responsive tweaks.
+- Inline `style`: declarations are kept one by one when the property is in
+  `CSS_PROPERTIES` (no `position`, `z-index`, `behavior`, `-moz-binding`,
+  `cursor` ...), the value has no comment, escape, brace, `expression`,
+  `javascript`, `vbscript` or `binding`, and calls no function outside
+  `_CSS_FUNCTIONS`. `url()` keeps a cid mapped to its attachment URL, and a
+  remote URL only with `allow_remote_images`; any other `url()` becomes
+  `none`, so `background: #fff url(...)` keeps its colour. nh3's
+  `filter_style_properties` then filters the same allow-list again.
+- Images: `cid:` is rewritten through `cid_urls` (case-insensitive, with or
+  without angle brackets or %-escapes), dropped when unknown. Remote
+  references (http:, https:, protocol-relative) in `img src`, `srcset`,
+  `background` and CSS `url()` are removed unless `allow_remote_images`, and
+  counted: `remote_images_blocked` is how many references the same call with
+  `allow_remote_images=True` would have kept. The URL is not kept in a
+  `data-remote-src` attribute: nh3 can only drop or change an attribute, and a
+  pass over its output to add one is how mutation XSS is made. A client
+  offers "show images" by asking again with the flag. `data:` survives only
+  in `img src`, and only for PNG, GIF, JPEG and WebP (never SVG).
+- Links: http, https, mailto and tel; protocol-relative ones become https;
+  every `<a>` gets `rel="noopener noreferrer nofollow"` and `target="_blank"`.
+  Relative URLs are dropped everywhere (there is no base to resolve them
+  against but our own origin); `id`, `name` and `class` are not kept either.
+- Any failure returns an empty fragment (logged, without the body).
+
+`sanitize_html` (here) runs the passes: `tree` (pass 1 and its bounds),
+`policy` (the allow-lists and `AttributePolicy`), `css` (inline `style`
+values and the CSS allow-list), `urls` (URL cleaning, schemes, content ids).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import nh3
+
+from .css import CSS_PROPERTIES, MAX_STYLE_LENGTH
+from .policy import (
+    ALLOWED_ATTRIBUTES,
+    ALLOWED_TAGS,
+    DROPPED_WITH_CONTENT,
+    LINK_REL,
+    URL_SCHEMES,
+    AttributePolicy,
+)
+from .tree import MAX_ATTRIBUTES, MAX_DEPTH, MAX_OPEN_FORMATTING, canonicalise
+
+__all__ = [
+    "ALLOWED_ATTRIBUTES",
+    "ALLOWED_TAGS",
+    "CSS_PROPERTIES",
+    "DROPPED_WITH_CONTENT",
+    "LINK_REL",
+    "MAX_ATTRIBUTES",
+    "MAX_DEPTH",
+    "MAX_OPEN_FORMATTING",
+    "MAX_STYLE_LENGTH",
+    "URL_SCHEMES",
+    "SanitizedHtml",
+    "sanitize_html",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SanitizedHtml:
+    html: str
+    remote_images_blocked: int  # how many remote image references were removed
+
+
+def sanitize_html(
+    html: str, *, cid_urls: Mapping[str, str] | None = None, allow_remote_images: bool = False
+) -> SanitizedHtml:
+    """Make a stored HTML body safe to serve; see the package docstring for the policy."""
+    try:
+        text = html.decode("utf-8", "replace") if isinstance(html, bytes) else str(html or "")
+        # nh3 wants valid UTF-8: no lone surrogates. NUL is what the tokeniser makes of it.
+        text = text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+        policy = AttributePolicy(cid_urls or {}, allow_remote_images=allow_remote_images)
+        cleaned = nh3.clean(
+            canonicalise(text),
+            tags=set(ALLOWED_TAGS),
+            clean_content_tags=set(DROPPED_WITH_CONTENT),
+            attributes=ALLOWED_ATTRIBUTES,
+            attribute_filter=policy,
+            strip_comments=True,
+            link_rel=LINK_REL,
+            set_tag_attribute_values={"a": {"target": "_blank"}},
+            url_schemes=set(URL_SCHEMES),
+            filter_style_properties=set(CSS_PROPERTIES),
+            url_relative=policy.relative_url,
+        )
+        return SanitizedHtml(html=cleaned, remote_images_blocked=policy.remote_images_blocked)
+    except Exception as exc:
+        length = len(html) if isinstance(html, str | bytes) else None
+        logger.error("html_sanitize_failed", extra={"error": type(exc).__name__, "length": length})
+        return SanitizedHtml(html="", remote_images_blocked=0)
