@@ -161,14 +161,15 @@ def install_phase_timers() -> PhaseTimers:
     from django.db.models.query import QuerySet
 
     import mailboxes.imap as imap
+    import mailboxes.imap.session as imap_session
     import mailboxes.sync.engine as sync
     from messages.blobs import BlobStore
 
     timers = PhaseTimers()
     timers.patch(imap.ImapSession, "fetch_meta", "IMAP FETCH flags/sizes (network, imaplib)")
     timers.patch(imap.ImapSession, "fetch_full", "IMAP FETCH bodies (network, imaplib)")
-    timers.patch(imap, "parse_fetch_response", "IMAP response parsing (imapclient)")
-    timers.patch(imap, "parse_fetch_fast", "IMAP response parsing (fast path)")
+    timers.patch(imap_session, "parse_fetch_response", "IMAP response parsing (imapclient)")
+    timers.patch(imap_session, "parse_fetch_fast", "IMAP response parsing (fast path)")
     timers.patch(sync, "parse_message", "MIME parsing (parse_message)")
     timers.patch(BlobStore, "put", "blob store (sha256, gzip, write)")
     timers.patch(sync, "assign_threads", "threading (assign_threads, Python)")

@@ -94,7 +94,7 @@ def test_an_untrusted_certificate_is_refused(devmail, mail_user):
 
 def test_a_certificate_for_another_name_is_refused(devmail, mail_user, monkeypatch):
     # DNS is the one thing we cannot make real here: pin a foreign name to loopback.
-    monkeypatch.setattr(imap, "resolve", lambda host, port, allow_private: "127.0.0.1")
+    monkeypatch.setattr("mailboxes.imap.session.resolve", lambda host, port, allow_private: "127.0.0.1")
     with pytest.raises(InsecureServer):
         ImapSession(_config(devmail, host="mail.example.org"), mail_user, PASSWORD)
 
