@@ -14,8 +14,11 @@ from django.db import connections
 from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.dbsetup import setup_database
 from emailclient.core.tests.factories import MembershipFactory, TenantFactory, UserFactory
+from messages.blobs import default_store
+from messages.tests.factories import FolderFactory
 
 # Tables whose rows are data, emptied after each `committed_db` test.
 KEEP_TABLES = {"django_migrations", "django_content_type", "auth_permission"}
@@ -97,6 +100,24 @@ def bearer_client(user, tenant=None) -> APIClient:
             HTTP_X_TENANT_ID=tenant.slug,
         )
     return client
+
+
+@pytest.fixture
+def account_a(tenant_a, user_a):
+    """Alice's mail account in tenant A."""
+    return EmailAccountFactory(tenant=tenant_a, user=user_a)
+
+
+@pytest.fixture
+def inbox_a(account_a):
+    return FolderFactory(account=account_a, name="INBOX", type="inbox")
+
+
+@pytest.fixture
+def blobs(settings, tmp_path):
+    """A blob store of the test's own."""
+    settings.BLOB_STORAGE_DIR = tmp_path / "blobs"
+    return default_store()
 
 
 @pytest.fixture

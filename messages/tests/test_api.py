@@ -21,29 +21,12 @@ from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.models import AuditLog
 from emailclient.core.tenancy import tenant_scope
 from messages import selectors
-from messages.blobs import default_store
 from messages.indexing import search_index_pending
 from messages.models import Folder, Message, MessageChange
 from messages.serializers import MessageDetailSerializer, MessageListSerializer
 from messages.tests.factories import AttachmentFactory, FolderFactory, MessageFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def blobs(settings, tmp_path):
-    settings.BLOB_STORAGE_DIR = tmp_path / "blobs"
-    return default_store()
-
-
-@pytest.fixture
-def account_a(tenant_a, user_a):
-    return EmailAccountFactory(tenant=tenant_a, user=user_a)
-
-
-@pytest.fixture
-def inbox_a(account_a):
-    return FolderFactory(account=account_a, name="INBOX", type="inbox")
 
 
 @pytest.fixture

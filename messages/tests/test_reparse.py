@@ -16,7 +16,6 @@ from django.db import connections
 
 from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.tenancy import tenant_scope
-from messages.blobs import default_store
 from messages.indexing import search_index_pending
 from messages.models import Message, ThreadRef
 from messages.parsing import parse_message, synthetic_message_id
@@ -75,22 +74,6 @@ REPORT = re.compile(
     r"(?P<missing>\d+) missing source, (?P<unparseable>\d+) unparseable",
     re.MULTILINE,
 )
-
-
-@pytest.fixture
-def blobs(settings, tmp_path):
-    settings.BLOB_STORAGE_DIR = tmp_path / "blobs"
-    return default_store()
-
-
-@pytest.fixture
-def account_a(tenant_a, user_a):
-    return EmailAccountFactory(tenant=tenant_a, user=user_a)
-
-
-@pytest.fixture
-def inbox_a(account_a):
-    return FolderFactory(account=account_a, name="INBOX", type="inbox")
 
 
 @pytest.fixture

@@ -59,16 +59,6 @@ def bulk_messages(folder: Folder, count: int, **fields) -> list[Message]:
 
 
 @pytest.fixture
-def account_a(tenant_a, user_a):
-    return EmailAccountFactory(tenant=tenant_a, user=user_a)
-
-
-@pytest.fixture
-def inbox_a(account_a):
-    return FolderFactory(account=account_a, name="INBOX", type="inbox")
-
-
-@pytest.fixture
 def tied(inbox_a):
     """2,500 messages in one second, the sync's INTERNALDATE of a bulk import."""
     return bulk_messages(inbox_a, 2_500, received_at=SAME_SECOND)

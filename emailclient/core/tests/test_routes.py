@@ -21,7 +21,6 @@ from accounts.models import EmailAccount
 from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.tenancy import tenant_scope
 from emailclient.core.views import api_not_found
-from messages.blobs import default_store
 from messages.models import Message
 from messages.tests.factories import AttachmentFactory, FolderFactory, MessageFactory
 
@@ -99,12 +98,6 @@ def mode(request, settings):
         settings.DEBUG = True
         settings.REST_FRAMEWORK = local.REST_FRAMEWORK
     return request.param
-
-
-@pytest.fixture
-def blobs(settings, tmp_path):
-    settings.BLOB_STORAGE_DIR = tmp_path / "blobs"
-    return default_store()
 
 
 def mailbox(tenant, user, blobs) -> dict[str, str]:
