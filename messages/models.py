@@ -277,11 +277,6 @@ class Message(TenantModel):
                 condition=models.Q(is_flagged=True, is_deleted=False),
                 name="idx_messages_flagged",
             ),
-            models.Index(
-                fields=["account", "-received_at"],
-                condition=models.Q(is_draft=True, is_deleted=False),
-                name="idx_messages_drafts",
-            ),
             GinIndex(fields=["search_vector"], name="gin_messages_search"),
             models.Index(
                 fields=["tenant"],
@@ -297,7 +292,6 @@ class Message(TenantModel):
             GinIndex(fields=["to_addresses"], opclasses=["jsonb_path_ops"], name="gin_messages_to_addresses"),
             GinIndex(fields=["cc_addresses"], opclasses=["jsonb_path_ops"], name="gin_messages_cc_addresses"),
             BrinIndex(fields=["received_at"], name="brin_messages_received"),
-            BrinIndex(fields=["created_at"], name="brin_messages_created"),
         ]
 
     def __str__(self) -> str:
