@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from imapclient import IMAPClient
 
 from accounts.models import EmailAccount
-from accounts.services import account_create
+from accounts.services import account_create, account_update
 from emailclient.core.models import Tenant
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.services import sync_request
@@ -44,7 +44,13 @@ class Command(BaseCommand):
             account = EmailAccount.objects.filter(
                 tenant=tenant, user=user, email_address="demo@localhost"
             ).first()
-        if account is None:
+        if account is not None:
+            # The demo's server and secrets are this run's: the port may have
+            # moved and a new .env means a new credential key.
+            account = account_update(
+                account=account, actor=None, data={"port": imap_port, "password": password}
+            )
+        else:
             account = account_create(
                 tenant=tenant,
                 user=user,
