@@ -40,6 +40,10 @@ class EmailAccount(TenantModel):
     smtp_encryption = models.CharField(max_length=16, choices=Encryption.choices, blank=True)
     smtp_username = models.CharField(max_length=255, blank=True)
     smtp_password_encrypted = models.TextField(blank=True, editable=False)
+    save_sent_copy = models.BooleanField(
+        default=True,
+        help_text="Append each sent message to the Sent folder. Off for servers that file it themselves.",
+    )
 
     is_sync_enabled = models.BooleanField(default=True)
     sync_interval = models.PositiveIntegerField(default=300, help_text="Seconds between syncs.")

@@ -58,6 +58,7 @@ class AccountInputSerializer(serializers.Serializer):
     smtp_encryption = serializers.ChoiceField(choices=Encryption.choices, required=False, allow_blank=True)
     smtp_username = serializers.CharField(max_length=255, required=False, allow_blank=True)
     smtp_password = PasswordField(required=False, allow_blank=True)
+    save_sent_copy = serializers.BooleanField(required=False)
     is_sync_enabled = serializers.BooleanField(required=False)
     sync_interval = serializers.IntegerField(min_value=60, max_value=86400, required=False)
     is_enabled = serializers.BooleanField(required=False)
@@ -93,6 +94,7 @@ class AccountOutputSerializer(serializers.ModelSerializer):
             "smtp_encryption",
             "smtp_username",
             "has_smtp_password",
+            "save_sent_copy",
             "is_sync_enabled",
             "sync_interval",
             "last_sync_at",

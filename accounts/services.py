@@ -33,6 +33,7 @@ WRITABLE_FIELDS = (
     "smtp_port",
     "smtp_encryption",
     "smtp_username",
+    "save_sent_copy",
     "is_sync_enabled",
     "sync_interval",
     "is_enabled",
