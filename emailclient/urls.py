@@ -13,6 +13,7 @@ api_patterns = [
     path("", include("messages.urls")),
     path("", include("accounts.urls")),
     path("", include("mailboxes.urls")),
+    path("", include("compose.urls")),
 ]
 
 urlpatterns = [

@@ -220,6 +220,24 @@ SYNC_MAX_RETRIES = env.int("SYNC_MAX_RETRIES", default=5)
 # before it is undone in the database.
 WRITEBACK_MAX_ATTEMPTS = env.int("WRITEBACK_MAX_ATTEMPTS", default=5)
 
+# --- Sending (compose) ------------------------------------------------------------
+# Bodies and attachments of one message together, before MIME encoding.
+COMPOSE_MAX_MESSAGE_BYTES = env.int("COMPOSE_MAX_MESSAGE_BYTES", default=25 * 1024 * 1024)
+COMPOSE_MAX_RECIPIENTS = env.int("COMPOSE_MAX_RECIPIENTS", default=100)
+# Delivery attempts of one message on temporary failures (4xx, connection
+# refused or reset before the body) before it is `failed`; backoff in between.
+COMPOSE_SEND_MAX_ATTEMPTS = env.int("COMPOSE_SEND_MAX_ATTEMPTS", default=8)
+# Sends (queue requests) per user and per tenant, django-ratelimit's syntax.
+COMPOSE_RATE_LIMIT_USER = env("COMPOSE_RATE_LIMIT_USER", default="50/m")
+COMPOSE_RATE_LIMIT_TENANT = env("COMPOSE_RATE_LIMIT_TENANT", default="500/m")
+SMTP_CONNECT_TIMEOUT = env.float("SMTP_CONNECT_TIMEOUT", default=20.0)
+SMTP_TIMEOUT = env.float("SMTP_TIMEOUT", default=60.0)  # per read; the seeds' SMTP_TIMEOUT
+
+CELERY_BEAT_SCHEDULE = {
+    # Scheduled sends that are due and queued ones whose task was lost.
+    "compose-dispatch-due": {"task": "compose.tasks.dispatch_due", "schedule": 60.0},
+}
+
 # --- i18n, static -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -1,0 +1,7 @@
+from emailclient.core.routes import ApiRouter
+
+router = ApiRouter()
+
+urlpatterns = [
+    *router.urls,
+]
