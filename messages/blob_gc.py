@@ -5,7 +5,8 @@ that refer to them commit, so nothing removes them when a message goes: a
 message expunged on the server, deleted for good through the API, a
 re-parsed quarantine entry or a deleted tenant leaves its raw source and
 attachments on disk. `blob_garbage_collect()` removes, tenant by tenant, each
-blob that no message, attachment or quarantine entry refers to and that was
+blob that no message, attachment or quarantine entry (nor a row of a table
+an app above registered, e.g. drafts' uploads) refers to and that was
 neither written nor put again for `min_age` (see `messages.blobs`): the age
 keeps it off the blobs of a sync still writing its rows.
 
@@ -17,6 +18,7 @@ messages on the read benchmark's database).
 """
 
 import contextlib
+import re
 import uuid
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -32,16 +34,33 @@ from .blobs import BlobStore
 # UNION ALL and one sort in the C collation: UNION's own de-duplicating sort
 # in the database's collation took 200 s for 1,187,516 keys of a
 # 1,000,000-message tenant (bench database), this 27 s.
-_REFERENCED_KEYS = """
-    SELECT key FROM (
-        SELECT raw_blob_key FROM email_messages WHERE tenant_id = %(tenant)s AND raw_blob_key <> ''
-        UNION ALL
-        SELECT content_hash FROM email_attachments WHERE tenant_id = %(tenant)s
-        UNION ALL
-        SELECT raw_blob_key FROM email_quarantine WHERE tenant_id = %(tenant)s AND raw_blob_key <> ''
-    ) AS referenced (key)
-    ORDER BY key COLLATE "C"
-"""
+# The mail store's own references; apps above it add theirs with
+# `blob_references_register()` (this layer may not import them).
+_REFERENCES: list[tuple[str, str]] = [
+    ("email_messages", "raw_blob_key"),
+    ("email_attachments", "content_hash"),
+    ("email_quarantine", "raw_blob_key"),
+]
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def blob_references_register(table: str, column: str) -> None:
+    """Count `table.column` (a tenant-scoped table, a blob key or '' per row)
+    among the references that keep a blob: for apps above the mail store,
+    from their `AppConfig.ready()`. Registering a pair twice is a no-op."""
+    if not (_IDENTIFIER.fullmatch(table) and _IDENTIFIER.fullmatch(column)):
+        raise ValueError(f"not a plain SQL identifier: {table}.{column}")
+    if (table, column) not in _REFERENCES:
+        _REFERENCES.append((table, column))
+
+
+def _referenced_keys_sql() -> str:
+    # The names are checked identifiers (above), never input.
+    selects = "\n        UNION ALL\n".join(
+        f"        SELECT {column} FROM {table} WHERE tenant_id = %(tenant)s AND {column} <> ''"  # noqa: S608
+        for table, column in _REFERENCES
+    )
+    return f'SELECT key FROM (\n{selects}\n) AS referenced (key) ORDER BY key COLLATE "C"'  # noqa: S608
 
 
 # Below an hour, a sync still writing the rows of its blobs could lose them.
@@ -114,7 +133,7 @@ def blob_garbage_collect(
 
 def _referenced_keys(tenant_id: uuid.UUID) -> Generator[str, None, None]:
     with connection.chunked_cursor() as cursor:
-        cursor.execute(_REFERENCED_KEYS, {"tenant": tenant_id})
+        cursor.execute(_referenced_keys_sql(), {"tenant": tenant_id})
         while rows := cursor.fetchmany(10_000):
             for (key,) in rows:
                 yield key
