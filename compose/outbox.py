@@ -1,0 +1,491 @@
+"""The outbox: each queued message delivered once, its outcome recorded.
+
+`outbox_send()` is what the send task runs for one draft:
+
+1. It takes a session advisory lock on the draft (`draft_send_lock`, the
+   two-key form under its own class id, apart from the accounts' locks).
+   Held by another worker: that worker is sending this draft now, and this
+   (duplicate) delivery of the task returns. The lock dies with the
+   worker's database connection, so a worker killed mid-send holds nothing.
+2. Under the draft's row lock it moves the status forward, in one short
+   transaction: `queued` (or `scheduled` and due) -> `sending`, attempts + 1,
+   phase "connect". Finding `sending` while holding the advisory lock means
+   the previous worker died: at phase "data" the body may have reached the
+   server, so the item becomes `uncertain` (never resent automatically); at
+   an earlier phase it is sent again. `sent`, `failed`, `uncertain`,
+   `cancelled` and `draft` are left alone; a scheduled item not yet due, or
+   a queued one waiting for its backoff, too (the dispatcher comes back).
+3. SMTP with no transaction open. `compose.smtp.message_deliver` reports
+   its phase and the callback commits it before going on: "envelope" after
+   MAIL/RCPT, "data" before the body is transmitted.
+4. The outcome, under the row lock again: 2xx after the body -> `sent` (the
+   recipients refused one by one recorded; all refused -> `failed`); a
+   temporary failure -> `queued` again, `next_attempt_at` by exponential
+   backoff, up to `COMPOSE_SEND_MAX_ATTEMPTS`, then `failed`; a permanent
+   one -> `failed`; no reply after the body -> `uncertain`. Each outcome is
+   audited (`compose.send.sent|retry|failed|uncertain`: counts, codes and
+   the server's reply, never a body or a secret).
+5. After `sent`: the stored bytes are appended to the account's Sent folder
+   (unless `save_sent_copy` is off: "skipped"), the draft's copy in Drafts
+   is removed (`compose.tasks.save_draft_copy`), and a sync of the account
+   is queued so the Sent copy is stored. A redelivered task that finds the
+   item `sent` without a Sent copy recorded (the worker died in between)
+   finishes this step; the append looks for the Message-ID first, so the
+   copy is never appended twice.
+
+The Sent folder is the account's folder of type "sent"; before the first
+sync has found one, the server's folder flagged `\\Sent` (SPECIAL-USE). None
+at all: `sent_copy` "failed", with the reason in `error`. We never create
+one: a folder of our own naming next to one the user's other client files
+into would split the sent mail in two.
+
+`outbox_dispatch_due()` (the beat task, every minute) re-queues what a lost
+task would leave behind: scheduled sends due, queued ones whose task should
+have run by now, and `sending` ones whose advisory lock is free (the worker
+died: the task decides between sending again and `uncertain`).
+"""
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import current_app
+from django.conf import settings
+from django.core.cache import cache
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import EmailAccount
+from accounts.services import account_credentials
+from emailclient.core.models import Tenant
+from emailclient.core.retry import backoff_countdown
+from emailclient.core.services import audit_log_record_many
+from emailclient.core.tenancy import tenant_scope
+from messages.blobs import BlobNotFound, default_store
+from messages.models import Folder, FolderType
+
+from .addresses import needs_smtputf8
+from .drafts_folder import SPECIAL_USE, imap_session, message_id_uids, special_folder_name
+from .models import Draft, SendQueueItem, Status
+from .smtp import (
+    DeliveryResult,
+    DeliveryUncertain,
+    PermanentFailure,
+    SmtpReply,
+    TemporaryFailure,
+    message_deliver,
+    smtp_config,
+)
+
+logger = logging.getLogger(__name__)
+
+# Outcomes of `outbox_send()`, besides the statuses it leaves an item in.
+BUSY = "busy"  # another worker holds the draft: it is sending it now
+MISSING = "missing"
+NOT_DUE = "not_due"
+
+# The two-key advisory lock of a send: this class id keeps it apart from the
+# accounts' locks (`messages.locks`).
+SEND_LOCK_CLASS = 0x73656E64  # "send"
+
+# A task queued for a due item should have run within this; later, the
+# dispatcher queues it again (and at most once per DISPATCH_REPEAT).
+DISPATCH_GRACE = timedelta(minutes=1)
+DISPATCH_REPEAT = 300  # seconds
+# A task may arrive a little before its countdown on another worker's clock.
+CLOCK_TOLERANCE = timedelta(seconds=2)
+
+
+def _lock_key(draft_id: uuid.UUID) -> int:
+    return int.from_bytes(draft_id.bytes[:4], "big") & 0x7FFFFFFF
+
+
+@contextlib.contextmanager
+def draft_send_lock(draft_id: uuid.UUID) -> Iterator[bool]:
+    """A session-level advisory lock on the draft while the block runs;
+    yields whether it was taken (False: another session holds it)."""
+    key = _lock_key(draft_id)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [SEND_LOCK_CLASS, key])
+        held = bool(cursor.fetchone()[0])
+    try:
+        yield held
+    finally:
+        if held:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [SEND_LOCK_CLASS, key])
+            except DatabaseError:
+                # The connection broke: the server dropped the lock with it.
+                logger.warning("send lock of draft %s not released: the connection is gone", draft_id)
+
+
+def _send_locks_held(draft_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these drafts some session holds the send lock of now."""
+    if not draft_ids:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT objid::bigint FROM pg_locks
+            WHERE locktype = 'advisory' AND granted AND objsubid = 2 AND classid = %s::bigint::oid
+              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            """,
+            [SEND_LOCK_CLASS],
+        )
+        keys = {key for (key,) in cursor.fetchall()}
+    return {draft_id for draft_id in draft_ids if _lock_key(draft_id) in keys}
+
+
+def send_enqueue(*, tenant_id: uuid.UUID, draft_id: uuid.UUID, countdown: float | None = None) -> None:
+    """Queue the send task of a draft (ids only: no body, no credential).
+    Call it after the commit that made the draft due."""
+    current_app.send_task(
+        "compose.tasks.send",
+        kwargs={"tenant_id": str(tenant_id), "draft_id": str(draft_id)},
+        countdown=countdown,
+    )
+
+
+# --- The send -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    tenant_id: uuid.UUID
+    draft_id: uuid.UUID
+    item_id: uuid.UUID
+    account_id: uuid.UUID
+    actor_id: int | None
+    raw_blob_key: str
+    envelope_from: str
+    recipients: list[str]
+    attempt: int
+
+
+def outbox_send(*, tenant_id: uuid.UUID, draft_id: uuid.UUID) -> str:
+    """Deliver the draft's frozen message if it is due, at most once; returns
+    the status it is left in (or `busy`, `missing`, `not_due`)."""
+    with draft_send_lock(draft_id) as held:
+        if not held:
+            return BUSY
+        claimed = _claim(tenant_id, draft_id)
+        if isinstance(claimed, str):
+            if claimed == Status.SENT:
+                _after_sent(tenant_id, draft_id, resumed=True)
+            return claimed
+        outcome = _deliver(claimed)
+        if outcome == Status.SENT:
+            _after_sent(tenant_id, draft_id, resumed=False)
+    return outcome
+
+
+def _claim(tenant_id: uuid.UUID, draft_id: uuid.UUID) -> _Attempt | str:
+    """Move a due item to `sending` (committed on return), or say why not."""
+    now = timezone.now()
+    with tenant_scope(tenant_id):
+        draft = Draft.objects.select_for_update(of=("self",)).filter(id=draft_id).first()
+        if draft is None:
+            return MISSING
+        item = SendQueueItem.objects.select_for_update(of=("self",)).filter(draft_id=draft.id).first()
+        if item is None:
+            if draft.status in (Status.SCHEDULED, Status.QUEUED, Status.SENDING):
+                logger.error("draft %s is %s without an outbox item", draft.id, draft.status)
+            return str(draft.status) if draft.status not in (Status.SCHEDULED, Status.QUEUED) else MISSING
+        match draft.status:
+            case Status.SCHEDULED if draft.send_at is not None and draft.send_at > now + CLOCK_TOLERANCE:
+                return NOT_DUE
+            case Status.QUEUED if (
+                item.next_attempt_at is not None and item.next_attempt_at > now + CLOCK_TOLERANCE
+            ):
+                return NOT_DUE
+            case Status.SCHEDULED | Status.QUEUED:
+                pass
+            case Status.SENDING if item.phase in ("data", "done"):
+                # The previous worker died after handing the body over: the
+                # server may have taken it. Never sent again automatically.
+                _outcome(
+                    draft,
+                    item,
+                    Status.UNCERTAIN,
+                    error="The worker stopped after the message was transmitted; no reply was recorded.",
+                )
+                return Status.UNCERTAIN
+            case Status.SENDING:
+                pass  # died before the body went: send again
+            case _:
+                return str(draft.status)
+        if item.attempts >= settings.COMPOSE_SEND_MAX_ATTEMPTS:
+            # Only a worker dying again and again before the body gets here.
+            _outcome(draft, item, Status.FAILED, error=f"Gave up after {item.attempts} attempts.")
+            return Status.FAILED
+        account = EmailAccount.objects.filter(id=item.account_id).first()
+        if account is None or account.is_deleted or not account.is_enabled:
+            _outcome(draft, item, Status.FAILED, error="The sending account is deleted or disabled.")
+            return Status.FAILED
+        draft.status = Status.SENDING
+        draft.save(update_fields=["status", "updated_at"])
+        item.attempts += 1
+        item.phase = "connect"
+        item.last_attempt_at = now
+        item.next_attempt_at = None
+        item.save(update_fields=["attempts", "phase", "last_attempt_at", "next_attempt_at", "updated_at"])
+        return _Attempt(
+            tenant_id=tenant_id,
+            draft_id=draft.id,
+            item_id=item.id,
+            account_id=item.account_id,
+            actor_id=draft.user_id,
+            raw_blob_key=item.raw_blob_key,
+            envelope_from=item.envelope_from,
+            recipients=list(item.recipients),
+            attempt=item.attempts,
+        )
+
+
+def _deliver(attempt: _Attempt) -> str:
+    """Talk SMTP (no transaction open) and record the outcome."""
+    committed_phase = "connect"
+
+    def on_phase(phase: str) -> None:
+        nonlocal committed_phase
+        # Committed before the caller goes on: "data" is on disk before the
+        # first byte of the body is sent.
+        with tenant_scope(attempt.tenant_id):
+            SendQueueItem.objects.filter(id=attempt.item_id).update(phase=phase, updated_at=timezone.now())
+        committed_phase = phase
+
+    try:
+        with tenant_scope(attempt.tenant_id):
+            account = EmailAccount.objects.get(id=attempt.account_id)
+        data = default_store().get(attempt.tenant_id, attempt.raw_blob_key)
+        config = smtp_config(account)
+        credentials = account_credentials(account=account, smtp=True)
+        smtputf8 = any(needs_smtputf8(a) for a in [attempt.envelope_from, *attempt.recipients])
+        result = message_deliver(
+            config=config,
+            credentials=credentials,
+            envelope_from=attempt.envelope_from,
+            recipients=attempt.recipients,
+            data=data,
+            smtputf8=smtputf8,
+            on_phase=on_phase,
+        )
+    except TemporaryFailure as exc:
+        return _record(attempt, Status.QUEUED, reply=exc.reply, error=str(exc), refused=_refused_of(exc))
+    except PermanentFailure as exc:
+        return _record(attempt, Status.FAILED, reply=exc.reply, error=str(exc), refused=_refused_of(exc))
+    except DeliveryUncertain as exc:
+        return _record(attempt, Status.UNCERTAIN, reply=None, error=str(exc))
+    except BlobNotFound:
+        return _record(
+            attempt, Status.FAILED, reply=None, error="The frozen message is missing from storage."
+        )
+    except Exception as exc:
+        # A bug, the database, a time limit: what we know is the last phase
+        # committed. Past "data" the server may have the message.
+        logger.exception("send of draft %s stopped at phase %s", attempt.draft_id, committed_phase)
+        error = f"Internal error while sending ({type(exc).__name__})."
+        status = Status.UNCERTAIN if committed_phase in ("data", "done") else Status.QUEUED
+        return _record(attempt, status, reply=None, error=error)
+    return _record_delivered(attempt, result)
+
+
+def _refused_of(exc: Exception) -> dict[str, SmtpReply]:
+    refused = getattr(exc, "refused", None)
+    return dict(refused) if isinstance(refused, dict) else {}
+
+
+def _results(accepted: dict[str, SmtpReply], refused: dict[str, SmtpReply]) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]] = {}
+    for address, reply in accepted.items():
+        results[address] = {"status": "accepted", "code": reply.code, "reply": reply.text[:1000]}
+    for address, reply in refused.items():
+        results[address] = {"status": "refused", "code": reply.code, "reply": reply.text[:1000]}
+    return results
+
+
+def _record_delivered(attempt: _Attempt, result: DeliveryResult) -> str:
+    if not result.accepted:
+        return _record(
+            attempt,
+            Status.FAILED,
+            reply=result.reply,
+            error="Every recipient was refused.",
+            refused=result.refused,
+        )
+    return _record(
+        attempt, Status.SENT, reply=result.reply, error="", accepted=result.accepted, refused=result.refused
+    )
+
+
+def _record(
+    attempt: _Attempt,
+    status: str,
+    *,
+    reply: SmtpReply | None,
+    error: str,
+    accepted: dict[str, SmtpReply] | None = None,
+    refused: dict[str, SmtpReply] | None = None,
+) -> str:
+    """Record an attempt's outcome under the row lock. `queued` is a
+    temporary failure: queued again with backoff, or `failed` at the limit."""
+    with tenant_scope(attempt.tenant_id):
+        draft = Draft.objects.select_for_update(of=("self",)).get(id=attempt.draft_id)
+        item = SendQueueItem.objects.select_for_update(of=("self",)).get(id=attempt.item_id)
+        if draft.status != Status.SENDING or item.attempts != attempt.attempt:
+            # Cannot happen while we hold the send lock; never overwrite.
+            logger.error("draft %s changed under its send lock (%s)", draft.id, draft.status)
+            return str(draft.status)
+        if reply is not None:
+            item.last_reply_code, item.last_reply = reply.code, reply.text[:2000]
+        if accepted is not None or refused:
+            item.recipient_results = _results(accepted or {}, refused or {})
+        if status == Status.QUEUED and item.attempts >= settings.COMPOSE_SEND_MAX_ATTEMPTS:
+            status = Status.FAILED
+            error = f"{error} (gave up after {item.attempts} attempts)"
+        _outcome(draft, item, status, error=error)
+        return status
+
+
+def _outcome(draft: Draft, item: SendQueueItem, status: str, *, error: str) -> None:
+    """Write the item's new status and its audit entry (in the caller's
+    transaction); a retry is queued once it commits."""
+    now = timezone.now()
+    item.error = error[:2000]
+    if status == Status.SENT:
+        item.phase = "done"
+    elif status == Status.QUEUED:
+        item.phase = ""
+    changes: dict[str, Any] = {"attempts": item.attempts, "message_id": item.message_id}
+    if status == Status.SENT:
+        item.sent_at = now
+        results = item.recipient_results.values()
+        changes["accepted"] = sum(1 for r in results if r.get("status") == "accepted")
+        changes["refused"] = sum(1 for r in results if r.get("status") == "refused")
+    elif status == Status.QUEUED:
+        countdown = backoff_countdown(item.attempts - 1)
+        item.next_attempt_at = now + timedelta(seconds=countdown)
+        changes["next_attempt_at"] = item.next_attempt_at.isoformat()
+        tenant_id, draft_id = draft.tenant_id, draft.id
+        transaction.on_commit(
+            lambda: send_enqueue(tenant_id=tenant_id, draft_id=draft_id, countdown=countdown)
+        )
+    if item.last_reply_code is not None:
+        changes["reply_code"] = item.last_reply_code
+        changes["reply"] = item.last_reply[:500]
+    if error:
+        changes["error"] = item.error[:500]
+    item.save()
+    draft.status = status
+    draft.save(update_fields=["status", "updated_at"])
+    action = "retry" if status == Status.QUEUED else status
+    audit_log_record_many(
+        tenant_id=draft.tenant_id,
+        actor_id=draft.user_id,
+        action=f"compose.send.{action}",
+        object_type="draft",
+        entries=[(draft.id, changes)],
+    )
+    log = logger.info if status == Status.SENT else logger.warning
+    log("send of draft %s: %s after %d attempt(s)", draft.id, status, item.attempts)
+
+
+# --- After sending ----------------------------------------------------------------
+
+
+def _after_sent(tenant_id: uuid.UUID, draft_id: uuid.UUID, *, resumed: bool) -> None:
+    """The Sent copy, the Drafts copy's removal and a sync, once the item is
+    `sent`. `resumed`: a later delivery of the task, finishing what a dead
+    worker may have left (nothing when the Sent copy is recorded)."""
+    with tenant_scope(tenant_id):
+        item = SendQueueItem.objects.select_related("account", "draft").filter(draft_id=draft_id).first()
+    if item is None or (resumed and item.sent_copy):
+        return
+    account, draft = item.account, item.draft
+    sent_copy, error = _sent_copy_store(item, account)
+    with tenant_scope(tenant_id):
+        fields: dict[str, Any] = {"sent_copy": sent_copy, "updated_at": timezone.now()}
+        if error:
+            fields["error"] = f"Sent copy: {error}"[:2000]
+        SendQueueItem.objects.filter(id=item.id).update(**fields)
+    if draft.server_uid is not None or draft.server_version > 0:
+        current_app.send_task(
+            "compose.tasks.save_draft_copy", kwargs={"tenant_id": str(tenant_id), "draft_id": str(draft_id)}
+        )
+    if account.protocol == "imap" and not account.is_deleted:
+        from mailboxes.services import sync_request
+
+        try:
+            sync_request(account=account)
+        except Exception:
+            logger.warning("sync after the send of draft %s not queued", draft_id, exc_info=True)
+
+
+def _sent_copy_store(item: SendQueueItem, account: EmailAccount) -> tuple[str, str]:
+    """Append the sent bytes to the Sent folder unless they are there
+    already; ("appended" | "skipped" | "failed", error)."""
+    if not account.save_sent_copy:
+        return "skipped", ""
+    if account.protocol != "imap":
+        return "failed", "a POP3 account has no Sent folder on its server"
+    with tenant_scope(account.tenant_id):
+        folder = (
+            Folder.objects.filter(account=account, type=FolderType.SENT)
+            .order_by("name")
+            .values_list("name", flat=True)
+            .first()
+        )
+    try:
+        data = default_store().get(item.tenant_id, item.raw_blob_key)
+        with imap_session(account) as session:
+            name = folder or special_folder_name(session, SPECIAL_USE[FolderType.SENT])
+            if name is None:
+                return "failed", "the account has no Sent folder"
+            session.client.select_folder(name)
+            if not message_id_uids(session, item.message_id):
+                session.client.append(name, data, flags=[b"\\Seen"], msg_time=item.sent_at or timezone.now())
+    except Exception as exc:
+        logger.warning("Sent copy of draft %s not stored: %s", item.draft_id, exc)
+        return "failed", str(exc)[:500] or type(exc).__name__
+    return "appended", ""
+
+
+# --- The dispatcher ------------------------------------------------------------------
+
+
+def outbox_dispatch_due(*, now: datetime | None = None) -> int:
+    """Queue the send task of every item a lost task would leave behind, in
+    every active tenant; how many were queued."""
+    now = now or timezone.now()
+    late = now - DISPATCH_GRACE
+    due: list[tuple[uuid.UUID, uuid.UUID]] = []
+    for tenant_id in Tenant.objects.filter(is_active=True).values_list("id", flat=True):
+        with tenant_scope(tenant_id):
+            rows = list(
+                Draft.objects.filter(
+                    Q(status=Status.SCHEDULED, send_at__lte=late)
+                    | Q(status=Status.QUEUED, outbox__next_attempt_at__lte=late)
+                    | Q(status=Status.QUEUED, outbox__next_attempt_at__isnull=True, updated_at__lte=late)
+                    | Q(status=Status.SENDING),
+                    is_deleted=False,
+                ).values_list("id", "status")
+            )
+        sending = [draft_id for draft_id, status in rows if status == Status.SENDING]
+        busy = _send_locks_held(sending)
+        due.extend((tenant_id, draft_id) for draft_id, _ in rows if draft_id not in busy)
+    queued = 0
+    for tenant_id, draft_id in due:
+        # At most once per DISPATCH_REPEAT: a long queue must not fill up
+        # with copies of the items still waiting in it.
+        if cache.add(f"compose:dispatched:{draft_id}", 1, DISPATCH_REPEAT):
+            send_enqueue(tenant_id=tenant_id, draft_id=draft_id)
+            queued += 1
+    if queued:
+        logger.info("outbox dispatcher queued %d send(s)", queued)
+    return queued

@@ -1,0 +1,78 @@
+"""Celery tasks of compose: thin, JSON arguments, ids only (never a body or a
+credential). Names are the module path.
+
+`send` keeps no retry state of its own: a temporary failure puts the item
+back to `queued` with `next_attempt_at` in the row, and the outbox queues
+the task again with that countdown once the row is committed, so the
+dispatcher (`dispatch_due`, every minute) can always recover a task that
+was lost on the way.
+"""
+
+import logging
+import uuid
+
+from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from emailclient.core.retry import backoff_countdown
+from mailboxes.imap import AddressNotAllowed, AuthenticationFailed, InsecureServer, MailServerError
+from messages.locks import SyncAlreadyRunning
+
+from .drafts_folder import draft_copy_sync
+from .outbox import outbox_dispatch_due, outbox_send
+
+logger = logging.getLogger(__name__)
+
+# One message: the SMTP timeouts bound each step; this bounds them all.
+SEND_TIME_LIMIT = 900
+# A Drafts copy waits for a running sync this often, then gives up (the
+# next edit or send queues it again).
+DRAFT_COPY_BUSY_RETRIES = 360
+DRAFT_COPY_MAX_RETRIES = 8
+
+
+@shared_task(
+    name="compose.tasks.send",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    time_limit=SEND_TIME_LIMIT,
+    soft_time_limit=SEND_TIME_LIMIT - 60,
+)
+def send_task(tenant_id: str, draft_id: str) -> dict[str, str]:
+    """Deliver a queued draft once (see `compose.outbox`)."""
+    outcome = outbox_send(tenant_id=uuid.UUID(tenant_id), draft_id=uuid.UUID(draft_id))
+    return {"result": outcome}
+
+
+@shared_task(name="compose.tasks.dispatch_due", time_limit=300, soft_time_limit=240)
+def dispatch_due_task() -> dict[str, int]:
+    """Beat, every minute: re-queue sends a lost task left behind."""
+    return {"queued": outbox_dispatch_due(now=timezone.now())}
+
+
+@shared_task(
+    name="compose.tasks.save_draft_copy",
+    bind=True,
+    acks_late=True,
+    max_retries=None,  # bounded below: a busy account waits, failures count
+    time_limit=settings.CELERY_TASK_TIME_LIMIT,
+    soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT,
+)
+def save_draft_copy_task(self, tenant_id: str, draft_id: str) -> dict[str, str]:
+    """Bring the draft's copy in the server's Drafts folder in step (see
+    `compose.drafts_folder`)."""
+    try:
+        outcome = draft_copy_sync(tenant_id=uuid.UUID(tenant_id), draft_id=uuid.UUID(draft_id))
+    except SyncAlreadyRunning as exc:
+        if self.request.retries < DRAFT_COPY_BUSY_RETRIES:
+            raise self.retry(exc=exc, countdown=10) from exc
+        logger.warning("Drafts copy of %s given up: the account stays busy", draft_id)
+        return {"result": "busy"}
+    except (AuthenticationFailed, InsecureServer, AddressNotAllowed) as exc:
+        return {"result": "failed", "error": str(exc)}  # recorded on the draft; the account must change
+    except MailServerError as exc:
+        if self.request.retries < DRAFT_COPY_MAX_RETRIES:
+            raise self.retry(exc=exc, countdown=backoff_countdown(self.request.retries)) from exc
+        return {"result": "failed", "error": str(exc)}
+    return {"result": outcome}

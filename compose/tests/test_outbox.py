@@ -1,0 +1,600 @@
+"""The outbox against a real SMTP server (the aiosmtpd sink) and the real
+Dovecot: what arrives, the Sent copy, threading after a sync, the state
+machine's outcomes and the dispatcher. Faults that need a worker killed or
+two workers at once are in `test_send_faults.py`."""
+
+import email
+import email.policy
+import json
+import threading
+from datetime import timedelta
+
+import pytest
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from compose.mime import (
+    OutgoingAttachment,
+    OutgoingMessage,
+    envelope_recipients,
+    message_build,
+    message_id_make,
+)
+from compose.models import Draft, SendQueueItem, Status
+from compose.outbox import draft_send_lock, outbox_dispatch_due, outbox_send
+from emailclient.core.models import AuditLog
+from emailclient.core.tenancy import tenant_scope
+from mailboxes.services import account_sync_run
+from messages.blobs import default_store
+from messages.models import Folder, Message
+
+# --- Building queued items -------------------------------------------------------------
+
+
+def queue_message(
+    account,
+    *,
+    to=("Bob <bob@example.net>",),
+    cc=(),
+    bcc=(),
+    subject="Hello",
+    text="Hi Bob,\r\nthe report is attached.\r\n",
+    html="",
+    attachments=(),
+    in_reply_to="",
+    references="",
+    status=Status.QUEUED,
+    send_at=None,
+    name="Alice Example",
+) -> Draft:
+    """A queued draft with its frozen message, as `compose.services` leaves
+    one (built here so these tests do not depend on the API's service)."""
+
+    def mailbox(value):
+        if isinstance(value, dict):
+            return value
+        display, _, address = value.rpartition(" <")
+        return (
+            {"name": display, "address": address.rstrip(">")} if display else {"name": "", "address": value}
+        )
+
+    domain = account.email_address.rpartition("@")[2]
+    outgoing = OutgoingMessage(
+        sender={"name": name, "address": account.email_address},
+        to=[mailbox(v) for v in to],
+        cc=[mailbox(v) for v in cc],
+        bcc=[mailbox(v) for v in bcc],
+        reply_to=[],
+        subject=subject,
+        text_body=text,
+        html_body=html,
+        message_id=message_id_make(domain),
+        date=timezone.now(),
+        in_reply_to=in_reply_to,
+        references=references,
+        attachments=tuple(OutgoingAttachment(*a) for a in attachments),
+    )
+    raw = message_build(outgoing)
+    with tenant_scope(account.tenant_id):
+        key = default_store().put(account.tenant_id, raw)
+        draft = Draft.objects.create(
+            tenant_id=account.tenant_id,
+            user_id=account.user_id,
+            account=account,
+            status=status,
+            to=outgoing.to,
+            cc=outgoing.cc,
+            bcc=outgoing.bcc,
+            subject=subject,
+            text_body=text,
+            html_body=html,
+            in_reply_to_header=in_reply_to,
+            references_header=references,
+            message_id=outgoing.message_id,
+            send_at=send_at,
+        )
+        SendQueueItem.objects.create(
+            tenant_id=account.tenant_id,
+            draft=draft,
+            account=account,
+            message_id=outgoing.message_id,
+            raw_blob_key=key,
+            size_bytes=len(raw),
+            envelope_from=account.email_address,
+            recipients=envelope_recipients(outgoing),
+            next_attempt_at=send_at,
+        )
+    return draft
+
+
+def send(draft) -> str:
+    return outbox_send(tenant_id=draft.tenant_id, draft_id=draft.id)
+
+
+def state(draft) -> tuple[Draft, SendQueueItem]:
+    with tenant_scope(draft.tenant_id):
+        fresh = Draft.objects.get(id=draft.id)
+        return fresh, SendQueueItem.objects.get(draft_id=draft.id)
+
+
+def audit_actions(draft) -> list[str]:
+    with tenant_scope(draft.tenant_id):
+        return list(
+            AuditLog.objects.filter(object_id=draft.id)
+            .order_by("created_at", "id")
+            .values_list("action", flat=True)
+        )
+
+
+def sent_folder_messages(mailbox) -> list[email.message.EmailMessage]:
+    mailbox.select_folder("Sent", readonly=True)
+    uids = mailbox.search(["ALL"])
+    fetched = mailbox.fetch(uids, ["BODY.PEEK[]", "FLAGS"]) if uids else {}
+    return [
+        email.message_from_bytes(data[b"BODY[]"], policy=email.policy.default) for data in fetched.values()
+    ]
+
+
+def broker_sends() -> list[tuple[dict, dict]]:
+    """The compose.tasks.send messages waiting on the real broker: (kwargs, headers)."""
+    import base64
+
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    found = []
+    for raw in client.lrange("celery", 0, -1):
+        message = json.loads(raw)
+        if message["headers"]["task"] == "compose.tasks.send":
+            args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+            found.append(({"args": args, **kwargs}, message["headers"]))
+    return found
+
+
+@pytest.fixture
+def broker():
+    """The test broker's queue, empty at the start."""
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.delete("celery")
+    return client
+
+
+@pytest.fixture
+def synced_account(smtp_account):
+    """The account after a first sync: its folders (Sent, Drafts) known."""
+    account_sync_run(tenant_id=smtp_account.tenant_id, account_id=smtp_account.id, index_inline=True)
+    return smtp_account
+
+
+# --- What arrives ----------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_sent_message_arrives_whole_and_is_stored_in_sent(synced_account, smtp_server, mailbox, broker):
+    pdf = b"%PDF-1.4 " + bytes(range(256)) * 40
+    draft = queue_message(
+        synced_account,
+        to=["Zoë Ångström <zoe@example.net>", "bob@example.net"],
+        cc=["Carol <carol@example.org>"],
+        bcc=["secret@example.org"],
+        subject="Résumé — café ☕ for the 2e trimestre",
+        text="Grüße aus Köln\r\n",
+        html="<p>Grüße aus <b>Köln</b></p>",
+        attachments=[
+            ("Übersicht März.pdf", "application/pdf", pdf),
+            ("notes.txt", "text/plain", b"plain\r\n"),
+        ],
+        name="Jürgen Müller",
+    )
+
+    assert send(draft) == Status.SENT
+
+    [delivery] = smtp_server.deliveries
+    assert delivery.mail_from == synced_account.email_address
+    assert delivery.rcpt_tos == [
+        "zoe@example.net",
+        "bob@example.net",
+        "carol@example.org",
+        "secret@example.org",
+    ]
+    received = email.message_from_bytes(delivery.data, policy=email.policy.default)
+    assert received["Subject"] == "Résumé — café ☕ for the 2e trimestre"
+    assert received["From"].addresses[0].display_name == "Jürgen Müller"
+    assert received["To"].addresses[0].display_name == "Zoë Ångström"
+    assert "Bcc" not in received and b"secret@" not in delivery.data
+    assert received["Message-ID"] == draft.message_id
+    assert received.get_body(("plain",)).get_content().splitlines() == ["Grüße aus Köln"]
+    assert "<b>Köln</b>" in received.get_body(("html",)).get_content()
+    files = {part.get_filename(): part.get_payload(decode=True) for part in received.iter_attachments()}
+    assert files == {"Übersicht März.pdf": pdf, "notes.txt": b"plain\r\n"}
+
+    fresh, item = state(draft)
+    assert fresh.status == Status.SENT
+    assert (item.attempts, item.phase, item.last_reply_code, item.sent_copy) == (1, "done", 250, "appended")
+    assert item.sent_at is not None and item.error == ""
+    assert {a: r["status"] for a, r in item.recipient_results.items()} == {
+        "zoe@example.net": "accepted",
+        "bob@example.net": "accepted",
+        "carol@example.org": "accepted",
+        "secret@example.org": "accepted",
+    }
+    assert audit_actions(draft) == ["compose.send.sent"]
+
+    # In Sent on the server, byte for byte what was sent, marked read.
+    [copy] = sent_folder_messages(mailbox)
+    assert copy["Message-ID"] == draft.message_id
+    assert copy["Subject"] == received["Subject"]
+    mailbox.select_folder("Sent", readonly=True)
+    [(_uid, data)] = mailbox.fetch(mailbox.search(["ALL"]), ["BODY.PEEK[]", "FLAGS"]).items()
+    assert data[b"BODY[]"] == delivery.data
+    assert b"\\Seen" in data[b"FLAGS"]
+
+    # A sync of the account was queued, so the Sent copy gets stored.
+    queued = [json.loads(raw) for raw in broker.lrange("celery", 0, -1)]
+    assert any(m["headers"]["task"] == "mailboxes.tasks.sync_account" for m in queued)
+
+    # The task again (Celery delivers at least once): nothing sent, nothing appended.
+    assert send(draft) == Status.SENT
+    assert len(smtp_server.deliveries) == 1
+    assert len(sent_folder_messages(mailbox)) == 1
+
+
+@pytest.mark.django_db
+def test_a_reply_threads_with_its_original_after_a_sync(synced_account, smtp_server, mailbox):
+    original = (
+        b"From: Bob <bob@example.net>\r\nTo: " + synced_account.email_address.encode() + b"\r\n"
+        b"Subject: Quarterly numbers\r\nMessage-ID: <original-1@example.net>\r\n"
+        b"Date: Mon, 01 Dec 2026 10:00:00 +0000\r\n\r\nThe numbers, please.\r\n"
+    )
+    mailbox.append("INBOX", original)
+    account_sync_run(tenant_id=synced_account.tenant_id, account_id=synced_account.id, index_inline=True)
+    draft = queue_message(
+        synced_account,
+        subject="Re: Quarterly numbers",
+        in_reply_to="<original-1@example.net>",
+        references="<original-1@example.net>",
+    )
+
+    assert send(draft) == Status.SENT
+    received = email.message_from_bytes(smtp_server.deliveries[0].data, policy=email.policy.default)
+    assert received["In-Reply-To"] == "<original-1@example.net>"
+    assert received["References"] == "<original-1@example.net>"
+
+    account_sync_run(tenant_id=synced_account.tenant_id, account_id=synced_account.id, index_inline=True)
+    with tenant_scope(synced_account.tenant_id):
+        first = Message.objects.get(account=synced_account, message_id="original-1@example.net")
+        reply = Message.objects.get(account=synced_account, message_id=draft.message_id.strip("<>"))
+        assert reply.folder.type == "sent"
+    assert first.thread_id is not None and reply.thread_id == first.thread_id
+
+
+@pytest.mark.django_db
+def test_no_sent_copy_when_the_server_files_it_itself(synced_account, smtp_server, mailbox):
+    with tenant_scope(synced_account.tenant_id):
+        synced_account.save_sent_copy = False
+        synced_account.save(update_fields=["save_sent_copy"])
+    draft = queue_message(synced_account)
+
+    assert send(draft) == Status.SENT
+
+    assert state(draft)[1].sent_copy == "skipped"
+    assert sent_folder_messages(mailbox) == []
+
+
+@pytest.mark.django_db
+def test_the_sent_folder_is_found_on_the_server_before_the_first_sync(smtp_account, smtp_server, mailbox):
+    with tenant_scope(smtp_account.tenant_id):
+        assert not Folder.objects.filter(account=smtp_account).exists()
+    draft = queue_message(smtp_account)
+
+    assert send(draft) == Status.SENT
+
+    assert state(draft)[1].sent_copy == "appended"
+    assert len(sent_folder_messages(mailbox)) == 1
+
+
+@pytest.mark.django_db
+def test_a_sent_copy_that_fails_is_recorded_and_the_message_stays_sent(smtp_account, smtp_server, devmail):
+    with tenant_scope(smtp_account.tenant_id):
+        smtp_account.port = smtp_server.port("plain")  # not an IMAP server
+        smtp_account.encryption = "none"
+        smtp_account.save(update_fields=["port", "encryption"])
+    draft = queue_message(smtp_account)
+
+    assert send(draft) == Status.SENT
+
+    fresh, item = state(draft)
+    assert fresh.status == Status.SENT and len(smtp_server.deliveries) == 1
+    assert item.sent_copy == "failed" and item.error.startswith("Sent copy: ")
+
+
+# --- Outcomes ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_temporary_failure_then_success_delivers_once(
+    smtp_account, smtp_server, broker, django_capture_on_commit_callbacks
+):
+    smtp_server.fault("MAIL", 451, "4.3.0 Try again later")
+    draft = queue_message(smtp_account)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert send(draft) == Status.QUEUED
+    fresh, item = state(draft)
+    assert fresh.status == Status.QUEUED and item.attempts == 1
+    assert (item.last_reply_code, item.last_reply) == (451, "4.3.0 Try again later")
+    assert item.next_attempt_at > timezone.now()
+    assert smtp_server.deliveries == []
+    # The task is queued again for then, ids only.
+    [(kwargs, headers)] = broker_sends()
+    assert kwargs == {"args": [], "tenant_id": str(draft.tenant_id), "draft_id": str(draft.id)}
+    assert headers["eta"] is not None
+
+    # Too early: the task (or a duplicate of it) waits for its backoff.
+    assert send(draft) == "not_due"
+    with tenant_scope(draft.tenant_id):
+        SendQueueItem.objects.filter(draft_id=draft.id).update(next_attempt_at=timezone.now())
+    assert send(draft) == Status.SENT
+
+    fresh, item = state(draft)
+    assert (fresh.status, item.attempts, item.last_reply_code, item.error) == (Status.SENT, 2, 250, "")
+    assert len(smtp_server.deliveries) == 1
+    assert audit_actions(draft) == ["compose.send.retry", "compose.send.sent"]
+
+
+@pytest.mark.django_db
+def test_a_permanent_failure_fails_at_once(smtp_account, smtp_server):
+    smtp_server.fault("DATA_END", 554, "5.7.1 Rejected as spam", times=None)
+    draft = queue_message(smtp_account)
+
+    assert send(draft) == Status.FAILED
+    assert send(draft) == Status.FAILED  # not retried
+
+    fresh, item = state(draft)
+    assert (fresh.status, item.attempts, item.last_reply_code) == (Status.FAILED, 1, 554)
+    assert "Rejected as spam" in item.error
+    assert smtp_server.deliveries == []
+    assert audit_actions(draft) == ["compose.send.failed"]
+
+
+@pytest.mark.django_db
+def test_temporary_failures_give_up_at_the_limit(smtp_account, smtp_server, settings):
+    settings.COMPOSE_SEND_MAX_ATTEMPTS = 3
+    smtp_server.fault("MAIL", 421, "4.7.0 Busy", times=None)
+    draft = queue_message(smtp_account)
+
+    outcomes = []
+    for _ in range(4):
+        outcomes.append(send(draft))
+        with tenant_scope(draft.tenant_id):
+            SendQueueItem.objects.filter(draft_id=draft.id).update(next_attempt_at=timezone.now())
+
+    assert outcomes == [Status.QUEUED, Status.QUEUED, Status.FAILED, Status.FAILED]
+    _, item = state(draft)
+    assert item.attempts == 3 and "gave up after 3 attempts" in item.error
+    assert audit_actions(draft) == ["compose.send.retry", "compose.send.retry", "compose.send.failed"]
+
+
+@pytest.mark.django_db
+def test_the_connection_dropped_after_the_body_is_uncertain_and_never_resent(smtp_account, smtp_server):
+    smtp_server.drop("DATA_END")
+    draft = queue_message(smtp_account)
+
+    assert send(draft) == Status.UNCERTAIN
+
+    fresh, item = state(draft)
+    assert (fresh.status, item.attempts, item.phase) == (Status.UNCERTAIN, 1, "data")
+    assert "may have been delivered" in item.error
+    # The task again, and the dispatcher: nothing more goes out.
+    assert send(draft) == Status.UNCERTAIN
+    assert outbox_dispatch_due(now=timezone.now() + timedelta(hours=1)) == 0
+    assert len(smtp_server.deliveries) == 1
+    assert state(draft)[1].attempts == 1
+    assert audit_actions(draft) == ["compose.send.uncertain"]
+
+
+@pytest.mark.django_db
+def test_the_connection_dropped_before_the_body_is_retried(smtp_account, smtp_server):
+    smtp_server.drop("DATA")
+    draft = queue_message(smtp_account)
+
+    assert send(draft) == Status.QUEUED
+    with tenant_scope(draft.tenant_id):
+        SendQueueItem.objects.filter(draft_id=draft.id).update(next_attempt_at=timezone.now())
+    assert send(draft) == Status.SENT
+    assert len(smtp_server.deliveries) == 1 and state(draft)[1].attempts == 2
+
+
+@pytest.mark.django_db
+def test_a_recipient_refused_among_three(smtp_account, smtp_server):
+    smtp_server.refuse("nobody@example.net", 550, "5.1.1 No such user")
+    draft = queue_message(smtp_account, to=["a@example.net", "nobody@example.net", "c@example.net"])
+
+    assert send(draft) == Status.SENT
+
+    [delivery] = smtp_server.deliveries
+    assert delivery.rcpt_tos == ["a@example.net", "c@example.net"]
+    _, item = state(draft)
+    assert item.recipient_results["nobody@example.net"] == {
+        "status": "refused",
+        "code": 550,
+        "reply": "5.1.1 No such user",
+    }
+    assert item.recipient_results["a@example.net"]["status"] == "accepted"
+    assert item.recipient_results["c@example.net"]["status"] == "accepted"
+
+
+@pytest.mark.django_db
+def test_every_recipient_refused_fails(smtp_account, smtp_server):
+    smtp_server.fault("RCPT", 550, "5.1.1 No such user", times=None)
+    draft = queue_message(smtp_account, to=["a@example.net", "b@example.net"])
+
+    assert send(draft) == Status.FAILED
+    assert smtp_server.deliveries == []
+    assert state(draft)[1].last_reply_code == 550
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "status", [Status.SENT, Status.FAILED, Status.UNCERTAIN, Status.CANCELLED, Status.DRAFT]
+)
+def test_a_task_finding_an_item_done_or_not_queued_does_nothing(smtp_account, smtp_server, status):
+    draft = queue_message(smtp_account, status=status)
+    with tenant_scope(draft.tenant_id):
+        SendQueueItem.objects.filter(draft_id=draft.id).update(sent_copy="skipped")
+
+    assert send(draft) == status
+
+    assert smtp_server.deliveries == []
+    assert state(draft)[1].attempts == 0
+
+
+@pytest.mark.django_db
+def test_a_scheduled_item_waits_until_it_is_due(smtp_account, smtp_server):
+    draft = queue_message(smtp_account, status=Status.SCHEDULED, send_at=timezone.now() + timedelta(hours=1))
+
+    assert send(draft) == "not_due"
+    assert smtp_server.deliveries == []
+
+    with tenant_scope(draft.tenant_id):
+        Draft.objects.filter(id=draft.id).update(send_at=timezone.now() - timedelta(seconds=1))
+    assert send(draft) == Status.SENT
+    assert len(smtp_server.deliveries) == 1
+
+
+@pytest.mark.django_db
+def test_a_task_finding_the_send_lock_held_leaves_the_item(smtp_account, smtp_server):
+    draft = queue_message(smtp_account)
+    result = {}
+
+    # Another session holds the lock: another worker is sending this draft.
+    from django.db import connections
+
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            from compose.outbox import SEND_LOCK_CLASS, _lock_key
+
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [SEND_LOCK_CLASS, _lock_key(draft.id)])
+            assert cursor.fetchone()[0]
+        result["outcome"] = send(draft)
+    finally:
+        other.close()
+
+    assert result["outcome"] == "busy"
+    assert smtp_server.deliveries == [] and state(draft)[0].status == Status.QUEUED
+
+
+@pytest.mark.django_db
+def test_a_sending_item_whose_worker_died_before_the_body_is_sent_again(smtp_account, smtp_server):
+    draft = queue_message(smtp_account)
+    with tenant_scope(draft.tenant_id):
+        Draft.objects.filter(id=draft.id).update(status=Status.SENDING)
+        SendQueueItem.objects.filter(draft_id=draft.id).update(phase="envelope", attempts=1)
+
+    assert send(draft) == Status.SENT
+    assert len(smtp_server.deliveries) == 1 and state(draft)[1].attempts == 2
+
+
+@pytest.mark.django_db
+def test_a_sending_item_whose_worker_died_after_the_body_is_uncertain(smtp_account, smtp_server):
+    draft = queue_message(smtp_account)
+    with tenant_scope(draft.tenant_id):
+        Draft.objects.filter(id=draft.id).update(status=Status.SENDING)
+        SendQueueItem.objects.filter(draft_id=draft.id).update(phase="data", attempts=1)
+
+    assert send(draft) == Status.UNCERTAIN
+    assert smtp_server.deliveries == []
+    assert audit_actions(draft) == ["compose.send.uncertain"]
+
+
+@pytest.mark.django_db
+def test_a_deleted_account_fails_the_send(smtp_account, smtp_server):
+    draft = queue_message(smtp_account)
+    with tenant_scope(draft.tenant_id):
+        smtp_account.is_deleted = True
+        smtp_account.save(update_fields=["is_deleted"])
+
+    assert send(draft) == Status.FAILED
+    assert smtp_server.deliveries == []
+
+
+@pytest.mark.django_db
+def test_no_body_and_no_secret_in_the_audit_log_or_the_task(smtp_account, smtp_server, broker):
+    smtp_server.fault("MAIL", 451)
+    draft = queue_message(smtp_account, subject="Top secret subject", text="the secret body text")
+
+    send(draft)
+    with tenant_scope(draft.tenant_id):
+        entries = json.dumps(
+            list(AuditLog.objects.filter(object_id=draft.id).values_list("changes", flat=True))
+        )
+    assert "secret" not in entries and "smtp-password" not in entries
+
+
+# --- The dispatcher ------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_dispatcher_queues_what_lost_tasks_left_behind(smtp_account, tenant_b, broker, smtp_server):
+    from accounts.tests.factories import EmailAccountFactory
+    from emailclient.core.tests.factories import UserFactory
+
+    now = timezone.now()
+    due = queue_message(smtp_account, status=Status.SCHEDULED, send_at=now - timedelta(minutes=2))
+    later = queue_message(smtp_account, status=Status.SCHEDULED, send_at=now + timedelta(hours=1))
+    lost = queue_message(smtp_account)
+    fresh_queued = queue_message(smtp_account)
+    backing_off = queue_message(smtp_account)
+    retry_due = queue_message(smtp_account)
+    died = queue_message(smtp_account)
+    done = queue_message(smtp_account, status=Status.SENT)
+    account_b = EmailAccountFactory(
+        tenant=tenant_b, user=UserFactory(), smtp_hostname="127.0.0.1", smtp_port=25
+    )
+    other_tenant = queue_message(account_b, status=Status.SCHEDULED, send_at=now - timedelta(minutes=5))
+    with tenant_scope(smtp_account.tenant_id):
+        Draft.objects.filter(id__in=[lost.id, died.id]).update(updated_at=now - timedelta(minutes=5))
+        SendQueueItem.objects.filter(draft_id=backing_off.id).update(
+            next_attempt_at=now + timedelta(minutes=5)
+        )
+        SendQueueItem.objects.filter(draft_id=retry_due.id).update(next_attempt_at=now - timedelta(minutes=2))
+        Draft.objects.filter(id=died.id).update(status=Status.SENDING)
+
+    queued = outbox_dispatch_due(now=now)
+
+    sent_for = {kwargs["draft_id"] for kwargs, _ in broker_sends()}
+    assert sent_for == {str(d.id) for d in (due, lost, retry_due, died, other_tenant)}
+    assert queued == 5
+    for kwargs, _headers in broker_sends():  # ids only
+        assert set(kwargs) == {"args", "tenant_id", "draft_id"} and kwargs["args"] == []
+    # Queued once: the next run leaves them (their tasks are on the queue).
+    assert outbox_dispatch_due(now=now) == 0
+    del later, fresh_queued, done
+
+
+@pytest.mark.django_db
+def test_the_dispatcher_leaves_an_item_whose_worker_is_alive(smtp_account, broker):
+    draft = queue_message(smtp_account)
+    with tenant_scope(draft.tenant_id):
+        Draft.objects.filter(id=draft.id).update(status=Status.SENDING)
+
+    holder_ready, release = threading.Event(), threading.Event()
+
+    def hold():
+        from django.db import connection
+
+        with draft_send_lock(draft.id) as held:
+            assert held
+            holder_ready.set()
+            release.wait(10)
+        connection.close()
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    try:
+        assert holder_ready.wait(10)
+        assert outbox_dispatch_due(now=timezone.now()) == 0
+    finally:
+        release.set()
+        worker.join()
+    assert outbox_dispatch_due(now=timezone.now()) == 1
