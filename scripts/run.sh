@@ -31,8 +31,12 @@ manage seeddemo
 
 # A local Dovecot (IMAP 10143, POP3 10110, IMAPS 10993, POP3S 10995) with
 # the demo user, its mailbox filled from the corpus; its private CA is trusted.
+# Sending: a submission server on 10587 (deploy/devmail/devsubmission.py,
+# STARTTLS + AUTH as demo) delivers mail for demo@<any domain> to the demo
+# INBOX and keeps everything else in var/devmail/caught, never relayed.
 DEVMAIL_DIR="$PWD/var/devmail"
 export DEVMAIL_IMAP_PORT="${DEVMAIL_IMAP_PORT:-10143}"
+export DEVMAIL_SUBMISSION_PORT="${DEVMAIL_SUBMISSION_PORT:-10587}"
 deploy/devmail/devmail.sh start "$DEVMAIL_DIR"
 deploy/devmail/devmail.sh adduser "$DEVMAIL_DIR" demo "${DEMO_PASSWORD:-demo}"
 export MAIL_TLS_CA_FILE="$DEVMAIL_DIR/tls/ca.pem"
@@ -51,14 +55,16 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
+.venv/bin/python deploy/devmail/devsubmission.py "$DEVMAIL_DIR" --port "$DEVMAIL_SUBMISSION_PORT" & pids+=($!)
 .venv/bin/python manage.py runserver "127.0.0.1:$PORT" & pids+=($!)
 .venv/bin/celery -A emailclient worker --loglevel INFO --concurrency 2 & pids+=($!)
 .venv/bin/celery -A emailclient beat --loglevel INFO \
     --scheduler django_celery_beat.schedulers:DatabaseScheduler --pidfile= & pids+=($!)
 
 # Queued now, synced by the worker as soon as it is up.
-manage seeddemomail --imap-port "$DEVMAIL_IMAP_PORT"
+manage seeddemomail --imap-port "$DEVMAIL_IMAP_PORT" --smtp-port "$DEVMAIL_SUBMISSION_PORT"
 
 printf '\n==> API on http://127.0.0.1:%s/api/  (docs: /api/docs/, admin: /admin/)\n' "$PORT"
-printf '==> Ctrl-C stops the web server, the worker and beat.\n\n'
+printf '==> demo@localhost sends through 127.0.0.1:%s (caught mail: var/devmail/caught)\n' "$DEVMAIL_SUBMISSION_PORT"
+printf '==> Ctrl-C stops the web server, the worker, beat and the submission server.\n\n'
 wait -n

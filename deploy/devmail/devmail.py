@@ -327,6 +327,17 @@ class DevMail:
         if existed and self.is_running():
             time.sleep(1.05 - time.time() % 1)
 
+    def password(self, name: str) -> str | None:
+        """A user's password (stored as ``{PLAIN}``), or None for no such user."""
+        if not name or any(c in name for c in ":/\n\r\t %") or name.startswith("."):
+            return None
+        try:
+            line = (self.users_dir / name).read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        secret = line.split(":", 2)[1]
+        return secret[len("{PLAIN}") :] if secret.startswith("{PLAIN}") else secret
+
     def users(self) -> list[str]:
         """Names of this instance's users."""
         if not self.users_dir.is_dir():

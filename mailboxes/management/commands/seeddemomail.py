@@ -24,14 +24,16 @@ MAX_PER_FOLDER = 60
 class Command(BaseCommand):
     help = (
         "Development only: fill the local Dovecot's `demo` mailbox with corpus mail, "
-        "give the demo user an account for it, and queue its first sync."
+        "give the demo user an account for it (sending through the dev submission "
+        "server, deploy/devmail/devsubmission.py), and queue its first sync."
     )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--imap-port", type=int, required=True)
+        parser.add_argument("--smtp-port", type=int, default=10587, help="the dev submission server's port")
         parser.add_argument("--corpus", type=Path, default=settings.BASE_DIR.parent / "shared" / "corpus")
 
-    def handle(self, *args, imap_port: int, corpus: Path, **options) -> None:
+    def handle(self, *args, imap_port: int, smtp_port: int, corpus: Path, **options) -> None:
         password = getattr(settings, "DEMO_PASSWORD", None)
         if not settings.DEBUG or password is None:
             raise CommandError("seeddemomail runs only with the local (DEBUG) settings.")
@@ -44,11 +46,20 @@ class Command(BaseCommand):
             account = EmailAccount.objects.filter(
                 tenant=tenant, user=user, email_address="demo@localhost"
             ).first()
+        # Sending: the dev submission server on loopback (STARTTLS with the
+        # devmail certificate, AUTH as the devmail user `demo`).
+        smtp = {
+            "smtp_hostname": "127.0.0.1",
+            "smtp_port": smtp_port,
+            "smtp_encryption": "starttls",
+            "smtp_username": "demo",
+            "smtp_password": password,
+        }
         if account is not None:
-            # The demo's server and secrets are this run's: the port may have
+            # The demo's servers and secrets are this run's: the ports may have
             # moved and a new .env means a new credential key.
             account = account_update(
-                account=account, actor=None, data={"port": imap_port, "password": password}
+                account=account, actor=None, data={"port": imap_port, "password": password, **smtp}
             )
         else:
             account = account_create(
@@ -64,11 +75,13 @@ class Command(BaseCommand):
                     "username": "demo",
                     "password": password,
                     "sync_interval": 300,
+                    **smtp,
                 },
             )
         task_id, joined = sync_request(account=account)
         self.stdout.write(
-            f"Demo account {account.id} (demo@localhost on 127.0.0.1:{imap_port}): "
+            f"Demo account {account.id} (demo@localhost on 127.0.0.1:{imap_port}, "
+            f"sending through 127.0.0.1:{smtp_port}): "
             f"sync {'running' if joined else 'queued'} as task {task_id}."
         )
 
