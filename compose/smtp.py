@@ -94,11 +94,13 @@ class DeliveryResult:
 
 
 class SmtpError(Exception):
-    """Base of the client's errors; `reply` is the server's, when there was one."""
+    """Base of the client's errors; `reply` is the server's, when there was
+    one; `refused` the recipients' replies when every one was refused."""
 
     def __init__(self, message: str, reply: SmtpReply | None = None):
         super().__init__(message)
         self.reply = reply
+        self.refused: dict[str, SmtpReply] = {}
 
 
 class TemporaryFailure(SmtpError):
@@ -397,7 +399,9 @@ def message_deliver(
         if not accepted:
             temporary = [r for r in refused.values() if 400 <= r.code < 500]
             first = temporary[0] if temporary else next(iter(refused.values()))
-            raise _refusal(f"{where}: every recipient ({len(refused)})", first)
+            error = _refusal(f"{where}: every recipient ({len(refused)})", first)
+            error.refused = refused
+            raise error
         reply = _reply(*client.docmd("DATA"))
         if reply.code != 354:
             raise _refusal(f"{where}: DATA", reply)

@@ -355,9 +355,13 @@ def test_all_refused_with_a_4xx_among_them_is_temporary(smtp_server, config):
     smtp_server.refuse("bob@example.net", 550)
     smtp_server.refuse("carol@example.net", 450, "Mailbox busy")
 
-    with pytest.raises(TemporaryFailure, match="450"):
+    with pytest.raises(TemporaryFailure, match="450") as caught:
         deliver(config(), recipients=["bob@example.net", "carol@example.net"])
 
+    assert {a: r.code for a, r in caught.value.refused.items()} == {
+        "bob@example.net": 550,
+        "carol@example.net": 450,
+    }
     assert smtp_server.deliveries == []
 
 
