@@ -220,8 +220,9 @@ def _claim(tenant_id: uuid.UUID, draft_id: uuid.UUID) -> _Attempt | str:
                 pass  # died before the body went: send again
             case _:
                 return str(draft.status)
-        if item.attempts >= settings.COMPOSE_SEND_MAX_ATTEMPTS:
-            # Only a worker dying again and again before the body gets here.
+        if draft.status == Status.SENDING and item.attempts >= settings.COMPOSE_SEND_MAX_ATTEMPTS:
+            # A worker dying again and again before the body went. (A queued
+            # item always gets its attempt: an explicit resend keeps counting.)
             _outcome(draft, item, Status.FAILED, error=f"Gave up after {item.attempts} attempts.")
             return Status.FAILED
         account = EmailAccount.objects.filter(id=item.account_id).first()

@@ -10,8 +10,9 @@ was lost on the way.
 
 import logging
 import uuid
+from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.conf import settings
 from django.utils import timezone
 
@@ -59,7 +60,7 @@ def dispatch_due_task() -> dict[str, int]:
     time_limit=settings.CELERY_TASK_TIME_LIMIT,
     soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT,
 )
-def save_draft_copy_task(self, tenant_id: str, draft_id: str) -> dict[str, str]:
+def save_draft_copy_task(self: Task[Any, Any], tenant_id: str, draft_id: str) -> dict[str, str]:
     """Bring the draft's copy in the server's Drafts folder in step (see
     `compose.drafts_folder`)."""
     try:

@@ -598,3 +598,38 @@ def test_the_dispatcher_leaves_an_item_whose_worker_is_alive(smtp_account, broke
         release.set()
         worker.join()
     assert outbox_dispatch_due(now=timezone.now()) == 1
+
+
+@pytest.mark.django_db
+def test_an_explicit_resend_at_the_attempt_limit_is_still_tried(smtp_account, smtp_server, settings):
+    settings.COMPOSE_SEND_MAX_ATTEMPTS = 2
+    draft = queue_message(smtp_account)
+    with tenant_scope(draft.tenant_id):
+        SendQueueItem.objects.filter(draft_id=draft.id).update(attempts=2)  # counted on from earlier sends
+
+    assert send(draft) == Status.SENT
+    assert state(draft)[1].attempts == 3 and len(smtp_server.deliveries) == 1
+
+
+@pytest.mark.django_db
+def test_a_sent_copy_lost_with_its_worker_is_made_by_the_next_delivery_once(
+    synced_account, smtp_server, mailbox
+):
+    draft = queue_message(synced_account)
+    assert send(draft) == Status.SENT
+    # The worker died after the APPEND, before recording it.
+    with tenant_scope(draft.tenant_id):
+        SendQueueItem.objects.filter(draft_id=draft.id).update(sent_copy="")
+
+    assert send(draft) == Status.SENT
+
+    assert state(draft)[1].sent_copy == "appended"
+    assert len(sent_folder_messages(mailbox)) == 1 and len(smtp_server.deliveries) == 1
+    # Had the APPEND not happened, the next delivery makes it.
+    mailbox.select_folder("Sent")
+    mailbox.delete_messages(mailbox.search(["ALL"]))
+    mailbox.expunge()
+    with tenant_scope(draft.tenant_id):
+        SendQueueItem.objects.filter(draft_id=draft.id).update(sent_copy="")
+    assert send(draft) == Status.SENT
+    assert len(sent_folder_messages(mailbox)) == 1 and len(smtp_server.deliveries) == 1
