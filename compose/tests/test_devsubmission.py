@@ -2,6 +2,7 @@
 submission with STARTTLS and AUTH, delivery into the Dovecot mailbox of a
 devmail user, everything else caught and never relayed."""
 
+import io
 import smtplib
 import socket
 import ssl
@@ -117,3 +118,51 @@ def test_no_login_and_no_mail_before_starttls(devmail, submission, mail_user):
             recipients=[f"{mail_user}@localhost"],
             data=b"Subject: x\r\n\r\nx\r\n",
         )
+
+
+@pytest.mark.django_db
+def test_the_demo_account_sends_into_its_own_inbox(devmail, submission, settings, tmp_path, monkeypatch):
+    """`seeddemomail` points the demo account at the submission server (and
+    moves an existing one there); what it sends lands in the demo INBOX."""
+    from django.core.management import call_command
+
+    from accounts.models import EmailAccount
+    from accounts.services import account_credentials
+    from compose.smtp import smtp_config
+    from emailclient.core.tenancy import tenant_scope
+    from emailclient.core.tests.factories import TenantFactory, UserFactory
+    from mailboxes.tests.conftest import imap
+
+    settings.DEBUG = True
+    settings.DEMO_PASSWORD = PASSWORD
+    settings.MAIL_TLS_CA_FILE = str(devmail.ca_file)
+    devmail.add_user("demo", PASSWORD)
+    monkeypatch.setattr(
+        "mailboxes.management.commands.seeddemomail.sync_request", lambda account: ("no-sync", False)
+    )
+    tenant, _ = TenantFactory(slug="demo"), UserFactory(username="demo")
+    seed = ["seeddemomail", "--imap-port", str(devmail.imap_port), "--corpus", str(tmp_path / "none")]
+    call_command(*seed, "--smtp-port", "1", stdout=io.StringIO())  # created
+    call_command(*seed, "--smtp-port", str(submission), stdout=io.StringIO())  # updated in place
+    with tenant_scope(tenant.id):
+        account = EmailAccount.objects.get(tenant=tenant, email_address="demo@localhost")
+    assert (account.smtp_hostname, account.smtp_port, account.smtp_encryption) == (
+        "127.0.0.1",
+        submission,
+        "starttls",
+    )
+
+    message_deliver(
+        config=smtp_config(account),
+        credentials=account_credentials(account=account, smtp=True),
+        envelope_from="demo@localhost",
+        recipients=["demo@localhost"],
+        data=message("demo@localhost", "demo@localhost", "demo-to-demo"),
+    )
+
+    client = imap(devmail, "demo")
+    try:
+        client.select_folder("INBOX")
+        assert len(client.search(["HEADER", "Message-ID", "demo-to-demo@localhost"])) == 1
+    finally:
+        client.logout()
