@@ -278,9 +278,9 @@ def _deliver(attempt: _Attempt) -> str:
             on_phase=on_phase,
         )
     except TemporaryFailure as exc:
-        return _record(attempt, Status.QUEUED, reply=exc.reply, error=str(exc), refused=_refused_of(exc))
+        return _record(attempt, Status.QUEUED, reply=exc.reply, error=str(exc), refused=exc.refused)
     except PermanentFailure as exc:
-        return _record(attempt, Status.FAILED, reply=exc.reply, error=str(exc), refused=_refused_of(exc))
+        return _record(attempt, Status.FAILED, reply=exc.reply, error=str(exc), refused=exc.refused)
     except DeliveryUncertain as exc:
         return _record(attempt, Status.UNCERTAIN, reply=None, error=str(exc))
     except BlobNotFound:
@@ -295,11 +295,6 @@ def _deliver(attempt: _Attempt) -> str:
         status = Status.UNCERTAIN if committed_phase in ("data", "done") else Status.QUEUED
         return _record(attempt, status, reply=None, error=error)
     return _record_delivered(attempt, result)
-
-
-def _refused_of(exc: Exception) -> dict[str, SmtpReply]:
-    refused = getattr(exc, "refused", None)
-    return dict(refused) if isinstance(refused, dict) else {}
 
 
 def _results(accepted: dict[str, SmtpReply], refused: dict[str, SmtpReply]) -> dict[str, dict[str, Any]]:

@@ -430,7 +430,12 @@ def test_every_recipient_refused_fails(smtp_account, smtp_server):
 
     assert send(draft) == Status.FAILED
     assert smtp_server.deliveries == []
-    assert state(draft)[1].last_reply_code == 550
+    _, item = state(draft)
+    assert item.last_reply_code == 550
+    assert {a: (r["status"], r["code"]) for a, r in item.recipient_results.items()} == {
+        "a@example.net": ("refused", 550),
+        "b@example.net": ("refused", 550),
+    }
 
 
 @pytest.mark.django_db
