@@ -1,0 +1,513 @@
+"""Writes of the compose API: drafts, their uploads, sending and cancelling.
+
+Every function runs inside the request's tenant transaction and takes the
+draft locked (`selectors.access_draft(lock=True)`) when it changes one.
+Tasks are queued by name when the transaction commits:
+`compose.tasks.save_draft_copy` after a draft's content changes or it is
+deleted (the copy in the server's Drafts folder follows; a deleted draft's
+row goes once its copy has), `compose.tasks.send` when an item is queued.
+
+Decisions (see also `compose/models.py`):
+
+- The HTML body is sanitised on the way in with the reading sanitiser
+  (`messages.sanitize.sanitize_html`) and stored as it returns it. Remote
+  images the user wrote are kept (`allow_remote_images=True`); the quoted
+  HTML of a reply or forward, built from a received message, is sanitised
+  as a read is (remote images left out: loading them would tell the
+  original sender when the user opened the draft).
+- Uploads belong to a draft. `attachments` in a body is the list of the
+  draft's uploads to keep; absent, all stay. A new draft has no uploads yet,
+  so `attachments` on create must be empty.
+- A forward copies the original's attachments that are not inline parts into
+  the draft, referring to the same blobs; inline images of its HTML are not
+  carried over.
+- Editing a `failed`, `uncertain` or `cancelled` item makes it a `draft`
+  again. Its Message-ID, fixed when it was first queued, stays with it for
+  good, so a resend of an `uncertain` message can be recognised as the same.
+- Queuing builds the MIME message once (its Date fixed then), stores its
+  bytes in the blob store and the envelope in the item's `SendQueueItem`.
+  An explicit resend of a `failed`/`uncertain` item builds it again with the
+  same Message-ID; the attempts count on (they are the item's history), the
+  outcome of the last attempt (phase, error, per-recipient results, Sent
+  copy) is cleared and `next_attempt_at` reset.
+- A `send_at` that has passed by the time the item is sent queues it at once.
+- Draft creation and deletion are audited (`compose.draft.create`,
+  `compose.draft.delete`), edits are not (a client saving as the user types
+  would flood the log); every queuing and cancelling is
+  (`compose.send.queued`, `compose.send.cancelled`). No bodies, no addresses.
+"""
+
+import mimetypes
+import uuid
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+from celery import current_app
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+from rest_framework import status as http_status
+
+from emailclient.core.exceptions import ApplicationError, Conflict, NotFound
+from emailclient.core.models import Tenant
+from emailclient.core.services import audit_log_record
+from messages.blobs import BlobNotFound, default_store
+from messages.models import Message
+from messages.sanitize import sanitize_html
+from messages.selectors import message_attachments
+
+from .addresses import AddressError, header_text_check
+from .mime import (
+    OutgoingAttachment,
+    OutgoingMessage,
+    envelope_recipients,
+    message_build,
+    message_id_make,
+    message_needs_smtputf8,
+)
+from .models import CANCELLABLE, EDITABLE, Draft, DraftAttachment, SendQueueItem, Status
+from .replies import ReplyDraft, forward_build, reply_build
+from .selectors import access_own_account, access_own_message, draft_attachments, own_addresses
+
+SEND_TASK = "compose.tasks.send"
+SAVE_DRAFT_COPY_TASK = "compose.tasks.save_draft_copy"
+
+# Content a body may set; `account`, `attachments`, `in_reply_to` and
+# `forward_of` are handled on their own.
+CONTENT_FIELDS = ("to", "cc", "bcc", "reply_to", "subject", "text_body", "html_body", "reply_all", "send_at")
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+Actor = User
+
+
+class PayloadTooLarge(ApplicationError):
+    status_code = http_status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    code = "too_large"
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _queue_task(name: str, draft: Draft, **options: Any) -> None:
+    transaction.on_commit(
+        partial(current_app.send_task, name, args=[str(draft.tenant_id), str(draft.id)], **options)
+    )
+
+
+def _audit(draft: Draft, actor: Actor, action: str, changes: dict[str, Any], ip_address: str | None) -> None:
+    audit_log_record(
+        tenant=draft.tenant,
+        actor=actor,
+        action=action,
+        object_type="draft",
+        object_id=draft.id,
+        changes=changes,
+        ip_address=ip_address,
+    )
+
+
+def _editable(draft: Draft, doing: str) -> None:
+    if draft.status not in EDITABLE:
+        raise Conflict(f"The item is {draft.status}: it can no longer be {doing}.")
+
+
+def _body_bytes(draft: Draft) -> int:
+    return len(draft.text_body.encode()) + len(draft.html_body.encode())
+
+
+def _attachments_bytes(draft: Draft) -> int:
+    if draft._state.adding:
+        return 0
+    total = DraftAttachment.objects.filter(tenant_id=draft.tenant_id, draft=draft).aggregate(
+        total=Sum("size_bytes")
+    )["total"]
+    return int(total or 0)
+
+
+def _limit_text(limit: int) -> str:
+    return f"{limit / (1024 * 1024):.0f} MB" if limit >= 1024 * 1024 else f"{limit} bytes"
+
+
+def _check_limits(draft: Draft, *, attachments_bytes: int) -> None:
+    """The recipients and size limits of a message (COMPOSE_MAX_RECIPIENTS,
+    COMPOSE_MAX_MESSAGE_BYTES: bodies and attachments before encoding)."""
+    errors: dict[str, list[str]] = {}
+    count = len(draft.to) + len(draft.cc) + len(draft.bcc)
+    if count > settings.COMPOSE_MAX_RECIPIENTS:
+        errors["to"] = [f"At most {settings.COMPOSE_MAX_RECIPIENTS} recipients (to, cc and bcc together)."]
+    limit = settings.COMPOSE_MAX_MESSAGE_BYTES
+    if _body_bytes(draft) + attachments_bytes > limit:
+        errors["attachments"] = [f"The message is over the size limit of {_limit_text(limit)}."]
+    if errors:
+        raise ApplicationError("The message is over a limit.", fields=errors)
+
+
+def _sanitised(html: str, *, allow_remote_images: bool) -> str:
+    if not html:
+        return ""
+    return sanitize_html(html, allow_remote_images=allow_remote_images).html
+
+
+def _apply_content(draft: Draft, data: Mapping[str, Any]) -> bool:
+    """Set the content fields `data` gives; whether any changed."""
+    changed = False
+    for field in CONTENT_FIELDS:
+        if field not in data:
+            continue
+        value = data[field]
+        if field == "html_body":
+            value = _sanitised(value, allow_remote_images=True)
+        if getattr(draft, field) != value:
+            setattr(draft, field, value)
+            changed = True
+    return changed
+
+
+def _apply_reply(draft: Draft, built: ReplyDraft) -> None:
+    """What a reply or forward starts with; the body's own fields then win."""
+    draft.to = list(built.to)
+    draft.cc = list(built.cc)
+    draft.subject = built.subject
+    draft.in_reply_to_header = built.in_reply_to_header
+    draft.references_header = built.references_header
+    draft.text_body = built.quoted_text
+    draft.html_body = _sanitised(built.quoted_html, allow_remote_images=False)
+
+
+def _safe_filename(name: str) -> str:
+    """A stored attachment's name as a header may carry it."""
+    cleaned = "".join(" " if not ch.isprintable() else ch for ch in name).strip()
+    return cleaned[:255] or "attachment"
+
+
+def _forwarded_attachments(draft: Draft, original: Message) -> list[DraftAttachment]:
+    return [
+        DraftAttachment(
+            tenant_id=draft.tenant_id,
+            draft=draft,
+            filename=_safe_filename(attachment.filename),
+            content_type=attachment.mime_type or DEFAULT_CONTENT_TYPE,
+            size_bytes=attachment.size_bytes,
+            blob_key=attachment.content_hash,
+        )
+        for attachment in message_attachments(message=original)
+        if not attachment.is_inline and attachment.content_hash
+    ]
+
+
+# --- drafts ----------------------------------------------------------------------------
+
+
+def draft_create(
+    *,
+    tenant: Tenant,
+    user: Actor,
+    data: Mapping[str, Any],
+    ip_address: str | None = None,
+    save_copy: bool = True,
+) -> Draft:
+    """A new draft from `data` (`DraftInputSerializer`'s). With `in_reply_to`
+    or `forward_of` its recipients, subject, threading headers and quoted
+    bodies are built from that message (`compose.replies`) where `data` does
+    not give them. `save_copy=False` when it is queued at once (no Drafts copy)."""
+    account = access_own_account(tenant=tenant, user=user, id=data["account"])
+    if data.get("attachments"):
+        raise NotFound(
+            "Attachment not found.",
+            fields={"attachments": ["A new draft has no uploads yet: upload them to the draft."]},
+        )
+    draft = Draft(tenant=tenant, user=user, account=account)
+    forwarded: Message | None = None
+    if data.get("in_reply_to"):
+        original = access_own_message(tenant=tenant, user=user, id=data["in_reply_to"], field="in_reply_to")
+        draft.in_reply_to = original
+        _apply_reply(
+            draft,
+            reply_build(
+                original=original,
+                own_addresses=own_addresses(tenant=tenant, user=user),
+                reply_all=bool(data.get("reply_all", False)),
+            ),
+        )
+    elif data.get("forward_of"):
+        forwarded = access_own_message(tenant=tenant, user=user, id=data["forward_of"], field="forward_of")
+        draft.forward_of = forwarded
+        _apply_reply(draft, forward_build(original=forwarded))
+    _apply_content(draft, data)
+    attachments = _forwarded_attachments(draft, forwarded) if forwarded is not None else []
+    _check_limits(draft, attachments_bytes=sum(a.size_bytes for a in attachments))
+    draft.save()
+    DraftAttachment.objects.bulk_create(attachments)
+    _audit(
+        draft,
+        user,
+        "compose.draft.create",
+        {"account": str(account.id), "reply": bool(draft.in_reply_to_id), "forward": bool(forwarded)},
+        ip_address,
+    )
+    if save_copy:
+        _queue_task(SAVE_DRAFT_COPY_TASK, draft)
+    return draft
+
+
+def draft_update(
+    *, draft: Draft, user: Actor, data: Mapping[str, Any], ip_address: str | None = None
+) -> Draft:
+    """Change the fields `data` gives of a locked, editable draft; `version`
+    goes up when anything changed, and the Drafts copy follows."""
+    _editable(draft, "edited")
+    for field in ("in_reply_to", "forward_of"):
+        if field in data and data[field] != getattr(draft, f"{field}_id"):
+            raise ApplicationError(
+                "A reply or forward is chosen when the draft is created.",
+                fields={field: ["Set when the draft is created; it cannot change."]},
+            )
+    changed = False
+    if "account" in data and data["account"] != draft.account_id:
+        draft.account = access_own_account(tenant=draft.tenant, user=user, id=data["account"])
+        changed = True
+    changed |= _apply_content(draft, data)
+    if "attachments" in data:
+        changed |= _attachments_keep(draft, set(data["attachments"]))
+    _check_limits(draft, attachments_bytes=_attachments_bytes(draft))
+    if changed:
+        _changed(draft)
+    return draft
+
+
+def _attachments_keep(draft: Draft, keep: set[uuid.UUID]) -> bool:
+    """Remove the draft's uploads not in `keep`; every id must be one of them."""
+    current = {a.id for a in draft_attachments(draft=draft)}
+    unknown = keep - current
+    if unknown:
+        raise NotFound(
+            "Attachment not found.",
+            fields={"attachments": [f"Unknown attachment: {i}" for i in sorted(map(str, unknown))]},
+        )
+    dropped = current - keep
+    if dropped:
+        DraftAttachment.objects.filter(tenant_id=draft.tenant_id, draft=draft, id__in=dropped).delete()
+    return bool(dropped)
+
+
+def _changed(draft: Draft) -> None:
+    """A content change: a new version, a draft again, its Drafts copy queued."""
+    draft.version += 1
+    draft.status = Status.DRAFT
+    draft.save()
+    _queue_task(SAVE_DRAFT_COPY_TASK, draft)
+
+
+def draft_delete(*, draft: Draft, actor: Actor, ip_address: str | None = None) -> None:
+    """Hide the draft at once; the task removes its server copy, then the row."""
+    _editable(draft, "deleted")
+    draft.is_deleted = True
+    draft.save(update_fields=["is_deleted", "updated_at"])
+    _audit(draft, actor, "compose.draft.delete", {"status": draft.status}, ip_address)
+    _queue_task(SAVE_DRAFT_COPY_TASK, draft)
+
+
+def draft_attachment_add(
+    *, draft: Draft, filename: str, content_type: str, data: bytes, ip_address: str | None = None
+) -> DraftAttachment:
+    """Store an uploaded file in the blob store and attach it to the locked
+    draft. Over the message size limit with the draft's bodies and other
+    attachments: 413."""
+    _editable(draft, "edited")
+    try:
+        filename = header_text_check(filename, max_length=255)
+    except AddressError as exc:
+        raise ApplicationError("Invalid file name.", fields={"filename": [exc.message]}) from exc
+    limit = settings.COMPOSE_MAX_MESSAGE_BYTES
+    if _body_bytes(draft) + _attachments_bytes(draft) + len(data) > limit:
+        raise PayloadTooLarge(
+            f"The message would be over the size limit of {_limit_text(limit)}.",
+            fields={"file": [f"The message may be at most {_limit_text(limit)} with its attachments."]},
+        )
+    key = default_store().put(draft.tenant_id, data)
+    attachment = DraftAttachment.objects.create(
+        tenant_id=draft.tenant_id,
+        draft=draft,
+        filename=filename or "attachment",
+        content_type=_content_type(content_type, filename),
+        size_bytes=len(data),
+        blob_key=key,
+    )
+    _changed(draft)
+    return attachment
+
+
+def _content_type(given: str, filename: str) -> str:
+    """The upload's type if it is a plain `type/subtype`, else a guess from
+    the name, else application/octet-stream."""
+    value = (given or "").strip().lower()
+    main, _, sub = value.partition("/")
+    token = set("abcdefghijklmnopqrstuvwxyz0123456789!#$&^_.+-")
+    if main and sub and len(value) <= 255 and set(main) <= token and set(sub) <= token:
+        return value
+    guessed, _ = mimetypes.guess_type(filename)
+    return guessed or DEFAULT_CONTENT_TYPE
+
+
+def draft_attachment_remove(*, draft: Draft, attachment: DraftAttachment) -> None:
+    _editable(draft, "edited")
+    attachment.delete()
+    _changed(draft)
+
+
+# --- sending ---------------------------------------------------------------------------
+
+
+def _sender(draft: Draft) -> dict[str, str]:
+    """The From mailbox: the account's name as the display name (left out
+    if it could not go into a header) and its address."""
+    account = draft.account
+    try:
+        name = header_text_check(account.account_name, max_length=200)
+    except AddressError:
+        name = ""
+    return {"name": name, "address": account.email_address}
+
+
+def _send_checks(draft: Draft) -> None:
+    account = draft.account
+    if account.is_deleted or account.user_id != draft.user_id:
+        raise ApplicationError("The sending account is gone.", fields={"account": ["Unknown account."]})
+    if not account.smtp_hostname:
+        raise ApplicationError(
+            "The account has no SMTP server.",
+            fields={"account": ["The account has no SMTP server; set one to send from it."]},
+        )
+    if not (draft.to or draft.cc or draft.bcc):
+        raise ApplicationError("No recipient.", fields={"to": ["At least one recipient is needed."]})
+
+
+def _outgoing(draft: Draft, attachments: list[DraftAttachment]) -> OutgoingMessage:
+    store = default_store()
+    files = []
+    for attachment in attachments:
+        try:
+            data = store.get(draft.tenant_id, attachment.blob_key)
+        except (BlobNotFound, ValueError) as exc:
+            raise ApplicationError(
+                "An attachment's file is missing; remove it and upload it again.",
+                fields={"attachments": [f"Missing file: {attachment.filename}"]},
+            ) from exc
+        files.append(
+            OutgoingAttachment(filename=attachment.filename, content_type=attachment.content_type, data=data)
+        )
+    return OutgoingMessage(
+        sender=_sender(draft),
+        to=list(draft.to),
+        cc=list(draft.cc),
+        bcc=list(draft.bcc),
+        reply_to=list(draft.reply_to),
+        subject=draft.subject,
+        text_body=draft.text_body,
+        html_body=draft.html_body,
+        message_id=draft.message_id,
+        date=timezone.now(),
+        in_reply_to=draft.in_reply_to_header,
+        references=draft.references_header,
+        attachments=tuple(files),
+    )
+
+
+def draft_send(*, draft: Draft, actor: Actor, ip_address: str | None = None) -> Draft:
+    """Queue the locked draft: freeze its MIME message (Message-ID fixed the
+    first time), store it, record the envelope in its `SendQueueItem`, set it
+    `queued` (or `scheduled` until `send_at`) and queue the send task when
+    the transaction commits. A `failed` or `uncertain` item may be sent
+    again this way (an explicit resend); anything not editable is a 409."""
+    if draft.status not in EDITABLE:
+        raise Conflict(f"The item is {draft.status}: it cannot be sent now.")
+    _send_checks(draft)
+    attachments = draft_attachments(draft=draft)
+    _check_limits(draft, attachments_bytes=sum(a.size_bytes for a in attachments))
+    resend = bool(draft.message_id)
+    if not draft.message_id:
+        draft.message_id = message_id_make(draft.account.email_address.rpartition("@")[2])
+    outgoing = _outgoing(draft, attachments)
+    recipients = envelope_recipients(outgoing)
+    smtputf8 = message_needs_smtputf8(outgoing)
+    try:
+        raw = message_build(outgoing, smtputf8=smtputf8)
+    except AddressError as exc:
+        raise ApplicationError(
+            "The message cannot be built.", fields={"non_field_errors": [exc.message]}
+        ) from exc
+    key = default_store().put(draft.tenant_id, raw)
+
+    now = timezone.now()
+    scheduled = draft.send_at is not None and draft.send_at > now
+    item, _ = SendQueueItem.objects.get_or_create(
+        tenant_id=draft.tenant_id,
+        draft=draft,
+        defaults={
+            "account": draft.account,
+            "message_id": draft.message_id,
+            "raw_blob_key": key,
+            "size_bytes": len(raw),
+            "envelope_from": outgoing.sender["address"],
+            "recipients": recipients,
+        },
+    )
+    item.account = draft.account
+    item.message_id = draft.message_id
+    item.raw_blob_key = key
+    item.size_bytes = len(raw)
+    item.envelope_from = outgoing.sender["address"]
+    item.recipients = recipients
+    item.next_attempt_at = draft.send_at if scheduled else None
+    item.phase = ""
+    item.error = ""
+    item.recipient_results = {}
+    item.sent_at = None
+    item.sent_copy = ""
+    item.save()
+    draft.outbox = item
+
+    draft.status = Status.SCHEDULED if scheduled else Status.QUEUED
+    draft.save()
+    _audit(
+        draft,
+        actor,
+        "compose.send.queued",
+        {
+            "message_id": draft.message_id,
+            "recipients": len(recipients),
+            "size_bytes": len(raw),
+            "send_at": draft.send_at.isoformat() if scheduled and draft.send_at else None,
+            "resend": resend,
+        },
+        ip_address,
+    )
+    _queue_task(SEND_TASK, draft, **({"eta": draft.send_at} if scheduled else {}))
+    return draft
+
+
+def draft_create_and_send(
+    *, tenant: Tenant, user: Actor, data: Mapping[str, Any], ip_address: str | None = None
+) -> Draft:
+    """The one-shot send: a draft from `data`, queued in the same
+    transaction (an error in either leaves nothing behind)."""
+    draft = draft_create(tenant=tenant, user=user, data=data, ip_address=ip_address, save_copy=False)
+    return draft_send(draft=draft, actor=user, ip_address=ip_address)
+
+
+def draft_cancel(*, draft: Draft, actor: Actor, ip_address: str | None = None) -> Draft:
+    """Stop a `scheduled` or `queued` send of the locked draft; one already
+    being sent (or done) is a 409. The send task, taking the row lock after
+    this, finds it `cancelled` and leaves it."""
+    if draft.status not in CANCELLABLE:
+        raise Conflict(f"The item is {draft.status}: only a scheduled or queued send can be cancelled.")
+    previous = draft.status
+    draft.status = Status.CANCELLED
+    draft.save(update_fields=["status", "updated_at"])
+    _audit(
+        draft, actor, "compose.send.cancelled", {"status": {"old": previous, "new": draft.status}}, ip_address
+    )
+    return draft
