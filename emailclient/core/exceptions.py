@@ -74,9 +74,12 @@ def exception_handler(exc, context):
     if isinstance(exc, DjangoValidationError):
         exc = drf_exceptions.ValidationError(as_serializer_error(exc))
     if isinstance(exc, Ratelimited):
+        # `retry_after`: seconds to the end of the window, when the limiter knows it.
+        retry_after = getattr(exc, "retry_after", None)
         return Response(
             error_body("rate_limited", "Too many requests; try again later."),
             status=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": str(max(1, int(retry_after)))} if retry_after is not None else None,
         )
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()

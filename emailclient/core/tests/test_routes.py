@@ -19,6 +19,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from accounts.models import EmailAccount
 from accounts.tests.factories import EmailAccountFactory
+from compose.tests.factories import DraftFactory
 from emailclient.core.tenancy import tenant_scope
 from emailclient.core.views import api_not_found
 from messages.models import Message
@@ -108,6 +109,7 @@ def mailbox(tenant, user, blobs) -> dict[str, str]:
     source = b"From: a@example.com\r\nSubject: hello\r\n\r\nbody\r\n"
     message = MessageFactory(folder=folder, raw_blob_key=blobs.put(tenant.id, source))
     attachment = AttachmentFactory(message=message, content_hash=blobs.put(tenant.id, b"%PDF"))
+    draft = DraftFactory(account=account)
     return {
         "account": str(account.id),
         "sync": str(account.id),
@@ -115,6 +117,7 @@ def mailbox(tenant, user, blobs) -> dict[str, str]:
         "message": str(message.id),
         "thread": str(message.thread_id),
         "attachment": str(attachment.id),
+        "compose": str(draft.id),  # a draft, and (by the same id) its attachment routes
     }
 
 
