@@ -1,0 +1,71 @@
+"""The operator's admin of drafts and the outbox: every tenant, no bodies,
+cancelling through the service."""
+
+import pytest
+from celery import current_app
+from django.test import Client
+
+from compose.models import Draft, SendQueueItem
+from compose.tests.factories import DraftFactory
+from emailclient.core.models import AuditLog
+from emailclient.core.tenancy import tenant_scope
+from emailclient.core.tests.factories import UserFactory
+
+
+@pytest.fixture
+def operator_client(committed_db, monkeypatch):
+    monkeypatch.setattr(current_app, "send_task", lambda *args, **kwargs: None)
+    operator = UserFactory(username="operator", is_staff=True, is_superuser=True)
+    client = Client()
+    client.force_login(operator)
+    return client
+
+
+def queued(draft: Draft) -> SendQueueItem:
+    with tenant_scope(draft.tenant_id):
+        Draft.objects.filter(id=draft.id).update(status="queued", message_id="<q@example.com>")
+        return SendQueueItem.objects.create(
+            tenant_id=draft.tenant_id,
+            draft=draft,
+            account=draft.account,
+            message_id="<q@example.com>",
+            raw_blob_key="0" * 64,
+            size_bytes=1,
+            envelope_from=draft.account.email_address,
+            recipients=["r@example.com"],
+        )
+
+
+def test_lists_show_every_tenants_items_without_bodies(operator_client, tenant_a, tenant_b):
+    mine = DraftFactory(account__tenant=tenant_a, subject="Subject A", text_body="SECRET-BODY-A")
+    theirs = DraftFactory(account__tenant=tenant_b, subject="Subject B", html_body="<p>SECRET-BODY-B</p>")
+    queued(theirs)
+
+    drafts = operator_client.get("/admin/compose/draft/").content.decode()
+    outbox = operator_client.get("/admin/compose/sendqueueitem/").content.decode()
+    detail = operator_client.get(f"/admin/compose/draft/{mine.id}/change/").content.decode()
+
+    assert "Subject A" in drafts and "Subject B" in drafts
+    assert "q@example.com" in outbox
+    for page in (drafts, outbox, detail):
+        assert "SECRET-BODY" not in page
+    assert operator_client.get("/admin/compose/draft/add/").status_code == 403
+
+
+def test_the_cancel_action_goes_through_the_service(operator_client, tenant_b):
+    operator = UserFactory(username="operator")
+    waiting = DraftFactory(account__tenant=tenant_b)
+    queued(waiting)
+    plain = DraftFactory(account__tenant=tenant_b)
+
+    response = operator_client.post(
+        "/admin/compose/draft/",
+        {"action": "cancel_sends", "_selected_action": [str(waiting.id), str(plain.id)]},
+    )
+
+    assert response.status_code == 302
+    with tenant_scope(tenant_b.id):
+        assert Draft.objects.get(id=waiting.id).status == "cancelled"
+        assert Draft.objects.get(id=plain.id).status == "draft"
+        audit = AuditLog.objects.get(action="compose.send.cancelled")
+    assert audit.object_id == waiting.id and audit.actor_id == operator.id
