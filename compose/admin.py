@@ -12,7 +12,7 @@ from .models import Draft, SendQueueItem
 from .services import draft_cancel
 
 # What an operator sees of a draft: state and addressing, no bodies.
-DRAFT_FIELDS = [
+DRAFT_FIELDS = (
     "id",
     "tenant",
     "user",
@@ -29,7 +29,7 @@ DRAFT_FIELDS = [
     "is_deleted",
     "created_at",
     "updated_at",
-]
+)
 
 
 @admin.register(Draft)
