@@ -913,3 +913,10 @@ def test_another_tenants_items_are_404_everywhere(client_a, draft_b, method, pat
     assert (stored.status, stored.is_deleted, stored.version) == ("draft", False, 1)
     with tenant_scope(draft_b.tenant_id):
         assert DraftAttachment.objects.filter(id=attachment.id).exists()
+
+
+def test_a_body_over_the_request_limit_is_a_4xx(client_a, account_a):
+    client_a.raise_request_exception = False
+    big = body(account_a, text_body="x" * (3 * 1024 * 1024))
+    response = client_a.post("/api/compose", json.dumps(big), content_type="application/json")
+    assert 400 <= response.status_code < 500
