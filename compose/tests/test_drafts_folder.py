@@ -208,6 +208,8 @@ def test_a_running_sync_makes_it_wait(synced_account, mailbox):
         with pytest.raises(SyncAlreadyRunning):
             sync_copy(draft)
     finally:
+        with other.cursor() as cursor:  # now, not when the server notices the close
+            cursor.execute("SELECT pg_advisory_unlock_all()")
         other.close()
     assert drafts_on_server(mailbox) == {}
     with account_sync_lock(synced_account.id):  # released with its session
@@ -253,6 +255,8 @@ def test_the_task_retries_while_a_sync_runs_then_gives_up(synced_account, monkey
             kwargs={"tenant_id": str(draft.tenant_id), "draft_id": str(draft.id)}
         )
     finally:
+        with other.cursor() as cursor:  # now, not when the server notices the close
+            cursor.execute("SELECT pg_advisory_unlock_all()")
         other.close()
     assert result.get() == {"result": "busy"}
     assert len(calls) == 3

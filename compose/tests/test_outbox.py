@@ -638,3 +638,47 @@ def test_a_sent_copy_lost_with_its_worker_is_made_by_the_next_delivery_once(
         SendQueueItem.objects.filter(draft_id=draft.id).update(sent_copy="")
     assert send(draft) == Status.SENT
     assert len(sent_folder_messages(mailbox)) == 1 and len(smtp_server.deliveries) == 1
+
+
+# --- End to end: the API, the queued task, the server ------------------------------------
+
+
+@pytest.mark.django_db
+def test_end_to_end_a_message_sent_through_the_api(
+    client_a, synced_account, smtp_server, mailbox, broker, django_capture_on_commit_callbacks
+):
+    from compose.tasks import send_task
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client_a.post(
+            "/api/compose/send",
+            {
+                "account": str(synced_account.id),
+                "to": ["Zoë Ångström <zoe@example.net>"],
+                "bcc": ["audit@example.org"],
+                "subject": "Grüße aus Köln",
+                "html_body": "<p>Hallo <b>Zoë</b></p>",
+            },
+            format="json",
+        )
+    assert response.status_code == 202, response.content
+    item_id = response.json()["id"]
+
+    # What the worker gets from the broker: ids only; run it as the worker would.
+    [(task, _headers)] = broker_sends()
+    assert set(task) <= {"args", "tenant_id", "draft_id"} and item_id in json.dumps(task)
+    args, kwargs = task.pop("args"), task
+    assert send_task.apply(args=args, kwargs=kwargs).get() == {"result": "sent"}
+
+    [delivery] = smtp_server.deliveries
+    assert delivery.rcpt_tos == ["zoe@example.net", "audit@example.org"]
+    received = email.message_from_bytes(delivery.data, policy=email.policy.default)
+    assert received["Subject"] == "Grüße aus Köln" and "Bcc" not in received
+    assert received.get_body(("plain",)).get_content().strip()  # the text alternative
+    body = client_a.get(f"/api/compose/{item_id}").json()
+    assert body["status"] == "sent" and body["message_id"] == received["Message-ID"]
+    [copy] = sent_folder_messages(mailbox)
+    assert copy["Message-ID"] == received["Message-ID"]
+    # Redelivered: nothing more.
+    assert send_task.apply(args=args, kwargs=kwargs).get() == {"result": "sent"}
+    assert len(smtp_server.deliveries) == 1
