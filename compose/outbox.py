@@ -267,7 +267,12 @@ def _deliver(attempt: _Attempt) -> str:
         data = default_store().get(attempt.tenant_id, attempt.raw_blob_key)
         config = smtp_config(account)
         credentials = account_credentials(account=account, smtp=True)
-        smtputf8 = any(needs_smtputf8(a) for a in [attempt.envelope_from, *attempt.recipients])
+        # Built for SMTPUTF8 (a non-ASCII address in a header: everything
+        # else is encoded) or an envelope address that needs it.
+        headers = data.split(b"\r\n\r\n", 1)[0]
+        smtputf8 = not headers.isascii() or any(
+            needs_smtputf8(a) for a in [attempt.envelope_from, *attempt.recipients]
+        )
         result = message_deliver(
             config=config,
             credentials=credentials,

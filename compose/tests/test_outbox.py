@@ -20,6 +20,7 @@ from compose.mime import (
     envelope_recipients,
     message_build,
     message_id_make,
+    message_needs_smtputf8,
 )
 from compose.models import Draft, SendQueueItem, Status
 from compose.outbox import draft_send_lock, outbox_dispatch_due, outbox_send
@@ -47,6 +48,7 @@ def queue_message(
     status=Status.QUEUED,
     send_at=None,
     name="Alice Example",
+    reply_to=(),
 ) -> Draft:
     """A queued draft with its frozen message, as `compose.services` leaves
     one (built here so these tests do not depend on the API's service)."""
@@ -65,7 +67,7 @@ def queue_message(
         to=[mailbox(v) for v in to],
         cc=[mailbox(v) for v in cc],
         bcc=[mailbox(v) for v in bcc],
-        reply_to=[],
+        reply_to=[mailbox(v) for v in reply_to],
         subject=subject,
         text_body=text,
         html_body=html,
@@ -75,7 +77,7 @@ def queue_message(
         references=references,
         attachments=tuple(OutgoingAttachment(*a) for a in attachments),
     )
-    raw = message_build(outgoing)
+    raw = message_build(outgoing, smtputf8=message_needs_smtputf8(outgoing))
     with tenant_scope(account.tenant_id):
         key = default_store().put(account.tenant_id, raw)
         draft = Draft.objects.create(
@@ -682,3 +684,19 @@ def test_end_to_end_a_message_sent_through_the_api(
     # Redelivered: nothing more.
     assert send_task.apply(args=args, kwargs=kwargs).get() == {"result": "sent"}
     assert len(smtp_server.deliveries) == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "fields",
+    [{"to": ["Jürgen <jürgen@example.net>"]}, {"reply_to": ["jürgen@example.net"]}],
+    ids=["recipient", "reply-to"],
+)
+def test_a_non_ascii_address_goes_with_smtputf8(smtp_account, smtp_server, fields):
+    draft = queue_message(smtp_account, **fields)
+
+    assert send(draft) == Status.SENT
+
+    [delivery] = smtp_server.deliveries
+    assert delivery.smtputf8
+    assert "jürgen@example.net".encode() in delivery.data
