@@ -228,6 +228,10 @@ COMPOSE_MAX_RECIPIENTS = env.int("COMPOSE_MAX_RECIPIENTS", default=100)
 # refused or reset before the body) before it is `failed`; backoff in between.
 COMPOSE_SEND_MAX_ATTEMPTS = env.int("COMPOSE_SEND_MAX_ATTEMPTS", default=8)
 # Sends (queue requests) per user and per tenant, django-ratelimit's syntax.
+# The seeds' 50 a minute was per client, i.e. one user: it is the user's
+# default. A tenant holds many users sending at once; its default is ten
+# users' worth, so one member cannot use up the others' sends but a busy
+# helpdesk is not held to one person's rate.
 COMPOSE_RATE_LIMIT_USER = env("COMPOSE_RATE_LIMIT_USER", default="50/m")
 COMPOSE_RATE_LIMIT_TENANT = env("COMPOSE_RATE_LIMIT_TENANT", default="500/m")
 SMTP_CONNECT_TIMEOUT = env.float("SMTP_CONNECT_TIMEOUT", default=20.0)
