@@ -41,6 +41,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
 from accounts.services import account_create, account_update
+from compose.tests.factories import DraftFactory
 from emailclient.core.services import tenant_create, tenant_member_add
 from messages.tests.factories import FolderFactory, MessageFactory
 
@@ -313,6 +314,8 @@ def site(committed_db) -> Site:
         folder=FolderFactory(account=other_account, name="INBOX", type="inbox"),
         subject="Globex board minutes",
     )
+    DraftFactory(account=account, subject="Proposal for Acme")
+    DraftFactory(account=other_account, subject="Globex merger memo")
     return Site(tenant, other_tenant, member, operator, account, other_account, message, other_message)
 
 

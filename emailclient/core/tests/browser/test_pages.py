@@ -58,6 +58,7 @@ def test_operator_admin(dev_server, site, visit):
         "memberships": ("/admin/core/tenantmembership/", ["rita", "gus"]),
         "accounts": ("/admin/accounts/emailaccount/", ["rita@acme.example", "gus@globex.example"]),
         "audit-log": ("/admin/core/auditlog/", ["account.create", "account.update"]),
+        "drafts": ("/admin/compose/draft/", ["Proposal for Acme", "Globex merger memo"]),
     }
     for label, (path, texts) in lists.items():
         page = visit.goto(path)
@@ -83,6 +84,11 @@ def test_browsable_api(dev_server, site, visit):
     expect(page.locator(".response-info")).to_contain_text("Quarterly figures for Acme")
     expect(page.locator(".response-info")).not_to_contain_text("Globex board minutes")
     visit.shot("messages")
+
+    page = visit.goto("/api/v1/acme/email_client/compose/")
+    expect(page.locator(".response-info")).to_contain_text("Proposal for Acme")
+    expect(page.locator(".response-info")).not_to_contain_text("Globex merger memo")
+    visit.shot("compose")
     visit.check()
 
 
