@@ -15,6 +15,9 @@ Decisions (see also `compose/models.py`):
   HTML of a reply or forward, built from a received message, is sanitised
   as a read is (remote images left out: loading them would tell the
   original sender when the user opened the draft).
+- A body given alone (`text_body` or `html_body`, not empty) empties the
+  other, on create as on update: a reply's or forward's quote pre-filled in
+  both would otherwise go out in the other part without the user's words.
 - Uploads belong to a draft. `attachments` in a body is the list of the
   draft's uploads to keep; absent, all stay. A new draft has no uploads yet,
   so `attachments` on create must be empty.
@@ -152,8 +155,18 @@ def _sanitised(html: str, *, allow_remote_images: bool) -> str:
 
 
 def _apply_content(draft: Draft, data: Mapping[str, Any]) -> bool:
-    """Set the content fields `data` gives; whether any changed."""
+    """Set the content fields `data` gives; whether any changed.
+
+    A body given alone (with text in it) empties the other: the parts of a
+    multipart/alternative must say the same thing, and the other body holds
+    an older version (the quote a reply or forward starts with, or an
+    earlier edit). Without HTML the message goes as text; without text the
+    text part is made from the HTML when it is built."""
     changed = False
+    for given, other in (("text_body", "html_body"), ("html_body", "text_body")):
+        if data.get(given) and other not in data and getattr(draft, other):
+            setattr(draft, other, "")
+            changed = True
     for field in CONTENT_FIELDS:
         if field not in data:
             continue
@@ -167,7 +180,8 @@ def _apply_content(draft: Draft, data: Mapping[str, Any]) -> bool:
 
 
 def _apply_reply(draft: Draft, built: ReplyDraft) -> None:
-    """What a reply or forward starts with; the body's own fields then win."""
+    """What a reply or forward starts with; the body's own fields then win
+    (a body given alone drops the quote from the other: `_apply_content`)."""
     draft.to = list(built.to)
     draft.cc = list(built.cc)
     draft.subject = built.subject

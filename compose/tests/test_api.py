@@ -582,6 +582,59 @@ def test_no_reply_or_forward_of_another_tenants_or_members_message(
     assert "forward_of" in field_errors(client_a.post("/api/compose", both, format="json"))
 
 
+def sent_parts(item: SendQueueItem, tenant, store) -> list[str]:
+    """The text of every body part of the frozen message (the text part,
+    and the HTML part when there is one)."""
+    parsed = frozen(item, tenant, store)
+    return [part for part in (parsed.text_body, parsed.html_body) if part]
+
+
+@pytest.mark.parametrize("field", ["in_reply_to", "forward_of"])
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        ({"text_body": "Typed as text."}, "Typed as text."),
+        ({"html_body": "<p>Typed as <b>HTML</b>.</p>"}, "Typed as"),
+    ],
+)
+def test_a_reply_or_forward_sends_the_users_words_in_every_part(
+    client_a, account_a, original, blob_store, field, given, words
+):
+    payload = {"account": str(account_a.id), field: str(original.id), "to": ["x@example.net"], **given}
+
+    response = client_a.post("/api/compose/send", payload, format="json")
+
+    assert response.status_code == 202, response.content
+    parts = sent_parts(outbox_of(response.json()["id"], account_a.tenant), account_a.tenant, blob_store)
+    assert parts and all(words in part for part in parts), parts
+
+
+def test_patching_one_body_of_a_reply_drops_the_quote_in_the_other(client_a, account_a, original, blob_store):
+    draft = client_a.post(
+        "/api/compose", {"account": str(account_a.id), "in_reply_to": str(original.id)}, format="json"
+    ).json()
+    assert "Shall we meet?" in draft["text_body"] and "Shall we meet?" in draft["html_body"]
+
+    patched = client_a.patch(f"/api/compose/{draft['id']}", {"text_body": "Yes, Tuesday."}, format="json")
+
+    assert patched.status_code == 200 and patched.json()["html_body"] == ""
+    assert client_a.post(f"/api/compose/{draft['id']}/send").status_code == 202
+    parts = sent_parts(outbox_of(draft["id"], account_a.tenant), account_a.tenant, blob_store)
+    assert parts and all("Yes, Tuesday." in part for part in parts), parts
+    # Both bodies given: both kept as given.
+    both = client_a.post(
+        "/api/compose",
+        {
+            "account": str(account_a.id),
+            "in_reply_to": str(original.id),
+            "text_body": "T",
+            "html_body": "<p>H</p>",
+        },
+        format="json",
+    ).json()
+    assert (both["text_body"], both["html_body"]) == ("T", "<p>H</p>")
+
+
 def test_the_reply_cannot_change_later(client_a, account_a, original):
     draft = client_a.post(
         "/api/compose", {"account": str(account_a.id), "in_reply_to": str(original.id)}, format="json"
