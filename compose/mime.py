@@ -361,6 +361,10 @@ _BLOCK = frozenset(
 )  # fmt: skip
 _PARAGRAPH = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "pre"})
 _LINK_SCHEMES = frozenset({"http", "https", "mailto", "tel", "ftp"})
+# Links open at once whose address is shown; deeper ones read as plain text.
+# Each emitted piece of text is joined once per open link it is in, so the
+# cap keeps the conversion linear on `<a>` after `<a>` never closed.
+MAX_OPEN_LINKS = 16
 
 
 class _HtmlText(HTMLParser):
@@ -376,7 +380,11 @@ class _HtmlText(HTMLParser):
         self._quote = 0
         self._lists: list[int | None] = []  # None for <ul>, the next number for <ol>
         self._marker = ""
-        self._links: list[tuple[str, list[str]]] = []
+        # Open links: (href, where its text starts in `_link_text`), which
+        # holds the text emitted while any link is open.
+        self._links: list[tuple[str, int]] = []
+        self._link_text: list[str] = []
+        self._untracked_links = 0  # open beyond MAX_OPEN_LINKS
         self._space = False
         self._last_quote = 0
 
@@ -406,8 +414,8 @@ class _HtmlText(HTMLParser):
             self._line.append(self._prefix() + self._marker)
             self._marker = ""
         self._line.append(text)
-        for _, parts in self._links:
-            parts.append(text)
+        if self._links:
+            self._link_text.append(text)
 
     def _text(self, data: str) -> None:
         if self._pre:
@@ -467,8 +475,11 @@ class _HtmlText(HTMLParser):
             if self._line:
                 self._space = True
         elif tag == "a":
+            if len(self._links) >= MAX_OPEN_LINKS:
+                self._untracked_links += 1
+                return
             href = dict(attrs).get("href") or ""
-            self._links.append((href.strip(), []))
+            self._links.append((href.strip(), len(self._link_text)))
         elif tag == "img":
             alt = " ".join((dict(attrs).get("alt") or "").split())
             if alt:
@@ -500,9 +511,13 @@ class _HtmlText(HTMLParser):
             self._break(1 if self._lists else 2)
         elif tag in ("li", "tr", "dt", "dd") or tag in _BLOCK:
             self._break(1)
+        elif tag == "a" and self._untracked_links:
+            self._untracked_links -= 1
         elif tag == "a" and self._links:
-            href, parts = self._links.pop()
-            label = " ".join("".join(parts).split())
+            href, start = self._links.pop()
+            label = " ".join("".join(self._link_text[start:]).split())
+            if not self._links:
+                self._link_text.clear()
             shown = href[7:] if href.lower().startswith("mailto:") else href
             scheme = urlsplit(href).scheme.lower() if href else ""
             if scheme in _LINK_SCHEMES and shown and shown != label and href != label:

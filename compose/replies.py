@@ -43,7 +43,9 @@ Decisions:
   (`messages.sanitize.sanitize_html`, remote images and cid: images
   dropped) in a `<blockquote>`, or its text escaped when it has no HTML.
   Both bodies start with an empty line for the user to write in. An
-  original body longer than `MAX_QUOTED_CHARS` is cut with a note.
+  original body longer than `MAX_QUOTED_CHARS` is cut with a note; the HTML
+  of an original without text is cut at `MAX_QUOTED_HTML_CHARS` before it
+  is converted to text.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from .mime import text_from_html
 
 __all__ = [
     "MAX_QUOTED_CHARS",
+    "MAX_QUOTED_HTML_CHARS",
     "MAX_REFERENCES",
     "MAX_REFERENCES_CHARS",
     "ReplyDraft",
@@ -76,6 +79,7 @@ __all__ = [
 MAX_REFERENCES = 20
 MAX_REFERENCES_CHARS = 4000
 MAX_QUOTED_CHARS = 500_000
+MAX_QUOTED_HTML_CHARS = 2 * MAX_QUOTED_CHARS  # of an HTML-only original, converted to text
 FORWARD_SEPARATOR = "---------- Forwarded message ---------"
 
 _COLON = r"\s*[:\uff1a]"
@@ -226,8 +230,10 @@ def _sender_text(original: Message) -> str:
     return name or address or "(unknown sender)"
 
 
-def _cut(text: str) -> str:
-    if len(text) <= MAX_QUOTED_CHARS:
+def _cut(text: str, *, cut: bool = False) -> str:
+    """`text` up to MAX_QUOTED_CHARS, with a note when it (or, `cut`, the
+    HTML it came from) was longer."""
+    if len(text) <= MAX_QUOTED_CHARS and not cut:
         return text
     return text[:MAX_QUOTED_CHARS] + "\n[... the rest of the message is not quoted ...]"
 
@@ -235,7 +241,12 @@ def _cut(text: str) -> str:
 def _original_text(original: Message) -> str:
     text = (original.text_body or "").replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip() and original.html_body:
-        text = text_from_html(original.html_body)
+        # Stored HTML is whatever the sender wrote: converted up to a bound
+        # (its text is cut at MAX_QUOTED_CHARS after anyway).
+        html = original.html_body
+        text = text_from_html(html[:MAX_QUOTED_HTML_CHARS])
+        if len(html) > MAX_QUOTED_HTML_CHARS:
+            return _cut(text.strip("\n"), cut=True)
     return _cut(text.strip("\n"))
 
 

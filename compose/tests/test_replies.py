@@ -8,6 +8,7 @@ import pytest
 from compose.mime import OutgoingMessage, message_build, message_needs_smtputf8
 from compose.replies import (
     FORWARD_SEPARATOR,
+    MAX_QUOTED_HTML_CHARS,
     MAX_REFERENCES,
     forward_build,
     forward_subject,
@@ -244,6 +245,19 @@ def test_long_bodies_are_cut():
     built = reply_build(original=original(text_body="x" * 600_000), own_addresses=OWN, reply_all=False)
     assert built.quoted_text.endswith("\n> [... the rest of the message is not quoted ...]\n")
     assert len(built.quoted_text) < 501_000
+
+
+def test_a_long_html_only_original_is_cut_before_it_is_converted(monkeypatch):
+    from compose import replies
+
+    seen = []
+    monkeypatch.setattr(replies, "text_from_html", lambda html: seen.append(len(html)) or "text " * 10)
+    html = '<a href="http://x">x' * 60_000  # 1.2 MB of links never closed
+
+    built = reply_build(original=original(text_body="", html_body=html), own_addresses=OWN, reply_all=False)
+
+    assert seen == [MAX_QUOTED_HTML_CHARS]
+    assert built.quoted_text.endswith("\n> [... the rest of the message is not quoted ...]\n")
 
 
 def test_forward_build():
