@@ -9,8 +9,9 @@ else is a 404, the same answer as a missing row.
 import uuid
 from collections.abc import Iterable
 
+from django.conf import settings
 from django.contrib.auth.models import User
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Sum
 
 from accounts.models import EmailAccount
 from emailclient.core.exceptions import NotFound
@@ -96,6 +97,30 @@ def access_draft_attachment(*, draft: Draft, id: uuid.UUID) -> DraftAttachment:
 
 def draft_attachments(*, draft: Draft) -> list[DraftAttachment]:
     return list(DraftAttachment.objects.for_tenant(draft.tenant_id).filter(draft=draft))
+
+
+def draft_attachments_bytes(*, draft: Draft) -> int:
+    """The size of the draft's attachments together (0 for an unsaved draft)."""
+    if draft._state.adding:
+        return 0
+    total = (
+        DraftAttachment.objects.for_tenant(draft.tenant_id)
+        .filter(draft=draft)
+        .aggregate(total=Sum("size_bytes"))["total"]
+    )
+    return int(total or 0)
+
+
+def draft_body_bytes(*, draft: Draft) -> int:
+    return len(draft.text_body.encode()) + len(draft.html_body.encode())
+
+
+def draft_upload_room(*, draft: Draft) -> int:
+    """How many bytes one more attachment may have: COMPOSE_MAX_MESSAGE_BYTES
+    less the draft's bodies and attachments."""
+    used = draft_body_bytes(draft=draft) + draft_attachments_bytes(draft=draft)
+    limit: int = settings.COMPOSE_MAX_MESSAGE_BYTES
+    return max(0, limit - used)
 
 
 def sent_messages(*, tenant: Tenant, drafts: Iterable[Draft]) -> dict[uuid.UUID, uuid.UUID]:

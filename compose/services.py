@@ -44,13 +44,12 @@ import mimetypes
 import uuid
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from typing import IO, Any
 
 from celery import current_app
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Sum
 from django.utils import timezone
 from rest_framework import status as http_status
 
@@ -73,7 +72,15 @@ from .mime import (
 )
 from .models import CANCELLABLE, EDITABLE, Draft, DraftAttachment, SendQueueItem, Status
 from .replies import ReplyDraft, forward_build, reply_build
-from .selectors import access_own_account, access_own_message, draft_attachments, own_addresses
+from .selectors import (
+    access_own_account,
+    access_own_message,
+    draft_attachments,
+    draft_attachments_bytes,
+    draft_body_bytes,
+    draft_upload_room,
+    own_addresses,
+)
 
 SEND_TASK = "compose.tasks.send"
 SAVE_DRAFT_COPY_TASK = "compose.tasks.save_draft_copy"
@@ -117,19 +124,6 @@ def _editable(draft: Draft, doing: str) -> None:
         raise Conflict(f"The item is {draft.status}: it can no longer be {doing}.")
 
 
-def _body_bytes(draft: Draft) -> int:
-    return len(draft.text_body.encode()) + len(draft.html_body.encode())
-
-
-def _attachments_bytes(draft: Draft) -> int:
-    if draft._state.adding:
-        return 0
-    total = DraftAttachment.objects.filter(tenant_id=draft.tenant_id, draft=draft).aggregate(
-        total=Sum("size_bytes")
-    )["total"]
-    return int(total or 0)
-
-
 def _limit_text(limit: int) -> str:
     return f"{limit / (1024 * 1024):.0f} MB" if limit >= 1024 * 1024 else f"{limit} bytes"
 
@@ -142,7 +136,7 @@ def _check_limits(draft: Draft, *, attachments_bytes: int) -> None:
     if count > settings.COMPOSE_MAX_RECIPIENTS:
         errors["to"] = [f"At most {settings.COMPOSE_MAX_RECIPIENTS} recipients (to, cc and bcc together)."]
     limit = settings.COMPOSE_MAX_MESSAGE_BYTES
-    if _body_bytes(draft) + attachments_bytes > limit:
+    if draft_body_bytes(draft=draft) + attachments_bytes > limit:
         errors["attachments"] = [f"The message is over the size limit of {_limit_text(limit)}."]
     if errors:
         raise ApplicationError("The message is over a limit.", fields=errors)
@@ -286,7 +280,7 @@ def draft_update(
     changed |= _apply_content(draft, data)
     if "attachments" in data:
         changed |= _attachments_keep(draft, set(data["attachments"]))
-    _check_limits(draft, attachments_bytes=_attachments_bytes(draft))
+    _check_limits(draft, attachments_bytes=draft_attachments_bytes(draft=draft))
     if changed:
         _changed(draft)
     return draft
@@ -325,22 +319,30 @@ def draft_delete(*, draft: Draft, actor: Actor, ip_address: str | None = None) -
 
 
 def draft_attachment_add(
-    *, draft: Draft, filename: str, content_type: str, data: bytes, ip_address: str | None = None
+    *,
+    draft: Draft,
+    filename: str,
+    content_type: str,
+    file: IO[bytes],
+    size: int,
+    ip_address: str | None = None,
 ) -> DraftAttachment:
-    """Store an uploaded file in the blob store and attach it to the locked
-    draft. Over the message size limit with the draft's bodies and other
-    attachments: 413."""
+    """Store an uploaded file (`size` bytes, as received) in the blob store
+    and attach it to the locked draft. Over the message size limit with the
+    draft's bodies and other attachments: 413, decided on `size` before the
+    file is read, and read at most one byte past the room left, so a file
+    longer than it said is refused too without being held whole."""
     _editable(draft, "edited")
     try:
         filename = header_text_check(filename, max_length=255)
     except AddressError as exc:
         raise ApplicationError("Invalid file name.", fields={"filename": [exc.message]}) from exc
-    limit = settings.COMPOSE_MAX_MESSAGE_BYTES
-    if _body_bytes(draft) + _attachments_bytes(draft) + len(data) > limit:
-        raise PayloadTooLarge(
-            f"The message would be over the size limit of {_limit_text(limit)}.",
-            fields={"file": [f"The message may be at most {_limit_text(limit)} with its attachments."]},
-        )
+    room = draft_upload_room(draft=draft)
+    if size > room:
+        raise upload_too_large()
+    data = file.read(room + 1)
+    if len(data) > room:
+        raise upload_too_large()
     key = default_store().put(draft.tenant_id, data)
     attachment = DraftAttachment.objects.create(
         tenant_id=draft.tenant_id,
@@ -352,6 +354,15 @@ def draft_attachment_add(
     )
     _changed(draft)
     return attachment
+
+
+def upload_too_large() -> PayloadTooLarge:
+    """The 413 of an upload that would take the message over COMPOSE_MAX_MESSAGE_BYTES."""
+    limit = settings.COMPOSE_MAX_MESSAGE_BYTES
+    return PayloadTooLarge(
+        f"The message would be over the size limit of {_limit_text(limit)}.",
+        fields={"file": [f"The message may be at most {_limit_text(limit)} with its attachments."]},
+    )
 
 
 def _content_type(given: str, filename: str) -> str:

@@ -11,11 +11,13 @@ limits are counted: it sends nothing.
 import re
 import uuid
 from collections.abc import Callable
-from typing import cast
+from typing import IO, Any, cast
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.http import QueryDict
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
+from django.http import HttpRequest, QueryDict
+from django.utils.datastructures import MultiValueDict
 from django_ratelimit.core import get_usage
 from django_ratelimit.exceptions import Ratelimited
 from drf_spectacular.openapi import AutoSchema
@@ -93,6 +95,49 @@ def send_rate_limit(request: Request) -> None:
             waits.append(max(1, int(usage["time_left"])))
     if waits:
         raise RateLimited(retry_after=max(waits))
+
+
+# What a multipart request may carry besides its file: boundaries, part
+# headers, the `filename` field.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+class BoundedUploadHandler(FileUploadHandler):
+    """First of the request's upload handlers: the files of the request may
+    have `limit` bytes together. A Content-Length over that (and the
+    multipart overhead) is refused before any of the body is read; files
+    that turn out longer are counted as they arrive and the upload stops
+    there, so nothing past the limit is kept in memory or spooled to disk.
+    `exceeded` tells the view to answer 413."""
+
+    def __init__(self, request: HttpRequest, *, limit: int):
+        super().__init__(request)
+        self.limit = limit
+        self.received = 0
+        self.exceeded = False
+
+    def handle_raw_input(
+        self,
+        input_data: IO[bytes],
+        META: dict[str, Any],
+        content_length: int,
+        boundary: str,
+        encoding: str | None = None,
+    ) -> tuple[QueryDict, MultiValueDict] | None:
+        if content_length > self.limit + MULTIPART_OVERHEAD:
+            self.exceeded = True
+            return QueryDict(), MultiValueDict()  # parsed as empty: the body is not read
+        return None
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        self.received += len(raw_data)
+        if self.received > self.limit:
+            self.exceeded = True
+            raise StopUpload(connection_reset=False)  # the rest is within the overhead: read, not kept
+        return raw_data
+
+    def file_complete(self, file_size: int) -> None:
+        return None
 
 
 class ComposeSchema(AutoSchema):
@@ -254,14 +299,20 @@ class ComposeViewSet(TenantAPIMixin, viewsets.GenericViewSet):
     def attachments(self, request, **kwargs):
         """Upload a file (multipart, field `file`) to the draft."""
         draft = self._draft(lock=True)  # before the body is parsed: another's draft is a 404
-        upload = AttachmentUploadSerializer(data=request.data)
+        bound = BoundedUploadHandler(request._request, limit=selectors.draft_upload_room(draft=draft))
+        request._request.upload_handlers = [bound, *request._request.upload_handlers]
+        data = request.data
+        if bound.exceeded:
+            raise services.upload_too_large()
+        upload = AttachmentUploadSerializer(data=data)
         upload.is_valid(raise_exception=True)
         file = upload.validated_data["file"]
         attachment = services.draft_attachment_add(
             draft=draft,
             filename=upload.validated_data.get("filename") or file.name or "",
             content_type=file.content_type or "",
-            data=file.read(),
+            file=file,
+            size=file.size,
             ip_address=self.client_ip(),
         )
         return Response(DraftAttachmentSerializer(attachment).data, status=status.HTTP_201_CREATED)

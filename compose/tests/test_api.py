@@ -435,6 +435,95 @@ def test_an_upload_over_the_message_limit_is_413(client_a, account_a, blob_store
     )
 
 
+class CountingInput:
+    """A request body that counts what the server reads of it."""
+
+    def __init__(self, data: bytes):
+        self.data, self.position = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.data) if size is None or size < 0 else self.position + size
+        chunk = self.data[self.position : end]
+        self.position += len(chunk)
+        return chunk
+
+    def readline(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+
+def multipart(parts: list[tuple[dict[str, str], bytes]]) -> tuple[bytes, str]:
+    boundary = "BoUnDaRy"
+    chunks = []
+    for headers, data in parts:
+        lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        chunks.append(f"--{boundary}\r\n{lines}\r\n".encode() + data + b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def stored_nothing(draft, blob_store) -> bool:
+    with tenant_scope(draft.tenant_id):
+        attachments = DraftAttachment.objects.filter(draft_id=draft.id).exists()
+    return not attachments and not list(blob_store.blobs(draft.tenant_id)) and reload(draft).version == 1
+
+
+def test_an_upload_over_the_limit_is_refused_before_its_body_is_read(
+    client_a, account_a, blob_store, settings
+):
+    settings.COMPOSE_MAX_MESSAGE_BYTES = 100_000
+    draft = DraftFactory(account=account_a, text_body="", html_body="")
+    data, content_type = multipart(
+        [({"Content-Disposition": 'form-data; name="file"; filename="big.bin"'}, b"x" * 5_000_000)]
+    )
+    body_input = CountingInput(data)
+
+    response = client_a.generic(
+        "POST",
+        f"/api/compose/{draft.id}/attachments",
+        data,
+        content_type=content_type,
+        **{"wsgi.input": body_input},
+    )
+
+    assert response.status_code == 413, response.content
+    assert "file" in response.json()["error"]["fields"]
+    assert body_input.position < 100_000  # the 5 MB were neither read nor spooled
+    assert stored_nothing(draft, blob_store)
+
+
+def test_an_upload_is_counted_as_it_arrives_whatever_it_declares(client_a, account_a, blob_store, settings):
+    settings.COMPOSE_MAX_MESSAGE_BYTES = 1000
+    draft = DraftFactory(account=account_a, text_body="", html_body="")
+    # The part says it is one byte long; the request's length is within the
+    # limit and the multipart overhead allowed for.
+    data, content_type = multipart(
+        [
+            (
+                {
+                    "Content-Disposition": 'form-data; name="file"; filename="liar.bin"',
+                    "Content-Length": "1",
+                },
+                b"y" * 5000,
+            )
+        ]
+    )
+    body_input = CountingInput(data)
+
+    response = client_a.generic(
+        "POST",
+        f"/api/compose/{draft.id}/attachments",
+        data,
+        content_type=content_type,
+        **{"wsgi.input": body_input},
+    )
+
+    assert response.status_code == 413, response.content
+    assert stored_nothing(draft, blob_store)
+    # Within the limit it is stored, at its real size.
+    response = upload(client_a, draft.id, b"z" * 1000)
+    assert response.status_code == 201 and response.json()["size"] == 1000
+
+
 def test_a_file_name_cannot_inject_a_header(client_a, account_a, blob_store):
     draft = DraftFactory(account=account_a)
 
