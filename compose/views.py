@@ -4,8 +4,10 @@ Every item is the user's own (compose is personal, `compose.selectors`);
 another user's or tenant's item is a 404. The send endpoints honour an
 `Idempotency-Key` header (`compose.idempotency`) and are rate limited per
 user and per tenant (COMPOSE_RATE_LIMIT_USER, COMPOSE_RATE_LIMIT_TENANT:
-429 with Retry-After). A request replayed by its key is answered before the
-limits are counted: it sends nothing.
+429 with Retry-After). Only a send that is queued counts: a request refused
+(400, 404, 409, 429) counts against no limit, so one member's refusals do not
+use up the tenant's. A request replayed by its key is answered before the
+limits are looked at: it sends nothing.
 """
 
 import re
@@ -82,19 +84,34 @@ def _tenant_key(group: str, request: Request) -> str:
     return str(request._request.tenant.id)  # type: ignore[attr-defined]  # set by TenantMiddleware
 
 
-def send_rate_limit(request: Request) -> None:
-    """Count a send against the user's and the tenant's limits; over
-    either, 429 with the seconds to the end of the window that is over."""
-    waits = []
-    for group, key, rate in (
+def _limits() -> tuple[tuple[str, Callable[[str, Request], str], str], ...]:
+    """(group, key, rate): the user's limit first, then the tenant's."""
+    return (
         ("compose.send.user", _user_key, settings.COMPOSE_RATE_LIMIT_USER),
         ("compose.send.tenant", _tenant_key, settings.COMPOSE_RATE_LIMIT_TENANT),
-    ):
+    )
+
+
+def send_rate_limit_check(request: Request) -> None:
+    """Before a send: 429 when the user's or the tenant's limit is used up
+    (with the seconds to the end of that window). Counts nothing."""
+    for group, key, rate in _limits():
+        usage = get_usage(request, group=group, key=key, rate=rate, increment=False)
+        if usage is not None and usage["count"] >= usage["limit"]:
+            raise RateLimited(retry_after=max(1, int(usage["time_left"])))
+
+
+def send_rate_limit_count(request: Request) -> None:
+    """After a send was queued (in the request's transaction): count it
+    against the user's limit, then the tenant's. Sends running at once may
+    all have passed the check; one that finds a limit passed now is a 429
+    and its transaction rolls back (the middleware rolls back every error
+    answer). It stays counted only against the limits it reached: its user's,
+    not the tenant's, when the user's is the one over."""
+    for group, key, rate in _limits():
         usage = get_usage(request, group=group, key=key, rate=rate, increment=True)
         if usage is not None and usage["should_limit"]:
-            waits.append(max(1, int(usage["time_left"])))
-    if waits:
-        raise RateLimited(retry_after=max(waits))
+            raise RateLimited(retry_after=max(1, int(usage["time_left"])))
 
 
 # What a multipart request may carry besides its file: boundaries, part
@@ -205,8 +222,10 @@ class ComposeViewSet(TenantAPIMixin, viewsets.GenericViewSet):
         request = self.request
         key = request.headers.get(idempotency.HEADER)
         if key is None:
-            send_rate_limit(request)
-            return self._item(perform(), status.HTTP_202_ACCEPTED)
+            send_rate_limit_check(request)
+            draft = perform()
+            send_rate_limit_count(request)
+            return self._item(draft, status.HTTP_202_ACCEPTED)
         claim = idempotency.idempotency_key_claim(
             tenant=self.tenant,
             user=self.user,
@@ -217,8 +236,9 @@ class ComposeViewSet(TenantAPIMixin, viewsets.GenericViewSet):
             if claim.draft is None:
                 raise NotFound("Draft not found.")
             return self._item(claim.draft, claim.status_code)
-        send_rate_limit(request)
+        send_rate_limit_check(request)
         draft = perform()
+        send_rate_limit_count(request)
         idempotency.idempotency_key_record(row=claim, draft=draft, status_code=status.HTTP_202_ACCEPTED)
         return self._item(draft, status.HTTP_202_ACCEPTED)
 

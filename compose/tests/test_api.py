@@ -1028,6 +1028,46 @@ def test_sends_over_the_tenant_limit_are_429(client_a, tenant_a, account_a, clie
     assert client_b.post("/api/compose/send", body(account_b), format="json").status_code == 202
 
 
+def test_one_members_refused_sends_leave_the_tenant_quota_to_the_others(
+    client_a, tenant_a, account_a, settings
+):
+    settings.COMPOSE_RATE_LIMIT_USER = "2/m"
+    settings.COMPOSE_RATE_LIMIT_TENANT = "5/m"
+    colleague = UserFactory(username="carol")
+    MembershipFactory(tenant=tenant_a, user=colleague)
+    account_c = EmailAccountFactory(tenant=tenant_a, user=colleague, smtp_hostname="smtp.example.com")
+    client_c = bearer_client(colleague, tenant_a)
+
+    codes = [client_a.post("/api/compose/send", body(account_a), format="json").status_code for _ in range(8)]
+
+    assert codes == [202, 202] + [429] * 6
+    # Alice's six refusals counted against nobody: Carol has her two, and
+    # the tenant's fifth send is still free after them.
+    assert [
+        client_c.post("/api/compose/send", body(account_c), format="json").status_code for _ in range(3)
+    ] == [
+        202,
+        202,
+        429,
+    ]
+
+
+def test_invalid_sends_do_not_use_the_quota(client_a, account_a, draft_b, settings):
+    settings.COMPOSE_RATE_LIMIT_USER = "2/m"
+    sent = DraftFactory(account=account_a, status="sent")
+    refused = [
+        client_a.post("/api/compose/send", body(account_a, to=[]), format="json"),  # 400
+        client_a.post("/api/compose/send", body(account_a, account=str(uuid.uuid4())), format="json"),  # 404
+        client_a.post(f"/api/compose/{draft_b.id}/send"),  # 404: another tenant's
+        client_a.post(f"/api/compose/{sent.id}/send"),  # 409
+    ]
+    assert [r.status_code for r in refused] == [400, 404, 404, 409]
+
+    for _ in range(2):
+        assert client_a.post("/api/compose/send", body(account_a), format="json").status_code == 202
+    assert client_a.post("/api/compose/send", body(account_a), format="json").status_code == 429
+
+
 # --- another tenant, everywhere ------------------------------------------------------------
 
 
