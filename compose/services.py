@@ -61,7 +61,7 @@ from messages.models import Message
 from messages.sanitize import sanitize_html
 from messages.selectors import message_attachments
 
-from .addresses import AddressError, header_text_check
+from .addresses import AddressError, header_text_check, mailbox_parse
 from .mime import (
     OutgoingAttachment,
     OutgoingMessage,
@@ -387,14 +387,20 @@ def draft_attachment_remove(*, draft: Draft, attachment: DraftAttachment) -> Non
 
 
 def _sender(draft: Draft) -> dict[str, str]:
-    """The From mailbox: the account's name as the display name (left out
-    if it could not go into a header) and its address."""
+    """The From mailbox, checked as any address is (`mailbox_parse`): the
+    account's address with its domain as IDNA (an internationalised domain
+    needs no SMTPUTF8, only a non-ASCII local part does), and the account's
+    name as the display name, white space (a tab, a line break) folded to
+    single spaces; a name that still does not pass is left out. An address
+    that does not pass is a 400 on `account`."""
     account = draft.account
-    try:
-        name = header_text_check(account.account_name, max_length=200)
-    except AddressError:
-        name = ""
-    return {"name": name, "address": account.email_address}
+    name = " ".join(account.account_name.split())
+    for candidate in (name, ""):
+        try:
+            return mailbox_parse({"name": candidate, "address": account.email_address})
+        except AddressError as exc:
+            error = exc
+    raise ApplicationError("The account's address cannot be sent from.", fields={"account": [error.message]})
 
 
 def _send_checks(draft: Draft) -> None:

@@ -807,6 +807,44 @@ def test_send_needs_an_smtp_server(client_a, tenant_a, user_a):
     assert "SMTP" in errors["account"][0]
 
 
+def test_a_sender_with_an_internationalised_domain_goes_as_idna(client_a, tenant_a, user_a, blob_store):
+    account = EmailAccountFactory(
+        tenant=tenant_a,
+        user=user_a,
+        account_name="Kai",
+        email_address="kai@Bücher.example",
+        smtp_hostname="s",
+    )
+    draft = DraftFactory(account=account)
+
+    assert client_a.post(f"/api/compose/{draft.id}/send").status_code == 202
+
+    item = outbox_of(draft.id, tenant_a)
+    assert item.envelope_from == "kai@xn--bcher-kva.example"
+    raw = blob_store.get(tenant_a.id, item.raw_blob_key)
+    assert raw.split(b"\r\n\r\n", 1)[0].isascii()  # no SMTPUTF8 needed for a domain
+    assert parse_message(raw).from_address == "kai@xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [("Alice\tExample", "Alice Example"), ("Alice\r\n Example ", "Alice Example"), ("Al\x07ice", "")],
+)
+def test_an_account_name_with_control_characters_does_not_block_sending(
+    client_a, tenant_a, user_a, blob_store, name, shown
+):
+    account = EmailAccountFactory(
+        tenant=tenant_a, user=user_a, account_name=name, email_address="al@example.com", smtp_hostname="s"
+    )
+    draft = DraftFactory(account=account)
+
+    response = client_a.post(f"/api/compose/{draft.id}/send")
+
+    assert response.status_code == 202, response.content
+    parsed = frozen(outbox_of(draft.id, tenant_a), tenant_a, blob_store)
+    assert (parsed.from_name, parsed.from_address) == (shown, "al@example.com")
+
+
 def test_send_at_schedules_with_an_eta(client_a, account_a, tasks, django_capture_on_commit_callbacks):
     when = timezone.now() + datetime.timedelta(hours=2)
     draft = client_a.post("/api/compose", body(account_a, send_at=when.isoformat()), format="json").json()
