@@ -222,7 +222,8 @@ def _claim(tenant_id: uuid.UUID, draft_id: uuid.UUID) -> _Attempt | str:
                 return str(draft.status)
         if draft.status == Status.SENDING and item.attempts >= settings.COMPOSE_SEND_MAX_ATTEMPTS:
             # A worker dying again and again before the body went. (A queued
-            # item always gets its attempt: an explicit resend keeps counting.)
+            # item always gets its attempt; an explicit resend starts the
+            # count again at 0, `compose.services.draft_send`.)
             _outcome(draft, item, Status.FAILED, error=f"Gave up after {item.attempts} attempts.")
             return Status.FAILED
         account = EmailAccount.objects.filter(id=item.account_id).first()

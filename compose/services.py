@@ -30,9 +30,10 @@ Decisions (see also `compose/models.py`):
 - Queuing builds the MIME message once (its Date fixed then), stores its
   bytes in the blob store and the envelope in the item's `SendQueueItem`.
   An explicit resend of a `failed`/`uncertain` item builds it again with the
-  same Message-ID; the attempts count on (they are the item's history), the
-  outcome of the last attempt (phase, error, per-recipient results, Sent
-  copy) is cleared and `next_attempt_at` reset.
+  same Message-ID and starts afresh: `attempts` back to 0 (a full retry
+  budget, backoff from its start; the earlier count is in the audit entry,
+  `previous_attempts`), the outcome of the last attempt (phase, error,
+  per-recipient results, Sent copy) cleared and `next_attempt_at` reset.
 - A `send_at` that has passed by the time the item is sent queues it at once.
 - Draft creation and deletion are audited (`compose.draft.create`,
   `compose.draft.delete`), edits are not (a client saving as the user types
@@ -486,6 +487,8 @@ def draft_send(*, draft: Draft, actor: Actor, ip_address: str | None = None) -> 
             "recipients": recipients,
         },
     )
+    previous_attempts = item.attempts
+    item.attempts = 0
     item.account = draft.account
     item.message_id = draft.message_id
     item.raw_blob_key = key
@@ -513,6 +516,7 @@ def draft_send(*, draft: Draft, actor: Actor, ip_address: str | None = None) -> 
             "size_bytes": len(raw),
             "send_at": draft.send_at.isoformat() if scheduled and draft.send_at else None,
             "resend": resend,
+            "previous_attempts": previous_attempts,
         },
         ip_address,
     )

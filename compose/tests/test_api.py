@@ -901,7 +901,7 @@ def test_only_a_scheduled_or_queued_send_can_be_cancelled(client_a, account_a, s
 
 
 @pytest.mark.parametrize("status", ["failed", "uncertain"])
-def test_an_explicit_resend_keeps_the_message_id_and_counts_attempts_on(
+def test_an_explicit_resend_keeps_the_message_id_and_starts_the_attempts_afresh(
     client_a, account_a, status, blob_store
 ):
     draft = DraftFactory(account=account_a)
@@ -915,9 +915,13 @@ def test_an_explicit_resend_keeps_the_message_id_and_counts_attempts_on(
     again = client_a.post(f"/api/compose/{draft.id}/send").json()
 
     assert again["status"] == "queued" and again["message_id"] == first["message_id"]
-    assert again["outbox"]["attempts"] == 3 and again["outbox"]["error"] == ""
+    # A full retry budget (and backoff from its start); the history is in the audit log.
+    assert again["outbox"]["attempts"] == 0 and again["outbox"]["error"] == ""
     item = outbox_of(draft.id, account_a.tenant)
     assert (item.phase, item.recipient_results) == ("", {})
+    with tenant_scope(account_a.tenant_id):
+        audit = AuditLog.objects.filter(action="compose.send.queued", object_id=draft.id).latest("created_at")
+    assert audit.changes["resend"] is True and audit.changes["previous_attempts"] == 3
     assert frozen(item, account_a.tenant, blob_store).message_id == first["message_id"].strip("<>")
 
 

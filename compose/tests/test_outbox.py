@@ -608,14 +608,29 @@ def test_the_dispatcher_leaves_an_item_whose_worker_is_alive(smtp_account, broke
 
 
 @pytest.mark.django_db
-def test_an_explicit_resend_at_the_attempt_limit_is_still_tried(smtp_account, smtp_server, settings):
+def test_an_explicit_resend_gets_the_full_retry_budget(smtp_account, smtp_server, settings, user_a):
+    from compose.services import draft_send
+
     settings.COMPOSE_SEND_MAX_ATTEMPTS = 2
     draft = queue_message(smtp_account)
+    smtp_server.fault("MAIL", 451, "4.3.0 Try again later", times=None)
+    assert send(draft) == Status.QUEUED
     with tenant_scope(draft.tenant_id):
-        SendQueueItem.objects.filter(draft_id=draft.id).update(attempts=2)  # counted on from earlier sends
+        SendQueueItem.objects.filter(draft_id=draft.id).update(next_attempt_at=None)
+    assert send(draft) == Status.FAILED and state(draft)[1].attempts == 2
+    smtp_server.reset()
+    smtp_server.fault("MAIL", 451, "4.3.0 Try again later", times=1)
 
+    with tenant_scope(draft.tenant_id):  # the user sends it again (the API's service)
+        draft_send(draft=Draft.objects.select_related("account", "tenant").get(id=draft.id), actor=user_a)
+    assert state(draft)[1].attempts == 0
+
+    # A temporary failure is retried, not the end of it; then it goes.
+    assert send(draft) == Status.QUEUED and state(draft)[1].attempts == 1
+    with tenant_scope(draft.tenant_id):
+        SendQueueItem.objects.filter(draft_id=draft.id).update(next_attempt_at=None)
     assert send(draft) == Status.SENT
-    assert state(draft)[1].attempts == 3 and len(smtp_server.deliveries) == 1
+    assert state(draft)[1].attempts == 2 and len(smtp_server.deliveries) == 1
 
 
 @pytest.mark.django_db
