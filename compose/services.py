@@ -18,7 +18,8 @@ Decisions (see also `compose/models.py`):
 - A body given alone (`text_body` or `html_body`, not empty) empties the
   other, on create as on update: a reply's or forward's quote pre-filled in
   both would otherwise go out in the other part without the user's words.
-- Uploads belong to a draft. `attachments` in a body is the list of the
+- Uploads belong to a draft, at most COMPOSE_MAX_ATTACHMENTS of them (a
+  forward copies the first that many; empty files are allowed). `attachments` in a body is the list of the
   draft's uploads to keep; absent, all stay. A new draft has no uploads yet,
   so `attachments` on create must be empty.
 - A forward copies the original's attachments that are not inline parts into
@@ -193,7 +194,10 @@ def _safe_filename(name: str) -> str:
 
 
 def _forwarded_attachments(draft: Draft, original: Message) -> list[DraftAttachment]:
-    return [
+    """The original's attachments (not its inline parts), the first
+    COMPOSE_MAX_ATTACHMENTS of them."""
+    limit: int = settings.COMPOSE_MAX_ATTACHMENTS
+    copies = [
         DraftAttachment(
             tenant_id=draft.tenant_id,
             draft=draft,
@@ -205,6 +209,7 @@ def _forwarded_attachments(draft: Draft, original: Message) -> list[DraftAttachm
         for attachment in message_attachments(message=original)
         if not attachment.is_inline and attachment.content_hash
     ]
+    return copies[:limit]
 
 
 # --- drafts ----------------------------------------------------------------------------
@@ -338,6 +343,11 @@ def draft_attachment_add(
         filename = header_text_check(filename, max_length=255)
     except AddressError as exc:
         raise ApplicationError("Invalid file name.", fields={"filename": [exc.message]}) from exc
+    limit: int = settings.COMPOSE_MAX_ATTACHMENTS
+    if DraftAttachment.objects.for_tenant(draft.tenant_id).filter(draft=draft).count() >= limit:
+        raise ApplicationError(
+            "Too many attachments.", fields={"file": [f"A message may have at most {limit} attachments."]}
+        )
     room = draft_upload_room(draft=draft)
     if size > room:
         raise upload_too_large()

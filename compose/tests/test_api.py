@@ -524,6 +524,28 @@ def test_an_upload_is_counted_as_it_arrives_whatever_it_declares(client_a, accou
     assert response.status_code == 201 and response.json()["size"] == 1000
 
 
+def test_a_draft_has_at_most_max_attachments(client_a, account_a, blob_store, settings, original):
+    settings.COMPOSE_MAX_ATTACHMENTS = 2
+    draft = DraftFactory(account=account_a)
+    assert [upload(client_a, draft.id, b"%d" % n).status_code for n in range(2)] == [201, 201]
+
+    assert "file" in field_errors(upload(client_a, draft.id, b"3"))
+    with tenant_scope(account_a.tenant_id):
+        assert DraftAttachment.objects.filter(draft_id=draft.id).count() == 2
+    # A forward copies at most as many (empty files are files too).
+    settings.COMPOSE_MAX_ATTACHMENTS = 1
+    AttachmentFactory(
+        message=original,
+        filename="b.txt",
+        size_bytes=0,
+        content_hash=blob_store.put(account_a.tenant_id, b""),
+    )
+    response = client_a.post(
+        "/api/compose", {"account": str(account_a.id), "forward_of": str(original.id)}, format="json"
+    )
+    assert response.status_code == 201 and len(response.json()["attachments"]) == 1
+
+
 def test_a_file_name_cannot_inject_a_header(client_a, account_a, blob_store):
     draft = DraftFactory(account=account_a)
 

@@ -224,6 +224,8 @@ WRITEBACK_MAX_ATTEMPTS = env.int("WRITEBACK_MAX_ATTEMPTS", default=5)
 # Bodies and attachments of one message together, before MIME encoding.
 COMPOSE_MAX_MESSAGE_BYTES = env.int("COMPOSE_MAX_MESSAGE_BYTES", default=25 * 1024 * 1024)
 COMPOSE_MAX_RECIPIENTS = env.int("COMPOSE_MAX_RECIPIENTS", default=100)
+# Attachments of one draft (uploads and a forward's copies): more is a 400.
+COMPOSE_MAX_ATTACHMENTS = env.int("COMPOSE_MAX_ATTACHMENTS", default=100)
 # Delivery attempts of one message on temporary failures (4xx, connection
 # refused or reset before the body) before it is `failed`; backoff in between.
 COMPOSE_SEND_MAX_ATTEMPTS = env.int("COMPOSE_SEND_MAX_ATTEMPTS", default=8)
