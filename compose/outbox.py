@@ -39,10 +39,12 @@ at all: `sent_copy` "failed", with the reason in `error`. We never create
 one: a folder of our own naming next to one the user's other client files
 into would split the sent mail in two.
 
-`outbox_dispatch_due()` (the beat task, every minute) re-queues what a lost
-task would leave behind: scheduled sends due, queued ones whose task should
-have run by now, and `sending` ones whose advisory lock is free (the worker
-died: the task decides between sending again and `uncertain`).
+`outbox_dispatch_due()` (the beat task, every minute) queues scheduled sends
+that got no ETA task (`send_at` more than `ETA_HORIZON` away when queued)
+once they are due, and re-queues what a lost task would leave behind:
+scheduled sends due, queued ones whose task should have run by now, and
+`sending` ones whose advisory lock is free (the worker died: the task
+decides between sending again and `uncertain`).
 """
 
 import contextlib
@@ -57,7 +59,7 @@ from celery import current_app
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import EmailAccount
@@ -97,6 +99,11 @@ SEND_LOCK_CLASS = 0x73656E64  # "send"
 # dispatcher queues it again (and at most once per DISPATCH_REPEAT).
 DISPATCH_GRACE = timedelta(minutes=1)
 DISPATCH_REPEAT = 300  # seconds
+# A scheduled send at most this far away is queued with an ETA; a later one
+# is left to the dispatcher (`compose.services.draft_send`). Under the Redis
+# broker's default visibility timeout (one hour), after which a task waiting
+# unacknowledged for its ETA is handed to another worker.
+ETA_HORIZON = timedelta(minutes=50)
 # A task may arrive a little before its countdown on another worker's clock.
 CLOCK_TOLERANCE = timedelta(seconds=2)
 
@@ -472,6 +479,9 @@ def outbox_dispatch_due(*, now: datetime | None = None) -> int:
             rows = list(
                 Draft.objects.filter(
                     Q(status=Status.SCHEDULED, send_at__lte=late)
+                    # Queued with no ETA task (send_at was past ETA_HORIZON):
+                    # due now, no grace to wait for a task.
+                    | Q(status=Status.SCHEDULED, send_at__lte=now, send_at__gt=F("updated_at") + ETA_HORIZON)
                     | Q(status=Status.QUEUED, outbox__next_attempt_at__lte=late)
                     | Q(status=Status.QUEUED, outbox__next_attempt_at__isnull=True, updated_at__lte=late)
                     | Q(status=Status.SENDING),

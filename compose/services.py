@@ -42,6 +42,7 @@ Decisions (see also `compose/models.py`):
   (`compose.send.queued`, `compose.send.cancelled`). No bodies, no addresses.
 """
 
+import logging
 import mimetypes
 import uuid
 from collections.abc import Mapping
@@ -73,6 +74,7 @@ from .mime import (
     message_needs_smtputf8,
 )
 from .models import CANCELLABLE, EDITABLE, Draft, DraftAttachment, SendQueueItem, Status
+from .outbox import ETA_HORIZON
 from .replies import ReplyDraft, forward_build, reply_build
 from .selectors import (
     access_own_account,
@@ -83,6 +85,8 @@ from .selectors import (
     draft_upload_room,
     own_addresses,
 )
+
+logger = logging.getLogger(__name__)
 
 SEND_TASK = "compose.tasks.send"
 SAVE_DRAFT_COPY_TASK = "compose.tasks.save_draft_copy"
@@ -104,9 +108,20 @@ class PayloadTooLarge(ApplicationError):
 
 
 def _queue_task(name: str, draft: Draft, **options: Any) -> None:
+    """Queue the task once the transaction commits. A broker that refuses it
+    does not turn the committed request into an error: it is logged, and the
+    row says what is owed (the dispatcher, `compose.tasks.dispatch_due`,
+    queues a send whose task is missing; the next edit, a Drafts copy)."""
     transaction.on_commit(
-        partial(current_app.send_task, name, args=[str(draft.tenant_id), str(draft.id)], **options)
+        partial(_send_task, name, [str(draft.tenant_id), str(draft.id)], options), robust=True
     )
+
+
+def _send_task(name: str, args: list[str], options: dict[str, Any]) -> None:
+    try:
+        current_app.send_task(name, args=args, **options)
+    except Exception:
+        logger.exception("%s for draft %s not queued; left for a later pass", name, args[1])
 
 
 def _audit(draft: Draft, actor: Actor, action: str, changes: dict[str, Any], ip_address: str | None) -> None:
@@ -463,7 +478,14 @@ def draft_send(*, draft: Draft, actor: Actor, ip_address: str | None = None) -> 
     first time), store it, record the envelope in its `SendQueueItem`, set it
     `queued` (or `scheduled` until `send_at`) and queue the send task when
     the transaction commits. A `failed` or `uncertain` item may be sent
-    again this way (an explicit resend); anything not editable is a 409."""
+    again this way (an explicit resend); anything not editable is a 409.
+
+    A scheduled send gets a task with an ETA only when `send_at` is at most
+    `ETA_HORIZON` (50 minutes) away: Celery's Redis broker hands an
+    unacknowledged task (an ETA task waits unacknowledged in a worker) to
+    another worker after its visibility timeout, an hour by default, and
+    again each hour after. A later one is queued by the dispatcher
+    (`compose.tasks.dispatch_due`, every minute) once it is due."""
     if draft.status not in EDITABLE:
         raise Conflict(f"The item is {draft.status}: it cannot be sent now.")
     _send_checks(draft)
@@ -530,7 +552,11 @@ def draft_send(*, draft: Draft, actor: Actor, ip_address: str | None = None) -> 
         },
         ip_address,
     )
-    _queue_task(SEND_TASK, draft, **({"eta": draft.send_at} if scheduled else {}))
+    if not scheduled:
+        _queue_task(SEND_TASK, draft)
+    elif draft.send_at is not None and draft.send_at <= now + ETA_HORIZON:
+        _queue_task(SEND_TASK, draft, eta=draft.send_at)
+    # else: compose.tasks.dispatch_due queues it once it is due (ETA_HORIZON).
     return draft
 
 

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from accounts.tests.factories import EmailAccountFactory
 from compose.models import Draft, DraftAttachment, IdempotencyKey, SendQueueItem
+from compose.outbox import outbox_dispatch_due
 from compose.tests.factories import DraftAttachmentFactory, DraftFactory
 from conftest import bearer_client
 from emailclient.core.models import AuditLog
@@ -868,7 +869,7 @@ def test_an_account_name_with_control_characters_does_not_block_sending(
 
 
 def test_send_at_schedules_with_an_eta(client_a, account_a, tasks, django_capture_on_commit_callbacks):
-    when = timezone.now() + datetime.timedelta(hours=2)
+    when = timezone.now() + datetime.timedelta(minutes=30)
     draft = client_a.post("/api/compose", body(account_a, send_at=when.isoformat()), format="json").json()
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -877,6 +878,42 @@ def test_send_at_schedules_with_an_eta(client_a, account_a, tasks, django_captur
     assert response.json()["status"] == "scheduled"
     assert tasks[-1][0] == "compose.tasks.send" and tasks[-1][2]["eta"] == when
     assert outbox_of(draft["id"], account_a.tenant).next_attempt_at == when
+
+
+def test_a_send_at_past_the_eta_horizon_is_left_to_the_dispatcher(
+    client_a, account_a, tasks, django_capture_on_commit_callbacks
+):
+    """An ETA task waits in Redis unacknowledged; past its visibility timeout
+    (an hour by default) Redis hands it to another worker, and again. A send
+    later than 50 minutes away queues no task: the dispatcher queues it."""
+    when = timezone.now() + datetime.timedelta(hours=2)
+    draft = client_a.post("/api/compose", body(account_a, send_at=when.isoformat()), format="json").json()
+    tasks.clear()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client_a.post(f"/api/compose/{draft['id']}/send")
+
+    assert response.json()["status"] == "scheduled" and tasks == []
+    assert outbox_dispatch_due(now=when - datetime.timedelta(seconds=30)) == 0
+    assert outbox_dispatch_due(now=when + datetime.timedelta(seconds=1)) == 1
+    assert [(name, kwargs) for name, _, kwargs in tasks] == [("compose.tasks.send", {"countdown": None})]
+    assert outbox_dispatch_due(now=when + datetime.timedelta(seconds=61)) == 0  # once
+
+
+def test_a_task_that_cannot_be_queued_leaves_the_item_to_the_dispatcher(
+    client_a, account_a, monkeypatch, caplog, django_capture_on_commit_callbacks
+):
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(current_app, "send_task", broker_down)
+    draft = DraftFactory(account=account_a)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client_a.post(f"/api/compose/{draft.id}/send")
+
+    assert response.status_code == 202 and reload(draft).status == "queued"
+    assert any("compose.tasks.send" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
 
 
 def test_the_one_shot_send_and_the_alias(
