@@ -47,12 +47,10 @@ import base64
 import contextlib
 import ipaddress
 import logging
-import os
 import re
 import smtplib
 import socket
 import ssl
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -202,30 +200,6 @@ class _Client(smtplib.SMTP):
             raise _ConnectionLost(f"connection lost sending the message: {reason}") from exc
 
 
-# `ssl.create_default_context()` reads the system's CA bundle: ~30 ms, more
-# than the rest of a delivery on loopback. One context per CA file (and its
-# modification time, so a replaced file is read again) serves every
-# connection; SSLContext is safe to share between threads. The system
-# bundle itself is read once per process.
-_CONTEXTS: dict[tuple[str | None, int], ssl.SSLContext] = {}
-_CONTEXTS_LOCK = threading.Lock()
-
-
-def _tls_context(config: ServerConfig) -> ssl.SSLContext:
-    try:
-        stamp = os.stat(config.ca_file).st_mtime_ns if config.ca_file else 0
-    except OSError:
-        stamp = -1  # ssl_context() will say what is wrong with it
-    key = (config.ca_file, stamp)
-    with _CONTEXTS_LOCK:
-        context = _CONTEXTS.get(key)
-        if context is None:
-            if len(_CONTEXTS) >= 8:
-                _CONTEXTS.clear()
-            context = _CONTEXTS[key] = ssl_context(config)
-    return context
-
-
 def _address_literal(address: str) -> str:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     return f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"
@@ -258,7 +232,7 @@ def _connect(config: ServerConfig, credentials: Credentials | None) -> _Client:
         raise PermanentFailure(str(exc)) from exc
     except MailServerError as exc:  # DNS failed: may come back
         raise TemporaryFailure(str(exc)) from exc
-    client = _Client(config, address, _tls_context(config))
+    client = _Client(config, address, ssl_context(config))
     where = f"{config.host}:{config.port}"
     try:
         greeting = _reply(*client.connect(config.host, config.port))
