@@ -17,7 +17,8 @@ with its result. If the first fails instead (any error rolls the whole
 request back, the key with it), the second goes ahead as the first.
 
 Keys are kept 24 hours (`TTL`); a key seen again after that starts afresh,
-and `idempotency_keys_purge()` deletes the expired ones.
+and `idempotency_keys_purge()` deletes the expired ones (`compose.tasks.dispatch_due`
+runs it for every tenant each minute).
 """
 
 import datetime

@@ -172,3 +172,7 @@ class IdempotencyKey(TenantModel):
         constraints = [
             models.UniqueConstraint(fields=["tenant", "user", "key"], name="uniq_idempotency_key"),
         ]
+        indexes = [
+            # The purge of expired keys (`compose.idempotency`), every minute.
+            models.Index(fields=["tenant", "created_at"], name="idx_idempotency_keys_created"),
+        ]

@@ -16,11 +16,14 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from emailclient.core.models import Tenant
 from emailclient.core.retry import backoff_countdown
+from emailclient.core.tenancy import tenant_scope
 from mailboxes.imap import AddressNotAllowed, AuthenticationFailed, InsecureServer, MailServerError
 from messages.locks import SyncAlreadyRunning
 
 from .drafts_folder import draft_copy_sync
+from .idempotency import idempotency_keys_purge
 from .outbox import outbox_dispatch_due, outbox_send
 
 logger = logging.getLogger(__name__)
@@ -48,8 +51,15 @@ def send_task(tenant_id: str, draft_id: str) -> dict[str, str]:
 
 @shared_task(name="compose.tasks.dispatch_due", time_limit=300, soft_time_limit=240)
 def dispatch_due_task() -> dict[str, int]:
-    """Beat, every minute: re-queue sends a lost task left behind."""
-    return {"queued": outbox_dispatch_due(now=timezone.now())}
+    """Beat, every minute: queue the sends that are due and re-queue those a
+    lost task left behind; then delete the Idempotency-Keys past their 24
+    hours (`idx_idempotency_keys_created`: one index range a tenant)."""
+    queued = outbox_dispatch_due(now=timezone.now())
+    purged = 0
+    for tenant in Tenant.objects.filter(is_active=True):
+        with tenant_scope(tenant.id):
+            purged += idempotency_keys_purge(tenant=tenant)
+    return {"queued": queued, "idempotency_keys_purged": purged}
 
 
 @shared_task(

@@ -1085,6 +1085,27 @@ def test_a_key_expires_after_a_day(client_a, account_a):
     assert second.status_code == 202 and second.json()["id"] != first.json()["id"]
 
 
+def test_the_dispatcher_purges_expired_keys_of_every_tenant(client_a, client_b, account_a, account_b):
+    from compose.tasks import dispatch_due_task
+
+    for client, account in ((client_a, account_a), (client_b, account_b)):
+        for key in ("old", "new"):
+            response = client.post(
+                "/api/compose/send", body(account), format="json", HTTP_IDEMPOTENCY_KEY=key
+            )
+            assert response.status_code == 202
+        with tenant_scope(account.tenant_id):
+            IdempotencyKey.objects.filter(key="old").update(
+                created_at=timezone.now() - datetime.timedelta(hours=25)
+            )
+
+    assert dispatch_due_task() == {"queued": 0, "idempotency_keys_purged": 2}
+
+    for account in (account_a, account_b):
+        with tenant_scope(account.tenant_id):
+            assert list(IdempotencyKey.objects.values_list("key", flat=True)) == ["new"]
+
+
 @pytest.mark.parametrize("key", ["", "x" * 256, "bad\tkey", "ключ"])
 def test_an_invalid_key_is_a_400(client_a, account_a, key):
     response = client_a.post("/api/compose/send", body(account_a), format="json", HTTP_IDEMPOTENCY_KEY=key)
