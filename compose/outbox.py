@@ -28,7 +28,8 @@
 5. After `sent`: the stored bytes are appended to the account's Sent folder
    (unless `save_sent_copy` is off: "skipped"), the draft's copy in Drafts
    is removed (`compose.tasks.save_draft_copy`), and a sync of the account
-   is queued so the Sent copy is stored. A redelivered task that finds the
+   is queued (`SYNC_AFTER_SEND_DELAY` later, joined by the sends of a
+   burst) so the Sent copy is stored. A redelivered task that finds the
    item `sent` without a Sent copy recorded (the worker died in between)
    finishes this step; the append looks for the Message-ID first, so the
    copy is never appended twice.
@@ -106,6 +107,10 @@ DISPATCH_REPEAT = 300  # seconds
 ETA_HORIZON = timedelta(minutes=50)
 # A task may arrive a little before its countdown on another worker's clock.
 CLOCK_TOLERANCE = timedelta(seconds=2)
+# The sync that stores the Sent copy starts this long after a send, and the
+# sends of a burst join it: one sync per burst, not one per message (a sync
+# per send took most of the workers' time while an outbox drained).
+SYNC_AFTER_SEND_DELAY = 5.0
 
 
 def _lock_key(draft_id: uuid.UUID) -> int:
@@ -431,7 +436,7 @@ def _after_sent(tenant_id: uuid.UUID, draft_id: uuid.UUID, *, resumed: bool) -> 
         from mailboxes.services import sync_request
 
         try:
-            sync_request(account=account)
+            sync_request(account=account, countdown=SYNC_AFTER_SEND_DELAY)
         except Exception:
             logger.warning("sync after the send of draft %s not queued", draft_id, exc_info=True)
 

@@ -21,9 +21,11 @@ class QueueUnavailable(ApplicationError):
     code = "queue_unavailable"
 
 
-def sync_request(*, account: EmailAccount) -> tuple[str, bool]:
+def sync_request(*, account: EmailAccount, countdown: float | None = None) -> tuple[str, bool]:
     """Queue a sync of the account, or join the one queued or running.
-    Returns the task id and whether it joined an existing sync.
+    Returns the task id and whether it joined an existing sync. With
+    `countdown`, the sync starts that many seconds later and every request
+    until then joins it (the outbox's syncs after sending: one per burst).
 
     Enqueued at once rather than on commit: the task reads only the account,
     which is committed already, and the claim lives in Redis, not in the
@@ -37,7 +39,9 @@ def sync_request(*, account: EmailAccount) -> tuple[str, bool]:
     sync_status_set(account.id, state=QUEUED, task_id=task_id, error="")
     try:
         sync_account_task.apply_async(
-            kwargs={"tenant_id": str(account.tenant_id), "account_id": str(account.id)}, task_id=task_id
+            kwargs={"tenant_id": str(account.tenant_id), "account_id": str(account.id)},
+            task_id=task_id,
+            countdown=countdown,
         )
     except Exception as exc:
         sync_release(account.id, task_id)
