@@ -433,6 +433,11 @@ def _send_checks(draft: Draft) -> None:
     account = draft.account
     if account.is_deleted or account.user_id != draft.user_id:
         raise ApplicationError("The sending account is gone.", fields={"account": ["Unknown account."]})
+    if not account.is_enabled:
+        raise ApplicationError(
+            "The sending account is disabled.",
+            fields={"account": ["The account is disabled; enable it to send from it."]},
+        )
     if not account.smtp_hostname:
         raise ApplicationError(
             "The account has no SMTP server.",

@@ -823,6 +823,18 @@ def test_send_refuses_no_recipient_or_too_many(client_a, account_a, fields, fiel
     assert reload(draft).status == "draft"
 
 
+def test_a_disabled_account_cannot_send(client_a, tenant_a, user_a, tasks):
+    account = EmailAccountFactory(tenant=tenant_a, user=user_a, smtp_hostname="s", is_enabled=False)
+    draft = DraftFactory(account=account)
+
+    errors = field_errors(client_a.post(f"/api/compose/{draft.id}/send"))
+
+    assert "disabled" in errors["account"][0]
+    assert reload(draft).status == "draft" and tasks == []
+    with tenant_scope(tenant_a.id):
+        assert not SendQueueItem.objects.exists()
+
+
 def test_send_needs_an_smtp_server(client_a, tenant_a, user_a):
     account = EmailAccountFactory(tenant=tenant_a, user=user_a, smtp_hostname="")
     draft = DraftFactory(account=account)
