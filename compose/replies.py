@@ -30,8 +30,10 @@ Decisions:
   `MAX_REFERENCES_CHARS` characters: the first (the thread's root) and the
   newest are kept, the middle dropped. A synthetic Message-ID
   (`message_id_synthetic`: we made it up from the bytes, no other client
-  knows it) is never written, nor is an id that cannot be written back as
-  printable ASCII between angle brackets.
+  knows it) is never written, nor is an id that is not an RFC 5322 msg-id
+  (`dot-atom-text@dot-atom-text` or `dot-atom-text@[literal]`: no quotes,
+  comments, backslashes, commas or spaces, which a reader would split or
+  unquote differently from the sender).
 - A forward has no In-Reply-To and no recipients; its References are the
   original's Message-ID alone (when real), so the forward joins the
   original's thread in our own store (the issue asks it to) without
@@ -90,7 +92,13 @@ _FORWARD_PREFIXES = re.compile(
     rf"^(?:\s*(?:fwd|fw|wg)(?:\s*(?:\[\d+\]|\(\d+\)))?{_COLON}\s*)+", re.IGNORECASE
 )
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
-_ID = re.compile(r"[\x21-\x3b\x3d\x3f-\x7e]{1,993}")  # printable ASCII but "<", ">"
+# msg-id of RFC 5322 §3.6.4 without its brackets: id-left "@" id-right, the
+# left a dot-atom-text, the right a dot-atom-text or a no-fold-literal.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_DOT_ATOM_TEXT = rf"{_ATEXT}+(?:\.{_ATEXT}+)*"
+_NO_FOLD_LITERAL = r"\[[\x21-\x5a\x5e-\x7e]*\]"
+_ID = re.compile(rf"{_DOT_ATOM_TEXT}@(?:{_DOT_ATOM_TEXT}|{_NO_FOLD_LITERAL})")
+_MAX_ID = 993  # "<" id ">" within a 998-octet line, with room for a separator
 
 
 @dataclass
@@ -136,7 +144,7 @@ def _writable_ids(ids: Iterable[str]) -> list[str]:
     seen: dict[str, None] = {}
     for value in ids:
         text = (value or "").strip().strip("<>")
-        if _ID.fullmatch(text):
+        if len(text) <= _MAX_ID and _ID.fullmatch(text):
             seen.setdefault(text, None)
     return list(seen)
 

@@ -212,6 +212,43 @@ def test_synthetic_and_unwritable_ids_are_never_used():
     assert forward.references_header == ""
 
 
+ODD_IDS = [
+    '"quoted"@x.example',
+    "a(comment)@x.example",
+    "back\\slash@x.example",
+    "a,b@x.example",
+    "with space@x.example",
+    "no-at-sign",
+    "@x.example",
+    "left@",
+    "a..b@x.example",
+    ".a@x.example",
+    "a@x.example.",
+    "two@at@x.example",
+    "a@[bad\\literal]",
+    "a@[nested[]",
+]
+
+
+@pytest.mark.parametrize("odd", ODD_IDS)
+def test_ids_that_are_not_rfc_5322_msg_ids_are_dropped(odd):
+    built = reply_build(
+        original=original(message_id=odd, references=["root@x.example", odd, "a@[192.0.2.1]"]),
+        own_addresses=OWN,
+        reply_all=False,
+    )
+
+    assert built.in_reply_to_header == ""
+    assert built.references_header == "<root@x.example> <a@[192.0.2.1]>"
+    assert forward_build(original=original(message_id=odd)).references_header == ""
+
+
+def test_valid_msg_ids_with_every_atext_character_are_kept():
+    odd_but_valid = "a!#$%&'*+/=?^_`{|}~-1.b@x-y.example"
+    built = reply_build(original=original(message_id=odd_but_valid), own_addresses=OWN, reply_all=False)
+    assert built.in_reply_to_header == f"<{odd_but_valid}>"
+
+
 def test_quoted_html_is_sanitised():
     message = original(
         text_body="",
