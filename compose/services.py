@@ -165,6 +165,20 @@ def _sanitised(html: str, *, allow_remote_images: bool) -> str:
     return sanitize_html(html, allow_remote_images=allow_remote_images).html
 
 
+def _sanitised_input(html: str) -> str:
+    """The user's HTML body sanitised; a failure of the sanitiser is a 400
+    on `html_body` rather than the body silently stored empty."""
+    if not html:
+        return ""
+    try:
+        return sanitize_html(html, allow_remote_images=True, raise_errors=True).html
+    except Exception as exc:
+        raise ApplicationError(
+            "The HTML body could not be processed.",
+            fields={"html_body": ["This HTML could not be sanitised; simplify it or send text."]},
+        ) from exc
+
+
 def _apply_content(draft: Draft, data: Mapping[str, Any]) -> bool:
     """Set the content fields `data` gives; whether any changed.
 
@@ -183,7 +197,7 @@ def _apply_content(draft: Draft, data: Mapping[str, Any]) -> bool:
             continue
         value = data[field]
         if field == "html_body":
-            value = _sanitised(value, allow_remote_images=True)
+            value = _sanitised_input(value)
         if getattr(draft, field) != value:
             setattr(draft, field, value)
             changed = True

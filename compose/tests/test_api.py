@@ -143,6 +143,23 @@ def test_the_html_body_is_sanitised_on_the_way_in_keeping_remote_images(client_a
     assert reload(Draft(id=response.json()["id"], tenant_id=account_a.tenant_id)).html_body == stored
 
 
+def test_a_sanitiser_failure_is_a_400_not_an_empty_body(client_a, account_a, monkeypatch):
+    import messages.sanitize as sanitize_module
+
+    draft = DraftFactory(account=account_a, html_body="<p>before</p>")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(sanitize_module.nh3, "clean", broken)
+    response = client_a.patch(f"/api/compose/{draft.id}", {"html_body": "<p>My words</p>"}, format="json")
+
+    assert "html_body" in field_errors(response)
+    assert reload(draft).html_body == "<p>before</p>"
+    response = client_a.post("/api/compose", body(account_a, html_body="<p>My words</p>"), format="json")
+    assert "html_body" in field_errors(response)
+
+
 @pytest.mark.parametrize(
     ("fields", "where"),
     [

@@ -55,7 +55,8 @@ Policy:
   every `<a>` gets `rel="noopener noreferrer nofollow"` and `target="_blank"`.
   Relative URLs are dropped everywhere (there is no base to resolve them
   against but our own origin); `id`, `name` and `class` are not kept either.
-- Any failure returns an empty fragment (logged, without the body).
+- Any failure returns an empty fragment (logged, without the body), or is
+  raised with `raise_errors=True`.
 
 `sanitize_html` (here) runs the passes: `tree` (pass 1 and its bounds),
 `policy` (the allow-lists and `AttributePolicy`), `css` (inline `style`
@@ -106,9 +107,15 @@ class SanitizedHtml:
 
 
 def sanitize_html(
-    html: str, *, cid_urls: Mapping[str, str] | None = None, allow_remote_images: bool = False
+    html: str,
+    *,
+    cid_urls: Mapping[str, str] | None = None,
+    allow_remote_images: bool = False,
+    raise_errors: bool = False,
 ) -> SanitizedHtml:
-    """Make a stored HTML body safe to serve; see the package docstring for the policy."""
+    """Make a stored HTML body safe to serve; see the package docstring for the policy.
+    `raise_errors`: a failure is logged and raised instead of returning an
+    empty fragment (for a writer, who must not store the user's HTML as "")."""
     try:
         text = html.decode("utf-8", "replace") if isinstance(html, bytes) else str(html or "")
         # nh3 wants valid UTF-8: no lone surrogates. NUL is what the tokeniser makes of it.
@@ -131,4 +138,6 @@ def sanitize_html(
     except Exception as exc:
         length = len(html) if isinstance(html, str | bytes) else None
         logger.error("html_sanitize_failed", extra={"error": type(exc).__name__, "length": length})
+        if raise_errors:
+            raise
         return SanitizedHtml(html="", remote_images_blocked=0)

@@ -595,6 +595,9 @@ def test_a_failure_returns_an_empty_fragment(monkeypatch):
 
     monkeypatch.setattr(sanitize_module.nh3, "clean", broken)
     assert sanitize_html("<p>x</p>") == SanitizedHtml(html="", remote_images_blocked=0)
+    # A writer (compose) asks for the error instead: the user's HTML is not dropped silently.
+    with pytest.raises(RuntimeError, match="boom"):
+        sanitize_html("<p>x</p>", raise_errors=True)
 
 
 @pytest.mark.parametrize(
