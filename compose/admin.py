@@ -5,7 +5,7 @@ send that has not started, through the API's own service."""
 from django.contrib import admin, messages
 
 from emailclient.core.admin_base import ReadOnlyOperatorAdmin
-from emailclient.core.exceptions import ApplicationError
+from emailclient.core.exceptions import ApplicationError, NotFound
 from emailclient.core.tenancy import tenant_scope
 
 from .models import Draft, SendQueueItem
@@ -56,8 +56,11 @@ class DraftAdmin(ReadOnlyOperatorAdmin):
                     draft = (
                         Draft.objects.select_related("tenant")
                         .select_for_update(of=("self",))
-                        .get(id=draft_id)
+                        .filter(id=draft_id)
+                        .first()
                     )
+                    if draft is None:  # deleted since the list was read
+                        raise NotFound("Draft not found.")
                     draft_cancel(draft=draft, actor=request.user)
                 cancelled += 1
             except ApplicationError:
@@ -66,7 +69,9 @@ class DraftAdmin(ReadOnlyOperatorAdmin):
             self.message_user(request, f"Cancelled {cancelled} send(s).", messages.SUCCESS)
         if refused:
             self.message_user(
-                request, f"{refused} could not be cancelled (not scheduled or queued).", messages.WARNING
+                request,
+                f"{refused} could not be cancelled (not scheduled or queued, or gone).",
+                messages.WARNING,
             )
 
 

@@ -69,3 +69,39 @@ def test_the_cancel_action_goes_through_the_service(operator_client, tenant_b):
         assert Draft.objects.get(id=plain.id).status == "draft"
         audit = AuditLog.objects.get(action="compose.send.cancelled")
     assert audit.object_id == waiting.id and audit.actor_id == operator.id
+
+
+def test_the_cancel_action_skips_a_draft_deleted_meanwhile(operator_client, tenant_b, monkeypatch):
+    from django.contrib import admin as django_admin
+    from django.test import RequestFactory
+
+    waiting, gone = DraftFactory(account__tenant=tenant_b), DraftFactory(account__tenant=tenant_b)
+    queued(waiting)
+    queued(gone)
+    selected = [(waiting.id, tenant_b.id), (gone.id, tenant_b.id)]
+    with tenant_scope(tenant_b.id):
+        Draft.objects.filter(id=gone.id).delete()  # its removal finished between the list and the action
+
+    class Selection:
+        """The selected rows as the action reads them, a moment before one went."""
+
+        def values_list(self, *fields):
+            return self
+
+        def order_by(self, *fields):
+            return sorted(selected)
+
+    model_admin = django_admin.site._registry[Draft]
+    said = []
+    monkeypatch.setattr(
+        model_admin, "message_user", lambda request, message, level=None: said.append(message)
+    )
+    request = RequestFactory().post("/admin/compose/draft/")
+    request.user = UserFactory(username="operator", is_staff=True, is_superuser=True)
+
+    model_admin.cancel_sends(request, Selection())
+
+    with tenant_scope(tenant_b.id):
+        assert Draft.objects.get(id=waiting.id).status == "cancelled"
+    assert "Cancelled 1 send(s)." in said
+    assert any("1 could not be cancelled" in message for message in said)
