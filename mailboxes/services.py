@@ -41,7 +41,7 @@ def sync_request(*, account: EmailAccount, countdown: float | None = None) -> tu
         sync_account_task.apply_async(
             kwargs={"tenant_id": str(account.tenant_id), "account_id": str(account.id)},
             task_id=task_id,
-            countdown=countdown,
+            countdown=countdown or 0,
         )
     except Exception as exc:
         sync_release(account.id, task_id)
