@@ -364,76 +364,179 @@ def message_deliver(
     smtputf8: bool = False,
     on_phase: Callable[[str], None] = lambda phase: None,
 ) -> DeliveryResult:
-    """Deliver `data` (the message, CRLF line ends) to `recipients` over one
-    connection. See the module docstring for the outcomes and phases.
-
-    `smtputf8`: the message needs SMTPUTF8 (non-ASCII addresses in its
-    headers); non-ASCII envelope addresses need it anyway. BODY=8BITMIME is
-    asked for when the message has 8-bit bytes.
-    """
-    if not recipients:
-        raise PermanentFailure("no recipients")
-    _check_address(envelope_from, sender=True)
-    for recipient in recipients:
-        _check_address(recipient)
-    smtputf8 = smtputf8 or not envelope_from.isascii() or not all(r.isascii() for r in recipients)
-    payload = _payload(data)
-    where = f"{config.host}:{config.port}"
-
-    on_phase("connect")
-    client = _connect(config, credentials)
-    body_started = False
-    try:
-        options = _mail_options(
-            client, smtputf8=smtputf8, eight_bit=not data.isascii(), size=len(payload), where=where
+    """Deliver `data` (the message, CRLF line ends) to `recipients` over a
+    connection of its own. See the module docstring for the outcomes and
+    phases, and `SmtpSession` for several messages over one connection."""
+    with SmtpSession(config, credentials) as session:
+        return session.deliver(
+            envelope_from=envelope_from,
+            recipients=recipients,
+            data=data,
+            smtputf8=smtputf8,
+            on_phase=on_phase,
         )
-        on_phase("envelope")
-        reply = _reply(*client.docmd("MAIL", f"FROM:<{envelope_from}>" + "".join(" " + o for o in options)))
-        if not 200 <= reply.code < 300:
-            raise _refusal(f"{where}: MAIL FROM", reply)
-        accepted: dict[str, SmtpReply] = {}
-        refused: dict[str, SmtpReply] = {}
-        for recipient in recipients:
-            reply = _reply(*client.docmd("RCPT", f"TO:<{recipient}>"))
-            (accepted if 200 <= reply.code < 300 else refused)[recipient] = reply
-        if not accepted:
-            temporary = [r for r in refused.values() if 400 <= r.code < 500]
-            first = temporary[0] if temporary else next(iter(refused.values()))
-            error = _refusal(f"{where}: every recipient ({len(refused)})", first)
-            error.refused = refused
-            raise error
-        reply = _reply(*client.docmd("DATA"))
-        if reply.code != 354:
-            raise _refusal(f"{where}: DATA", reply)
-        on_phase("data")
-        body_started = True
-        client.send_body(payload)
-        reply = _reply(*client.getreply())
-    except smtplib.SMTPServerDisconnected as exc:  # includes timeouts and absurd replies
-        client.close()
-        if body_started:
-            logger.warning("smtp %s: no reply after the message was sent: %s", where, exc)
-            raise DeliveryUncertain(
-                f"{where}: {exc} after the message was sent; it may have been delivered"
-            ) from exc
-        raise TemporaryFailure(f"{where}: {exc}") from exc
-    except (smtplib.SMTPException, OSError) as exc:
-        client.close()
-        if body_started:
-            raise DeliveryUncertain(f"{where}: {exc} after the message was sent") from exc
-        raise TemporaryFailure(f"{where}: {exc}") from exc
-    except BaseException:
-        client.close()
-        raise
 
-    if 200 <= reply.code < 300:
-        _quit(client)
-        logger.info("smtp %s: delivered to %d of %d recipients", where, len(accepted), len(recipients))
-        return DeliveryResult(accepted=accepted, refused=refused, reply=reply)
-    client.close()
-    if 400 <= reply.code < 600:
-        raise _refusal(f"{where}: the message", reply)
-    raise DeliveryUncertain(f"{where}: unintelligible reply after the message was sent: {reply}", reply)
+
+class SmtpSession:
+    """Several messages over one connection, as a mail client submits a
+    queue: connected at the first `deliver`, kept after each message whose
+    transaction ended cleanly (delivered, or refused with the connection
+    intact: RSET), closed and made again after any other outcome. A kept
+    connection the server has since closed (or answers 421) is made again
+    once, before anything of the message was sent. QUIT on `close()`.
+
+    `deliver` has `message_deliver`'s outcomes, message by message."""
+
+    def __init__(self, config: ServerConfig, credentials: Credentials | None):
+        self.config = config
+        self.credentials = credentials
+        self.where = f"{config.host}:{config.port}"
+        self._client: _Client | None = None
+        self.connections = 0  # made so far (for tests and benchmarks)
+
+    def __enter__(self) -> "SmtpSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            _quit(client)
+
+    def _drop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def deliver(
+        self,
+        *,
+        envelope_from: str,
+        recipients: list[str],
+        data: bytes,
+        smtputf8: bool = False,
+        on_phase: Callable[[str], None] = lambda phase: None,
+    ) -> DeliveryResult:
+        if not recipients:
+            raise PermanentFailure("no recipients")
+        _check_address(envelope_from, sender=True)
+        for recipient in recipients:
+            _check_address(recipient)
+        smtputf8 = smtputf8 or not envelope_from.isascii() or not all(r.isascii() for r in recipients)
+        payload = _payload(data)
+        reused = self._client is not None
+        try:
+            return self._transaction(envelope_from, recipients, data, payload, smtputf8, on_phase)
+        except _StaleConnection:
+            if not reused:
+                raise TemporaryFailure(f"{self.where}: the connection closed before the message") from None
+            logger.info("smtp %s: the kept connection was closed by the server; connecting again", self.where)
+            return self._transaction(envelope_from, recipients, data, payload, smtputf8, on_phase)
+
+    def _transaction(
+        self,
+        envelope_from: str,
+        recipients: list[str],
+        data: bytes,
+        payload: bytes,
+        smtputf8: bool,
+        on_phase: Callable[[str], None],
+    ) -> DeliveryResult:
+        where = self.where
+        reused = self._client is not None
+        if self._client is None:
+            on_phase("connect")
+            self._client = _connect(self.config, self.credentials)
+            self.connections += 1
+        client = self._client
+        body_started = False
+        try:
+            client.command_encoding = "ascii"
+            options = _mail_options(
+                client, smtputf8=smtputf8, eight_bit=not data.isascii(), size=len(payload), where=where
+            )
+            on_phase("envelope")
+            try:
+                reply = _reply(
+                    *client.docmd("MAIL", f"FROM:<{envelope_from}>" + "".join(" " + o for o in options))
+                )
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                if reused:
+                    raise _StaleConnection() from exc
+                raise
+            if reused and reply.code == 421:
+                raise _StaleConnection()
+            if not 200 <= reply.code < 300:
+                raise _refusal(f"{where}: MAIL FROM", reply)
+            accepted: dict[str, SmtpReply] = {}
+            refused: dict[str, SmtpReply] = {}
+            for recipient in recipients:
+                reply = _reply(*client.docmd("RCPT", f"TO:<{recipient}>"))
+                (accepted if 200 <= reply.code < 300 else refused)[recipient] = reply
+            if not accepted:
+                temporary = [r for r in refused.values() if 400 <= r.code < 500]
+                first = temporary[0] if temporary else next(iter(refused.values()))
+                error = _refusal(f"{where}: every recipient ({len(refused)})", first)
+                error.refused = refused
+                raise error
+            reply = _reply(*client.docmd("DATA"))
+            if reply.code != 354:
+                raise _refusal(f"{where}: DATA", reply)
+            on_phase("data")
+            body_started = True
+            client.send_body(payload)
+            reply = _reply(*client.getreply())
+        except _StaleConnection:
+            self._drop()
+            raise
+        except SmtpError as exc:
+            # Refused before the body: the transaction is over, the
+            # connection may carry the next message once reset.
+            if exc.reply is None or exc.reply.code == 421 or not self._reset():
+                self._drop()
+            raise
+        except smtplib.SMTPServerDisconnected as exc:  # includes timeouts and absurd replies
+            self._drop()
+            if body_started:
+                logger.warning("smtp %s: no reply after the message was sent: %s", where, exc)
+                raise DeliveryUncertain(
+                    f"{where}: {exc} after the message was sent; it may have been delivered"
+                ) from exc
+            raise TemporaryFailure(f"{where}: {exc}") from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            if body_started:
+                raise DeliveryUncertain(f"{where}: {exc} after the message was sent") from exc
+            raise TemporaryFailure(f"{where}: {exc}") from exc
+        except BaseException:
+            self._drop()
+            raise
+
+        if 200 <= reply.code < 300:
+            logger.info("smtp %s: delivered to %d of %d recipients", where, len(accepted), len(recipients))
+            return DeliveryResult(accepted=accepted, refused=refused, reply=reply)
+        if 400 <= reply.code < 600:
+            # The server answered the body: the transaction is over either way.
+            if reply.code == 421:
+                self._drop()
+            raise _refusal(f"{where}: the message", reply)
+        self._drop()
+        raise DeliveryUncertain(f"{where}: unintelligible reply after the message was sent: {reply}", reply)
+
+    def _reset(self) -> bool:
+        """RSET after a refused transaction; whether the connection is usable."""
+        if self._client is None:
+            return False
+        try:
+            return 200 <= _reply(*self._client.rset()).code < 300
+        except (smtplib.SMTPException, OSError):
+            return False
+
+
+class _StaleConnection(Exception):
+    """A kept connection turned out closed before anything of the message went."""
 
 
 def smtp_check(config: ServerConfig, credentials: Credentials | None) -> None:

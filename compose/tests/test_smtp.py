@@ -14,6 +14,7 @@ from compose.smtp import (
     DeliveryUncertain,
     InsecureServer,
     PermanentFailure,
+    SmtpSession,
     TemporaryFailure,
     message_deliver,
     smtp_check,
@@ -436,3 +437,68 @@ def test_phase_callback_error_stops_before_the_body(smtp_server, config):
         )
 
     assert smtp_server.deliveries == []
+
+
+# --- Several messages over one connection (SmtpSession) --------------------------------------
+
+
+def message(n: int) -> bytes:
+    return MESSAGE.replace(b"<1@example.com>", f"<{n}@example.com>".encode())
+
+
+def test_a_session_sends_several_messages_over_one_connection(smtp_server, config):
+    phases = []
+    with SmtpSession(config(), CREDENTIALS) as session:
+        for n in range(3):
+            session.deliver(
+                envelope_from="alice@example.com",
+                recipients=["bob@example.net"],
+                data=message(n),
+                on_phase=phases.append,
+            )
+
+    assert session.connections == 1
+    assert [d.data.count(f"<{n}@example.com>".encode()) for n, d in enumerate(smtp_server.deliveries)] == [
+        1,
+        1,
+        1,
+    ]
+    assert phases == ["connect", "envelope", "data", "envelope", "data", "envelope", "data"]
+    assert [login for login, accepted in smtp_server.logins if accepted] == [SMTP_USER]  # logged in once
+
+
+def test_a_refused_message_leaves_the_session_usable(smtp_server, config):
+    smtp_server.refuse("nobody@example.net")
+    with SmtpSession(config(), CREDENTIALS) as session:
+        session.deliver(envelope_from="alice@example.com", recipients=["bob@example.net"], data=message(1))
+        with pytest.raises(PermanentFailure):
+            session.deliver(
+                envelope_from="alice@example.com", recipients=["nobody@example.net"], data=message(2)
+            )
+        session.deliver(envelope_from="alice@example.com", recipients=["bob@example.net"], data=message(3))
+
+    assert session.connections == 1
+    assert len(smtp_server.deliveries) == 2
+
+
+def test_a_kept_connection_the_server_closes_is_made_again(smtp_server, config):
+    with SmtpSession(config(), CREDENTIALS) as session:
+        session.deliver(envelope_from="alice@example.com", recipients=["bob@example.net"], data=message(1))
+        smtp_server.fault("MAIL", 421, "Too many messages, closing")
+        session.deliver(envelope_from="alice@example.com", recipients=["bob@example.net"], data=message(2))
+
+    assert session.connections == 2
+    assert len(smtp_server.deliveries) == 2
+
+
+def test_after_an_uncertain_message_the_next_goes_on_a_new_connection(smtp_server, config):
+    smtp_server.drop("DATA_END")
+    with SmtpSession(config(), CREDENTIALS) as session:
+        with pytest.raises(DeliveryUncertain):
+            session.deliver(
+                envelope_from="alice@example.com", recipients=["bob@example.net"], data=message(1)
+            )
+        session.deliver(envelope_from="alice@example.com", recipients=["bob@example.net"], data=message(2))
+
+    assert session.connections == 2
+    assert len(smtp_server.deliveries) == 2  # the first reached the server before it dropped
