@@ -15,9 +15,10 @@
    an earlier phase it is sent again. `sent`, `failed`, `uncertain`,
    `cancelled` and `draft` are left alone; a scheduled item not yet due, or
    a queued one waiting for its backoff, too (the dispatcher comes back).
-3. SMTP with no transaction open. `compose.smtp.message_deliver` reports
-   its phase and the callback commits it before going on: "envelope" after
-   MAIL/RCPT, "data" before the body is transmitted.
+3. SMTP with no transaction open, over the run's `SmtpSession`; it
+   reports its phase and the callback commits "data" before the body is
+   transmitted (earlier phases need no record: before the body, a message
+   is sent again).
 4. The outcome, under the row lock again: 2xx after the body -> `sent` (the
    recipients refused one by one recorded; all refused -> `failed`); a
    temporary failure -> `queued` again, `next_attempt_at` by exponential
@@ -50,6 +51,7 @@ decides between sending again and `uncertain`).
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,8 +82,8 @@ from .smtp import (
     DeliveryUncertain,
     PermanentFailure,
     SmtpReply,
+    SmtpSession,
     TemporaryFailure,
-    message_deliver,
     smtp_config,
 )
 
@@ -111,6 +113,13 @@ CLOCK_TOLERANCE = timedelta(seconds=2)
 # sends of a burst join it: one sync per burst, not one per message (a sync
 # per send took most of the workers' time while an outbox drained).
 SYNC_AFTER_SEND_DELAY = 5.0
+# One run of the send task goes on with the account's other due items over
+# the same connection: at most this many (each holds its session advisory
+# lock until the run ends, and PostgreSQL's lock table is shared), for at
+# most this long, looked up this many at a time.
+DRAIN_LIMIT = 200
+DRAIN_SECONDS = 120.0
+DRAIN_BATCH = 50
 
 
 def _lock_key(draft_id: uuid.UUID) -> int:
@@ -182,19 +191,74 @@ class _Attempt:
 
 def outbox_send(*, tenant_id: uuid.UUID, draft_id: uuid.UUID) -> str:
     """Deliver the draft's frozen message if it is due, at most once; returns
-    the status it is left in (or `busy`, `missing`, `not_due`)."""
-    with draft_send_lock(draft_id) as held:
-        if not held:
+    the status it is left in (or `busy`, `missing`, `not_due`).
+
+    Then, over the same SMTP connection, the other due items of the same
+    account (up to `DRAIN_LIMIT`, for at most `DRAIN_SECONDS`), each claimed
+    under its own advisory lock exactly as its own task would: a queue of a
+    thousand messages is a few connections, not a thousand. Their own tasks,
+    arriving later, find them sent and do nothing. The Sent copies of every
+    message sent go over one IMAP session at the end, while the send locks
+    are still held, so no other delivery of a task appends one again."""
+    with contextlib.ExitStack() as held_locks:
+        if not held_locks.enter_context(draft_send_lock(draft_id)):
             return BUSY
         claimed = _claim(tenant_id, draft_id)
         if isinstance(claimed, str):
             if claimed == Status.SENT:
-                _after_sent(tenant_id, draft_id, resumed=True)
+                _after_sent(tenant_id, [draft_id], resumed=True)
             return claimed
-        outcome = _deliver(claimed)
-        if outcome == Status.SENT:
-            _after_sent(tenant_id, draft_id, resumed=False)
-    return outcome
+        sent: list[uuid.UUID] = []
+        looked_at = [draft_id]
+        with _Sender(tenant_id, claimed.account_id) as sender:
+            outcome = sender.deliver(claimed)
+            if outcome == Status.SENT:
+                sent.append(draft_id)
+            deadline = time.monotonic() + DRAIN_SECONDS
+            while outcome == Status.SENT and len(looked_at) <= DRAIN_LIMIT and time.monotonic() < deadline:
+                more = _due_of_account(tenant_id, claimed.account_id, exclude=looked_at, limit=DRAIN_BATCH)
+                if not more:
+                    break
+                looked_at.extend(more)
+                for other_id in more:
+                    if not held_locks.enter_context(draft_send_lock(other_id)):
+                        continue  # its own task has it
+                    other = _claim(tenant_id, other_id)
+                    if isinstance(other, str):
+                        continue
+                    other_outcome = sender.deliver(other)
+                    if other_outcome == Status.SENT:
+                        sent.append(other_id)
+                    elif other_outcome != Status.FAILED:
+                        outcome = other_outcome  # the server is unwell: the rest wait for their tasks
+                        break
+        _after_sent(tenant_id, sent, resumed=False)
+    return Status.SENT if draft_id in sent else _status_of(tenant_id, draft_id)
+
+
+def _status_of(tenant_id: uuid.UUID, draft_id: uuid.UUID) -> str:
+    with tenant_scope(tenant_id):
+        return str(Draft.objects.filter(id=draft_id).values_list("status", flat=True).first() or MISSING)
+
+
+def _due_of_account(
+    tenant_id: uuid.UUID, account_id: uuid.UUID, *, exclude: list[uuid.UUID], limit: int
+) -> list[uuid.UUID]:
+    """Items of the account that are due now, oldest first."""
+    now = timezone.now()
+    with tenant_scope(tenant_id):
+        return list(
+            Draft.objects.filter(
+                Q(status=Status.QUEUED)
+                & (Q(outbox__next_attempt_at__isnull=True) | Q(outbox__next_attempt_at__lte=now))
+                | Q(status=Status.SCHEDULED, send_at__lte=now),
+                account_id=account_id,
+                is_deleted=False,
+            )
+            .exclude(id__in=exclude)
+            .order_by("created_at", "id")
+            .values_list("id", flat=True)[:limit]
+        )
 
 
 def _claim(tenant_id: uuid.UUID, draft_id: uuid.UUID) -> _Attempt | str:
@@ -262,57 +326,82 @@ def _claim(tenant_id: uuid.UUID, draft_id: uuid.UUID) -> _Attempt | str:
         )
 
 
-def _deliver(attempt: _Attempt) -> str:
-    """Talk SMTP (no transaction open) and record the outcome."""
-    committed_phase = "connect"
+class _Sender:
+    """The SMTP session of one run of `outbox_send`: the account read and
+    its credentials decrypted once, one connection for every message."""
 
-    def on_phase(phase: str) -> None:
-        nonlocal committed_phase
-        # Committed before the caller goes on: "data" is on disk before the
-        # first byte of the body is sent.
-        with tenant_scope(attempt.tenant_id):
-            SendQueueItem.objects.filter(id=attempt.item_id).update(phase=phase, updated_at=timezone.now())
-        committed_phase = phase
+    def __init__(self, tenant_id: uuid.UUID, account_id: uuid.UUID):
+        self.tenant_id = tenant_id
+        self.account_id = account_id
+        self.session: SmtpSession | None = None
+        self.setup_error: Exception | None = None
 
-    try:
-        with tenant_scope(attempt.tenant_id):
-            account = EmailAccount.objects.get(id=attempt.account_id)
-        data = default_store().get(attempt.tenant_id, attempt.raw_blob_key)
-        config = smtp_config(account)
-        credentials = account_credentials(account=account, smtp=True)
-        # Built for SMTPUTF8 (a non-ASCII address in a header: everything
-        # else is encoded) or an envelope address that needs it.
-        headers = data.split(b"\r\n\r\n", 1)[0]
-        smtputf8 = not headers.isascii() or any(
-            needs_smtputf8(a) for a in [attempt.envelope_from, *attempt.recipients]
-        )
-        result = message_deliver(
-            config=config,
-            credentials=credentials,
-            envelope_from=attempt.envelope_from,
-            recipients=attempt.recipients,
-            data=data,
-            smtputf8=smtputf8,
-            on_phase=on_phase,
-        )
-    except TemporaryFailure as exc:
-        return _record(attempt, Status.QUEUED, reply=exc.reply, error=str(exc), refused=exc.refused)
-    except PermanentFailure as exc:
-        return _record(attempt, Status.FAILED, reply=exc.reply, error=str(exc), refused=exc.refused)
-    except DeliveryUncertain as exc:
-        return _record(attempt, Status.UNCERTAIN, reply=None, error=str(exc))
-    except BlobNotFound:
-        return _record(
-            attempt, Status.FAILED, reply=None, error="The frozen message is missing from storage."
-        )
-    except Exception as exc:
-        # A bug, the database, a time limit: what we know is the last phase
-        # committed. Past "data" the server may have the message.
-        logger.exception("send of draft %s stopped at phase %s", attempt.draft_id, committed_phase)
-        error = f"Internal error while sending ({type(exc).__name__})."
-        status = Status.UNCERTAIN if committed_phase in ("data", "done") else Status.QUEUED
-        return _record(attempt, status, reply=None, error=error)
-    return _record_delivered(attempt, result)
+    def __enter__(self) -> "_Sender":
+        try:
+            with tenant_scope(self.tenant_id):
+                account = EmailAccount.objects.get(id=self.account_id)
+            self.session = SmtpSession(smtp_config(account), account_credentials(account=account, smtp=True))
+        except Exception as exc:  # no SMTP server any more, a key that does not decrypt...
+            self.setup_error = exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.session is not None:
+            self.session.close()
+
+    def deliver(self, attempt: _Attempt) -> str:
+        """Talk SMTP (no transaction open) and record the outcome."""
+        committed_phase = "connect"
+
+        def on_phase(phase: str) -> None:
+            nonlocal committed_phase
+            # Only "data" matters to a worker that takes over (before it,
+            # the message is sent again): committed before the first byte of
+            # the body goes.
+            if phase == "data":
+                with tenant_scope(attempt.tenant_id):
+                    SendQueueItem.objects.filter(id=attempt.item_id).update(
+                        phase=phase, updated_at=timezone.now()
+                    )
+            committed_phase = phase
+
+        try:
+            if self.session is None:
+                raise self.setup_error or RuntimeError("no SMTP session")
+            data = default_store().get(attempt.tenant_id, attempt.raw_blob_key)
+            # Built for SMTPUTF8 (a non-ASCII address in a header: everything
+            # else is encoded) or an envelope address that needs it.
+            headers = data.split(b"\r\n\r\n", 1)[0]
+            smtputf8 = not headers.isascii() or any(
+                needs_smtputf8(a) for a in [attempt.envelope_from, *attempt.recipients]
+            )
+            result = self.session.deliver(
+                envelope_from=attempt.envelope_from,
+                recipients=attempt.recipients,
+                data=data,
+                smtputf8=smtputf8,
+                on_phase=on_phase,
+            )
+        except TemporaryFailure as exc:
+            return _record(attempt, Status.QUEUED, reply=exc.reply, error=str(exc), refused=exc.refused)
+        except PermanentFailure as exc:
+            return _record(attempt, Status.FAILED, reply=exc.reply, error=str(exc), refused=exc.refused)
+        except DeliveryUncertain as exc:
+            return _record(attempt, Status.UNCERTAIN, reply=None, error=str(exc))
+        except BlobNotFound:
+            return _record(
+                attempt, Status.FAILED, reply=None, error="The frozen message is missing from storage."
+            )
+        except Exception as exc:
+            # A bug, the database, a time limit: what we know is the last phase
+            # committed. Past "data" the server may have the message.
+            logger.exception("send of draft %s stopped at phase %s", attempt.draft_id, committed_phase)
+            error = f"Internal error while sending ({type(exc).__name__})."
+            status = Status.UNCERTAIN if committed_phase in ("data", "done") else Status.QUEUED
+            if status == Status.UNCERTAIN and self.session is not None:
+                self.session.close()
+            return _record(attempt, status, reply=None, error=error)
+        return _record_delivered(attempt, result)
 
 
 def _results(accepted: dict[str, SmtpReply], refused: dict[str, SmtpReply]) -> dict[str, dict[str, Any]]:
@@ -413,41 +502,65 @@ def _outcome(draft: Draft, item: SendQueueItem, status: str, *, error: str) -> N
 # --- After sending ----------------------------------------------------------------
 
 
-def _after_sent(tenant_id: uuid.UUID, draft_id: uuid.UUID, *, resumed: bool) -> None:
-    """The Sent copy, the Drafts copy's removal and a sync, once the item is
-    `sent`. `resumed`: a later delivery of the task, finishing what a dead
-    worker may have left (nothing when the Sent copy is recorded)."""
-    with tenant_scope(tenant_id):
-        item = SendQueueItem.objects.select_related("account", "draft").filter(draft_id=draft_id).first()
-    if item is None or (resumed and item.sent_copy):
+def _after_sent(tenant_id: uuid.UUID, draft_ids: list[uuid.UUID], *, resumed: bool) -> None:
+    """The Sent copies, the Drafts copies' removal and a sync, once items
+    are `sent` (all of one account). `resumed`: a later delivery of a task,
+    finishing what a dead worker may have left (nothing when the Sent copy
+    is recorded; else the copy is looked for by Message-ID first)."""
+    if not draft_ids:
         return
-    account, draft = item.account, item.draft
-    sent_copy, error = _sent_copy_store(item, account)
     with tenant_scope(tenant_id):
-        fields: dict[str, Any] = {"sent_copy": sent_copy, "updated_at": timezone.now()}
-        if error:
-            fields["error"] = f"Sent copy: {error}"[:2000]
-        SendQueueItem.objects.filter(id=item.id).update(**fields)
-    if draft.server_uid is not None or draft.server_version > 0:
-        current_app.send_task(
-            "compose.tasks.save_draft_copy", kwargs={"tenant_id": str(tenant_id), "draft_id": str(draft_id)}
+        items = list(
+            SendQueueItem.objects.select_related("account", "draft")
+            .filter(draft_id__in=draft_ids)
+            .order_by("sent_at", "id")
         )
+    if resumed:
+        items = [item for item in items if not item.sent_copy]
+    if not items:
+        return
+    account = items[0].account
+    outcomes = _sent_copies_store(items, account, look_first=resumed)
+    with tenant_scope(tenant_id):
+        now = timezone.now()
+        for state in ("appended", "skipped"):
+            ids = [item.id for item in items if outcomes[item.id] == (state, "")]
+            if ids:
+                SendQueueItem.objects.filter(id__in=ids).update(sent_copy=state, updated_at=now)
+        for item in items:
+            state, error = outcomes[item.id]
+            if error:
+                SendQueueItem.objects.filter(id=item.id).update(
+                    sent_copy=state, error=f"Sent copy: {error}"[:2000], updated_at=now
+                )
+    for item in items:
+        draft = item.draft
+        if draft.server_uid is not None or draft.server_version > 0:
+            current_app.send_task(
+                "compose.tasks.save_draft_copy",
+                kwargs={"tenant_id": str(tenant_id), "draft_id": str(draft.id)},
+            )
     if account.protocol == "imap" and not account.is_deleted:
         from mailboxes.services import sync_request
 
         try:
             sync_request(account=account, countdown=SYNC_AFTER_SEND_DELAY)
         except Exception:
-            logger.warning("sync after the send of draft %s not queued", draft_id, exc_info=True)
+            logger.warning("sync after sending from account %s not queued", account.id, exc_info=True)
 
 
-def _sent_copy_store(item: SendQueueItem, account: EmailAccount) -> tuple[str, str]:
-    """Append the sent bytes to the Sent folder unless they are there
-    already; ("appended" | "skipped" | "failed", error)."""
+def _sent_copies_store(
+    items: list[SendQueueItem], account: EmailAccount, *, look_first: bool
+) -> dict[uuid.UUID, tuple[str, str]]:
+    """Append the sent bytes of each item to the Sent folder, over one IMAP
+    session; per item ("appended" | "skipped" | "failed", error).
+    `look_first`: skip an item whose Message-ID is in the folder already (a
+    dead worker may have appended it and not recorded it). Without it, the
+    item was sent just now and cannot have a copy yet."""
     if not account.save_sent_copy:
-        return "skipped", ""
+        return {item.id: ("skipped", "") for item in items}
     if account.protocol != "imap":
-        return "failed", "a POP3 account has no Sent folder on its server"
+        return {item.id: ("failed", "a POP3 account has no Sent folder on its server") for item in items}
     with tenant_scope(account.tenant_id):
         folder = (
             Folder.objects.filter(account=account, type=FolderType.SENT)
@@ -455,19 +568,27 @@ def _sent_copy_store(item: SendQueueItem, account: EmailAccount) -> tuple[str, s
             .values_list("name", flat=True)
             .first()
         )
+    outcomes: dict[uuid.UUID, tuple[str, str]] = {}
     try:
-        data = default_store().get(item.tenant_id, item.raw_blob_key)
         with imap_session(account) as session:
             name = folder or special_folder_name(session, SPECIAL_USE[FolderType.SENT])
             if name is None:
-                return "failed", "the account has no Sent folder"
-            session.client.select_folder(name)
-            if not message_id_uids(session, item.message_id):
+                return {item.id: ("failed", "the account has no Sent folder") for item in items}
+            if look_first:
+                session.client.select_folder(name)
+            for item in items:
+                if look_first and message_id_uids(session, item.message_id):
+                    outcomes[item.id] = ("appended", "")
+                    continue
+                data = default_store().get(item.tenant_id, item.raw_blob_key)
                 session.client.append(name, data, flags=[b"\\Seen"], msg_time=item.sent_at or timezone.now())
+                outcomes[item.id] = ("appended", "")
     except Exception as exc:
-        logger.warning("Sent copy of draft %s not stored: %s", item.draft_id, exc)
-        return "failed", str(exc)[:500] or type(exc).__name__
-    return "appended", ""
+        logger.warning("Sent copies from account %s not stored: %s", account.id, exc)
+        error = str(exc)[:500] or type(exc).__name__
+        for item in items:
+            outcomes.setdefault(item.id, ("failed", error))
+    return outcomes
 
 
 # --- The dispatcher ------------------------------------------------------------------

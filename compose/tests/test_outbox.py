@@ -715,3 +715,68 @@ def test_a_non_ascii_address_goes_with_smtputf8(smtp_account, smtp_server, field
     [delivery] = smtp_server.deliveries
     assert delivery.smtputf8
     assert "jürgen@example.net".encode() in delivery.data
+
+
+# --- One task drains the account's queue over one connection ------------------------------
+
+
+@pytest.mark.django_db
+def test_one_task_sends_the_accounts_due_items_over_one_connection(synced_account, smtp_server, mailbox):
+    drafts = [queue_message(synced_account, subject=f"Batch {n}") for n in range(5)]
+    later = queue_message(
+        synced_account, subject="Later", status=Status.SCHEDULED, send_at=timezone.now() + timedelta(hours=1)
+    )
+
+    assert send(drafts[0]) == Status.SENT
+
+    assert sorted(d.data.count(b"Subject: Batch") for d in smtp_server.deliveries) == [1] * 5
+    assert [login for login, accepted in smtp_server.logins if accepted] == [smtp_server_user(smtp_server)]
+    assert [state(d)[0].status for d in drafts] == [Status.SENT] * 5
+    assert [state(d)[1].sent_copy for d in drafts] == ["appended"] * 5
+    assert state(later)[0].status == Status.SCHEDULED
+    # Their own tasks come later and find nothing to do: no second delivery, no second copy.
+    assert [send(d) for d in drafts[1:]] == [Status.SENT] * 4
+    assert len(smtp_server.deliveries) == 5
+    assert sorted(str(m["Subject"]) for m in sent_folder_messages(mailbox)) == [
+        f"Batch {n}" for n in range(5)
+    ]
+
+
+def smtp_server_user(smtp_server) -> str:
+    return next(login for login, accepted in smtp_server.logins if accepted)
+
+
+@pytest.mark.django_db
+def test_draining_leaves_an_item_another_worker_holds(smtp_account, smtp_server):
+    from django.db import connections
+
+    from compose.outbox import SEND_LOCK_CLASS, _lock_key
+
+    first, held = queue_message(smtp_account), queue_message(smtp_account)
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [SEND_LOCK_CLASS, _lock_key(held.id)])
+        assert send(first) == Status.SENT
+    finally:
+        other.close()
+
+    assert state(held)[0].status == Status.QUEUED
+    assert len(smtp_server.deliveries) == 1
+
+
+@pytest.mark.django_db
+def test_draining_stops_at_a_temporary_failure(smtp_account, smtp_server):
+    first = queue_message(smtp_account, subject="N0")
+    deferred = queue_message(smtp_account, subject="N1", to=("Slow <slow@example.net>",))
+    third = queue_message(smtp_account, subject="N2")
+    smtp_server.fault("RCPT", 451, "Try later", times=None, recipient="slow@example.net")
+
+    assert send(first) == Status.SENT
+
+    # The server deferred the second: queued again with backoff, and the
+    # rest is left to the items' own tasks.
+    assert state(deferred)[0].status == Status.QUEUED and state(deferred)[1].attempts == 1
+    assert state(third)[0].status == Status.QUEUED and state(third)[1].attempts == 0
+    assert len(smtp_server.deliveries) == 1
+    assert send(third) == Status.SENT
