@@ -223,7 +223,7 @@ def outbox_send(*, tenant_id: uuid.UUID, draft_id: uuid.UUID) -> str:
                 for other_id in more:
                     if not held_locks.enter_context(draft_send_lock(other_id)):
                         continue  # its own task has it
-                    other = _claim(tenant_id, other_id)
+                    other = _claim(tenant_id, other_id, account_checked=True)
                     if isinstance(other, str):
                         continue
                     other_outcome = sender.deliver(other)
@@ -261,11 +261,17 @@ def _due_of_account(
         )
 
 
-def _claim(tenant_id: uuid.UUID, draft_id: uuid.UUID) -> _Attempt | str:
-    """Move a due item to `sending` (committed on return), or say why not."""
+# What the outbox reads of a draft: never its bodies (the message is frozen).
+_DRAFT_STATE = ("id", "tenant_id", "user_id", "status", "send_at", "updated_at")
+
+
+def _claim(tenant_id: uuid.UUID, draft_id: uuid.UUID, *, account_checked: bool = False) -> _Attempt | str:
+    """Move a due item to `sending` (committed on return), or say why not.
+    `account_checked`: the caller read the account (not deleted, enabled)
+    for this run already."""
     now = timezone.now()
     with tenant_scope(tenant_id):
-        draft = Draft.objects.select_for_update(of=("self",)).filter(id=draft_id).first()
+        draft = Draft.objects.select_for_update(of=("self",)).only(*_DRAFT_STATE).filter(id=draft_id).first()
         if draft is None:
             return MISSING
         item = SendQueueItem.objects.select_for_update(of=("self",)).filter(draft_id=draft.id).first()
@@ -302,8 +308,8 @@ def _claim(tenant_id: uuid.UUID, draft_id: uuid.UUID) -> _Attempt | str:
             # count again at 0, `compose.services.draft_send`.)
             _outcome(draft, item, Status.FAILED, error=f"Gave up after {item.attempts} attempts.")
             return Status.FAILED
-        account = EmailAccount.objects.filter(id=item.account_id).first()
-        if account is None or account.is_deleted or not account.is_enabled:
+        account = None if account_checked else EmailAccount.objects.filter(id=item.account_id).first()
+        if not account_checked and (account is None or account.is_deleted or not account.is_enabled):
             _outcome(draft, item, Status.FAILED, error="The sending account is deleted or disabled.")
             return Status.FAILED
         draft.status = Status.SENDING
@@ -439,7 +445,7 @@ def _record(
     """Record an attempt's outcome under the row lock. `queued` is a
     temporary failure: queued again with backoff, or `failed` at the limit."""
     with tenant_scope(attempt.tenant_id):
-        draft = Draft.objects.select_for_update(of=("self",)).get(id=attempt.draft_id)
+        draft = Draft.objects.select_for_update(of=("self",)).only(*_DRAFT_STATE).get(id=attempt.draft_id)
         item = SendQueueItem.objects.select_for_update(of=("self",)).get(id=attempt.item_id)
         if draft.status != Status.SENDING or item.attempts != attempt.attempt:
             # Cannot happen while we hold the send lock; never overwrite.

@@ -38,6 +38,7 @@ DRAFT_COPY_MAX_RETRIES = 8
 
 @shared_task(
     name="compose.tasks.send",
+    ignore_result=True,  # the outcome is in the row; a result per send only filled Redis
     acks_late=True,
     reject_on_worker_lost=True,
     time_limit=SEND_TIME_LIMIT,
