@@ -44,16 +44,17 @@ into would split the sent mail in two.
 `outbox_dispatch_due()` (the beat task, every minute) queues scheduled sends
 that got no ETA task (`send_at` more than `ETA_HORIZON` away when queued)
 once they are due, and re-queues what a lost task would leave behind:
-scheduled sends due, queued ones whose task should have run by now, and
+scheduled sends due, queued ones whose task should have run by now,
 `sending` ones whose advisory lock is free (the worker died: the task
-decides between sending again and `uncertain`).
+decides between sending again and `uncertain`), and `sent` ones whose Sent
+copy was never recorded (the task makes it, looking for it first).
 """
 
 import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -64,6 +65,7 @@ from django.core.cache import cache
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from accounts.models import EmailAccount
 from accounts.services import account_credentials
@@ -78,8 +80,10 @@ from .addresses import needs_smtputf8
 from .drafts_folder import SPECIAL_USE, imap_session, message_id_uids, special_folder_name
 from .models import Draft, SendQueueItem, Status
 from .smtp import (
+    AuthenticationFailed,
     DeliveryResult,
     DeliveryUncertain,
+    InsecureServer,
     PermanentFailure,
     SmtpReply,
     SmtpSession,
@@ -102,6 +106,8 @@ SEND_LOCK_CLASS = 0x73656E64  # "send"
 # dispatcher queues it again (and at most once per DISPATCH_REPEAT).
 DISPATCH_GRACE = timedelta(minutes=1)
 DISPATCH_REPEAT = 300  # seconds
+# How long after a send a missing Sent copy is still made by the dispatcher.
+SENT_COPY_SWEEP = timedelta(days=1)
 # A scheduled send at most this far away is queued with an ETA; a later one
 # is left to the dispatcher (`compose.services.draft_send`). Under the Redis
 # broker's default visibility timeout (one hour), after which a task waiting
@@ -131,9 +137,15 @@ def draft_send_lock(draft_id: uuid.UUID) -> Iterator[bool]:
     """A session-level advisory lock on the draft while the block runs;
     yields whether it was taken (False: another session holds it)."""
     key = _lock_key(draft_id)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [SEND_LOCK_CLASS, key])
-        held = bool(cursor.fetchone()[0])
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [SEND_LOCK_CLASS, key])
+            held = bool(cursor.fetchone()[0])
+    except BaseException:
+        # Taken or not (a time limit may strike between the two): closing
+        # the session drops it, never left on a connection the worker keeps.
+        connection.close()
+        raise
     try:
         yield held
     finally:
@@ -141,8 +153,12 @@ def draft_send_lock(draft_id: uuid.UUID) -> Iterator[bool]:
             try:
                 with connection.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [SEND_LOCK_CLASS, key])
-            except DatabaseError:
-                # The connection broke: the server dropped the lock with it.
+            except BaseException as exc:
+                # The connection broke (the server dropped the lock with it),
+                # or a time limit struck: the session goes, and the lock.
+                connection.close()
+                if not isinstance(exc, DatabaseError):
+                    raise
                 logger.warning("send lock of draft %s not released: the connection is gone", draft_id)
 
 
@@ -194,46 +210,83 @@ def outbox_send(*, tenant_id: uuid.UUID, draft_id: uuid.UUID) -> str:
     the status it is left in (or `busy`, `missing`, `not_due`).
 
     Then, over the same SMTP connection, the other due items of the same
-    account (up to `DRAIN_LIMIT`, for at most `DRAIN_SECONDS`), each claimed
-    under its own advisory lock exactly as its own task would: a queue of a
-    thousand messages is a few connections, not a thousand. Their own tasks,
-    arriving later, find them sent and do nothing. The Sent copies of every
-    message sent go over one IMAP session at the end, while the send locks
-    are still held, so no other delivery of a task appends one again."""
-    with contextlib.ExitStack() as held_locks:
-        if not held_locks.enter_context(draft_send_lock(draft_id)):
+    account (up to `DRAIN_LIMIT`, until `DRAIN_SECONDS` have passed), each
+    claimed under its own advisory lock exactly as its own task would: a
+    queue of a thousand messages is a few connections, not a thousand. Their
+    own tasks, arriving later, find them sent and do nothing. They go in
+    batches of `DRAIN_BATCH`: after each, the batch's Sent copies go over one
+    IMAP session while its send locks are still held (no other delivery of a
+    task appends one again), then the locks are released. A batch cut short
+    by an error still gets its copies; a copy never made (the worker died)
+    is made by the dispatcher's next round (`outbox_dispatch_due`)."""
+    with draft_send_lock(draft_id) as held:
+        if not held:
             return BUSY
         claimed = _claim(tenant_id, draft_id)
         if isinstance(claimed, str):
             if claimed == Status.SENT:
                 _after_sent(tenant_id, [draft_id], resumed=True)
             return claimed
-        sent: list[uuid.UUID] = []
+        deadline = time.monotonic() + DRAIN_SECONDS
         looked_at = [draft_id]
         with _Sender(tenant_id, claimed.account_id) as sender:
-            outcome = sender.deliver(claimed)
-            if outcome == Status.SENT:
-                sent.append(draft_id)
-            deadline = time.monotonic() + DRAIN_SECONDS
+            outcome = _send_batch(sender, [claimed], lambda: False)
             while outcome == Status.SENT and len(looked_at) <= DRAIN_LIMIT and time.monotonic() < deadline:
                 more = _due_of_account(tenant_id, claimed.account_id, exclude=looked_at, limit=DRAIN_BATCH)
                 if not more:
                     break
                 looked_at.extend(more)
-                for other_id in more:
-                    if not held_locks.enter_context(draft_send_lock(other_id)):
-                        continue  # its own task has it
-                    other = _claim(tenant_id, other_id, account_checked=True)
-                    if isinstance(other, str):
-                        continue
-                    other_outcome = sender.deliver(other)
-                    if other_outcome == Status.SENT:
-                        sent.append(other_id)
-                    elif other_outcome != Status.FAILED:
-                        outcome = other_outcome  # the server is unwell: the rest wait for their tasks
-                        break
-        _after_sent(tenant_id, sent, resumed=False)
-    return Status.SENT if draft_id in sent else _status_of(tenant_id, draft_id)
+                if _drain_batch(sender, more, deadline) != Status.SENT:
+                    break
+    return _status_of(tenant_id, draft_id)
+
+
+def _drain_batch(sender: "_Sender", draft_ids: list[uuid.UUID], deadline: float) -> str:
+    """Claim and send these drafts (the ones no other worker holds), then
+    store the batch's Sent copies; `sent` unless the server or the
+    connection turned unwell (the rest then wait for their own tasks)."""
+    with contextlib.ExitStack() as held_locks:
+        attempts: list[_Attempt] = []
+
+        def claim_next() -> bool:
+            """Claim the next draft of the batch; False when there is none."""
+            while draft_ids and time.monotonic() < deadline:
+                other_id = draft_ids.pop(0)
+                if not held_locks.enter_context(draft_send_lock(other_id)):
+                    continue  # its own task has it
+                other = _claim(sender.tenant_id, other_id, account_checked=True)
+                if isinstance(other, _Attempt):
+                    attempts.append(other)
+                    return True
+            return False
+
+        return _send_batch(sender, attempts, claim_next)
+
+
+def _send_batch(sender: "_Sender", attempts: list["_Attempt"], claim_next: Callable[[], bool]) -> str:
+    """Send each claimed attempt (`claim_next` claims one more onto
+    `attempts`), then the Sent copies of those sent, whatever happened in
+    between. `sent` while the session is healthy."""
+    sent: list[uuid.UUID] = []
+    outcome: str = Status.SENT
+    try:
+        index = 0
+        while index < len(attempts) or claim_next():
+            attempt = attempts[index]
+            index += 1
+            result = sender.deliver(attempt)
+            if result == Status.SENT:
+                sent.append(attempt.draft_id)
+            if sender.broken or result in (Status.QUEUED, Status.UNCERTAIN):
+                outcome = Status.FAILED if result == Status.SENT else result
+                break
+    finally:
+        try:
+            _after_sent(sender.tenant_id, sent, resumed=False)
+        except Exception:
+            # The dispatcher makes the copies of `sent` items without one.
+            logger.exception("Sent copies of %d message(s) not stored", len(sent))
+    return outcome
 
 
 def _status_of(tenant_id: uuid.UUID, draft_id: uuid.UUID) -> str:
@@ -341,6 +394,9 @@ class _Sender:
         self.account_id = account_id
         self.session: SmtpSession | None = None
         self.setup_error: Exception | None = None
+        # The account's settings or the server refuse us (no login, no TLS,
+        # no connection): the other items must not each try again now.
+        self.broken = False
 
     def __enter__(self) -> "_Sender":
         try:
@@ -358,21 +414,26 @@ class _Sender:
     def deliver(self, attempt: _Attempt) -> str:
         """Talk SMTP (no transaction open) and record the outcome."""
         committed_phase = "connect"
+        reached = ""
 
         def on_phase(phase: str) -> None:
-            nonlocal committed_phase
+            nonlocal committed_phase, reached
+            reached = phase
             # Only "data" matters to a worker that takes over (before it,
             # the message is sent again): committed before the first byte of
-            # the body goes.
+            # the body goes, and only while the item is still this attempt's.
             if phase == "data":
                 with tenant_scope(attempt.tenant_id):
-                    SendQueueItem.objects.filter(id=attempt.item_id).update(
-                        phase=phase, updated_at=timezone.now()
-                    )
-            committed_phase = phase
+                    updated = SendQueueItem.objects.filter(
+                        id=attempt.item_id, attempts=attempt.attempt, draft__status=Status.SENDING
+                    ).update(phase=phase, updated_at=timezone.now())
+                if updated != 1:
+                    raise RuntimeError("the item is no longer this attempt's: the body is not sent")
+                committed_phase = phase
 
         try:
             if self.session is None:
+                self.broken = True
                 raise self.setup_error or RuntimeError("no SMTP session")
             data = default_store().get(attempt.tenant_id, attempt.raw_blob_key)
             # Built for SMTPUTF8 (a non-ASCII address in a header: everything
@@ -389,8 +450,12 @@ class _Sender:
                 on_phase=on_phase,
             )
         except TemporaryFailure as exc:
+            self.broken = self.broken or reached == "connect"
             return _record(attempt, Status.QUEUED, reply=exc.reply, error=str(exc), refused=exc.refused)
         except PermanentFailure as exc:
+            self.broken = (
+                self.broken or reached == "connect" or isinstance(exc, InsecureServer | AuthenticationFailed)
+            )
             return _record(attempt, Status.FAILED, reply=exc.reply, error=str(exc), refused=exc.refused)
         except DeliveryUncertain as exc:
             return _record(attempt, Status.UNCERTAIN, reply=None, error=str(exc))
@@ -530,11 +595,11 @@ def _after_sent(tenant_id: uuid.UUID, draft_ids: list[uuid.UUID], *, resumed: bo
     with tenant_scope(tenant_id):
         now = timezone.now()
         for state in ("appended", "skipped"):
-            ids = [item.id for item in items if outcomes[item.id] == (state, "")]
+            ids = [item.id for item in items if outcomes.get(item.id) == (state, "")]
             if ids:
                 SendQueueItem.objects.filter(id__in=ids).update(sent_copy=state, updated_at=now)
         for item in items:
-            state, error = outcomes[item.id]
+            state, error = outcomes.get(item.id, ("", ""))
             if error:
                 SendQueueItem.objects.filter(id=item.id).update(
                     sent_copy=state, error=f"Sent copy: {error}"[:2000], updated_at=now
@@ -566,7 +631,7 @@ def _sent_copies_store(
     if not account.save_sent_copy:
         return {item.id: ("skipped", "") for item in items}
     if account.protocol != "imap":
-        return {item.id: ("failed", "a POP3 account has no Sent folder on its server") for item in items}
+        return {item.id: ("skipped", "") for item in items}  # POP3: no folders on the server
     with tenant_scope(account.tenant_id):
         folder = (
             Folder.objects.filter(account=account, type=FolderType.SENT)
@@ -586,10 +651,24 @@ def _sent_copies_store(
                 if look_first and message_id_uids(session, item.message_id):
                     outcomes[item.id] = ("appended", "")
                     continue
-                data = default_store().get(item.tenant_id, item.raw_blob_key)
-                session.client.append(name, data, flags=[b"\\Seen"], msg_time=item.sent_at or timezone.now())
+                try:
+                    data = default_store().get(item.tenant_id, item.raw_blob_key)
+                    session.client.append(
+                        name, data, flags=[b"\\Seen"], msg_time=item.sent_at or timezone.now()
+                    )
+                except (BlobNotFound, IMAPClientError) as exc:
+                    # This message only (the server said NO, its bytes are
+                    # gone): the others go on. IMAPClientAbortError, a lost
+                    # connection, is not one of these.
+                    if isinstance(exc, IMAPClientAbortError):
+                        raise
+                    logger.warning("Sent copy of draft %s not stored: %s", item.draft_id, exc)
+                    outcomes[item.id] = ("failed", str(exc)[:500] or type(exc).__name__)
+                    continue
                 outcomes[item.id] = ("appended", "")
     except Exception as exc:
+        # The session failed (no connection, no login): the copies not made
+        # yet are recorded as failed, with the reason.
         logger.warning("Sent copies from account %s not stored: %s", account.id, exc)
         error = str(exc)[:500] or type(exc).__name__
         for item in items:
@@ -616,11 +695,19 @@ def outbox_dispatch_due(*, now: datetime | None = None) -> int:
                     | Q(status=Status.SCHEDULED, send_at__lte=now, send_at__gt=F("updated_at") + ETA_HORIZON)
                     | Q(status=Status.QUEUED, outbox__next_attempt_at__lte=late)
                     | Q(status=Status.QUEUED, outbox__next_attempt_at__isnull=True, updated_at__lte=late)
-                    | Q(status=Status.SENDING),
+                    | Q(status=Status.SENDING)
+                    # Sent, but the worker stopped before its Sent copy was
+                    # recorded: the task makes it (looking for it first).
+                    | Q(
+                        status=Status.SENT,
+                        outbox__sent_copy="",
+                        outbox__sent_at__lte=late,
+                        outbox__sent_at__gte=now - SENT_COPY_SWEEP,
+                    ),
                     is_deleted=False,
                 ).values_list("id", "status")
             )
-        sending = [draft_id for draft_id, status in rows if status == Status.SENDING]
+        sending = [draft_id for draft_id, status in rows if status in (Status.SENDING, Status.SENT)]
         busy = _send_locks_held(sending)
         due.extend((tenant_id, draft_id) for draft_id, _ in rows if draft_id not in busy)
     queued = 0

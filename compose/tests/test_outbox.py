@@ -780,3 +780,69 @@ def test_draining_stops_at_a_temporary_failure(smtp_account, smtp_server):
     assert state(third)[0].status == Status.QUEUED and state(third)[1].attempts == 0
     assert len(smtp_server.deliveries) == 1
     assert send(third) == Status.SENT
+
+
+@pytest.mark.django_db
+def test_the_dispatcher_makes_the_sent_copy_a_dead_worker_left(synced_account, smtp_server, mailbox, broker):
+    draft = queue_message(synced_account)
+    now = timezone.now()
+    with tenant_scope(draft.tenant_id):  # sent, and the worker died before its copy
+        Draft.objects.filter(id=draft.id).update(status=Status.SENT)
+        SendQueueItem.objects.filter(draft_id=draft.id).update(
+            sent_at=now - timedelta(minutes=5), phase="done", attempts=1
+        )
+
+    assert outbox_dispatch_due(now=now) == 1
+    assert [kwargs["draft_id"] for kwargs, _ in broker_sends()] == [str(draft.id)]
+    assert send(draft) == Status.SENT
+    assert send(draft) == Status.SENT  # a second delivery of the task: nothing more
+
+    assert state(draft)[1].sent_copy == "appended"
+    assert len(sent_folder_messages(mailbox)) == 1
+    assert smtp_server.deliveries == []  # only the copy was made: nothing sent again
+
+
+@pytest.mark.django_db
+def test_one_copy_that_fails_leaves_the_others_of_the_batch(
+    synced_account, smtp_server, mailbox, monkeypatch
+):
+    from compose import outbox
+    from messages.blobs import BlobNotFound
+
+    drafts = [queue_message(synced_account, subject=f"C{n}") for n in range(3)]
+    lost_key = state(drafts[1])[1].raw_blob_key
+    store, reads = default_store(), []
+
+    class LosesOneAfterSending:
+        """The store, but the second message's bytes are gone once sent."""
+
+        def get(self, tenant_id, key):
+            reads.append(key)
+            if key == lost_key and reads.count(key) > 1:
+                raise BlobNotFound(key)
+            return store.get(tenant_id, key)
+
+    monkeypatch.setattr(outbox, "default_store", LosesOneAfterSending)
+
+    assert send(drafts[0]) == Status.SENT
+
+    assert [state(d)[1].sent_copy for d in drafts] == ["appended", "failed", "appended"]
+    assert sorted(str(m["Subject"]) for m in sent_folder_messages(mailbox)) == ["C0", "C2"]
+    assert len(smtp_server.deliveries) == 3
+
+
+@pytest.mark.django_db
+def test_a_refused_login_stops_the_drain_after_one_try(smtp_account, smtp_server):
+    drafts = [queue_message(smtp_account) for _ in range(3)]
+    smtp_server.users = {smtp_server_user_name(): "another password"}
+
+    assert send(drafts[0]) == Status.FAILED
+
+    assert [state(d)[0].status for d in drafts] == [Status.FAILED, Status.QUEUED, Status.QUEUED]
+    assert len(smtp_server.logins) == 1 and smtp_server.deliveries == []
+
+
+def smtp_server_user_name() -> str:
+    from compose.tests.conftest import SMTP_USER
+
+    return SMTP_USER
