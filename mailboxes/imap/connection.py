@@ -82,9 +82,9 @@ class ServerConfig:
 
 # `ssl.create_default_context()` reads the system's CA bundle: ~30 ms, more
 # than the rest of a delivery or a login on loopback. One context per CA file
-# (and its modification time, so a replaced file is read again) serves every
+# (and its inode, size and times, so a replaced file is read again) serves every
 # connection, IMAP and SMTP; SSLContext is safe to share between threads.
-_CONTEXTS: dict[tuple[str | None, int], ssl.SSLContext] = {}
+_CONTEXTS: dict[tuple[str | None, tuple[int, ...]], ssl.SSLContext] = {}
 _CONTEXTS_LOCK = threading.Lock()
 
 
@@ -92,9 +92,12 @@ def ssl_context(config: ServerConfig) -> ssl.SSLContext:
     """The verifying client context for `config.ca_file` (plus the system's
     CAs), TLS 1.2 at least; shared, so never change it."""
     try:
-        stamp = os.stat(config.ca_file).st_mtime_ns if config.ca_file else 0
+        # Any replacement of the file changes one of these, even a copy that
+        # keeps the modification time.
+        info = os.stat(config.ca_file) if config.ca_file else None
+        stamp: tuple[int, ...] = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns) if info else ()
     except OSError:
-        stamp = -1  # loading it below says what is wrong with it
+        stamp = (-1,)  # loading it below says what is wrong with it
     key = (config.ca_file, stamp)
     with _CONTEXTS_LOCK:
         context = _CONTEXTS.get(key)
