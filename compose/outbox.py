@@ -615,7 +615,7 @@ def _after_sent(tenant_id: uuid.UUID, draft_ids: list[uuid.UUID], *, resumed: bo
         from mailboxes.services import sync_request
 
         try:
-            sync_request(account=account, countdown=SYNC_AFTER_SEND_DELAY)
+            sync_request(account=account, countdown=SYNC_AFTER_SEND_DELAY, again_if_joined=True)
         except Exception:
             logger.warning("sync after sending from account %s not queued", account.id, exc_info=True)
 

@@ -13,7 +13,7 @@ from messages.models import MessageChange
 from messages.tasks import search_index_task
 
 from .sync import Progress, SyncReport, account_sync
-from .sync_status import FAILED, QUEUED, sync_claim, sync_release, sync_status_set
+from .sync_status import FAILED, QUEUED, sync_claim, sync_release, sync_rerun_mark, sync_status_set
 
 
 class QueueUnavailable(ApplicationError):
@@ -21,11 +21,15 @@ class QueueUnavailable(ApplicationError):
     code = "queue_unavailable"
 
 
-def sync_request(*, account: EmailAccount, countdown: float | None = None) -> tuple[str, bool]:
+def sync_request(
+    *, account: EmailAccount, countdown: float | None = None, again_if_joined: bool = False
+) -> tuple[str, bool]:
     """Queue a sync of the account, or join the one queued or running.
     Returns the task id and whether it joined an existing sync. With
     `countdown`, the sync starts that many seconds later and every request
     until then joins it (the outbox's syncs after sending: one per burst).
+    `again_if_joined`: the caller changed the server just now, and a running
+    sync may have passed that folder already: one more sync follows it.
 
     Enqueued at once rather than on commit: the task reads only the account,
     which is committed already, and the claim lives in Redis, not in the
@@ -35,6 +39,8 @@ def sync_request(*, account: EmailAccount, countdown: float | None = None) -> tu
     task_id = str(uuid.uuid4())
     existing = sync_claim(account.id, task_id)
     if existing:
+        if again_if_joined:
+            sync_rerun_mark(account.id)
         return existing, True
     sync_status_set(account.id, state=QUEUED, task_id=task_id, error="")
     try:

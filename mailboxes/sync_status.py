@@ -47,3 +47,18 @@ def sync_claim(account_id: uuid.UUID, task_id: str) -> str | None:
 def sync_release(account_id: uuid.UUID, task_id: str | None = None) -> None:
     if task_id is None or cache.get(_active_key(account_id)) == task_id:
         cache.delete(_active_key(account_id))
+
+
+def _rerun_key(account_id: uuid.UUID) -> str:
+    return f"sync:rerun:{account_id}"
+
+
+def sync_rerun_mark(account_id: uuid.UUID) -> None:
+    """Ask for one more sync of the account after the one queued or running
+    (which may have passed the folder a caller just changed)."""
+    cache.set(_rerun_key(account_id), 1, timeout=_active_timeout())
+
+
+def sync_rerun_take(account_id: uuid.UUID) -> bool:
+    """Whether a sync was asked for after the current one (and forget it)."""
+    return bool(cache.delete(_rerun_key(account_id)))

@@ -13,7 +13,16 @@ from messages.locks import SyncAlreadyRunning
 
 from .imap import AddressNotAllowed, AuthenticationFailed, InsecureServer, MailServerError
 from .services import account_sync_run
-from .sync_status import FAILED, IDLE, QUEUED, RUNNING, sync_release, sync_status_set
+from .sync_status import (
+    FAILED,
+    IDLE,
+    QUEUED,
+    RUNNING,
+    sync_claim,
+    sync_release,
+    sync_rerun_take,
+    sync_status_set,
+)
 from .writeback import account_write_back, give_up_pending
 
 logger = logging.getLogger(__name__)
@@ -62,7 +71,18 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
         raise
     sync_release(account, task_id)
     sync_status_set(account, state=IDLE, error=report.folder_errors_text(), last_summary=report.summary())
+    if sync_rerun_take(account):  # the server changed while this one ran (a Sent copy)
+        _sync_again(tenant, account)
     return {"result": "ok", "summary": report.summary()}
+
+
+def _sync_again(tenant_id: uuid.UUID, account_id: uuid.UUID) -> None:
+    task_id = str(uuid.uuid4())
+    if sync_claim(account_id, task_id) is None:
+        sync_status_set(account_id, state=QUEUED, task_id=task_id, error="")
+        sync_account_task.apply_async(
+            kwargs={"tenant_id": str(tenant_id), "account_id": str(account_id)}, task_id=task_id
+        )
 
 
 def _failed(account_id: uuid.UUID, task_id: str, exc: Exception) -> None:

@@ -95,7 +95,9 @@ def ssl_context(config: ServerConfig) -> ssl.SSLContext:
         # Any replacement of the file changes one of these, even a copy that
         # keeps the modification time.
         info = os.stat(config.ca_file) if config.ca_file else None
-        stamp: tuple[int, ...] = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns) if info else ()
+        stamp: tuple[int, ...] = ()
+        if info:
+            stamp = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
     except OSError:
         stamp = (-1,)  # loading it below says what is wrong with it
     key = (config.ca_file, stamp)

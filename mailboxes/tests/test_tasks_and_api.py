@@ -211,3 +211,21 @@ def test_sync_command(committed_db, imap_account, mailbox, tenant_b, capsys):
     with pytest.raises(CommandError, match="1 account"):
         call_command("sync", "--all")
     assert "cannot connect" in reload(broken).last_sync_error
+
+
+@pytest.mark.django_db
+def test_a_request_that_joins_a_running_sync_may_ask_for_one_more(imap_account, mailbox):
+    from mailboxes.services import sync_request
+
+    running = "running-sync"
+    assert sync_status.sync_claim(imap_account.id, running) is None
+    sync_status.sync_status_set(imap_account.id, state=sync_status.RUNNING, task_id=running)
+    assert sync_request(account=imap_account) == (running, True)  # joins; nothing more asked
+    assert not sync_status.sync_rerun_take(imap_account.id)
+    assert sync_request(account=imap_account, again_if_joined=True) == (running, True)
+
+    assert run_task(imap_account, task_id=running)["result"] == "ok"
+
+    after = sync_status.sync_status_get(imap_account.id)
+    assert after["state"] == sync_status.QUEUED and after["task_id"] not in ("", running)
+    assert not sync_status.sync_rerun_take(imap_account.id)  # taken by the finished sync
