@@ -41,6 +41,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import benchdb  # noqa: E402
 import read_mailgen as mailgen  # noqa: E402
 
 BENCH_DB = os.environ.get("READ_BENCH_DB", "emailclient_readbench")
@@ -119,17 +120,7 @@ def log(message: str) -> None:
 
 
 def django_setup():
-    os.environ["TEST_DATABASE_NAME"] = BENCH_DB  # forced: never the test or dev database
-    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS
-    import django
-
-    django.setup()
-    from django.conf import settings
-
-    names = {settings.DATABASES[alias]["NAME"] for alias in ("default", "owner", "admin")}
-    if names != {BENCH_DB}:
-        raise SystemExit(f"refusing to run: the database aliases name {names}, not {BENCH_DB}")
-    return settings
+    return benchdb.django_settings(BENCH_DB, SETTINGS)
 
 
 def conninfo(settings, alias: str) -> str:

@@ -60,6 +60,9 @@ from pathlib import Path
 BASE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE_DIR))
 sys.path.insert(0, str(BASE_DIR / "deploy" / "devmail"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchdb  # noqa: E402
 
 BENCH_DB = "emailclient_bench_send"
 BENCH_REDIS = "redis://127.0.0.1:6379/9"
@@ -168,41 +171,7 @@ def bench_environment(ca_file: Path) -> dict[str, str]:
 
 def django_setup(environment: dict[str, str]):
     os.environ.update(environment)
-    import django
-
-    django.setup()
-    from django.conf import settings
-
-    names = {settings.DATABASES[alias]["NAME"] for alias in ("default", "owner", "admin")}
-    if names != {BENCH_DB}:
-        raise SystemExit(f"refusing to run: the database aliases name {names}, not {BENCH_DB}")
-    return settings
-
-
-def create_database(settings) -> None:
-    from django.core.management import call_command
-    from django.db import connections
-
-    from emailclient.core.dbsetup import setup_database
-
-    setup_database(
-        superuser_url=settings.DATABASE_SUPERUSER_URL,
-        databases=settings.DATABASES,
-        recreate=True,
-        log=lambda line: None,
-    )
-    call_command("migrate", database="owner", verbosity=0, interactive=False)
-    for alias in ("owner", "admin"):
-        connections[alias].close()
-
-
-def drop_database(settings) -> None:
-    import psycopg
-    from django.db import connections
-
-    connections.close_all()
-    with psycopg.connect(settings.DATABASE_SUPERUSER_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+    return benchdb.django_settings(BENCH_DB, SETTINGS)
 
 
 def create_account(devmail, smtp_port: int, save_sent_copy: bool):
@@ -481,7 +450,7 @@ def main() -> int:
         devmail.add_user(MAIL_USER, MAIL_PASSWORD)
         settings = django_setup(environment)
         log(f"database {BENCH_DB}: create and migrate")
-        create_database(settings)
+        benchdb.database_create(settings)
         import redis
 
         redis.Redis.from_url(BENCH_REDIS).flushdb()
@@ -661,7 +630,7 @@ def main() -> int:
             stop_process(process)
         devmail.stop()
         if settings is not None and not args.keep:
-            drop_database(settings)
+            benchdb.database_drop(settings)
         if args.keep:
             log(f"kept {work} and the database {BENCH_DB}")
         else:

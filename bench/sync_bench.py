@@ -46,6 +46,8 @@ sys.path.insert(0, str(BASE_DIR))
 sys.path.insert(0, str(BASE_DIR / "deploy" / "devmail"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import benchdb  # noqa: E402
+
 BENCH_DB = "emailclient_bench"
 SETTINGS = "emailclient.settings.test"
 MAIL_USER = "bench"
@@ -120,43 +122,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 def django_setup():
-    os.environ["TEST_DATABASE_NAME"] = BENCH_DB  # forced: never the test or dev database
-    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS
-    import django
-
-    django.setup()
-    from django.conf import settings
-
-    names = {settings.DATABASES[alias]["NAME"] for alias in ("default", "owner", "admin")}
-    if names != {BENCH_DB}:
-        raise SystemExit(f"refusing to run: the database aliases name {names}, not {BENCH_DB}")
-    return settings
-
-
-def create_database(settings) -> None:
-    from django.core.management import call_command
-    from django.db import connections
-
-    from emailclient.core.dbsetup import setup_database
-
-    setup_database(
-        superuser_url=settings.DATABASE_SUPERUSER_URL,
-        databases=settings.DATABASES,
-        recreate=True,
-        log=lambda line: None,
-    )
-    call_command("migrate", database="owner", verbosity=0, interactive=False)
-    for alias in ("owner", "admin"):
-        connections[alias].close()
-
-
-def drop_database(settings) -> None:
-    import psycopg
-    from django.db import connections
-
-    connections.close_all()
-    with psycopg.connect(settings.DATABASE_SUPERUSER_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+    return benchdb.django_settings(BENCH_DB, SETTINGS)
 
 
 def create_account(devmail, encryption: str):
@@ -486,7 +452,7 @@ def run(args, settings, work: Path, state: dict) -> dict:
 
     log(f"database {BENCH_DB}: creating and migrating")
     t0 = time.perf_counter()
-    create_database(settings)
+    benchdb.database_create(settings)
     state["db_created"] = True
     results["db_setup_seconds"] = time.perf_counter() - t0
 
@@ -818,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if state.get("db_created"):
                 try:
-                    drop_database(settings)
+                    benchdb.database_drop(settings)
                 except Exception as exc:
                     log(f"could not drop {BENCH_DB}: {exc}")
             shutil.rmtree(work, ignore_errors=True)
