@@ -47,9 +47,10 @@ from messages.blobs import BlobNotFound, default_store
 from messages.locks import account_sync_lock
 from messages.models import Folder, FolderType
 
-from .addresses import AddressError, header_text_check, needs_smtputf8
-from .mime import OutgoingAttachment, OutgoingMessage, message_build
+from .addresses import AddressError
+from .mime import OutgoingAttachment, message_build, message_needs_smtputf8
 from .models import EDITABLE, Draft, DraftAttachment, Status
+from .outgoing import draft_message
 
 logger = logging.getLogger(__name__)
 
@@ -132,28 +133,8 @@ def _draft_bytes(draft: Draft, message_id: str) -> bytes:
         files.append(
             OutgoingAttachment(filename=attachment.filename, content_type=attachment.content_type, data=data)
         )
-    try:
-        name = header_text_check(draft.account.account_name, max_length=200)
-    except AddressError:
-        name = ""
-    message = OutgoingMessage(
-        sender={"name": name, "address": draft.account.email_address},
-        to=list(draft.to),
-        cc=list(draft.cc),
-        bcc=list(draft.bcc),
-        reply_to=list(draft.reply_to),
-        subject=draft.subject,
-        text_body=draft.text_body,
-        html_body=draft.html_body,
-        message_id=message_id,
-        date=timezone.now(),
-        in_reply_to=draft.in_reply_to_header,
-        references=draft.references_header,
-        attachments=tuple(files),
-        draft=True,
-    )
-    addresses = [m["address"] for m in [*message.to, *message.cc, *message.bcc, message.sender]]
-    return message_build(message, smtputf8=any(needs_smtputf8(a) for a in addresses))
+    message = draft_message(draft, message_id=message_id, files=files, draft_copy=True)
+    return message_build(message, smtputf8=message_needs_smtputf8(message))
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ from messages.models import Message
 from messages.sanitize import sanitize_html
 from messages.selectors import message_attachments
 
-from .addresses import AddressError, header_text_check, mailbox_parse
+from .addresses import AddressError, header_text_check
 from .mime import (
     OutgoingAttachment,
     OutgoingMessage,
@@ -75,6 +75,7 @@ from .mime import (
 )
 from .models import CANCELLABLE, EDITABLE, Draft, DraftAttachment, SendQueueItem, Status
 from .outbox import ETA_HORIZON
+from .outgoing import draft_message
 from .replies import ReplyDraft, forward_build, reply_build
 from .selectors import (
     access_own_account,
@@ -426,23 +427,6 @@ def draft_attachment_remove(*, draft: Draft, attachment: DraftAttachment) -> Non
 # --- sending ---------------------------------------------------------------------------
 
 
-def _sender(draft: Draft) -> dict[str, str]:
-    """The From mailbox, checked as any address is (`mailbox_parse`): the
-    account's address with its domain as IDNA (an internationalised domain
-    needs no SMTPUTF8, only a non-ASCII local part does), and the account's
-    name as the display name, white space (a tab, a line break) folded to
-    single spaces; a name that still does not pass is left out. An address
-    that does not pass is a 400 on `account`."""
-    account = draft.account
-    name = " ".join(account.account_name.split())
-    for candidate in (name, ""):
-        try:
-            return mailbox_parse({"name": candidate, "address": account.email_address})
-        except AddressError as exc:
-            error = exc
-    raise ApplicationError("The account's address cannot be sent from.", fields={"account": [error.message]})
-
-
 def _send_checks(draft: Draft) -> None:
     account = draft.account
     if account.is_deleted or account.user_id != draft.user_id:
@@ -475,21 +459,12 @@ def _outgoing(draft: Draft, attachments: list[DraftAttachment]) -> OutgoingMessa
         files.append(
             OutgoingAttachment(filename=attachment.filename, content_type=attachment.content_type, data=data)
         )
-    return OutgoingMessage(
-        sender=_sender(draft),
-        to=list(draft.to),
-        cc=list(draft.cc),
-        bcc=list(draft.bcc),
-        reply_to=list(draft.reply_to),
-        subject=draft.subject,
-        text_body=draft.text_body,
-        html_body=draft.html_body,
-        message_id=draft.message_id,
-        date=timezone.now(),
-        in_reply_to=draft.in_reply_to_header,
-        references=draft.references_header,
-        attachments=tuple(files),
-    )
+    try:
+        return draft_message(draft, message_id=draft.message_id, files=files)
+    except AddressError as exc:
+        raise ApplicationError(
+            "The account's address cannot be sent from.", fields={"account": [exc.message]}
+        ) from exc
 
 
 def draft_send(*, draft: Draft, actor: Actor, ip_address: str | None = None) -> Draft:
