@@ -18,6 +18,7 @@ api_patterns = [
 
 urlpatterns = [
     path("health", views.health, name="health"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("admin/", admin.site.urls),
     api_path("api/auth/token", auth_views.TokenObtainPairView.as_view(), name="token-obtain"),
     api_path("api/auth/token/refresh", auth_views.TokenRefreshView.as_view(), name="token-refresh"),

@@ -3,7 +3,7 @@ import logging
 import redis
 from django.conf import settings
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
@@ -27,6 +27,13 @@ def _check_redis() -> None:
 
 
 CHECKS = {"database": _check_database, "redis": _check_redis}
+
+
+@require_GET
+def favicon(request):
+    """The service has no icon: an empty answer, rather than a 404 that
+    every browser's console reports on the first page it opens."""
+    return HttpResponse(status=204)
 
 
 @require_GET

@@ -42,3 +42,8 @@ def test_connections_run_without_jit(alias):
     with connections[alias].cursor() as cursor:
         cursor.execute("SHOW jit")
         assert cursor.fetchone() == ("off",)
+
+
+def test_favicon_is_an_empty_answer_not_a_404(api_client):
+    response = api_client.get("/favicon.ico")
+    assert response.status_code == 204 and response.content == b""
