@@ -79,10 +79,10 @@ class DraftAdmin(ReadOnlyOperatorAdmin):
 class SendQueueItemAdmin(ReadOnlyOperatorAdmin):
     list_display = [
         "created_at",
+        "draft_status",
         "tenant",
         "account",
         "message_id",
-        "draft_status",
         "attempts",
         "phase",
         "last_reply_code",
@@ -94,6 +94,7 @@ class SendQueueItemAdmin(ReadOnlyOperatorAdmin):
     list_select_related = ["tenant", "account", "draft"]
     search_fields = ["message_id", "envelope_from"]
     date_hierarchy = "created_at"
+    ordering = ["-created_at", "-id"]  # the newest first, as the drafts
 
     def get_queryset(self, request):
         return super().get_queryset(request).defer("draft__text_body", "draft__html_body")
