@@ -8,6 +8,27 @@ from .services import tenant_member_add, tenant_member_remove
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "is_active", "created_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "is_active"]}),
+        (
+            "Quotas",
+            {"fields": ["max_accounts", "max_accounts_per_user", "max_stored_bytes", "max_messages"]},
+        ),
+        (
+            "Fair sharing and throttles",
+            {
+                "fields": [
+                    "max_concurrent_syncs",
+                    "api_rate_limit_user",
+                    "api_rate_limit_tenant",
+                    "api_rate_limit_search",
+                    "sync_trigger_rate_limit",
+                    "compose_rate_limit_user",
+                    "compose_rate_limit_tenant",
+                ]
+            },
+        ),
+    ]
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ["name"]}

@@ -12,6 +12,8 @@ from django.conf import settings
 from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 
+from .limits import validate_rate
+
 
 class BaseModel(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -22,6 +24,19 @@ class BaseModel(models.Model):
         abstract = True
 
 
+_DEFAULT = "Empty: the service's default (see the README's Configuration)."
+
+
+def _rate_field() -> models.CharField:
+    return models.CharField(
+        max_length=32,
+        blank=True,
+        default="",
+        validators=[validate_rate],
+        help_text="Such as 600/m. " + _DEFAULT,
+    )
+
+
 class Tenant(BaseModel):
     """A company using the service. Not itself tenant-scoped: a tenant is
     looked up (by slug or id) before any tenant context exists."""
@@ -29,6 +44,19 @@ class Tenant(BaseModel):
     slug = models.SlugField(max_length=63, unique=True)
     name = models.CharField(max_length=255)
     is_active = models.BooleanField(default=True)
+
+    # Limits: empty means the setting's default (emailclient.core.limits).
+    max_accounts = models.PositiveIntegerField(null=True, blank=True, help_text=_DEFAULT)
+    max_accounts_per_user = models.PositiveIntegerField(null=True, blank=True, help_text=_DEFAULT)
+    max_stored_bytes = models.PositiveBigIntegerField(null=True, blank=True, help_text=_DEFAULT)
+    max_messages = models.PositiveBigIntegerField(null=True, blank=True, help_text=_DEFAULT)
+    max_concurrent_syncs = models.PositiveSmallIntegerField(null=True, blank=True, help_text=_DEFAULT)
+    api_rate_limit_user = _rate_field()
+    api_rate_limit_tenant = _rate_field()
+    api_rate_limit_search = _rate_field()
+    sync_trigger_rate_limit = _rate_field()
+    compose_rate_limit_user = _rate_field()
+    compose_rate_limit_tenant = _rate_field()
 
     class Meta:
         db_table = "tenants"

@@ -220,6 +220,19 @@ SYNC_MAX_RETRIES = env.int("SYNC_MAX_RETRIES", default=5)
 # before it is undone in the database.
 WRITEBACK_MAX_ATTEMPTS = env.int("WRITEBACK_MAX_ATTEMPTS", default=5)
 
+# --- Per-tenant limits ----------------------------------------------------------
+# Defaults of each tenant's limits; an operator overrides one for a tenant in
+# the admin (emailclient.core.limits). Quotas: empty = unlimited.
+TENANT_MAX_ACCOUNTS = env.int("TENANT_MAX_ACCOUNTS", default=None)
+TENANT_MAX_ACCOUNTS_PER_USER = env.int("TENANT_MAX_ACCOUNTS_PER_USER", default=None)
+TENANT_MAX_STORED_BYTES = env.int("TENANT_MAX_STORED_BYTES", default=None)
+TENANT_MAX_MESSAGES = env.int("TENANT_MAX_MESSAGES", default=None)
+SYNC_MAX_CONCURRENT_PER_TENANT = env.int("SYNC_MAX_CONCURRENT_PER_TENANT", default=2)
+API_RATE_LIMIT_USER = env("API_RATE_LIMIT_USER", default="600/m")
+API_RATE_LIMIT_TENANT = env("API_RATE_LIMIT_TENANT", default="3000/m")
+API_RATE_LIMIT_SEARCH = env("API_RATE_LIMIT_SEARCH", default="120/m")
+SYNC_TRIGGER_RATE_LIMIT = env("SYNC_TRIGGER_RATE_LIMIT", default="6/m")
+
 # --- Sending (compose) ------------------------------------------------------------
 # Bodies and attachments of one message together, before MIME encoding.
 COMPOSE_MAX_MESSAGE_BYTES = env.int("COMPOSE_MAX_MESSAGE_BYTES", default=25 * 1024 * 1024)
