@@ -8,7 +8,13 @@ Restore, into an empty database made by `setupdb`, in pg_restore's three
 sections: the schema (pre-data) as the owner, so the owner owns the tables
 again; the rows (data) as the admin role, because FORCE ROW LEVEL SECURITY
 would filter even the owner's COPY; indexes, constraints and policies
-(post-data) as the owner. Grants come from the owner's default privileges.
+(post-data) as the owner. Grants come from the owner's default privileges;
+the append-only tables then lose UPDATE and DELETE for the runtime role again.
+
+Row-level security and its policies are in the post-data section: a restore
+that stops there would leave every tenant's rows readable to all. So the
+restore ends by checking, as the runtime role, what the service checks at
+start-up (`rls.database_security_problems`), and fails naming each problem.
 """
 
 import os
@@ -16,6 +22,9 @@ import subprocess
 from pathlib import Path
 
 import psycopg
+
+from .dbsetup import append_only_revoke
+from .rls import database_security_problems
 
 
 class BackupError(Exception):
@@ -56,7 +65,7 @@ def backup_database(*, output: Path, databases: dict) -> None:
     )
 
 
-def _table_count(db: dict) -> int:
+def _connect(db: dict, **kwargs) -> psycopg.Connection:
     conninfo = psycopg.conninfo.make_conninfo(
         host=db.get("HOST") or "127.0.0.1",
         port=db.get("PORT") or 5432,
@@ -64,7 +73,11 @@ def _table_count(db: dict) -> int:
         password=db.get("PASSWORD") or None,
         dbname=db["NAME"],
     )
-    with psycopg.connect(conninfo) as conn:
+    return psycopg.connect(conninfo, **kwargs)
+
+
+def _table_count(db: dict) -> int:
+    with _connect(db) as conn:
         # count(*) always returns a row.
         return conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0]  # type: ignore[index]
 
@@ -93,4 +106,18 @@ def restore_database(*, source: Path, databases: dict) -> None:
                 str(source),
             ],
             env,
+        )
+    with _connect(databases["owner"], autocommit=True) as conn, conn.cursor() as cursor:
+        append_only_revoke(cursor, runtime_role=databases["default"]["USER"])
+    restored_database_check(databases=databases)
+
+
+def restored_database_check(*, databases: dict) -> None:
+    """BackupError unless the database isolates tenants for the runtime role."""
+    with _connect(databases["default"]) as conn, conn.cursor() as cursor:
+        problems = database_security_problems(cursor)
+    if problems:
+        raise BackupError(
+            f"database {databases['default']['NAME']} was restored but does not isolate tenants; "
+            "do not serve it: " + "; ".join(problems)
         )

@@ -29,6 +29,28 @@ LEAKPROOF_FUNCTIONS = (
 )
 
 
+# Tables the runtime role may read and append to, never change (the default
+# privileges grant it UPDATE and DELETE on every table the owner creates; this
+# takes them back after `setupdb`, `migrate` and `restore`).
+APPEND_ONLY_TABLES = ("email_audit_log",)
+
+
+def append_only_revoke(cursor, *, runtime_role: str) -> None:
+    """REVOKE UPDATE, DELETE and TRUNCATE on `APPEND_ONLY_TABLES` (those that
+    exist) from the runtime role. Run as the tables' owner or a superuser."""
+    for table in APPEND_ONLY_TABLES:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [table])
+        if cursor.fetchone()[0]:
+            # Plain text, so that a Django cursor takes it as well as psycopg's.
+            cursor.execute(
+                f"REVOKE UPDATE, DELETE, TRUNCATE ON {_quoted(table)} FROM {_quoted(runtime_role)}"
+            )
+
+
+def _quoted(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
 def _role(settings_dict: dict) -> Role:
     return Role(settings_dict["USER"], settings_dict.get("PASSWORD") or None)
 
@@ -109,6 +131,7 @@ def setup_database(*, superuser_url: str, databases: dict, recreate: bool = Fals
                     f"GRANT {sequence_privileges} ON SEQUENCES TO {{}}"
                 ).format(ident(owner.name), ident(role.name))
             )
+        append_only_revoke(cur, runtime_role=app.name)
         # Under row-level security, PostgreSQL evaluates the policy before any
         # condition whose function is not LEAKPROOF, so such a condition cannot
         # be an index condition: full-text (@@) and ILIKE searches scanned the

@@ -1,15 +1,20 @@
 """backup and restore round-trip every tenant, with RLS intact afterwards."""
 
+import os
+import subprocess
+import sys
+
 import psycopg
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from accounts.tests.factories import EmailAccountFactory
-from emailclient.core.backup import restore_database
+from emailclient.core.backup import BackupError, restore_database, restored_database_check
 from emailclient.core.dbsetup import setup_database
 
-RESTORED = "emailclient_restore_test"
+# Beside the suite's own database, so that suites run side by side do not share it.
+RESTORED = f"{settings.DATABASES['default']['NAME']}_restore"
 
 
 def _connect(db: dict) -> psycopg.Connection:
@@ -45,3 +50,43 @@ def test_backup_then_restore_into_a_new_database(committed_db, tenant_a, tenant_
     # The configured database has tables: restore refuses to mix into it.
     with pytest.raises(CommandError, match="not empty"):
         call_command("restore", str(dump))
+
+
+def test_a_restored_database_that_lost_a_policy_is_refused_and_not_served(committed_db, tenant_a, tmp_path):
+    """RLS and the policies come in pg_dump's post-data section: a restore
+    that stops there leaves the rows readable by every tenant. The restore's
+    own check, and a web process starting on such a database, refuse it."""
+    EmailAccountFactory(tenant=tenant_a, email_address="a@a.example")
+    dump = tmp_path / "backup.dump"
+    call_command("backup", str(dump))
+    target = {alias: {**db, "NAME": RESTORED} for alias, db in settings.DATABASES.items()}
+    setup_database(superuser_url=settings.DATABASE_SUPERUSER_URL, databases=target, recreate=True, log=str)
+    restore_database(source=dump, databases=target)  # complete: passes its check
+    with _connect(target["default"]) as conn:
+        assert conn.execute("SELECT has_table_privilege('email_audit_log', 'UPDATE')").fetchone() == (False,)
+
+    with _connect(target["owner"]) as conn:
+        conn.execute("DROP POLICY tenant_isolation ON email_accounts")
+        conn.execute("ALTER TABLE email_messages NO FORCE ROW LEVEL SECURITY")
+    with pytest.raises(BackupError) as info:
+        restored_database_check(databases=target)
+    assert str(info.value) == (
+        f"database {RESTORED} was restored but does not isolate tenants; do not serve it: "
+        "email_accounts: no tenant_isolation policy with the tenant predicate; "
+        "email_messages: row-level security is not forced"
+    )
+
+    # A gunicorn worker loads the WSGI application: it exits before serving.
+    started = subprocess.run(
+        [sys.executable, "-c", "import emailclient.wsgi"],
+        env={**os.environ, "TEST_DATABASE_NAME": RESTORED, "SERVER_SOFTWARE": "gunicorn/23.0.0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert started.returncode == 3, started.stderr
+    assert (
+        "refusing to start: The database does not isolate tenants: email_accounts: no tenant_isolation"
+        in (started.stderr)
+    )

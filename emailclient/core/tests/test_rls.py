@@ -6,10 +6,12 @@ would, through the runtime role the service uses.
 
 import pytest
 from django.conf import settings
-from django.db import DatabaseError, connection, connections, transaction
+from django.db import DatabaseError, ProgrammingError, connection, connections, transaction
 
 from accounts.tests.factories import EmailAccountFactory
-from emailclient.core.models import TenantMembership
+from emailclient.core.models import AuditLog, TenantMembership
+from emailclient.core.rls import TENANT_PREDICATE, database_security_check, database_security_problems
+from emailclient.core.services import audit_log_record
 from emailclient.core.tenancy import active_tenant_scope, current_tenant_id, tenant_scope
 
 
@@ -194,3 +196,70 @@ def test_admin_alias_bypasses_rls(committed_db, tenant_a, tenant_b):
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM email_accounts")
         assert cursor.fetchone()[0] == 0
+
+
+@pytest.mark.django_db
+def test_the_audit_log_is_append_only_for_the_runtime_role(tenant_a):
+    """The default privileges give the runtime role UPDATE and DELETE on
+    every table the owner creates; `migrate`, `setupdb` and `restore` take
+    them back on the audit log, so a compromised web process cannot rewrite
+    or erase what it did. (The admin role, for the operator, keeps them.)"""
+    entry = audit_log_record(tenant=tenant_a, actor=None, action="test", object_type="x", object_id=None)
+    for statement in (
+        "UPDATE email_audit_log SET action = 'rewritten' WHERE id = %s",
+        "DELETE FROM email_audit_log WHERE id = %s",
+    ):
+        with (
+            pytest.raises(ProgrammingError, match="permission denied"),
+            tenant_scope(tenant_a.id),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(statement, [entry.id])
+    with tenant_scope(tenant_a.id):
+        assert list(AuditLog.objects.values_list("action", flat=True)) == ["test"]
+
+
+@pytest.mark.django_db
+def test_the_migrated_database_passes_the_start_up_check():
+    with connection.cursor() as cursor:
+        assert database_security_problems(cursor) == []
+    database_security_check()  # raises nothing
+
+
+@pytest.mark.django_db(databases=["default", "owner"])
+def test_the_check_names_every_table_that_lost_its_isolation():
+    """What a restore stopped in its post-data section, or a table added
+    without `tenant_rls()`, looks like; the owner's changes are rolled back."""
+    with transaction.atomic(using="owner"), connections["owner"].cursor() as cursor:
+        cursor.execute('ALTER TABLE "email_accounts" NO FORCE ROW LEVEL SECURITY')
+        cursor.execute('ALTER TABLE "email_folders" DISABLE ROW LEVEL SECURITY')
+        cursor.execute('DROP POLICY tenant_isolation ON "email_attachments"')
+        cursor.execute('CREATE POLICY open_door ON "email_messages" USING (true)')
+        cursor.execute('DROP POLICY tenant_isolation ON "email_thread_refs"')
+        cursor.execute(f'CREATE POLICY tenant_isolation ON "email_thread_refs" USING ({TENANT_PREDICATE})')
+        cursor.execute("CREATE TABLE rls_check_new (id int, tenant_id uuid)")
+        problems = database_security_problems(cursor)
+        transaction.set_rollback(True, using="owner")
+    owner = settings.DATABASES["owner"]["USER"]
+    assert problems == [
+        "email_accounts: row-level security is not forced",
+        "email_attachments: no tenant_isolation policy with the tenant predicate",
+        "email_folders: row-level security is not enabled",
+        "email_messages: policies besides tenant_isolation: open_door, tenant_isolation",
+        # No WITH CHECK: the role could write rows into another tenant.
+        "email_thread_refs: no tenant_isolation policy with the tenant predicate",
+        "rls_check_new: row-level security is not enabled",
+        "rls_check_new: row-level security is not forced",
+        "rls_check_new: no tenant_isolation policy with the tenant predicate",
+        f"email_audit_log: role {owner} may update or delete it (it must be append-only)",
+    ]
+
+
+@pytest.mark.django_db(databases=["default", "admin"])
+def test_a_role_exempt_from_rls_is_refused():
+    with connections["admin"].cursor() as cursor:
+        problems = database_security_problems(cursor)
+    admin = settings.DATABASES["admin"]["USER"]
+    assert problems[0] == (
+        f"role {admin} is a superuser or has BYPASSRLS: row-level security does not apply to it"
+    )
