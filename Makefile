@@ -14,7 +14,7 @@ format:
 	.venv/bin/ruff check --fix . && .venv/bin/ruff format .
 
 migrate:
-	.venv/bin/python manage.py migrate --database owner
+	DJANGO_SETTINGS_MODULE="$${DJANGO_SETTINGS_MODULE:-emailclient.settings.local}" .venv/bin/python manage.py migrate --database owner
 
 shell:
-	.venv/bin/python manage.py shell
+	DJANGO_SETTINGS_MODULE="$${DJANGO_SETTINGS_MODULE:-emailclient.settings.local}" .venv/bin/python manage.py shell

@@ -14,6 +14,11 @@ set -euo pipefail
 # `emailclient` package resolve wherever this script is run from.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# The image sets the production settings; said here too, so that a run that
+# replaces the environment still gets them (manage.py and Celery default to
+# production as well; the development settings are only ever chosen by name).
+export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-emailclient.settings.production}"
+
 usage() {
     echo "usage: entrypoint.sh {web|worker|beat|migrate|manage} [args...]" >&2
 }

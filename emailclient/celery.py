@@ -2,7 +2,8 @@ import os
 
 from celery import Celery
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "emailclient.settings.local")
+# Production unless told otherwise, as manage.py and WSGI (see manage.py).
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "emailclient.settings.production")
 
 app = Celery("emailclient")
 app.config_from_object("django.conf:settings", namespace="CELERY")
