@@ -5,7 +5,9 @@ from rest_framework.views import APIView
 
 from accounts.selectors import access_account
 from emailclient.core.api import TenantAPIMixin
+from emailclient.core.limits import tenant_limit
 from emailclient.core.schema import TENANT_HEADER
+from emailclient.core.throttling import rate_limit_hit
 
 from .serializers import SyncRequestedSerializer, SyncStatusSerializer
 from .services import sync_request
@@ -19,6 +21,9 @@ class SyncTriggerView(TenantAPIMixin, APIView):
     @extend_schema(parameters=[TENANT_HEADER], request=None, responses={202: SyncRequestedSerializer})
     def post(self, request, account_id, **kwargs):
         account = access_account(tenant=self.tenant, membership=self.membership, id=account_id)
+        # Per account, counted once the account is the caller's (a 404 counts nothing).
+        rate = tenant_limit(self.tenant, "sync_trigger_rate_limit")
+        rate_limit_hit(request=request, group="sync.trigger", key=str(account.id), rate=rate)
         task_id, joined = sync_request(account=account)
         body = {
             "task_id": task_id,

@@ -108,6 +108,7 @@ class MessageViewSet(TenantAPIMixin, viewsets.GenericViewSet):
     refuses them for good they are undone and the undo is audited."""
 
     serializer_class = MessageListSerializer
+    throttle_scope, throttle_scope_param = "search", "q"  # a list with `q` is a search
 
     def get_queryset(self):
         return Message.objects.none()  # every action builds its own, from the selectors
@@ -265,6 +266,8 @@ class MessageViewSet(TenantAPIMixin, viewsets.GenericViewSet):
 class SearchView(TenantAPIMixin, APIView):
     """`GET /api/sync/search?query=...`: search across the user's
     accounts (or one, with `account`). Same results as `/api/messages/?q=`."""
+
+    throttle_scope = "search"
 
     @extend_schema(
         parameters=[TENANT_HEADER, SearchParamsSerializer], responses=MessageListSerializer(many=True)

@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 from rest_framework import permissions
 
+from .clientaddr import client_address
 from .exceptions import TenantRequired
 from .models import Tenant, TenantMembership
 
@@ -40,4 +41,5 @@ class TenantAPIMixin(_APIViewBase):
         return self.request._request.membership  # type: ignore[attr-defined]  # set by TenantMiddleware
 
     def client_ip(self) -> str | None:
-        return self.request.META.get("REMOTE_ADDR") or None
+        """For the audit log: the client's address behind trusted proxies."""
+        return client_address(self.request)

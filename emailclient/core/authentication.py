@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 from rest_framework import exceptions
 from rest_framework_simplejwt import authentication, serializers
 from rest_framework_simplejwt.settings import api_settings
-from rest_framework_simplejwt.tokens import Token
+from rest_framework_simplejwt.tokens import Token, UntypedToken
 from rest_framework_simplejwt.utils import get_md5_hash_password
 
 # The middleware authenticates once and leaves the result here for the view.
@@ -51,13 +51,41 @@ class JWTAuthentication(authentication.JWTAuthentication):
         return user
 
 
+def token_user_check(token: Token) -> None:
+    """A token presented to refresh or verify: its user exists, may log in
+    and has not changed their password since it was issued
+    (CHECK_REVOKE_TOKEN). Raises AuthenticationFailed (401) otherwise."""
+    user_id = token.get(api_settings.USER_ID_CLAIM)
+    if user_id is None:
+        return
+    user = get_user_model().objects.filter(**{api_settings.USER_ID_FIELD: user_id}).first()
+    if user is None:
+        raise exceptions.AuthenticationFailed(
+            "No active account found for the given token.", code="no_active_account"
+        )
+    JWTAuthentication().checked_user(token, user)
+
+
 class TokenRefreshSerializer(serializers.TokenRefreshSerializer):
-    """simplejwt's refresh, but a token whose user was deleted is a 401, not a 500."""
+    """simplejwt's refresh, but a token whose user was deleted is a 401, not a
+    500, and one issued before the user's password changed is refused
+    (simplejwt 5.5.1 checks that only for access tokens)."""
 
     def validate(self, attrs):
+        token_user_check(self.token_class(attrs["refresh"]))
         try:
             return super().validate(attrs)
         except get_user_model().DoesNotExist as exc:
             raise exceptions.AuthenticationFailed(
                 self.error_messages["no_active_account"], "no_active_account"
             ) from exc
+
+
+class TokenVerifySerializer(serializers.TokenVerifySerializer):
+    """simplejwt's verify, which checks the signature and the blacklist only,
+    plus the token's user: a revoked token (password changed, user
+    deactivated or deleted) does not verify."""
+
+    def validate(self, attrs):
+        token_user_check(UntypedToken(attrs["token"]))
+        return super().validate(attrs)

@@ -146,6 +146,9 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "emailclient.core.exceptions.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    # Per user, per scope and per tenant on every tenant API view
+    # (emailclient.core.throttling; the API_RATE_LIMIT_* settings below).
+    "DEFAULT_THROTTLE_CLASSES": ["emailclient.core.throttling.ApiThrottle"],
 }
 
 SIMPLE_JWT = {
@@ -158,12 +161,29 @@ SIMPLE_JWT = {
     "UPDATE_LAST_LOGIN": True,
     "AUTH_HEADER_TYPES": ("Bearer",),
     "TOKEN_REFRESH_SERIALIZER": "emailclient.core.authentication.TokenRefreshSerializer",
+    "TOKEN_VERIFY_SERIALIZER": "emailclient.core.authentication.TokenVerifySerializer",
+    # Tokens carry a hash of the user's password hash: a password change
+    # revokes every access and refresh token issued before it.
+    "CHECK_REVOKE_TOKEN": True,
 }
 
 # django-ratelimit, on the Redis cache above.
+# Token obtain per client address: the seeds' 5 a minute.
 AUTH_RATE_LIMIT = env("AUTH_RATE_LIMIT", default="5/m")
+# Token obtain per username, whatever the address: a person mistyping needs
+# fewer than 5 tries a minute; guesses from many addresses meet it too.
+AUTH_USERNAME_RATE_LIMIT = env("AUTH_USERNAME_RATE_LIMIT", default="5/m")
+# Refresh (and verify) per client address, a budget of its own: a client
+# refreshes once per access token (15 minutes), so 60 a minute is 60 clients
+# behind one address refreshing in the same minute.
+AUTH_REFRESH_RATE_LIMIT = env("AUTH_REFRESH_RATE_LIMIT", default="60/m")
+# Proxies in front that append the client's address to X-Forwarded-For
+# (emailclient.core.clientaddr). 0: none is trusted, the client is
+# REMOTE_ADDR and X-Forwarded-For is ignored (anyone can send one).
+TRUSTED_PROXY_HOPS = env.int("TRUSTED_PROXY_HOPS", default=0)
 RATELIMIT_USE_CACHE = "default"
-RATELIMIT_IP_META_KEY = env("RATELIMIT_IP_META_KEY", default=None)
+# django-ratelimit's key="ip" reads the same client address as the throttles.
+RATELIMIT_IP_META_KEY = "emailclient.core.clientaddr.ratelimit_ip"
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Email service API",

@@ -1,0 +1,120 @@
+"""Throttles: request counts per user, per tenant, per scope and per client
+address, in Redis, answered with 429 and `Retry-After`.
+
+One mechanism for every limit of the service: django-ratelimit's counters
+(`get_usage`: an atomic `INCR` per key and fixed window, on the Redis cache)
+and its rate syntax (`600/m`, `10/5m`), the same as the compose send limits.
+DRF's throttle hook (`ApiThrottle`, in REST_FRAMEWORK's
+DEFAULT_THROTTLE_CLASSES) runs them on every API view, after authentication
+and permissions; a limit reached raises `RateLimited`, which the exception
+handler answers with 429 and the seconds to the end of the window.
+
+Every tenant request counts, in this order, against:
+
+1. the user's budget in the tenant (`api_rate_limit_user`);
+2. its view's scope, if it has one (`throttle_scope = "search"`:
+   `api_rate_limit_search` per user; with `throttle_scope_param = "q"` only
+   requests carrying that query parameter are in the scope);
+3. the tenant's budget, shared by its users (`api_rate_limit_tenant`).
+
+A request refused at one step counts against none of the later ones: a user
+over their own limit does not use up their tenant's. Each rate is the
+tenant's own if an operator set one, else the setting's
+(`emailclient.core.limits.tenant_limit`). Requests outside a tenant (the
+schema and docs pages, `/health`, plain Django views) are not counted here;
+the token endpoints have their own limits per address and per username
+(`emailclient.core.auth_views`).
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from django_ratelimit.core import get_usage
+from django_ratelimit.exceptions import Ratelimited
+from rest_framework.throttling import BaseThrottle
+
+from .limits import tenant_limit
+
+# The schema and docs pages (drf-spectacular's views, which cannot be
+# imported here: their module reads this class's setting) are not tenant
+# API, even when a request names a tenant.
+NOT_TENANT_API_MODULE = "drf_spectacular."
+# Scopes a view may name, with the tenant limit each reads.
+SCOPE_LIMITS = {"search": "api_rate_limit_search"}
+
+
+class RateLimited(Ratelimited):
+    """A limit reached; `retry_after` seconds until its window ends."""
+
+    def __init__(self, retry_after: int):
+        super().__init__()
+        self.retry_after = retry_after
+
+
+def rate_limit_hit(*, request: Any, group: str, key: str, rate: str) -> None:
+    """Count one request against `group`'s counter for `key`; raise
+    `RateLimited` when it is over `rate`."""
+
+    def by_key(group: str, request: Any) -> str:
+        return key
+
+    usage = get_usage(request, group=group, key=by_key, rate=rate, increment=True)
+    if usage is not None and usage["should_limit"]:
+        raise RateLimited(retry_after=max(1, int(usage["time_left"])))
+
+
+def _tenant_of(request: Any) -> Any:
+    return getattr(getattr(request, "_request", request), "tenant", None)
+
+
+def api_throttle_check(*, request: Any, view: Any) -> None:
+    """The tenant request's user, scope and tenant limits (see above)."""
+    if any(cls.__module__.startswith(NOT_TENANT_API_MODULE) for cls in type(view).__mro__):
+        return
+    tenant = _tenant_of(request)
+    user = getattr(request, "user", None)
+    if tenant is None or user is None or not user.is_authenticated:
+        return
+    user_key = f"{tenant.id}:{user.pk}"
+    rate_limit_hit(
+        request=request, group="api.user", key=user_key, rate=tenant_limit(tenant, "api_rate_limit_user")
+    )
+    scope = getattr(view, "throttle_scope", None)
+    param = getattr(view, "throttle_scope_param", None)
+    if scope is not None and (param is None or param in request.query_params):
+        rate_limit_hit(
+            request=request,
+            group=f"api.{scope}",
+            key=user_key,
+            rate=tenant_limit(tenant, SCOPE_LIMITS[scope]),
+        )
+    rate_limit_hit(
+        request=request,
+        group="api.tenant",
+        key=str(tenant.id),
+        rate=tenant_limit(tenant, "api_rate_limit_tenant"),
+    )
+
+
+class ApiThrottle(BaseThrottle):
+    """DRF's hook for `api_throttle_check`: on every API view by default."""
+
+    def allow_request(self, request, view) -> bool:
+        api_throttle_check(request=request, view=view)
+        return True
+
+
+class KeyedThrottle(BaseThrottle):
+    """A view's own limits: `view.rate_limits` is a list of
+    `(group, key_function(request) -> str | None, rate_function() -> str)`;
+    a key of None skips that limit. POST requests only (the token endpoints)."""
+
+    def allow_request(self, request, view) -> bool:
+        if request.method != "POST":
+            return True
+        limits: list[tuple[str, Callable[[Any], str | None], Callable[[], str]]] = view.rate_limits
+        for group, key_function, rate_function in limits:
+            key = key_function(request)
+            if key is not None:
+                rate_limit_hit(request=request, group=group, key=key, rate=rate_function())
+        return True
