@@ -53,8 +53,12 @@ Translation
 All positive words and phrases make one tsquery (``plainto_tsquery`` and
 ``phraseto_tsquery`` joined by ``&&``) matched once against the GIN index;
 each negated one is its own ``NOT (search_vector @@ ...)``, which unindexed
-messages satisfy. Substring operators compile to ``ILIKE`` (see
-`_ILikeContains`) so the pg_trgm indexes serve them; a whole address compiles
+messages satisfy. A substring operator compiles to ``ILIKE`` (see
+`_ILikeContains`), and, when its value holds three letters or digits in a
+row, to the match of those trigrams in the field's trigram vector first
+(`Message.subject_trigrams` and the like; see `messages.models.Trigrams`):
+under row-level security only that match, being LEAKPROOF, can be an index
+condition, and ILIKE checks the tenant's candidates. A whole address compiles
 to equality with `Message.from_key` or containment in `to_addresses` /
 `cc_addresses`, each indexed (trigrams of a whole address are too common to
 narrow anything down). Every user value reaches
@@ -258,8 +262,51 @@ class _ILikeContains(IContains):
         return f"ILIKE {rhs}"
 
 
-def _contains(expression: F, value: str) -> Q:
-    return Q(_ILikeContains(expression, value))
+class _TsMatch(Lookup):  # type: ignore[type-arg]
+    """`lhs @@ rhs::tsquery`, the tsquery given as its text (no parser, no
+    dictionary): the operator is ts_match_vq, LEAKPROOF, so an index condition
+    under row-level security. Used as an expression, never registered."""
+
+    lookup_name = "tsquery_match"
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        rhs, rhs_params = self.process_rhs(compiler, connection)
+        return f"{lhs} @@ {rhs}::tsquery", [*lhs_params, *rhs_params]
+
+
+# Runs of ASCII letters and digits: whatever the database's locale, such a
+# run lies inside one pg_trgm word of any text that contains it, so each of
+# its three-character windows, lower-cased, is one of that text's trigrams.
+_TRIGRAM_RUN = re.compile(r"[A-Za-z0-9]{3,}")
+# Enough to narrow any substring down; more only lengthens the index lookup.
+MAX_TRIGRAMS = 16
+
+
+def substring_trigrams(value: str) -> list[str]:
+    """Trigrams that every text containing `value` (case-insensitively) has
+    in its `Trigrams` vector; none for a value without three ASCII letters
+    or digits in a row. At most MAX_TRIGRAMS, the first ones."""
+    found: dict[str, None] = {}
+    for run in _TRIGRAM_RUN.findall(value):
+        lowered = run.lower()
+        for i in range(len(lowered) - 2):
+            found.setdefault(lowered[i : i + 3])
+    return list(found)[:MAX_TRIGRAMS]
+
+
+def _contains(trigrams_field: str, value: str, *fields: str) -> Q:
+    """Any of `fields` contains `value` (ILIKE), its candidates found through
+    `trigrams_field` when the value has trigrams."""
+    condition = Q()
+    for field in fields:
+        condition |= Q(_ILikeContains(F(field), value))
+    trigrams = substring_trigrams(value)
+    if not trigrams:
+        return condition
+    # Only [a-z0-9] in each trigram: nothing to quote inside the quotes.
+    tsquery = " & ".join(f"'{trigram}'" for trigram in trigrams)
+    return Q(_TsMatch(F(trigrams_field), tsquery)) & condition
 
 
 def _day_start(day: datetime.date) -> datetime.datetime:
@@ -280,11 +327,11 @@ def _operator_filter(term: Term) -> Q:
         case "to" | "cc" if _is_whole_address(value):
             return Q(**{f"{term.operator}_addresses__contains": JSONArray(Lower(Value(value)))})
         case "from":
-            return _contains(F("from_address"), value) | _contains(F("from_name"), value)
+            return _contains("from_trigrams", value, "from_address", "from_name")
         case "to" | "cc":
-            return _contains(F(f"{term.operator}_text"), value)
+            return _contains(f"{term.operator}_trigrams", value, f"{term.operator}_text")
         case "subject":
-            return _contains(F("subject"), value)
+            return _contains("subject_trigrams", value, "subject")
         case "has":
             return Q(has_attachments=True)
         case "is":

@@ -8,7 +8,7 @@ policy yields zero rows: never an error, never another tenant's rows.
 
 from django.db import migrations
 
-from .dbsetup import APPEND_ONLY_TABLES
+from .dbsetup import APPEND_ONLY_TABLES, NOT_LEAKPROOF_FUNCTIONS
 
 TENANT_PREDICATE = "tenant_id = NULLIF(current_setting('app.current_tenant_id', true), '')::uuid"
 
@@ -56,8 +56,10 @@ def database_security_problems(cursor) -> list[str]:
     (runtime) role sees it; empty when all is well. Every table with a
     `tenant_id` must have row-level security enabled and forced and exactly
     one policy, `tenant_isolation`, with `TENANT_PREDICATE` for reading and
-    writing; the role must be neither a superuser nor exempt from RLS; the
-    append-only tables must refuse it UPDATE, DELETE and TRUNCATE.
+    writing; the role must be neither a superuser nor exempt from RLS; no
+    function known to leak (`dbsetup.NOT_LEAKPROOF_FUNCTIONS`) may be marked
+    LEAKPROOF; the append-only tables must refuse the role UPDATE, DELETE and
+    TRUNCATE.
 
     `cursor` is any DB-API cursor (Django's or psycopg's). A restore whose
     post-data section failed, or a table added without `tenant_rls()`, is
@@ -82,6 +84,10 @@ def database_security_problems(cursor) -> list[str]:
             problems.append(f"{table}: no tenant_isolation policy with the tenant predicate")
         elif list(policies) != ["tenant_isolation"]:
             problems.append(f"{table}: policies besides tenant_isolation: {', '.join(policies)}")
+    for function in NOT_LEAKPROOF_FUNCTIONS:
+        cursor.execute("SELECT proleakproof FROM pg_proc WHERE oid = %s::regprocedure", [function])
+        if cursor.fetchone()[0]:
+            problems.append(f"{function} is marked LEAKPROOF and is not (run `manage.py setupdb`)")
     for table in APPEND_ONLY_TABLES:
         cursor.execute(
             "SELECT to_regclass(%s) IS NOT NULL AND (has_table_privilege(%s, 'UPDATE') "

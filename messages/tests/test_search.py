@@ -2,7 +2,7 @@ import datetime
 import uuid
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import DataError, connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from accounts.tests.factories import EmailAccountFactory
@@ -231,7 +231,8 @@ def test_the_error_is_a_value_error_and_an_application_error():
 def test_positive_text_makes_one_tsquery_and_negated_text_its_own():
     condition, text = search_filter(parse_search_query('invoice "quarterly report" paid -draft from:bob'))
     sql = str(Message.objects.filter(condition).values("id").query)
-    assert sql.count("@@") == 2  # one for the three positive terms, one for -draft
+    assert sql.count('"search_vector" @@') == 2  # one for the three positive terms, one for -draft
+    assert sql.count('"from_trigrams" @@') == 1  # from:bob's candidates
     assert sql.count("plainto_tsquery") == 3
     assert sql.count("phraseto_tsquery") == 1
     assert "to_tsquery(" not in sql.replace("plainto_tsquery(", "").replace("phraseto_tsquery(", "")
@@ -660,21 +661,19 @@ def test_a_search_is_one_query(db, tenant_a, account, inbox, django_assert_num_q
     [
         ("quarterly invoice", "gin_messages_search"),
         ('"quarterly invoice" -paid', "gin_messages_search"),
-        ("subject:invoice", "trgm_messages_subject"),
-        ("subject:quarterly%", "trgm_messages_subject"),
-        ("from:alice", "trgm_messages_from"),
-        ("from:alice", "trgm_messages_from_name"),
-        ("to:reader", "trgm_messages_to"),
-        ("cc:reader", "trgm_messages_cc"),
+        ("subject:invoice", "gin_messages_subject_trgm"),
+        ("subject:quarterly%", "gin_messages_subject_trgm"),
+        ("from:alice", "gin_messages_from_trgm"),
+        ("to:reader", "gin_messages_to_trgm"),
+        ("cc:reader", "gin_messages_cc_trgm"),
         ("to:reader@example.com", "gin_messages_to_addresses"),
         ("cc:reader@example.com", "gin_messages_cc_addresses"),
     ],
 )
 def test_the_indexes_can_serve_the_search(text, index):
     """Not a speed test: told to avoid table scans, the planner finds a way
-    through the index. Django's own icontains (UPPER(col) LIKE ...) leaves the
-    trigram indexes unusable and fails this. Through the admin role, so that
-    RLS's tenant condition offers no other index."""
+    through the index. Through the admin role, so that RLS's tenant
+    condition offers no other index."""
     with transaction.atomic(using="admin"), connections["admin"].cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
         plan = apply_search(Message.objects.using("admin"), parse_search_query(text)).explain()
@@ -699,10 +698,10 @@ def test_from_a_whole_address_has_a_newest_first_index(db):
     ("text", "condition"),
     [
         ("quarterly invoice", "search_vector @@"),
-        ("subject:invoice", "subject ~~*"),
-        ("from:alice", "from_name)::text ~~*"),
-        ("to:reader", "to_text ~~*"),
-        ("cc:reader", "cc_text ~~*"),
+        ("subject:invoice", "subject_trigrams @@ '''inv'' & ''nvo'' & ''voi'' & ''oic'' & ''ice'''::tsquery"),
+        ("from:alice", "from_trigrams @@ '''ali'' & ''lic'' & ''ice'''::tsquery"),
+        ("to:reader", "to_trigrams @@ '''rea'' & ''ead'' & ''ade'' & ''der'''::tsquery"),
+        ("cc:reader", "cc_trigrams @@ '''rea'' & ''ead'' & ''ade'' & ''der'''::tsquery"),
         ("from:alice@example.com", "from_key = "),
         ("to:reader@example.com", "to_addresses @> "),
         ("cc:reader@example.com", "cc_addresses @> "),
@@ -712,20 +711,53 @@ def test_search_conditions_are_leakproof_so_rls_keeps_their_indexes(db, tenant_a
     """Under row-level security PostgreSQL evaluates the policy before any
     condition whose function is not LEAKPROOF, and such a condition cannot be
     an index condition: at 1,000,000 messages a word search scanned the table.
-    setupdb marks @@, ILIKE and jsonb's @> leakproof (= on text is already);
-    each search condition is one of them on a plain column (no other
-    function around it)."""
+    setupdb marks @@ and jsonb's @> leakproof (= on text is already), not
+    ILIKE; each search's index condition is one of them on a plain column (no
+    other function around it)."""
     with tenant_scope(tenant_a.id), connection.cursor() as cursor:
         plan = apply_search(Message.objects.for_tenant(tenant_a), parse_search_query(text)).explain()
         cursor.execute(
             "SELECT bool_and(proleakproof) FROM pg_proc WHERE oid IN "
             "('pg_catalog.ts_match_vq(tsvector, tsquery)'::regprocedure, "
-            "'pg_catalog.texticlike(text, text)'::regprocedure, "
             "'pg_catalog.jsonb_contains(jsonb, jsonb)'::regprocedure, "
             "'pg_catalog.texteq(text, text)'::regprocedure)"
         )
         assert cursor.fetchone()[0] is True
     assert condition in plan
+
+
+@pytest.mark.usefixtures("committed_db")
+def test_ilike_is_not_leakproof_so_its_errors_reveal_no_other_tenants_row(tenant_a, tenant_b):
+    """ILIKE with a pattern ending in the escape character raises an error
+    only when it reaches that end, that is when a row's text matches what
+    comes before. Marked LEAKPROOF (as setupdb once did), it ran before the
+    tenant policy, on every tenant's rows: tenant A's error told whether B
+    had a subject starting "Merger with A"; then "Merger with Ac", and so on.
+    Not leakproof, it sees only A's rows, and A's answer is the same whatever
+    B holds. (With texticlike marked LEAKPROOF this test fails.)"""
+    message(FolderFactory(account=EmailAccountFactory(tenant=tenant_a)), subject="Lunch on Friday")
+    message(FolderFactory(account=EmailAccountFactory(tenant=tenant_b)), subject="Merger with Acme")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT proleakproof FROM pg_proc WHERE oid = 'pg_catalog.texticlike(text, text)'::regprocedure"
+        )
+        assert cursor.fetchone() == (False,)
+    # A table scan (where a leakproof ILIKE, being cheaper, ran before the
+    # policy) and an index scan.
+    for plan_switches in (("enable_indexscan", "enable_bitmapscan"), ("enable_seqscan",)):
+        for probe in ("Merger with A%\\", "Merger with Z%\\", "Lunch on X%\\"):
+            with tenant_scope(tenant_a.id), connection.cursor() as cursor:
+                for switch in plan_switches:
+                    cursor.execute(f"SET LOCAL {switch} = off")
+                cursor.execute("SELECT count(*) FROM email_messages WHERE subject ILIKE %s", [probe])
+                assert cursor.fetchone() == (0,), probe
+    # A's own matching row does raise: the error is about A's rows only.
+    with (
+        pytest.raises(DataError, match="must not end with escape"),
+        tenant_scope(tenant_a.id),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("SELECT count(*) FROM email_messages WHERE subject ILIKE %s", ["Lunch on F%\\"])
 
 
 @pytest.mark.usefixtures("committed_db")

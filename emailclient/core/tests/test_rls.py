@@ -4,6 +4,7 @@ These tests query with raw SQL and no tenant filter, as a buggy selector
 would, through the runtime role the service uses.
 """
 
+import psycopg
 import pytest
 from django.conf import settings
 from django.db import DatabaseError, ProgrammingError, connection, connections, transaction
@@ -262,4 +263,20 @@ def test_a_role_exempt_from_rls_is_refused():
     admin = settings.DATABASES["admin"]["USER"]
     assert problems[0] == (
         f"role {admin} is a superuser or has BYPASSRLS: row-level security does not apply to it"
+    )
+
+
+@pytest.mark.django_db
+def test_the_check_refuses_ilike_marked_leakproof():
+    """Earlier versions of setupdb marked ILIKE LEAKPROOF; a database set up
+    then keeps the mark until setupdb runs again (rolled back here)."""
+    dbname = settings.DATABASES["default"]["NAME"]
+    conninfo = psycopg.conninfo.make_conninfo(settings.DATABASE_SUPERUSER_URL, dbname=dbname)
+    with psycopg.connect(conninfo) as conn, conn.cursor() as cursor:
+        cursor.execute("ALTER FUNCTION pg_catalog.texticlike(text, text) LEAKPROOF")
+        problems = database_security_problems(cursor)
+        conn.rollback()
+    assert (
+        "pg_catalog.texticlike(text, text) is marked LEAKPROOF and is not (run `manage.py setupdb`)"
+        in problems
     )
