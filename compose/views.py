@@ -3,11 +3,12 @@
 Every item is the user's own (compose is personal, `compose.selectors`);
 another user's or tenant's item is a 404. The send endpoints honour an
 `Idempotency-Key` header (`compose.idempotency`) and are rate limited per
-user and per tenant (COMPOSE_RATE_LIMIT_USER, COMPOSE_RATE_LIMIT_TENANT:
-429 with Retry-After). Only a send that is queued counts: a request refused
-(400, 404, 409, 429) counts against no limit, so one member's refusals do not
-use up the tenant's. A request replayed by its key is answered before the
-limits are looked at: it sends nothing.
+user and per tenant (COMPOSE_RATE_LIMIT_USER, COMPOSE_RATE_LIMIT_TENANT, or
+the tenant's own `compose_rate_limit_*`: 429 with Retry-After). Only a send
+that is queued counts: a request refused (400, 404, 409, 429) counts
+against no limit, so one member's refusals do not use up the tenant's. A
+request replayed by its key is answered before the limits are looked at:
+it sends nothing.
 """
 
 import re
@@ -15,7 +16,6 @@ import uuid
 from collections.abc import Callable
 from typing import IO, Any, cast
 
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.http import HttpRequest, QueryDict
@@ -33,6 +33,7 @@ from rest_framework.response import Response
 
 from emailclient.core.api import TenantAPIMixin
 from emailclient.core.exceptions import NotFound
+from emailclient.core.limits import tenant_limit
 from emailclient.core.pagination import KeysetPagination
 from emailclient.core.schema import TENANT_HEADER
 
@@ -84,18 +85,20 @@ def _tenant_key(group: str, request: Request) -> str:
     return str(request._request.tenant.id)  # type: ignore[attr-defined]  # set by TenantMiddleware
 
 
-def _limits() -> tuple[tuple[str, Callable[[str, Request], str], str], ...]:
-    """(group, key, rate): the user's limit first, then the tenant's."""
+def _limits(request: Request) -> tuple[tuple[str, Callable[[str, Request], str], str], ...]:
+    """(group, key, rate): the user's limit first, then the tenant's; the
+    tenant's own limits when an operator set them (`tenant_limit`)."""
+    tenant = getattr(request._request, "tenant", None)
     return (
-        ("compose.send.user", _user_key, settings.COMPOSE_RATE_LIMIT_USER),
-        ("compose.send.tenant", _tenant_key, settings.COMPOSE_RATE_LIMIT_TENANT),
+        ("compose.send.user", _user_key, tenant_limit(tenant, "compose_rate_limit_user")),
+        ("compose.send.tenant", _tenant_key, tenant_limit(tenant, "compose_rate_limit_tenant")),
     )
 
 
 def send_rate_limit_check(request: Request) -> None:
     """Before a send: 429 when the user's or the tenant's limit is used up
     (with the seconds to the end of that window). Counts nothing."""
-    for group, key, rate in _limits():
+    for group, key, rate in _limits(request):
         usage = get_usage(request, group=group, key=key, rate=rate, increment=False)
         if usage is not None and usage["count"] >= usage["limit"]:
             raise RateLimited(retry_after=max(1, int(usage["time_left"])))
@@ -108,7 +111,7 @@ def send_rate_limit_count(request: Request) -> None:
     and its transaction rolls back (the middleware rolls back every error
     answer). It stays counted only against the limits it reached: its user's,
     not the tenant's, when the user's is the one over."""
-    for group, key, rate in _limits():
+    for group, key, rate in _limits(request):
         usage = get_usage(request, group=group, key=key, rate=rate, increment=True)
         if usage is not None and usage["should_limit"]:
             raise RateLimited(retry_after=max(1, int(usage["time_left"])))

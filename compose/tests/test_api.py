@@ -1203,6 +1203,30 @@ def test_one_members_refused_sends_leave_the_tenant_quota_to_the_others(
     ]
 
 
+def test_a_tenants_own_send_limits_apply_over_the_settings(
+    client_a, tenant_a, account_a, client_b, account_b, settings
+):
+    settings.COMPOSE_RATE_LIMIT_USER = "100/m"
+    settings.COMPOSE_RATE_LIMIT_TENANT = "100/m"
+    tenant_a.compose_rate_limit_user = "2/m"
+    tenant_a.save(update_fields=["compose_rate_limit_user"])
+
+    codes = [client_a.post("/api/compose/send", body(account_a), format="json").status_code for _ in range(3)]
+
+    assert codes == [202, 202, 429]
+    # Tenant B has no override: the setting's limit.
+    assert [
+        client_b.post("/api/compose/send", body(account_b), format="json").status_code for _ in range(3)
+    ] == [202] * 3
+    # The tenant's own tenant-wide limit too (a counter of its own: the
+    # rate is part of django-ratelimit's key).
+    tenant_a.compose_rate_limit_user = ""
+    tenant_a.compose_rate_limit_tenant = "3/m"
+    tenant_a.save(update_fields=["compose_rate_limit_user", "compose_rate_limit_tenant"])
+    codes = [client_a.post("/api/compose/send", body(account_a), format="json").status_code for _ in range(4)]
+    assert codes == [202, 202, 202, 429]
+
+
 def test_invalid_sends_do_not_use_the_quota(client_a, account_a, draft_b, settings):
     settings.COMPOSE_RATE_LIMIT_USER = "2/m"
     sent = DraftFactory(account=account_a, status="sent")
