@@ -253,6 +253,36 @@ API_RATE_LIMIT_TENANT = env("API_RATE_LIMIT_TENANT", default="3000/m")
 API_RATE_LIMIT_SEARCH = env("API_RATE_LIMIT_SEARCH", default="120/m")
 SYNC_TRIGGER_RATE_LIMIT = env("SYNC_TRIGGER_RATE_LIMIT", default="6/m")
 
+# --- Fair sharing of the sync workers (issue 14, section 2) ----------------------
+# Seconds from the first packet to logged in (connect, TLS, greeting, STARTTLS,
+# login), whatever the per-read timeout: a real server needs a second or two;
+# 60 leaves room for a slow one across the world, and a tarpit that trickles
+# its greeting a byte at a time holds a worker one minute, not forever.
+MAIL_CONNECTION_DEADLINE = env.float("MAIL_CONNECTION_DEADLINE", default=60.0)
+# Seconds one sync (or write-back run) may talk to its server in all. 1,800:
+# half the task's hard time limit, so it ends cleanly long before Celery kills
+# it; 10,000 messages take ~25 s here (bench/), so only mailboxes of several
+# hundred thousand messages need more than one run, and each run keeps what it
+# stored (the next continues from there).
+SYNC_DEADLINE = env.float("SYNC_DEADLINE", default=1800.0)
+# Syncs running at once against one mail server host name, across tenants and
+# workers: 8 stays below what providers allow one client address (Gmail:
+# 15 connections per user, others 10-20 per address) and keeps a slow host from
+# holding more than 8 workers. The cap per tenant is SYNC_MAX_CONCURRENT_PER_TENANT.
+SYNC_MAX_CONCURRENT_PER_HOST = env.int("SYNC_MAX_CONCURRENT_PER_HOST", default=8)
+# A sync that finds its tenant's or host's slots taken is queued again this
+# many seconds later (with up to 50% jitter) instead of holding a worker: about
+# the time a small sync takes, so a waiting sync starts soon after one ends.
+SYNC_SLOT_WAIT_SECONDS = env.float("SYNC_SLOT_WAIT_SECONDS", default=10.0)
+# Ports a mail server may be reached on (IMAP 143/993, POP3 110/995, SMTP
+# 25/465/587): an account cannot point the service at a database or web port
+# inside or outside the network. Local and test settings allow any (their
+# Dovecot listens on high ports). `*`: any port.
+_MAIL_PORTS = env("MAIL_ALLOWED_PORTS", default="25,110,143,465,587,993,995").strip()
+MAIL_ALLOWED_PORTS: list[int] | None = (
+    None if _MAIL_PORTS == "*" else [int(port) for port in _MAIL_PORTS.split(",") if port.strip()]
+)
+
 # --- Sending (compose) ------------------------------------------------------------
 # Bodies and attachments of one message together, before MIME encoding.
 COMPOSE_MAX_MESSAGE_BYTES = env.int("COMPOSE_MAX_MESSAGE_BYTES", default=25 * 1024 * 1024)

@@ -36,3 +36,4 @@ WHITENOISE_AUTOREFRESH = True
 # The development and test mail servers run on loopback.
 MAIL_ALLOW_PRIVATE_HOSTS = True
 MAIL_ALLOW_PLAINTEXT = True
+MAIL_ALLOWED_PORTS = None  # and listen on free high ports

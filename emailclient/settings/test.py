@@ -37,6 +37,7 @@ STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.s
 # The development and test mail servers run on loopback.
 MAIL_ALLOW_PRIVATE_HOSTS = True
 MAIL_ALLOW_PLAINTEXT = True
+MAIL_ALLOWED_PORTS = None  # and listen on free high ports
 
 # The suite makes many requests as one user and tenant within a minute: the
 # API throttles' defaults are raised so that only the tests of the throttles

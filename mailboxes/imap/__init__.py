@@ -18,10 +18,11 @@ subclass), `connection` (address checks, TLS, the socket with bounded reads,
 sets, the result types), `errors`.
 """
 
-from mailboxes.imap.connection import ServerConfig, address_allowed, resolve, ssl_context
+from mailboxes.imap.connection import ServerConfig, address_allowed, port_allowed, resolve, ssl_context
 from mailboxes.imap.errors import (
     AddressNotAllowed,
     AuthenticationFailed,
+    DeadlineExceeded,
     InsecureServer,
     MailServerError,
     ProtocolViolation,
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_UID",
     "AddressNotAllowed",
     "AuthenticationFailed",
+    "DeadlineExceeded",
     "FetchData",
     "FetchedMessage",
     "FlagChanges",
@@ -63,6 +65,7 @@ __all__ = [
     "check_uid",
     "parse_fetch_fast",
     "parse_sequence_set",
+    "port_allowed",
     "resolve",
     "sequence_set",
     "ssl_context",

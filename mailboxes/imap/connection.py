@@ -7,31 +7,60 @@ whose reads are bounded.
   between check and connect);
 * TLS and STARTTLS verify the certificate and the host name (against the
   name the user gave, not the address);
-* every socket has a timeout; a server line longer than `max_line` or a
-  literal larger than `max_literal` aborts the connection with an error.
+* every socket has a timeout per read, and a connection a total deadline
+  besides: a server that trickles its answers a byte at a time cannot hold a
+  worker past it (`DeadlineExceeded`);
+* a server line longer than `max_line` or a literal larger than
+  `max_literal` aborts the connection with an error;
+* only the ports in `allowed_ports` (when given) may be reached.
 """
 
 import imaplib
+import io
 import ipaddress
+import logging
 import os
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
-from typing import IO
+from typing import TYPE_CHECKING
 
-from mailboxes.imap.errors import AddressNotAllowed, MailServerError, ProtocolViolation
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+    from typing_extensions import Buffer
+
+from mailboxes.imap.errors import AddressNotAllowed, DeadlineExceeded, MailServerError, ProtocolViolation
+
+logger = logging.getLogger(__name__)
 
 # --- Connection policy ------------------------------------------------------------
 
 # Not "private" by ipaddress's reckoning but never a mail server we may reach.
 _EXTRA_BLOCKED = [ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd00:ec2::/32")]
+# IPv6 prefixes that carry an IPv4 address in their low 32 bits, which a
+# relay or translator on the way may deliver to: judged by that address.
+_EMBEDS_IPV4_LOW = [ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48")]
 
 
 def address_allowed(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.is_site_local:
+            # fec0::/10, deprecated since 2004 (RFC 3879): only ever inside a
+            # site, often with a private IPv4 address in its low bits.
+            return False
+        if ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour:
+            # 6to4 (2002::/16): a relay delivers to the IPv4 address in bits 16-48.
+            if not address_allowed(str(ip.sixtofour)):
+                return False
+        elif any(ip in network for network in _EMBEDS_IPV4_LOW) and not address_allowed(
+            str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        ):
+            return False
     blocked = (
         ip.is_private
         or ip.is_loopback
@@ -44,8 +73,20 @@ def address_allowed(address: str) -> bool:
     return not blocked
 
 
-def resolve(host: str, port: int, *, allow_private: bool) -> str:
-    """One address for `host`, checked against the policy."""
+def port_allowed(port: int, allowed_ports: frozenset[int] | None) -> bool:
+    """Whether `port` may be reached: any with `allowed_ports` None."""
+    return allowed_ports is None or port in allowed_ports
+
+
+def resolve(host: str, port: int, *, allow_private: bool, allowed_ports: frozenset[int] | None = None) -> str:
+    """One address for `host`, checked against the policy. The errors name
+    the host, never the address it resolved to (they reach the account's
+    `last_sync_error`: an internal address is not the user's to learn);
+    the log has it."""
+    if not port_allowed(port, allowed_ports):
+        raise AddressNotAllowed(
+            f"port {port} is not a mail port this service connects to (MAIL_ALLOWED_PORTS)"
+        )
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
@@ -60,7 +101,10 @@ def resolve(host: str, port: int, *, allow_private: bool) -> str:
     if not allow_private:
         refused = [a for a in addresses if not address_allowed(a)]
         if refused:
-            raise AddressNotAllowed(f"{host} resolves to a non-public address ({refused[0]})")
+            logger.warning(
+                "mail server %s refused: it resolves to the non-public address %s", host, refused[0]
+            )
+            raise AddressNotAllowed(f"{host} resolves to an address this service may not connect to")
     if not addresses:
         raise MailServerError(f"{host} has no address")
     return addresses[0]
@@ -76,6 +120,11 @@ class ServerConfig:
     ca_file: str | None = None
     connect_timeout: float = 20.0
     read_timeout: float = 120.0
+    # Seconds from the first packet to logged in (connect, TLS, greeting,
+    # STARTTLS, login), and for the whole session; None: no deadline.
+    connect_deadline: float | None = 60.0
+    session_deadline: float | None = None
+    allowed_ports: frozenset[int] | None = None  # None: any port
     max_line: int = 8 * 1024 * 1024
     max_literal: int = 64 * 1024 * 1024
 
@@ -114,16 +163,72 @@ def ssl_context(config: ServerConfig) -> ssl.SSLContext:
     return context
 
 
-# --- imaplib with a pinned address and bounded reads -------------------------------
+# --- imaplib with a pinned address, bounded reads and a deadline -------------------
+
+
+class Deadline:
+    """A point in time (`time.monotonic()`) a connection must not outlive,
+    and what to say when it does."""
+
+    def __init__(self, seconds: float, message: str) -> None:
+        self.at = time.monotonic() + seconds
+        self.message = message
+
+    def remaining(self) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise DeadlineExceeded(self.message)
+        return left
+
+
+class _DeadlineSocketIO(io.RawIOBase):
+    """The socket's reads, each waiting at most the read timeout and never
+    past the owner's deadline: a server that sends one byte just before each
+    read timeout is stopped at the deadline, not after 8 MB of them."""
+
+    def __init__(self, sock: socket.socket, owner: "_BoundedReads") -> None:
+        super().__init__()
+        self._sock, self._owner = sock, owner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: "WriteableBuffer") -> int:
+        self._owner._arm(self._sock)
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            self._owner._arm(self._sock)  # past the deadline: DeadlineExceeded, not a timeout
+            raise
 
 
 class _BoundedReads(imaplib.IMAP4):
     max_line: int
     max_literal: int
-    file: IO[bytes]  # imaplib opens it with `sock.makefile("rb")`
+    read_timeout: float
+    deadline: Deadline | None = None
+    _reader: io.BufferedReader | None = None
+    _reader_sock: socket.socket | None = None
+
+    def _arm(self, sock: socket.socket) -> None:
+        """Set the socket's timeout for the next read or send: the read
+        timeout, or less when the deadline is nearer."""
+        timeout = self.read_timeout
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline.remaining())
+        if timeout != sock.gettimeout():  # IMAPClient sets it too
+            sock.settimeout(timeout)
+
+    def _buffered(self) -> io.BufferedReader:
+        # A new socket (after STARTTLS) gets a new buffer: nothing read in
+        # clear is ever taken as part of the encrypted session.
+        if self._reader is None or self._reader_sock is not self.sock:
+            self._reader_sock = self.sock
+            self._reader = io.BufferedReader(_DeadlineSocketIO(self.sock, self), buffer_size=65536)
+        return self._reader
 
     def readline(self) -> bytes:
-        line = self.file.readline(self.max_line + 1)
+        line = self._buffered().readline(self.max_line + 1)
         if len(line) > self.max_line:
             raise ProtocolViolation(f"server line longer than {self.max_line} bytes")
         return line
@@ -133,25 +238,54 @@ class _BoundedReads(imaplib.IMAP4):
             raise ProtocolViolation(
                 f"server literal of {size} bytes is over the {self.max_literal}-byte limit"
             )
-        return super().read(size)
+        return self._buffered().read(size)
+
+    def send(self, data: "Buffer") -> None:
+        self._arm(self.sock)
+        super().send(data)
+
+    def shutdown(self) -> None:
+        if self._reader is not None:
+            self._reader.detach()  # the socket itself is closed below
+            self._reader = None
+        super().shutdown()
 
 
 class _PinnedIMAP4(_BoundedReads):
-    def __init__(self, host: str, address: str, port: int, config: ServerConfig):
+    def __init__(
+        self, host: str, address: str, port: int, config: ServerConfig, deadline: Deadline | None = None
+    ):
         self._address = address
         self.max_line, self.max_literal = config.max_line, config.max_literal
+        self.read_timeout = config.read_timeout
         self._connect_timeout = config.connect_timeout
+        self.deadline = deadline
         super().__init__(host, port, timeout=config.connect_timeout)
 
+    def _timeout(self, timeout: float | None) -> float:
+        timeout = timeout or self._connect_timeout
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline.remaining())
+        return timeout
+
     def _create_socket(self, timeout: float | None = None) -> socket.socket:
-        return socket.create_connection((self._address, self.port), timeout or self._connect_timeout)
+        return socket.create_connection((self._address, self.port), self._timeout(timeout))
 
 
 class _PinnedIMAP4TLS(_PinnedIMAP4):
-    def __init__(self, host: str, address: str, port: int, config: ServerConfig, context: ssl.SSLContext):
+    def __init__(
+        self,
+        host: str,
+        address: str,
+        port: int,
+        config: ServerConfig,
+        context: ssl.SSLContext,
+        deadline: Deadline | None = None,
+    ):
         self._context = context
-        super().__init__(host, address, port, config)
+        super().__init__(host, address, port, config, deadline)
 
     def _create_socket(self, timeout: float | None = None) -> socket.socket:
         sock = super()._create_socket(timeout)
+        sock.settimeout(self._timeout(timeout))  # the handshake, in all
         return self._context.wrap_socket(sock, server_hostname=self.host)

@@ -19,3 +19,8 @@ class AddressNotAllowed(MailServerError):
 
 class ProtocolViolation(MailServerError):
     """The server sent something absurd (an endless line, a huge literal)."""
+
+
+class DeadlineExceeded(MailServerError):
+    """The server took longer than the connection's or the sync's total
+    deadline (a tarpit that trickles bytes, or an overloaded server)."""

@@ -14,7 +14,14 @@ from imapclient.exceptions import IMAPClientError, LoginError
 from imapclient.imapclient import SocketTimeout, seq_to_parenstr_upper
 from imapclient.response_parser import parse_fetch_response
 
-from mailboxes.imap.connection import ServerConfig, _PinnedIMAP4, _PinnedIMAP4TLS, resolve, ssl_context
+from mailboxes.imap.connection import (
+    Deadline,
+    ServerConfig,
+    _PinnedIMAP4,
+    _PinnedIMAP4TLS,
+    resolve,
+    ssl_context,
+)
 from mailboxes.imap.errors import AuthenticationFailed, InsecureServer, MailServerError, ProtocolViolation
 from mailboxes.imap.responses import (
     MAX_UID,
@@ -34,8 +41,10 @@ from mailboxes.imap.responses import (
 class _Client(IMAPClient):
     """IMAPClient over our imaplib subclasses."""
 
-    def __init__(self, config: ServerConfig, address: str, context: ssl.SSLContext):
-        self._config, self._address, self._context = config, address, context
+    def __init__(
+        self, config: ServerConfig, address: str, context: ssl.SSLContext, deadline: Deadline | None = None
+    ):
+        self._config, self._address, self._context, self._deadline = config, address, context, deadline
         super().__init__(
             config.host,
             port=config.port,
@@ -44,11 +53,20 @@ class _Client(IMAPClient):
             timeout=SocketTimeout(config.connect_timeout, config.read_timeout),
         )
         self.normalise_times = False  # keep INTERNALDATE's zone: aware datetimes
+        # IMAPClient sets imaplib's debug level to 5, at which imaplib formats
+        # the repr of every literal it reads before handing it to a logger:
+        # 150 MB for a 50 MB message, logged or not.
+        self._imap.debug = 0
 
     def _create_IMAP4(self) -> imaplib.IMAP4:
         if self.ssl:
-            return _PinnedIMAP4TLS(self.host, self._address, self.port, self._config, self._context)
-        return _PinnedIMAP4(self.host, self._address, self.port, self._config)
+            return _PinnedIMAP4TLS(
+                self.host, self._address, self.port, self._config, self._context, self._deadline
+            )
+        return _PinnedIMAP4(self.host, self._address, self.port, self._config, self._deadline)
+
+    def set_deadline(self, deadline: Deadline | None) -> None:
+        self._imap.deadline = deadline  # our _BoundedReads
 
     def copy_with_code(self, uids: Iterable[int], folder: str) -> bytes:
         """UID COPY, returning the text of the server's answer with its
@@ -98,23 +116,51 @@ def _text(value: object) -> str:
 
 
 class ImapSession:
-    """One logged-in IMAP connection. Use as a context manager."""
+    """One logged-in IMAP connection. Use as a context manager.
+
+    Each read waits at most `config.read_timeout`; besides, connecting and
+    logging in must be done within `config.connect_deadline` seconds, and the
+    whole session within `config.session_deadline` (counted from the start):
+    past either, the next read or send raises `DeadlineExceeded`."""
 
     def __init__(self, config: ServerConfig, username: str, password: str):
         self.config = config
-        address = resolve(config.host, config.port, allow_private=config.allow_private)
+        address = resolve(
+            config.host, config.port, allow_private=config.allow_private, allowed_ports=config.allowed_ports
+        )
         if config.encryption == "none" and not config.allow_plaintext:
             raise InsecureServer(
                 f"{config.host}: unencrypted connections are not allowed (MAIL_ALLOW_PLAINTEXT)"
             )
         context = ssl_context(config)
+        session_deadline = None
+        if config.session_deadline is not None:
+            session_deadline = Deadline(
+                config.session_deadline,
+                f"{config.host} did not finish within the {config.session_deadline:g} s a sync may take "
+                "(SYNC_DEADLINE); what was stored is kept",
+            )
+        connect_deadline = session_deadline
+        if config.connect_deadline is not None and (
+            config.session_deadline is None or config.connect_deadline < config.session_deadline
+        ):
+            connect_deadline = Deadline(
+                config.connect_deadline,
+                f"{config.host} did not let us connect and log in within {config.connect_deadline:g} s "
+                "(MAIL_CONNECTION_DEADLINE)",
+            )
         try:
-            self.client = _Client(config, address, context)
+            self.client = _Client(config, address, context, connect_deadline)
             if config.encryption == "starttls":
                 if not self.client.has_capability("STARTTLS"):
                     raise InsecureServer(f"{config.host} does not offer STARTTLS")
                 self.client.starttls(context)
             self.client.login(username, password)
+            capabilities = {_text(c).upper() for c in self.client.capabilities()}
+            self.qresync = False
+            if "QRESYNC" in capabilities:
+                enabled = {_text(c).upper() for c in self.client.enable("QRESYNC")}
+                self.qresync = "QRESYNC" in enabled
         except MailServerError:
             self._close()
             raise
@@ -127,12 +173,8 @@ class ImapSession:
         except (OSError, IMAPClientError, imaplib.IMAP4.error) as exc:
             self._close()
             raise MailServerError(f"cannot connect to {config.host}:{config.port}: {exc}") from exc
-        capabilities = {_text(c).upper() for c in self.client.capabilities()}
+        self.client.set_deadline(session_deadline)
         self.condstore = "CONDSTORE" in capabilities or "QRESYNC" in capabilities
-        self.qresync = False
-        if "QRESYNC" in capabilities:
-            enabled = {_text(c).upper() for c in self.client.enable("QRESYNC")}
-            self.qresync = "QRESYNC" in enabled
         self.special_use = "SPECIAL-USE" in capabilities
         self.esearch = "ESEARCH" in capabilities
 

@@ -1,8 +1,10 @@
 """Connection policy: address checks, TLS verification, no downgrade, and
 hostile server replies."""
 
+import logging
 import socket
 import threading
+import time
 
 import pytest
 
@@ -10,6 +12,7 @@ from mailboxes import imap
 from mailboxes.imap import (
     AddressNotAllowed,
     AuthenticationFailed,
+    DeadlineExceeded,
     ImapSession,
     InsecureServer,
     ProtocolViolation,
@@ -17,6 +20,7 @@ from mailboxes.imap import (
     address_allowed,
 )
 from mailboxes.tests.conftest import PASSWORD
+from mailboxes.tests.tarpit import Tarpit
 
 
 @pytest.mark.parametrize(
@@ -36,6 +40,18 @@ from mailboxes.tests.conftest import PASSWORD
         ("fd00::1", False),
         ("::ffff:127.0.0.1", False),
         ("224.0.0.1", False),
+        # 6to4 (2002::/16) carries an IPv4 address a relay delivers to.
+        ("2002:7f00:1::1", False),  # 127.0.0.1
+        ("2002:c0a8:101::1", False),  # 192.168.1.1
+        ("2002:a9fe:a9fe::1", False),  # 169.254.169.254
+        ("2002:5db8:d822::1", True),  # 93.184.216.34
+        # Site-local (fec0::/10): deprecated, inside a site only.
+        ("fec0::1", False),
+        ("fec0::c0a8:101", False),  # with 192.168.1.1 in its low bits
+        ("fec0::5db8:d822", False),
+        # NAT64 with a private address inside.
+        ("64:ff9b::a00:1", False),
+        ("64:ff9b:1::a00:1", False),
     ],
 )
 def test_address_policy(address, allowed):
@@ -57,6 +73,31 @@ def test_plaintext_is_refused_unless_allowed(devmail, mail_user):
 def test_a_name_resolving_to_a_private_address_is_refused():
     with pytest.raises(AddressNotAllowed):
         imap.resolve("localhost", 143, allow_private=False)
+
+
+def test_the_refusal_does_not_say_the_internal_address(caplog):
+    caplog.set_level(logging.WARNING, logger="mailboxes.imap.connection")
+    with pytest.raises(AddressNotAllowed) as refused:
+        imap.resolve("localhost", 143, allow_private=False)
+    # The message reaches the account's last_sync_error: the user may not
+    # learn what a name resolves to inside the network; the operator's log has it.
+    assert "127.0.0.1" not in str(refused.value) and "::1" not in str(refused.value)
+    assert "localhost" in str(refused.value)
+    assert any("127.0.0.1" in r.getMessage() or "::1" in r.getMessage() for r in caplog.records)
+
+
+def test_only_mail_ports_unless_configured():
+    mail_ports = frozenset({143, 993})
+    assert imap.resolve("127.0.0.1", 993, allow_private=True, allowed_ports=mail_ports) == "127.0.0.1"
+    with pytest.raises(AddressNotAllowed, match="port 6379"):
+        imap.resolve("127.0.0.1", 6379, allow_private=True, allowed_ports=mail_ports)
+    assert imap.resolve("127.0.0.1", 6379, allow_private=True, allowed_ports=None) == "127.0.0.1"
+
+
+def test_a_session_refuses_a_port_that_is_not_allowed(devmail, mail_user):
+    config = _config(devmail, allowed_ports=frozenset({143, 993}))
+    with pytest.raises(AddressNotAllowed, match=f"port {devmail.imap_port}"):
+        ImapSession(config, mail_user, PASSWORD)
 
 
 def _config(devmail, **kw) -> ServerConfig:
@@ -94,7 +135,7 @@ def test_an_untrusted_certificate_is_refused(devmail, mail_user):
 
 def test_a_certificate_for_another_name_is_refused(devmail, mail_user, monkeypatch):
     # DNS is the one thing we cannot make real here: pin a foreign name to loopback.
-    monkeypatch.setattr("mailboxes.imap.session.resolve", lambda host, port, allow_private: "127.0.0.1")
+    monkeypatch.setattr("mailboxes.imap.session.resolve", lambda host, port, **kwargs: "127.0.0.1")
     with pytest.raises(InsecureServer):
         ImapSession(_config(devmail, host="mail.example.org"), mail_user, PASSWORD)
 
@@ -241,3 +282,49 @@ def test_fetch_results_are_keyed_by_their_uid_item(devmail, mail_user):
         fetched = session.fetch_meta([2, 3])
     assert sorted(fetched) == [2, 3]
     assert all(message.uid == uid for uid, message in fetched.items())
+
+
+# --- Deadlines: a server that trickles -------------------------------------------------
+
+
+def _tarpit_config(port: int, **kw) -> ServerConfig:
+    base = {
+        "host": "127.0.0.1",
+        "port": port,
+        "encryption": "none",
+        "allow_plaintext": True,
+        "allow_private": True,
+        "read_timeout": 5,  # far longer than the tarpit's pause between bytes
+    }
+    return ServerConfig(**{**base, **kw})
+
+
+def test_a_trickled_greeting_stops_at_the_connection_deadline():
+    tarpit = Tarpit(mode="greeting", interval=0.05, give_up_after=10)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DeadlineExceeded, match="MAIL_CONNECTION_DEADLINE"):
+            ImapSession(_tarpit_config(tarpit.port, connect_deadline=1.0), "u", "p")
+    finally:
+        tarpit.close()
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_trickled_answer_stops_at_the_session_deadline():
+    tarpit = Tarpit(mode="after_login", interval=0.05, give_up_after=10)
+    try:
+        with ImapSession(_tarpit_config(tarpit.port, session_deadline=1.5), "u", "p") as session:
+            started = time.monotonic()
+            with pytest.raises(DeadlineExceeded, match="SYNC_DEADLINE"):
+                session.list_folders()
+            assert time.monotonic() - started < 2.5
+    finally:
+        tarpit.close()
+
+
+def test_a_session_deadline_leaves_a_healthy_server_alone(devmail, mail_user):
+    with ImapSession(
+        _config(devmail, session_deadline=30, connect_deadline=10), mail_user, PASSWORD
+    ) as session:
+        session.select("INBOX")
+        assert session.list_folders()
