@@ -1,3 +1,5 @@
+import unicodedata
+
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
@@ -31,6 +33,18 @@ class PasswordField(serializers.CharField):
             style={"input_type": "password"},
             **kwargs,
         )
+
+
+def _no_control_characters(value: str) -> str:
+    """Usernames and passwords go into the mail server's login command as
+    they are (IMAP LOGIN sends the username unquoted): a line break there
+    would end the command and start another. Control characters (C0, DEL,
+    C1: Unicode category Cc) are refused."""
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise serializers.ValidationError(
+            "Control characters (line breaks, tabs, NUL and the like) are not allowed."
+        )
+    return value
 
 
 def _encryption_allowed(value: str) -> str:
@@ -72,7 +86,16 @@ class AccountInputSerializer(serializers.Serializer):
     def validate_password(self, value: str) -> str:
         if value == "":
             raise serializers.ValidationError("This field may not be blank.")
-        return value
+        return _no_control_characters(value)
+
+    def validate_username(self, value: str) -> str:
+        return _no_control_characters(value)
+
+    def validate_smtp_username(self, value: str) -> str:
+        return _no_control_characters(value)
+
+    def validate_smtp_password(self, value: str) -> str:
+        return _no_control_characters(value)
 
 
 class AccountOutputSerializer(serializers.ModelSerializer):

@@ -145,6 +145,57 @@ def test_changing_encryption_without_a_port_moves_to_that_default(client_a, tena
     assert response.json()["port"] == 143
 
 
+@pytest.mark.parametrize("restated", [{"encryption": "tls"}, {"protocol": "imap"}])
+def test_restating_the_encryption_without_a_port_needs_the_password(
+    client_admin_a, tenant_a, user_a, restated
+):
+    """The same encryption (or protocol) sent again without a port moves a
+    custom port to the default: that sends the stored password elsewhere,
+    so it needs the password like any other new endpoint."""
+    account = EmailAccountFactory(tenant=tenant_a, user=user_a, port=1993, encryption="tls")
+    response = client_admin_a.patch(detail(account), restated, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"]["password"] == ["Required when port changes."]
+    stored = scoped(tenant_a, lambda: EmailAccount.objects.get(id=account.id))
+    assert stored.port == 1993
+    ok = client_admin_a.patch(detail(account), {**restated, "password": "pw"}, format="json")
+    assert ok.status_code == 200
+    assert ok.json()["port"] == 993
+
+
+def test_restating_the_encryption_of_a_default_port_needs_nothing(client_a, tenant_a, user_a):
+    account = EmailAccountFactory(tenant=tenant_a, user=user_a, port=993, encryption="tls")
+    response = client_a.patch(detail(account), {"encryption": "tls", "account_name": "Home"}, format="json")
+    assert response.status_code == 200
+    assert response.json()["port"] == 993
+
+
+@pytest.mark.parametrize("field", ["username", "password", "smtp_username", "smtp_password"])
+@pytest.mark.parametrize("bad", ["a\r\nb", "a\nb", "a\x00b", "a\tb", "a\x7fb", "a\x85b"])
+def test_control_characters_in_usernames_and_passwords_are_refused(client_a, tenant_a, user_a, field, bad):
+    """IMAP LOGIN sends the username unquoted: `x\r\nA1 DELETE INBOX` would
+    be a second command. Refused on create and on update."""
+    response = client_a.post(URL, {**VALID, field: bad}, format="json")
+    assert response.status_code == 400
+    assert field in response.json()["error"]["fields"]
+    account = EmailAccountFactory(tenant=tenant_a, user=user_a)
+    response = client_a.patch(
+        detail(account), {"password": "pw", "smtp_password": "pw", field: bad}, format="json"
+    )
+    assert response.status_code == 400
+    assert field in response.json()["error"]["fields"]
+    assert scoped(tenant_a, lambda: EmailAccount.objects.filter(tenant=tenant_a).count()) == 1
+
+
+def test_printable_unicode_usernames_and_passwords_are_kept(client_a, tenant_a):
+    body = {**VALID, "username": "jürgen@exämple.com", "password": "pässwört ✓ ", "smtp_password": "ü ß"}
+    response = client_a.post(URL, body, format="json")
+    assert response.status_code == 201, response.content
+    account = scoped(tenant_a, lambda: EmailAccount.objects.get(id=response.json()["id"]))
+    assert account_credentials(account=account).password == "pässwört ✓ "
+    assert account.username == "jürgen@exämple.com"
+
+
 @pytest.mark.parametrize(
     ("change", "secret"),
     [
