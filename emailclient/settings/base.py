@@ -248,6 +248,18 @@ TENANT_MAX_ACCOUNTS_PER_USER = env.int("TENANT_MAX_ACCOUNTS_PER_USER", default=N
 TENANT_MAX_STORED_BYTES = env.int("TENANT_MAX_STORED_BYTES", default=None)
 TENANT_MAX_MESSAGES = env.int("TENANT_MAX_MESSAGES", default=None)
 SYNC_MAX_CONCURRENT_PER_TENANT = env.int("SYNC_MAX_CONCURRENT_PER_TENANT", default=2)
+# API throttles (emailclient.core.throttling), measured with one client paging
+# a 3,000-message folder one request at a time (in-process, this 2-core VM):
+# 1,150 pages a minute at page_size 50, 590 at 200, 970 message details a
+# minute; through gunicorn a page took 9.5 ms (bench/results-read.json), i.e.
+# 6,300 a minute. The seeds' 60 a minute per address stopped such a client
+# within 3 to 6 seconds. Per user 600 a minute lets it page at its own speed
+# with page_size=200 (120,000 messages a minute) and at half of it with 50,
+# and holds one user to a tenth of what a worker serves. Per tenant 3,000: five
+# users at their limit at once. Searches cost up to 10x a page (120 ms broad):
+# 120 a minute, two a second, is more than search-as-you-type sends. Sync
+# triggers per account: a running or queued sync is joined anyway, one every
+# 10 s is more than a refresh button needs.
 API_RATE_LIMIT_USER = env("API_RATE_LIMIT_USER", default="600/m")
 API_RATE_LIMIT_TENANT = env("API_RATE_LIMIT_TENANT", default="3000/m")
 API_RATE_LIMIT_SEARCH = env("API_RATE_LIMIT_SEARCH", default="120/m")
