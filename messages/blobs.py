@@ -3,15 +3,30 @@
 A blob's key is the SHA-256 of its bytes; it is stored once per tenant,
 gzip-compressed, at `<root>/<tenant>/<ab>/<sha256>.gz`: one level of 256
 directories, created once each (two levels made nearly every blob of a sync
-create a directory of its own). Writes go to a temporary file first and are
-renamed into place, so a crash never leaves a half-written blob under a valid
-key; writing a key that exists only sets its modification time to now.
+create a directory of its own).
 
-That time is what garbage collection (`messages.blob_gc`) goes by: a blob
-is removed only when no row refers to it and it was neither written nor put
-again for a while. `discard()` renames it aside before its last look at that
-time, so a `put` racing with it either finds no file (and writes one) or
-refreshes the time first (and the blob is put back).
+Durability: a write goes to a temporary file, which is fsynced, renamed into
+place, and then its folder is fsynced, so that a blob a committed row names
+survives a power loss whole (without the first fsync a crash could leave an
+empty or short file under a valid key; without the folder's, no file at
+all). A caller that writes many blobs before one commit (the sync's batches)
+passes `sync_folder=False` and calls `sync_folders()` once before its rows
+commit: one fsync per folder touched instead of one per blob.
+
+Damage: every read checks the bytes against the key (SHA-256) and the gzip
+stream's own length and CRC, and raises `BlobDamaged` (after logging the
+tenant and key) on a mismatch, a truncated or garbled file; `put()` of a
+key that is stored checks the stored file the same way and writes it again
+when it is damaged. `chunks()` reads a blob a megabyte at a time for
+downloads, checking as it goes. `manage.py repairblobs` finds damaged and
+missing blobs and fetches them again from the mail server.
+
+A `put` of a stored key sets its modification time to now, which is what
+garbage collection (`messages.blob_gc`) goes by: a blob is removed only when
+no row refers to it and it was neither written nor put again for a while.
+`discard()` renames it aside before its last look at that time, so a `put`
+racing with it either finds no file (and writes one) or refreshes the time
+first (and the blob is put back).
 
 The sync writes one or more blobs per message, so `put` is lean: string
 paths, gzip level 1 (mail text compresses about 3x at a fraction of level
@@ -22,7 +37,6 @@ uncompressed blocks, a copy instead of deflate's CPU.
 """
 
 import contextlib
-import gzip
 import hashlib
 import logging
 import os
@@ -33,12 +47,31 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from django.conf import settings
 
 
-class BlobNotFound(Exception):
+class BlobError(Exception):
+    """A blob cannot be read as stored."""
+
+    def __init__(self, key: str, reason: str = "") -> None:
+        super().__init__(f"{key}: {reason}" if reason else key)
+        self.key = key
+        self.reason = reason
+
+
+class BlobNotFound(BlobError):
     pass
+
+
+class BlobDamaged(BlobNotFound):
+    """The stored file does not hold the key's bytes: truncated, garbled, or
+    of another size than its row says. `put()` of the right bytes, or
+    `manage.py repairblobs`, writes it again. A `BlobNotFound` too: either
+    way the key's bytes are not to be had, and code that copes with a
+    missing blob copes with a damaged one; the API tells them apart (a
+    damaged blob is a 500, a missing one a 404)."""
 
 
 def blob_key(data: bytes) -> str:
@@ -61,11 +94,105 @@ class StoredBlob:
     mtime: float
 
 
+def _fsync_folder(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _inflate(handle: BinaryIO, key: str, size: int | None) -> Iterator[bytes]:
+    """The bytes of the gzip file `handle`, at most a megabyte a chunk
+    whatever its compression ratio, each checked on the way: raises
+    `BlobDamaged` (after the last chunk, or as soon as it shows) when the
+    stream is garbled or truncated, its CRC or length is wrong, anything
+    follows it, or the bytes' SHA-256 is not `key` or their length not
+    `size` (when given)."""
+    inflater = zlib.decompressobj(wbits=31)
+    digest = hashlib.sha256()
+    length = 0
+    try:
+        while not inflater.eof:
+            pending = inflater.unconsumed_tail or handle.read(_CHUNK)
+            if not pending:
+                raise BlobDamaged(key, "truncated")
+            chunk = inflater.decompress(pending, _CHUNK)
+            if chunk:
+                length += len(chunk)
+                if size is not None and length > size:
+                    raise BlobDamaged(key, f"longer than its {size} bytes")
+                digest.update(chunk)
+                yield chunk
+    except zlib.error as exc:
+        raise BlobDamaged(key, f"not a whole gzip stream ({exc})") from exc
+    if inflater.unused_data or handle.read(1):
+        raise BlobDamaged(key, "data after the end of its stream")
+    if size is not None and length != size:
+        raise BlobDamaged(key, f"{length} bytes, not {size}")
+    if digest.hexdigest() != key:
+        raise BlobDamaged(key, "its SHA-256 is not its key")
+
+
+class BlobReader:
+    """An open blob for a download: `size` bytes, checked whole before the
+    first byte goes (so a damaged blob is an error the caller can answer
+    with, not a download cut short), then read again a megabyte at a time
+    as it is iterated, checked again on the way. A small blob (a megabyte
+    on disk at most) is read once, into memory. Close it (or iterate it to
+    the end)."""
+
+    def __init__(self, handle: BinaryIO, *, tenant_id: uuid.UUID, key: str, size: int | None) -> None:
+        self.tenant_id = tenant_id
+        self.key = key
+        self._handle = handle
+        self._data: bytes | None = None
+        try:
+            if os.fstat(handle.fileno()).st_size <= _CHUNK:
+                self._data = b"".join(_inflate(handle, key, size))
+                self.size = len(self._data)
+                handle.close()
+            else:
+                self.size = sum(len(chunk) for chunk in _inflate(handle, key, size))
+                handle.seek(0)
+        except BlobDamaged as exc:
+            handle.close()
+            _log_damage(tenant_id, exc)
+            raise
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._data is not None:
+            data, self._data = self._data, b""
+            yield data
+            return
+        try:
+            yield from _inflate(self._handle, self.key, self.size)
+        except BlobDamaged as exc:  # changed since it was checked: the download is cut short
+            _log_damage(self.tenant_id, exc)
+            raise
+        finally:
+            self._handle.close()
+
+    def close(self) -> None:
+        self._data = b""
+        self._handle.close()
+
+
+def _log_damage(tenant_id: uuid.UUID, exc: BlobError) -> None:
+    logger.error(
+        "blob %s of tenant %s is damaged (%s): run manage.py repairblobs", exc.key, tenant_id, exc.reason
+    )
+
+
 class BlobStore:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._made: set[str] = set()
         self._warned = False
+        # Folders renamed into (or created) by `put(sync_folder=False)` and
+        # not fsynced since: `sync_folders()` does it.
+        self._unsynced: set[str] = set()
+        self._unsynced_lock = threading.Lock()
 
     def path(self, tenant_id: uuid.UUID, key: str) -> Path:
         return Path(self._path(tenant_id, key))
@@ -75,14 +202,21 @@ class BlobStore:
             raise ValueError("a blob key is a SHA-256 hex digest")
         return f"{self.root}/{tenant_id}/{key[:2]}/{key}.gz"
 
-    def put(self, tenant_id: uuid.UUID, data: bytes, key: str | None = None) -> str:
+    def put(
+        self, tenant_id: uuid.UUID, data: bytes, key: str | None = None, *, sync_folder: bool = True
+    ) -> str:
+        """Store `data` (whose SHA-256 is `key`, when given) durably: on
+        return its file is on disk, and so is its name in its folder unless
+        `sync_folder` is false, when `sync_folders()` must run before
+        anything that names the blob commits. A stored key is checked, and
+        written again if its file is damaged."""
         key = key or blob_key(data)
         path = self._path(tenant_id, key)
         try:
             os.utime(path)  # stored already: now in use again (see the module's docstring)
-            return key
         except FileNotFoundError:
-            pass
+            self._write(tenant_id, data, key, path, sync_folder=sync_folder)
+            return key
         except PermissionError:
             # Stored, but not this user's file (restored by another user?):
             # garbage collection cannot see that it is in use again.
@@ -91,9 +225,34 @@ class BlobStore:
                     "blob files not writable by this user, e.g. %s: fix the store's ownership", path
                 )
                 self._warned = True
-            return key
+        damage = self._damage(path, key, size=len(data))
+        if damage is not None:
+            logger.warning("blob %s of tenant %s was damaged (%s): written again", key, tenant_id, damage)
+            self._write(tenant_id, data, key, path, sync_folder=sync_folder)
+        return key
+
+    def _damage(self, path: str, key: str, *, size: int | None = None) -> str | None:
+        """Why the file at `path` does not hold `key`'s bytes; None if it does
+        (or has gone meanwhile, or cannot be read: nothing to repair here)."""
+        try:
+            with open(path, "rb") as handle:
+                for _chunk in _inflate(handle, key, size):
+                    pass
+        except BlobDamaged as exc:
+            return exc.reason
+        except (FileNotFoundError, PermissionError):
+            return None
+        return None
+
+    def _write(self, tenant_id: uuid.UUID, data: bytes, key: str, path: str, *, sync_folder: bool) -> None:
         folder = os.path.dirname(path)
+        created: list[str] = []
         if folder not in self._made:
+            tenant_folder = os.path.dirname(folder)
+            if not os.path.isdir(tenant_folder):
+                created.append(os.path.dirname(tenant_folder))  # the root's entry for the tenant
+            if not os.path.isdir(folder):
+                created.append(tenant_folder)  # the tenant folder's entry for the shard
             os.makedirs(folder, exist_ok=True)
             self._made.add(folder)
         # Unique per process and thread: two writers of one key never share it.
@@ -113,18 +272,67 @@ class BlobStore:
                     for start in range(0, len(data), _CHUNK):
                         handle.write(compressor.compress(view[start : start + _CHUNK]))
                     handle.write(compressor.flush())
+                handle.flush()
+                os.fsync(handle.fileno())  # the bytes on disk before the name points at them
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return key
+        folders = [folder, *created]
+        if sync_folder:
+            for name in folders:
+                _fsync_folder(name)
+        else:
+            with self._unsynced_lock:
+                self._unsynced.update(folders)
 
-    def get(self, tenant_id: uuid.UUID, key: str) -> bytes:
+    def sync_folders(self) -> int:
+        """fsync every folder that `put(sync_folder=False)` renamed a blob
+        into (or created) since the last call, so that those blobs' names
+        survive a power loss; how many. On ext4 the first fsync commits the
+        journal with every rename before it, and the others cost a system
+        call each."""
+        with self._unsynced_lock:
+            folders, self._unsynced = self._unsynced, set()
         try:
-            return gzip.decompress(self.path(tenant_id, key).read_bytes())
+            for folder in sorted(folders, reverse=True):  # shards before the folders holding them
+                _fsync_folder(folder)
+        except BaseException:
+            with self._unsynced_lock:
+                self._unsynced.update(folders)
+            raise
+        return len(folders)
+
+    def get(self, tenant_id: uuid.UUID, key: str, *, size: int | None = None) -> bytes:
+        """The blob's bytes, checked against `key` (and `size`, if given).
+        Raises `BlobNotFound`, or `BlobDamaged` (logged with the key)."""
+        try:
+            with open(self._path(tenant_id, key), "rb") as handle:
+                return b"".join(_inflate(handle, key, size))
         except FileNotFoundError as exc:
-            raise BlobNotFound(key) from exc
+            raise BlobNotFound(key, "not stored") from exc
+        except BlobDamaged as exc:
+            _log_damage(tenant_id, exc)
+            raise
+
+    def open(self, tenant_id: uuid.UUID, key: str, *, size: int | None = None) -> BlobReader:
+        """The blob, checked, to be read a megabyte at a time (downloads).
+        Raises `BlobNotFound`, or `BlobDamaged` (logged with the key)."""
+        try:
+            handle = open(self._path(tenant_id, key), "rb")  # noqa: SIM115 - the reader closes it
+        except FileNotFoundError as exc:
+            raise BlobNotFound(key, "not stored") from exc
+        return BlobReader(handle, tenant_id=tenant_id, key=key, size=size)
+
+    def check(self, tenant_id: uuid.UUID, key: str, *, size: int | None = None) -> str | None:
+        """What is wrong with the stored blob ("not stored", or why it is
+        damaged); None when it holds `key`'s bytes. Reads it a megabyte at a
+        time, keeps nothing."""
+        path = self._path(tenant_id, key)
+        if not os.path.exists(path):
+            return "not stored"
+        return self._damage(path, key, size=size)
 
     def exists(self, tenant_id: uuid.UUID, key: str) -> bool:
         return self.path(tenant_id, key).exists()

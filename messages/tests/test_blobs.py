@@ -1,9 +1,10 @@
 import os
 import uuid
+import zlib
 
 import pytest
 
-from messages.blobs import BlobNotFound, BlobStore, blob_key
+from messages.blobs import BlobDamaged, BlobNotFound, BlobStore, blob_key
 
 
 def test_blobs_are_content_addressed_compressed_and_per_tenant(tmp_path):
@@ -38,3 +39,173 @@ def test_large_blobs_round_trip_compressed_or_stored(tmp_path, data):
         assert size < len(data) / 5
     else:
         assert size < len(data) * 1.01  # stored, not inflated
+
+
+# --- Durability: fsync the file, rename, fsync the folder ------------------------------
+
+
+class FsyncTrace:
+    """Records, in order, every fsync (by the path of its descriptor) and
+    every rename, then calls the real function: a spy, not a stub."""
+
+    def __init__(self, monkeypatch):
+        self.events: list[tuple[str, ...]] = []
+        real_fsync, real_replace = os.fsync, os.replace
+
+        def fsync(fd):
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            real_fsync(fd)
+            self.events.append(("fsync", path))
+
+        def replace(src, dst, **kwargs):
+            real_replace(src, dst, **kwargs)
+            self.events.append(("rename", os.fspath(src), os.fspath(dst)))
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", replace)
+
+    def index(self, *event) -> int:
+        return self.events.index(event)
+
+
+def test_put_fsyncs_the_file_then_renames_then_fsyncs_the_folder(tmp_path, monkeypatch):
+    store = BlobStore(tmp_path)
+    tenant = uuid.uuid4()
+    data = b"Subject: durable\r\n\r\nbody\r\n"
+    # Another blob of the same shard first: the folders exist.
+    other = next(d for n in range(10_000) if blob_key(d := b"%d" % n)[:2] == blob_key(data)[:2])
+    store.put(tenant, other)
+    trace = FsyncTrace(monkeypatch)
+    key = store.put(tenant, data)
+
+    final = str(store.path(tenant, key))
+    [rename] = [e for e in trace.events if e[0] == "rename"]
+    tmp = rename[1]
+    assert rename == ("rename", tmp, final)
+    assert os.path.dirname(tmp) == os.path.dirname(final)
+    assert trace.events == [
+        ("fsync", tmp),
+        ("rename", tmp, final),
+        ("fsync", os.path.dirname(final)),
+    ]
+
+
+def test_a_new_tenant_folder_is_fsynced_in_its_parent(tmp_path, monkeypatch):
+    store = BlobStore(tmp_path)
+    tenant = uuid.uuid4()
+    trace = FsyncTrace(monkeypatch)
+    key = store.put(tenant, b"the first blob of a tenant")
+    shard = os.path.dirname(str(store.path(tenant, key)))
+    synced = [e[1] for e in trace.events if e[0] == "fsync"][1:]
+    # The shard's entry for the file, the tenant folder's for the shard, the root's for the tenant.
+    assert sorted(synced) == sorted([shard, os.path.dirname(shard), str(tmp_path)])
+
+
+def test_deferred_folder_syncs_happen_once_per_folder_in_sync_folders(tmp_path, monkeypatch):
+    store = BlobStore(tmp_path)
+    tenant = uuid.uuid4()
+    store.put(tenant, b"make the tenant folder")
+    blobs = [f"message {n}".encode() for n in range(40)]
+    trace = FsyncTrace(monkeypatch)
+    keys = [store.put(tenant, data, sync_folder=False) for data in blobs]
+    # Each blob's shard, and the tenant folder, which got new shards.
+    folders = {os.path.dirname(str(store.path(tenant, key))) for key in keys} | {str(tmp_path / str(tenant))}
+    # Each file fsynced before its rename; no folder fsynced yet.
+    assert [e[0] for e in trace.events] == ["fsync", "rename"] * len(blobs)
+    assert store.sync_folders() == len(folders)
+    assert sorted(e[1] for e in trace.events[2 * len(blobs) :]) == sorted(folders)
+    assert store.sync_folders() == 0
+
+
+# --- Damage ------------------------------------------------------------------------------
+
+
+def _damage_cases(store, tenant, key, data):
+    path = store.path(tenant, key)
+    stored = path.read_bytes()
+    return {
+        "truncated": stored[: len(stored) // 2],
+        "empty": b"",
+        "garbled": stored[:20] + bytes(b ^ 0x55 for b in stored[20:40]) + stored[40:],
+        "other bytes": zlib.compress(data[:-1] + b"!", 1, wbits=31),  # a valid gzip of the wrong content
+        "trailing data": stored + b"junk",
+    }
+
+
+@pytest.mark.parametrize("case", ["truncated", "empty", "garbled", "other bytes", "trailing data"])
+def test_a_damaged_blob_is_refused_with_its_key_logged(tmp_path, case, caplog):
+    store = BlobStore(tmp_path)
+    tenant = uuid.uuid4()
+    data = b"Subject: hi\r\n\r\n" + os.urandom(3000).hex().encode()
+    key = store.put(tenant, data)
+    store.path(tenant, key).write_bytes(_damage_cases(store, tenant, key, data)[case])
+
+    with pytest.raises(BlobDamaged) as raised:
+        store.get(tenant, key)
+    assert raised.value.key == key
+    assert any(key in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    with pytest.raises(BlobDamaged):
+        store.open(tenant, key)
+    assert store.check(tenant, key) is not None
+
+
+def test_a_blob_of_the_wrong_size_is_refused(tmp_path):
+    store = BlobStore(tmp_path)
+    tenant = uuid.uuid4()
+    key = store.put(tenant, b"twelve bytes")
+    assert store.get(tenant, key, size=12) == b"twelve bytes"
+    with pytest.raises(BlobDamaged, match="not 13"):
+        store.get(tenant, key, size=13)
+    with pytest.raises(BlobDamaged, match="longer"):
+        store.get(tenant, key, size=5)
+
+
+@pytest.mark.parametrize("case", ["truncated", "empty", "garbled", "other bytes", "trailing data"])
+def test_put_of_a_damaged_key_writes_it_again(tmp_path, case):
+    store = BlobStore(tmp_path)
+    tenant = uuid.uuid4()
+    data = b"Subject: hi\r\n\r\n" + os.urandom(3000).hex().encode()
+    key = store.put(tenant, data)
+    store.path(tenant, key).write_bytes(_damage_cases(store, tenant, key, data)[case])
+
+    assert store.put(tenant, data) == key
+    assert store.get(tenant, key) == data
+    assert store.check(tenant, key) is None
+
+
+def test_put_of_a_sound_key_does_not_write_it_again(tmp_path, monkeypatch):
+    store = BlobStore(tmp_path)
+    tenant = uuid.uuid4()
+    key = store.put(tenant, b"stored once")
+    inode = store.path(tenant, key).stat().st_ino
+    trace = FsyncTrace(monkeypatch)
+    store.put(tenant, b"stored once")
+    assert trace.events == []
+    assert store.path(tenant, key).stat().st_ino == inode
+
+
+def test_open_streams_a_large_blob_checked_a_megabyte_at_a_time(tmp_path):
+    store = BlobStore(tmp_path)
+    tenant = uuid.uuid4()
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    key = store.put(tenant, data)
+    blob = store.open(tenant, key)
+    assert blob.size == len(data)
+    chunks = list(blob)
+    assert max(len(c) for c in chunks) <= 1024 * 1024
+    assert b"".join(chunks) == data
+
+
+def test_a_blob_damaged_after_open_is_cut_short_not_served_whole(tmp_path):
+    store = BlobStore(tmp_path)
+    tenant = uuid.uuid4()
+    data = os.urandom(3 * 1024 * 1024)
+    key = store.put(tenant, data)
+    path = store.path(tenant, key)
+    blob = store.open(tenant, key)
+    # Damaged in place between the check and the read (the reader holds the file open).
+    with open(path, "r+b") as handle:
+        handle.seek(2 * 1024 * 1024)
+        handle.write(b"\0" * 4096)
+    with pytest.raises(BlobDamaged):
+        list(blob)
