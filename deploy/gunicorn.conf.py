@@ -50,12 +50,14 @@ max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", 100)
 # mkstemp and unlinks them at once, so a shared directory is safe.
 worker_tmp_dir = "/dev/shm"  # noqa: S108
 
-# Logs to the container's stdout/stderr. The access line carries the request
-# line but no headers, so no bearer token is logged; %(M)s is duration in ms.
+# Logs to the container's stdout/stderr. The access line carries the method
+# and the path but neither headers (bearer tokens) nor the query string:
+# that holds signed attachment URLs' tokens and what users search for
+# (`q=`); %(M)s is duration in ms.
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
 
 # Which peers may set X-Forwarded-* for gunicorn comes from FORWARDED_ALLOW_IPS
 # (gunicorn reads it itself). Django's HTTPS detection reads X-Forwarded-Proto

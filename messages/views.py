@@ -14,11 +14,10 @@ from emailclient.core.models import Tenant
 from emailclient.core.pagination import KeysetPagination
 from emailclient.core.planner import planner_settings
 from emailclient.core.schema import TENANT_HEADER
-from emailclient.core.tenancy import tenant_scope
 
 from . import selectors, services
-from .blobs import BlobNotFound, default_store
-from .downloads import attachment_token, attachment_token_read, blob_response, safe_filename
+from .blobs import default_store
+from .downloads import attachment_by_token, attachment_token, blob_open, blob_response, safe_filename
 from .models import Attachment, Folder, Message
 from .sanitize import sanitize_html
 from .search import SearchOrder, SearchQuery, apply_search, positive_conditions
@@ -150,7 +149,9 @@ class MessageViewSet(TenantAPIMixin, viewsets.GenericViewSet):
         return Response(MessageDetailSerializer(message, context=context).data)
 
     def _download_url(self, attachment: Attachment) -> str:
-        token = attachment_token(tenant_id=attachment.tenant_id, attachment_id=attachment.id)
+        token = attachment_token(
+            tenant_id=attachment.tenant_id, user_id=self.request.user.pk, attachment_id=attachment.id
+        )
         path = reverse("attachment-download", args=[attachment.id])
         return self.request.build_absolute_uri(f"{path}?token={token}")
 
@@ -158,12 +159,14 @@ class MessageViewSet(TenantAPIMixin, viewsets.GenericViewSet):
     def raw(self, request, **kwargs):
         """The original RFC 822 source, as the server sent it."""
         message = self._message()
-        try:
-            data = default_store().get(message.tenant_id, message.raw_blob_key)
-        except (BlobNotFound, ValueError) as exc:
-            raise NotFound("The message's source is not stored.") from exc
+        blob = blob_open(
+            default_store(),
+            tenant_id=message.tenant_id,
+            key=message.raw_blob_key,
+            missing="The message's source is not stored.",
+        )
         name = safe_filename(message.subject, default="message")
-        return blob_response(data, filename=f"{name}.eml", mime_type="message/rfc822")
+        return blob_response(blob, filename=f"{name}.eml", mime_type="message/rfc822")
 
     @extend_schema(request=MessageUpdateSerializer, responses=MessageListSerializer)
     def partial_update(self, request, **kwargs):
@@ -349,17 +352,19 @@ class AttachmentDownloadView(APIView):
     )
     def get(self, request, pk, **kwargs):
         attachment = self._attachment(request, pk)
-        try:
-            data = default_store().get(attachment.tenant_id, attachment.content_hash)
-        except (BlobNotFound, ValueError) as exc:
-            raise NotFound("The attachment's content is not stored.") from exc
+        blob = blob_open(
+            default_store(),
+            tenant_id=attachment.tenant_id,
+            key=attachment.content_hash,
+            missing="The attachment's content is not stored.",
+        )
         inline = attachment.is_inline or request.query_params.get("inline", "").lower() in {
             "1",
             "true",
             "yes",
         }
         return blob_response(
-            data,
+            blob,
             filename=safe_filename(attachment.filename, default="attachment"),
             mime_type=attachment.mime_type,
             inline=inline,
@@ -368,16 +373,7 @@ class AttachmentDownloadView(APIView):
     def _attachment(self, request, pk) -> Attachment:
         token = request.query_params.get("token")
         if token:
-            ref = attachment_token_read(token)
-            if ref is None or ref[1] != pk:
-                raise NotFound("Attachment not found.")
-            with tenant_scope(ref[0]):
-                attachment = Attachment.objects.filter(
-                    tenant_id=ref[0], id=pk, message__is_deleted=False, message__account__is_deleted=False
-                ).first()
-            if attachment is None:
-                raise NotFound("Attachment not found.")
-            return attachment
+            return attachment_by_token(token=token, id=pk)
         for permission in (permissions.IsAuthenticated(), HasTenant()):
             if not permission.has_permission(request, self):
                 self.permission_denied(request)

@@ -221,6 +221,11 @@ CREDENTIAL_ENCRYPTION_KEYS = env.list("CREDENTIAL_ENCRYPTION_KEYS")
 
 # --- Mail storage and limits ----------------------------------------------------
 BLOB_STORAGE_DIR = Path(env("BLOB_STORAGE_DIR", default=str(BASE_DIR / "var" / "blobs")))
+# Signed attachment URLs (for <img> tags, which send no bearer token) are
+# bearer credentials in a URL: five minutes is ample for a page to load its
+# images and for a click on a file; a client that keeps a message open
+# longer fetches its detail again for fresh URLs.
+ATTACHMENT_URL_MAX_AGE_SECONDS = env.int("ATTACHMENT_URL_MAX_AGE_SECONDS", default=300)
 # Mail servers on loopback/private/link-local/metadata addresses are refused
 # unless this is on (local and test settings turn it on).
 MAIL_ALLOW_PRIVATE_HOSTS = env.bool("MAIL_ALLOW_PRIVATE_HOSTS", default=False)
