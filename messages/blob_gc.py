@@ -131,6 +131,17 @@ def blob_garbage_collect(
     return report
 
 
+def blob_references(tenant_id: uuid.UUID) -> Generator[str, None, None]:
+    """Every blob key the tenant's rows refer to, once each, in key order;
+    inside the caller's `tenant_scope` (a server-side cursor lives in its
+    transaction). For `manage.py repairblobs`."""
+    last = None
+    for key in _referenced_keys(tenant_id):
+        if key != last:
+            yield key
+            last = key
+
+
 def _referenced_keys(tenant_id: uuid.UUID) -> Generator[str, None, None]:
     with connection.chunked_cursor() as cursor:
         cursor.execute(_referenced_keys_sql(), {"tenant": tenant_id})
