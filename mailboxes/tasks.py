@@ -3,15 +3,18 @@ the module path."""
 
 import logging
 import uuid
+from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
 
 from accounts.models import EmailAccount
 from emailclient.core.retry import backoff_countdown
+from messages.blobs import default_store
 from messages.locks import SyncAlreadyRunning
 
 from .imap import AddressNotAllowed, AuthenticationFailed, InsecureServer, MailServerError
+from .purge import accounts_purge_deleted
 from .services import account_sync_run
 from .sync_status import (
     FAILED,
@@ -120,3 +123,18 @@ def write_back_task(self, tenant_id: str, account_id: str) -> dict:
         give_up_pending(tenant_id=tenant, account_id=account, error=str(exc))
         return {"result": "failed", "error": str(exc)}
     return {"result": "ok", "written": report.written, "failed": report.failed}
+
+
+@shared_task(
+    name="mailboxes.tasks.purge_deleted_accounts",
+    time_limit=settings.CELERY_TASK_TIME_LIMIT,
+    soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT,
+)
+def purge_deleted_accounts_task() -> dict:
+    """Daily (CELERY_BEAT_SCHEDULE): accounts soft-deleted more than
+    ACCOUNT_PURGE_RETENTION_DAYS ago go for good (see `purge`). Safe to run
+    twice: a purged account is no longer listed; a busy one waits a day."""
+    report = accounts_purge_deleted(
+        store=default_store(), retention=timedelta(days=settings.ACCOUNT_PURGE_RETENTION_DAYS)
+    )
+    return report.as_dict()

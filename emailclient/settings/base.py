@@ -226,6 +226,11 @@ BLOB_STORAGE_DIR = Path(env("BLOB_STORAGE_DIR", default=str(BASE_DIR / "var" / "
 # images and for a click on a file; a client that keeps a message open
 # longer fetches its detail again for fresh URLs.
 ATTACHMENT_URL_MAX_AGE_SECONDS = env.int("ATTACHMENT_URL_MAX_AGE_SECONDS", default=300)
+# Soft-deleted accounts keep their mail (and credentials) this many days, so
+# a deletion by mistake can be undone by an operator, then `purgeaccounts`
+# (daily in CELERY_BEAT_SCHEDULE) removes them for good: 30 days, as
+# Microsoft 365 keeps a soft-deleted mailbox.
+ACCOUNT_PURGE_RETENTION_DAYS = env.int("ACCOUNT_PURGE_RETENTION_DAYS", default=30)
 # Mail servers on loopback/private/link-local/metadata addresses are refused
 # unless this is on (local and test settings turn it on).
 MAIL_ALLOW_PRIVATE_HOSTS = env.bool("MAIL_ALLOW_PRIVATE_HOSTS", default=False)
@@ -322,6 +327,8 @@ SMTP_TIMEOUT = env.float("SMTP_TIMEOUT", default=60.0)  # per read; the seeds' S
 CELERY_BEAT_SCHEDULE = {
     # Scheduled sends that are due and queued ones whose task was lost.
     "compose-dispatch-due": {"task": "compose.tasks.dispatch_due", "schedule": 60.0},
+    # Accounts soft-deleted more than ACCOUNT_PURGE_RETENTION_DAYS ago, once a day.
+    "accounts-purge-deleted": {"task": "mailboxes.tasks.purge_deleted_accounts", "schedule": 24 * 3600.0},
 }
 
 # --- i18n, static -------------------------------------------------------------
