@@ -2,10 +2,19 @@ from django import forms
 from django.contrib import admin
 
 from emailclient.core.admin_base import OperatorModelAdmin
+from emailclient.core.exceptions import ApplicationError
 from emailclient.core.tenancy import tenant_scope
 
 from .models import EmailAccount
-from .services import SECRET_FIELDS, WRITABLE_FIELDS, account_create, account_delete, account_update
+from .services import (
+    SECRET_FIELDS,
+    WRITABLE_FIELDS,
+    account_create,
+    account_delete,
+    account_ports_check,
+    account_quota_check,
+    account_update,
+)
 
 
 class EmailAccountForm(forms.ModelForm):
@@ -32,6 +41,12 @@ class EmailAccountForm(forms.ModelForm):
         cleaned = super().clean()
         if self.instance._state.adding and not cleaned.get("password"):
             self.add_error("password", "A password is required for a new account.")
+        try:  # the service checks these too; here they are form errors, not a 500
+            account_ports_check(data=cleaned)
+            if self.instance._state.adding and cleaned.get("tenant") and cleaned.get("user"):
+                account_quota_check(tenant=cleaned["tenant"], user=cleaned["user"])
+        except ApplicationError as exc:
+            raise forms.ValidationError(exc.fields or exc.message) from exc
         return cleaned
 
 

@@ -1,4 +1,7 @@
-"""Well-known ports, by protocol and encryption (RFC 8314, RFC 6409)."""
+"""Well-known ports, by protocol and encryption (RFC 8314, RFC 6409), and
+the ports a mail server may be reached on at all."""
+
+from django.conf import settings
 
 DEFAULT_PORTS = {
     ("imap", "tls"): 993,
@@ -15,3 +18,9 @@ DEFAULT_PORTS = {
 
 def default_port(protocol: str, encryption: str) -> int:
     return DEFAULT_PORTS[(protocol, encryption)]
+
+
+def port_allowed(port: int) -> bool:
+    """Whether a mail server may be reached on `port` (MAIL_ALLOWED_PORTS; None: any)."""
+    allowed = settings.MAIL_ALLOWED_PORTS
+    return allowed is None or port in allowed

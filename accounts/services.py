@@ -6,17 +6,18 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser, User
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from emailclient.core.crypto import decrypt_secret, encrypt_secret, rotate_secret
 from emailclient.core.exceptions import ApplicationError
+from emailclient.core.limits import tenant_limit
 from emailclient.core.models import Tenant
 from emailclient.core.services import audit_log_record
 from emailclient.core.tenancy import tenant_scope
 
 from .models import EmailAccount
-from .ports import default_port
+from .ports import default_port, port_allowed
 from .schedule import account_sync_schedule
 
 SECRET_FIELDS = {"password": "password_encrypted", "smtp_password": "smtp_password_encrypted"}
@@ -76,6 +77,50 @@ def _fill_defaults(account: EmailAccount) -> None:
         account.smtp_username = account.smtp_username or account.username
 
 
+class QuotaExceeded(ApplicationError):
+    status_code = 403
+    code = "quota_exceeded"
+
+
+def account_quota_check(*, tenant: Tenant, user: AbstractBaseUser) -> None:
+    """Raise `QuotaExceeded` when `tenant` (max_accounts) or `user` in it
+    (max_accounts_per_user) has all the accounts it may have; soft-deleted
+    ones do not count. A lock per tenant is held until the caller's
+    transaction ends, so two creations at once cannot both take the last place."""
+    most = tenant_limit(tenant, "max_accounts")
+    most_per_user = tenant_limit(tenant, "max_accounts_per_user")
+    if most is None and most_per_user is None:
+        return
+    with tenant_scope(tenant.id):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('account_create:' || %s))", [str(tenant.id)]
+            )
+        accounts = EmailAccount.objects.for_tenant(tenant).filter(is_deleted=False)
+        if most is not None and accounts.count() >= most:
+            raise QuotaExceeded(
+                f"This tenant has its {most} email accounts (max_accounts); "
+                "delete one or ask the operator to raise the limit."
+            )
+        if most_per_user is not None and accounts.filter(user_id=user.pk).count() >= most_per_user:
+            raise QuotaExceeded(
+                f"This user has {most_per_user} email accounts, the most allowed (max_accounts_per_user); "
+                "delete one or ask the operator to raise the limit."
+            )
+
+
+def account_ports_check(*, data: dict[str, Any]) -> None:
+    """Refuse ports a mail server may not be reached on (MAIL_ALLOWED_PORTS),
+    as a 400 on the field: the sync and the sending would refuse them later."""
+    errors = {
+        field: [f"Port {data[field]} is not a mail port this service connects to."]
+        for field in ("port", "smtp_port")
+        if data.get(field) and not port_allowed(data[field])
+    }
+    if errors:
+        raise ApplicationError("The service does not connect to that port.", fields=errors)
+
+
 def _save(account: EmailAccount) -> None:
     try:
         with transaction.atomic():
@@ -104,7 +149,9 @@ def account_create(
     account = EmailAccount(tenant=tenant, user=user)
     _apply(account, data)
     _fill_defaults(account)
+    account_ports_check(data={"port": account.port, "smtp_port": account.smtp_port})
     with tenant_scope(tenant.id):
+        account_quota_check(tenant=tenant, user=user)
         _save(account)
         account_sync_schedule(account=account)
         audit_log_record(
@@ -160,6 +207,7 @@ def account_update(
     _fill_defaults(account)
     if not changes:
         return account
+    account_ports_check(data={f: getattr(account, f) for f in ("port", "smtp_port") if f in changes})
     with tenant_scope(account.tenant_id):
         _save(account)
         account_sync_schedule(account=account)

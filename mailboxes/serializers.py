@@ -15,8 +15,13 @@ class SyncProgressSerializer(serializers.Serializer):
 
 class SyncStatusSerializer(serializers.Serializer):
     account_id = serializers.UUIDField()
-    state = serializers.ChoiceField(choices=["idle", "queued", "running", "failed"])
+    state = serializers.ChoiceField(choices=["idle", "queued", "waiting", "running", "failed", "over_quota"])
     task_id = serializers.CharField(allow_blank=True)
     progress = SyncProgressSerializer()
     last_sync_at = serializers.DateTimeField(allow_null=True)
     last_error = serializers.CharField(allow_blank=True)
+    detail = serializers.CharField(
+        allow_blank=True,
+        help_text="Why a sync waits (its tenant's or its server's concurrent syncs are all running), "
+        "why new mail was not stored (over quota), or why the account is not synced.",
+    )

@@ -5,6 +5,7 @@ import uuid
 from django.utils import timezone
 
 from accounts.models import EmailAccount
+from accounts.selectors import AccountNotSyncable, account_for_sync
 from emailclient.core.exceptions import ApplicationError
 from emailclient.core.tenancy import tenant_scope
 from messages.indexing import search_index_pending
@@ -90,9 +91,19 @@ def account_sync_run(
     and queue the write-back of changes still pending (normally queued by the
     change itself; this catches a task that was lost).
 
+    A tenant that was deactivated, or an owner no longer an active member,
+    stops it before any login (`AccountNotSyncable`, recorded on the account).
+    A tenant over its storage quota gets a sync that stores no new mail past
+    it (`SyncReport.over_quota`, recorded as the account's error).
+
     Raises what `account_sync` raises. `EmailAccount.DoesNotExist` and
     `SyncAlreadyRunning` leave the account as it is (there is none, or the
     other run records its own end); any other error is recorded first."""
+    try:
+        account_for_sync(tenant_id=tenant_id, account_id=account_id)
+    except AccountNotSyncable as exc:
+        account_sync_finished(tenant_id=tenant_id, account_id=account_id, error=exc.message, succeeded=False)
+        raise
     try:
         account_sync_started(tenant_id=tenant_id, account_id=account_id)
         report = account_sync(tenant_id=tenant_id, account_id=account_id, progress=progress)
@@ -103,9 +114,8 @@ def account_sync_run(
             tenant_id=tenant_id, account_id=account_id, error=str(exc) or type(exc).__name__, succeeded=False
         )
         raise
-    account_sync_finished(
-        tenant_id=tenant_id, account_id=account_id, error=report.folder_errors_text(), succeeded=True
-    )
+    error = "; ".join(text for text in (report.over_quota, report.folder_errors_text()) if text)
+    account_sync_finished(tenant_id=tenant_id, account_id=account_id, error=error, succeeded=True)
     if report.new:
         if index_inline:
             search_index_pending(tenant_id=tenant_id)

@@ -1,8 +1,11 @@
 """Live sync status of each account, in Redis (the Django cache).
 
-`state` is one of idle, queued, running, failed. The `active` key holds the
-id of the sync task that is queued or running, so that a second trigger
-joins it instead of starting another.
+`state` is one of idle, queued, waiting (queued, but its tenant's or its
+mail server's concurrent syncs are all running: `detail` says which, see
+`sync_slots`), running, failed, and over_quota (the sync ran but stored no
+new mail past the tenant's quota: `detail` says which). The `active` key
+holds the id of the sync task that is queued, waiting or running, so that a
+second trigger joins it instead of starting another.
 """
 
 import uuid
@@ -12,6 +15,8 @@ from django.core.cache import cache
 from django.utils import timezone
 
 IDLE, QUEUED, RUNNING, FAILED = "idle", "queued", "running", "failed"
+WAITING, OVER_QUOTA = "waiting", "over_quota"
+STATES = (IDLE, QUEUED, WAITING, RUNNING, FAILED, OVER_QUOTA)
 
 
 def _status_key(account_id) -> str:

@@ -49,5 +49,6 @@ class SyncStatusView(TenantAPIMixin, APIView):
             },
             "last_sync_at": account.last_sync_at,
             "last_error": account.last_sync_error or live.get("error", ""),
+            "detail": live.get("detail", ""),
         }
         return Response(SyncStatusSerializer(body).data)

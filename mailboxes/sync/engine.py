@@ -25,6 +25,7 @@ from mailboxes.imap import FetchedMessage, FolderState, ImapSession, MailServerE
 from mailboxes.sync.config import server_config
 from mailboxes.sync.folders import folder_list_sync
 from mailboxes.sync.pipeline import _BlobWriter, _Pipeline
+from mailboxes.sync.quota import StorageQuota
 from mailboxes.sync.storage import (
     _Batch,
     _RematchPool,
@@ -58,12 +59,15 @@ class SyncReport:
     quarantined: int = 0
     bodies_fetched: int = 0
     folder_errors: dict[str, str] = field(default_factory=dict)
+    over_quota: str = ""  # why new mail was left on the server (mailboxes.sync.quota)
 
     def summary(self) -> str:
         text = (
             f"{self.folders} folders, {self.new} new, {self.updated} flag changes, "
             f"{self.expunged} expunged, {self.quarantined} quarantined"
         )
+        if self.over_quota:
+            text += ", over quota: new mail not stored"
         if self.folder_errors:
             text += f", {len(self.folder_errors)} folder(s) refused: " + ", ".join(sorted(self.folder_errors))
         return text
@@ -109,6 +113,7 @@ class _Engine:
         self.batch_messages = settings.SYNC_BATCH_MESSAGES
         self.batch_bytes = settings.SYNC_BATCH_BYTES
         self.report = SyncReport()
+        self.quota = StorageQuota(account.tenant)
         # run() replaces these with threaded ones for the length of a sync.
         self.blobs = _BlobWriter(store, self.tenant_id, threaded=False, max_bytes=0)
         self.pipeline = _Pipeline(threaded=False)
@@ -185,6 +190,8 @@ class _Engine:
         if stored_count and cursor > 1:
             self.sync_known(session, folder, state, cursor)
         self.fetch_new(session, folder, state, cursor)
+        if self.quota.exceeded:  # the cursor stays before the first message not stored
+            state = FolderState(state.uidvalidity, None, state.exists, state.highestmodseq)
         # After the folder's batches, in order.
         self.pipeline.submit(partial(self.finish_folder, folder, state))
 
@@ -298,10 +305,18 @@ class _Engine:
         for chunk in _chunks(new_uids, 5000):
             metas = session.fetch_meta(chunk)
             for metas_batch in self.batches([metas[uid] for uid in chunk if uid in metas]):
+                fitting = self.quota.fit(metas_batch)
+                if not fitting:
+                    self.report.over_quota = self.quota.exceeded
+                    return
+                if len(fitting) < len(metas_batch):
+                    self.report.over_quota, metas_batch = self.quota.exceeded, fitting
                 batch = self.prepare_batch(session, folder, metas_batch, rematch)
                 pipeline.submit(partial(self.commit_batch, batch), size=batch.size)
                 done += len(metas_batch)
                 self.progress(folder.name, done, len(new_uids))
+                if self.quota.exceeded:
+                    return
             # UIDs that vanished between SEARCH and FETCH: move past them,
             # after the chunk's batches.
             pipeline.submit(partial(self.advance_cursor, folder.id, chunk[-1] + 1))

@@ -194,7 +194,7 @@ def _tenant_id(client) -> str:
 # --- manage.py sync ----------------------------------------------------------------
 
 
-def test_sync_command(committed_db, imap_account, mailbox, tenant_b, capsys):
+def test_sync_command(committed_db, imap_account, mailbox, tenant_b, user_b, capsys):
     seeded = seed(mailbox, {"INBOX": corpus_files("notmuch", "threading")})
     call_command("sync", "--account", str(imap_account.id))
     out = capsys.readouterr().out
@@ -207,7 +207,9 @@ def test_sync_command(committed_db, imap_account, mailbox, tenant_b, capsys):
 
     with pytest.raises(CommandError, match="No matching account"):
         call_command("sync", "--tenant", tenant_b.slug)
-    broken = EmailAccountFactory(tenant=tenant_b, hostname="127.0.0.1", port=1, encryption="none")
+    broken = EmailAccountFactory(
+        tenant=tenant_b, user=user_b, hostname="127.0.0.1", port=1, encryption="none"
+    )
     with pytest.raises(CommandError, match="1 account"):
         call_command("sync", "--all")
     assert "cannot connect" in reload(broken).last_sync_error

@@ -4,6 +4,7 @@ import uuid
 from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import EmailAccount
+from accounts.selectors import AccountNotSyncable
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.imap import MailServerError
 from mailboxes.services import account_sync_run, sync_request
@@ -46,7 +47,7 @@ class Command(BaseCommand):
         for item in accounts:
             try:
                 report = self.sync_one(item)
-            except (MailServerError, SyncAlreadyRunning) as exc:
+            except (MailServerError, SyncAlreadyRunning, AccountNotSyncable) as exc:
                 failed += 1
                 self.stderr.write(f"{item.email_address}: failed: {exc or type(exc).__name__}")
                 continue
