@@ -2,6 +2,7 @@
 the module path."""
 
 import logging
+import random
 import uuid
 from datetime import timedelta
 
@@ -9,18 +10,23 @@ from celery import shared_task
 from django.conf import settings
 
 from accounts.models import EmailAccount
+from accounts.selectors import AccountNotSyncable, account_for_sync
+from emailclient.core.limits import tenant_limit
 from emailclient.core.retry import backoff_countdown
 from messages.blobs import default_store
 from messages.locks import SyncAlreadyRunning
 
-from .imap import AddressNotAllowed, AuthenticationFailed, InsecureServer, MailServerError
+from .imap import AddressNotAllowed, AuthenticationFailed, DeadlineExceeded, InsecureServer, MailServerError
 from .purge import accounts_purge_deleted
 from .services import account_sync_run
+from .sync_slots import SlotRequest, slots_acquire, slots_held
 from .sync_status import (
     FAILED,
     IDLE,
+    OVER_QUOTA,
     QUEUED,
     RUNNING,
+    WAITING,
     sync_claim,
     sync_release,
     sync_rerun_take,
@@ -31,7 +37,23 @@ from .writeback import account_write_back, give_up_pending
 logger = logging.getLogger(__name__)
 
 # Retrying cannot fix these: the account's settings or credentials must change.
-PERMANENT = (AuthenticationFailed, InsecureServer, AddressNotAllowed)
+# A deadline is not retried either: a server that trickled past it would hold
+# a worker that long again at once; the next periodic sync tries again.
+PERMANENT = (AuthenticationFailed, InsecureServer, AddressNotAllowed, DeadlineExceeded)
+
+_UNLIMITED = 2**31 - 1
+
+
+def slot_request(account: EmailAccount) -> SlotRequest:
+    """The slots a sync of `account` needs (see `sync_slots`)."""
+    per_tenant = tenant_limit(account.tenant, "max_concurrent_syncs")
+    per_host = settings.SYNC_MAX_CONCURRENT_PER_HOST
+    return SlotRequest(
+        tenant_id=account.tenant_id,
+        tenant_limit=_UNLIMITED if per_tenant is None else per_tenant,
+        host=account.hostname,
+        host_limit=per_host if per_host and per_host > 0 else _UNLIMITED,
+    )
 
 
 @shared_task(
@@ -50,9 +72,28 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
         sync_status_set(account, state=RUNNING, task_id=task_id, folder=folder, done=done, total=total)
 
     try:
-        report = account_sync_run(tenant_id=tenant, account_id=account, progress=progress)
+        target = account_for_sync(tenant_id=tenant, account_id=account)
     except EmailAccount.DoesNotExist:
         logger.info("sync of account %s skipped: no such account", account)
+        sync_release(account, task_id)
+        sync_status_set(account, state=IDLE)
+        return {"result": "missing"}
+    except AccountNotSyncable as exc:
+        logger.info("sync of account %s skipped: %s", account, exc.message)
+        sync_release(account, task_id)
+        sync_status_set(account, state=IDLE, detail=exc.message)
+        return {"result": "skipped", "reason": exc.message}
+
+    slots = slot_request(target)
+    waiting_for = slots_acquire(request=slots, holder=task_id)
+    if waiting_for:
+        return _wait(self, tenant, account, task_id, waiting_for)
+
+    try:
+        with slots_held(request=slots, holder=task_id):
+            sync_status_set(account, state=RUNNING, task_id=task_id, detail="")
+            report = account_sync_run(tenant_id=tenant, account_id=account, progress=progress)
+    except (EmailAccount.DoesNotExist, AccountNotSyncable):
         sync_release(account, task_id)
         sync_status_set(account, state=IDLE)
         return {"result": "missing"}
@@ -65,7 +106,7 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
         return {"result": "failed", "error": str(exc)}
     except MailServerError as exc:
         if self.request.retries < settings.SYNC_MAX_RETRIES:
-            sync_status_set(account, state=QUEUED, error=str(exc))
+            sync_status_set(account, state=QUEUED, error=str(exc), detail="")
             raise self.retry(exc=exc, countdown=backoff_countdown(self.request.retries)) from exc
         _failed(account, task_id, exc)
         return {"result": "failed", "error": str(exc)}
@@ -73,16 +114,54 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
         _failed(account, task_id, exc)
         raise
     sync_release(account, task_id)
-    sync_status_set(account, state=IDLE, error=report.folder_errors_text(), last_summary=report.summary())
+    if report.over_quota:
+        sync_status_set(
+            account,
+            state=OVER_QUOTA,
+            error=report.folder_errors_text(),
+            detail=report.over_quota,
+            last_summary=report.summary(),
+        )
+    else:
+        sync_status_set(
+            account, state=IDLE, error=report.folder_errors_text(), detail="", last_summary=report.summary()
+        )
     if sync_rerun_take(account):  # the server changed while this one ran (a Sent copy)
         _sync_again(tenant, account)
-    return {"result": "ok", "summary": report.summary()}
+    return {"result": "over_quota" if report.over_quota else "ok", "summary": report.summary()}
+
+
+def _wait(task, tenant_id: uuid.UUID, account_id: uuid.UUID, task_id: str, waiting_for: str) -> dict:
+    """No slot free: queue this sync again a little later instead of waiting
+    on the worker. The same task id goes again, so triggers keep joining it;
+    a periodic sync (which comes without a claim) that finds another one
+    queued for the account leaves it to that one, so waiting syncs never
+    pile up: one per account at most."""
+    holder = sync_claim(account_id, task_id)
+    if holder is not None and holder != task_id:
+        logger.info("sync of account %s waits in task %s already; this one ends", account_id, holder)
+        return {"result": "joined"}
+    wait = settings.SYNC_SLOT_WAIT_SECONDS
+    countdown = wait * random.uniform(1.0, 1.5)  # noqa: S311  # jitter, not security
+    sync_status_set(account_id, state=WAITING, task_id=task_id, detail=f"Waiting: {waiting_for}.")
+    try:
+        task.apply_async(
+            kwargs={"tenant_id": str(tenant_id), "account_id": str(account_id)},
+            task_id=task_id,
+            countdown=countdown,
+            retries=task.request.retries,  # the network retries so far still count
+        )
+    except Exception:
+        sync_release(account_id, task_id)
+        sync_status_set(account_id, state=FAILED, error="task queue unavailable", detail="")
+        raise
+    return {"result": "waiting", "reason": waiting_for}
 
 
 def _sync_again(tenant_id: uuid.UUID, account_id: uuid.UUID) -> None:
     task_id = str(uuid.uuid4())
     if sync_claim(account_id, task_id) is None:
-        sync_status_set(account_id, state=QUEUED, task_id=task_id, error="")
+        sync_status_set(account_id, state=QUEUED, task_id=task_id, error="", detail="")
         sync_account_task.apply_async(
             kwargs={"tenant_id": str(tenant_id), "account_id": str(account_id)}, task_id=task_id
         )
@@ -93,7 +172,7 @@ def _failed(account_id: uuid.UUID, task_id: str, exc: Exception) -> None:
     message = str(exc) or type(exc).__name__
     logger.warning("sync of account %s failed: %s", account_id, message)
     sync_release(account_id, task_id)
-    sync_status_set(account_id, state=FAILED, error=message)
+    sync_status_set(account_id, state=FAILED, error=message, detail="")
 
 
 @shared_task(
