@@ -41,6 +41,15 @@ at all: `sent_copy` "failed", with the reason in `error`. We never create
 one: a folder of our own naming next to one the user's other client files
 into would split the sent mail in two.
 
+Draining the account's other due items (step 3 for each) costs one round
+trip to the database a message: a batch's send locks are taken in one
+statement and its due items claimed in another (`_claim_batch`: the same
+moves as `_claim`), and a delivered message's outcome (`sent`, its
+results, its audit entry) is committed with the next message's "data"
+phase, in one transaction sent as one query (`_statements_run`), or at the
+batch's end, before its Sent copies. A worker dying before that commit
+leaves the item `sending` at "data": `uncertain`, never sent twice.
+
 `outbox_dispatch_due()` (the beat task, every minute) queues scheduled sends
 that got no ETA task (`send_at` more than `ETA_HORIZON` away when queued)
 once they are due, and re-queues what a lost task would leave behind:
@@ -51,10 +60,11 @@ copy was never recorded (the task makes it, looking for it first).
 """
 
 import contextlib
+import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -72,7 +82,7 @@ from accounts.services import account_credentials
 from emailclient.core.models import Tenant
 from emailclient.core.retry import backoff_countdown
 from emailclient.core.services import audit_log_record_many
-from emailclient.core.tenancy import tenant_scope
+from emailclient.core.tenancy import SETTING, tenant_scope
 from messages.blobs import BlobNotFound, default_store
 from messages.models import Folder, FolderType
 
@@ -126,6 +136,10 @@ SYNC_AFTER_SEND_DELAY = 5.0
 DRAIN_LIMIT = 200
 DRAIN_SECONDS = 120.0
 DRAIN_BATCH = 50
+# How long an account's drain mark lives (`send_request`): a task queued,
+# or one running, clears it when it ends; this bounds a mark left by a task
+# that never ran (the dispatcher sends its items `DISPATCH_GRACE` later).
+DRAIN_MARK_SECONDS = int(DRAIN_SECONDS) + 60
 
 
 def _lock_key(draft_id: uuid.UUID) -> int:
@@ -179,14 +193,64 @@ def _send_locks_held(draft_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     return {draft_id for draft_id in draft_ids if _lock_key(draft_id) in keys}
 
 
-def send_enqueue(*, tenant_id: uuid.UUID, draft_id: uuid.UUID, countdown: float | None = None) -> None:
+def send_enqueue(
+    *,
+    tenant_id: uuid.UUID,
+    draft_id: uuid.UUID,
+    countdown: float | None = None,
+    account_id: uuid.UUID | None = None,
+) -> None:
     """Queue the send task of a draft (ids only: no body, no credential).
     Call it after the commit that made the draft due."""
-    current_app.send_task(
-        "compose.tasks.send",
-        kwargs={"tenant_id": str(tenant_id), "draft_id": str(draft_id)},
-        countdown=countdown,
-    )
+    kwargs = {"tenant_id": str(tenant_id), "draft_id": str(draft_id)}
+    if account_id is not None:
+        kwargs["account_id"] = str(account_id)
+    current_app.send_task("compose.tasks.send", kwargs=kwargs, countdown=countdown)
+
+
+def _drain_mark(account_id: uuid.UUID) -> str:
+    return f"compose:drain:{account_id}"
+
+
+def send_request(*, tenant_id: uuid.UUID, draft_id: uuid.UUID, account_id: uuid.UUID) -> bool:
+    """After the commit that made a draft due now: queue its send task,
+    unless a task that will drain its account is queued or running already
+    (the account's drain mark, in the cache): that one sends this draft too,
+    or hands over to a new task when it ends (`_drain_handoff`). True when
+    a task was queued. A queue of a thousand sends is a few tasks, not a
+    thousand that each find their item sent."""
+    mark = _drain_mark(account_id)
+    try:
+        if not cache.add(mark, 1, DRAIN_MARK_SECONDS):
+            return False
+    except Exception:
+        logger.warning("drain mark of account %s not read: a task of its own", account_id, exc_info=True)
+    try:
+        send_enqueue(tenant_id=tenant_id, draft_id=draft_id, account_id=account_id)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            cache.delete(mark)  # the next request tries again
+        raise
+    return True
+
+
+def _drain_handoff(tenant_id: uuid.UUID, account_id: uuid.UUID, *, look_again: bool) -> None:
+    """The end of a send task's run: clear the account's drain mark, then
+    look again. An item queued while the mark was set (its request queued no
+    task) and not sent by this run gets a task now, unless a request after
+    the clear queued one. A run that stopped on an unwell server or account
+    (`look_again` False) leaves the rest to the next request or to the
+    dispatcher (`DISPATCH_GRACE` later), not to a task straight away."""
+    try:
+        cache.delete(_drain_mark(account_id))
+    except Exception:
+        logger.warning("drain mark of account %s not cleared", account_id, exc_info=True)
+        return
+    if not look_again:
+        return
+    due = _due_of_account(tenant_id, account_id, exclude=[], limit=1)
+    if due:
+        send_request(tenant_id=tenant_id, draft_id=due[0], account_id=account_id)
 
 
 # --- The send -------------------------------------------------------------------
@@ -203,9 +267,174 @@ class _Attempt:
     envelope_from: str
     recipients: list[str]
     attempt: int
+    message_id: str = ""
 
 
-def outbox_send(*, tenant_id: uuid.UUID, draft_id: uuid.UUID) -> str:
+def _send_locks_take(draft_ids: list[uuid.UUID]) -> list[int]:
+    """Take the send locks of these drafts that no other session holds, in
+    one statement (session-level, as `draft_send_lock`); the keys taken."""
+    keys = sorted({_lock_key(draft_id) for draft_id in draft_ids})
+    if not keys:
+        return []
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT k FROM unnest(%s::int[]) AS k WHERE pg_try_advisory_lock(%s, k)",
+                [keys, SEND_LOCK_CLASS],
+            )
+            return sorted(key for (key,) in cursor.fetchall())
+    except BaseException:
+        connection.close()  # whatever was taken goes with the session
+        raise
+
+
+def _send_locks_release(keys: list[int]) -> None:
+    if not keys:
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_unlock(%s, k) FROM unnest(%s::int[]) AS k", [SEND_LOCK_CLASS, keys]
+            )
+    except BaseException as exc:
+        connection.close()
+        if not isinstance(exc, DatabaseError):
+            raise
+        logger.warning("send locks of %d draft(s) not released: the connection is gone", len(keys))
+
+
+def _statements_run(
+    tenant_id: uuid.UUID, statements: Sequence[tuple[str, Any]]
+) -> list[list[tuple[Any, ...]]]:
+    """Run the statements in the tenant's scope as ONE transaction in ONE
+    round trip to the server, and return the rows of each. The values are
+    bound on our side (psycopg's client-side binding, as every query of
+    this project) and the statements go as one simple query, which
+    PostgreSQL runs as a single implicit transaction: all of them or, on
+    any error, none. Inside an atomic block (a caller's transaction, the
+    tests') they run in it, in a nested tenant scope."""
+    nested = connection.in_atomic_block
+    with tenant_scope(tenant_id) if nested else contextlib.nullcontext(), connection.cursor() as cursor:
+        parts = (
+            [] if nested else [cursor.mogrify("SELECT set_config(%s, %s, true)", [SETTING, str(tenant_id)])]
+        )
+        parts += [cursor.mogrify(sql, params) for sql, params in statements]
+        cursor.execute(";\n".join(parts))
+        results: list[list[tuple[Any, ...]]] = []
+        while True:
+            results.append(cursor.fetchall() if cursor.description is not None else [])
+            if not cursor.nextset():
+                break
+    return results if nested else results[1:]
+
+
+_CLAIM_BATCH = """
+WITH claimed AS (
+    UPDATE email_drafts AS d SET status = 'sending', updated_at = %(now)s
+    FROM email_send_queue AS q
+    WHERE d.id = ANY(%(ids)s::uuid[]) AND q.draft_id = d.id
+      AND d.account_id = %(account)s::uuid AND NOT d.is_deleted
+      AND ((d.status = 'queued' AND (q.next_attempt_at IS NULL OR q.next_attempt_at <= %(due)s))
+           OR (d.status = 'scheduled' AND (d.send_at IS NULL OR d.send_at <= %(due)s)))
+    RETURNING d.id, d.user_id
+)
+UPDATE email_send_queue AS q
+SET attempts = q.attempts + 1, phase = 'connect', last_attempt_at = %(now)s,
+    next_attempt_at = NULL, updated_at = %(now)s
+FROM claimed WHERE q.draft_id = claimed.id
+RETURNING q.draft_id, q.id, claimed.user_id, q.raw_blob_key, q.envelope_from, q.recipients::text,
+          q.attempts, q.message_id
+"""
+
+
+def _claim_batch(tenant_id: uuid.UUID, account_id: uuid.UUID, draft_ids: list[uuid.UUID]) -> list[_Attempt]:
+    """`_claim` of each of these drafts that is due (their send locks held,
+    the account read by the run), in one statement: `sending`, attempts + 1,
+    phase "connect". In the order given."""
+    if not draft_ids:
+        return []
+    now = timezone.now()
+    params = {
+        "now": now,
+        "due": now + CLOCK_TOLERANCE,
+        "ids": [str(draft_id) for draft_id in draft_ids],
+        "account": str(account_id),
+    }
+    (rows,) = _statements_run(tenant_id, [(_CLAIM_BATCH, params)])
+    found = {
+        row[0]: _Attempt(
+            tenant_id=tenant_id,
+            draft_id=row[0],
+            item_id=row[1],
+            account_id=account_id,
+            actor_id=row[2],
+            raw_blob_key=row[3],
+            envelope_from=row[4],
+            recipients=[str(address) for address in json.loads(row[5])],
+            attempt=row[6],
+            message_id=row[7],
+        )
+        for row in rows
+    }
+    return [found[draft_id] for draft_id in draft_ids if draft_id in found]
+
+
+_UNCLAIM = """
+WITH back AS (
+    UPDATE email_drafts AS d SET status = 'queued', updated_at = %(now)s
+    FROM email_send_queue AS q
+    WHERE d.id = ANY(%(ids)s::uuid[]) AND d.status = 'sending'
+      AND q.draft_id = d.id AND q.phase = 'connect'
+    RETURNING d.id
+)
+UPDATE email_send_queue AS q SET attempts = q.attempts - 1, phase = '', updated_at = %(now)s
+FROM back WHERE q.draft_id = back.id
+RETURNING q.draft_id
+"""
+
+
+def _unclaim(tenant_id: uuid.UUID, attempts: list[_Attempt]) -> None:
+    """Put claimed attempts that were never made back to `queued`, their
+    attempt not counted (send locks still held: nothing else changed them)."""
+    if attempts:
+        params = {"now": timezone.now(), "ids": [str(a.draft_id) for a in attempts]}
+        _statements_run(tenant_id, [(_UNCLAIM, params)])
+
+
+# The "data" phase of an attempt, committed before the first byte of the
+# body goes, and only while the item is still this attempt's.
+_PHASE_DATA = """
+UPDATE email_send_queue AS q SET phase = 'data', updated_at = %(now)s
+WHERE q.id = %(item)s::uuid AND q.attempts = %(attempt)s
+  AND EXISTS (SELECT 1 FROM email_drafts AS d WHERE d.id = q.draft_id AND d.status = 'sending')
+RETURNING q.id
+"""
+
+# A delivered attempt's outcome (`_record` of `sent`, with its audit entry):
+# written only while the draft is `sending` and the item this attempt's.
+_OUTCOME_SENT = """
+WITH d AS (
+    UPDATE email_drafts SET status = 'sent', updated_at = %(now)s
+    WHERE id = %(draft)s::uuid AND status = 'sending'
+      AND EXISTS (SELECT 1 FROM email_send_queue WHERE id = %(item)s::uuid AND attempts = %(attempt)s)
+    RETURNING id
+), q AS (
+    UPDATE email_send_queue
+    SET phase = 'done', sent_at = %(now)s, updated_at = %(now)s, error = '',
+        last_reply_code = %(code)s, last_reply = %(reply)s, recipient_results = %(results)s::jsonb
+    WHERE id = %(item)s::uuid AND EXISTS (SELECT 1 FROM d)
+    RETURNING id
+)
+INSERT INTO email_audit_log
+    (id, created_at, updated_at, tenant_id, actor_id, action, object_type, object_id, changes, ip_address)
+SELECT %(audit)s::uuid, %(now)s, %(now)s, %(tenant)s::uuid, %(actor)s, 'compose.send.sent', 'draft',
+       %(draft)s::uuid, %(changes)s::jsonb, NULL
+FROM q
+RETURNING object_id
+"""
+
+
+def outbox_send(*, tenant_id: uuid.UUID, draft_id: uuid.UUID, account_id: uuid.UUID | None = None) -> str:
     """Deliver the draft's frozen message if it is due, at most once; returns
     the status it is left in (or `busy`, `missing`, `not_due`).
 
@@ -213,65 +442,78 @@ def outbox_send(*, tenant_id: uuid.UUID, draft_id: uuid.UUID) -> str:
     account (up to `DRAIN_LIMIT`, until `DRAIN_SECONDS` have passed), each
     claimed under its own advisory lock exactly as its own task would: a
     queue of a thousand messages is a few connections, not a thousand. Their
-    own tasks, arriving later, find them sent and do nothing. They go in
-    batches of `DRAIN_BATCH`: after each, the batch's Sent copies go over one
-    IMAP session while its send locks are still held (no other delivery of a
-    task appends one again), then the locks are released. A batch cut short
-    by an error still gets its copies; a copy never made (the worker died)
-    is made by the dispatcher's next round (`outbox_dispatch_due`)."""
+    own tasks, if any, arriving later, find them sent and do nothing. They go
+    in batches of `DRAIN_BATCH`: after each, the batch's Sent copies go over
+    one IMAP session while its send locks are still held (no other delivery
+    of a task appends one again), then the locks are released. A batch cut
+    short by an error still gets its copies; a copy never made (the worker
+    died) is made by the dispatcher's next round (`outbox_dispatch_due`).
+
+    `account_id` (the draft's, given by `send_request`): the run ends with
+    the hand-over of the account's drain mark (`_drain_handoff`), unless
+    another worker holds this draft (`busy`: that one hands over)."""
+    status, account_id, healthy = _send_and_drain(tenant_id, draft_id, account_id)
+    if status != BUSY and account_id is not None:
+        _drain_handoff(tenant_id, account_id, look_again=healthy)
+    return status
+
+
+def _send_and_drain(
+    tenant_id: uuid.UUID, draft_id: uuid.UUID, account_id: uuid.UUID | None
+) -> tuple[str, uuid.UUID | None, bool]:
+    """`outbox_send` but the hand-over: (status, the account, whether the
+    server and the account stayed well)."""
     with draft_send_lock(draft_id) as held:
         if not held:
-            return BUSY
+            return BUSY, account_id, True
         claimed = _claim(tenant_id, draft_id)
         if isinstance(claimed, str):
             if claimed == Status.SENT:
                 _after_sent(tenant_id, [draft_id], resumed=True)
-            return claimed
+            return claimed, account_id, True
         deadline = time.monotonic() + DRAIN_SECONDS
         looked_at = [draft_id]
         with _Sender(tenant_id, claimed.account_id) as sender:
-            outcome = _send_batch(sender, [claimed], lambda: False)
+            outcome = _send_batch(sender, [claimed])
             while outcome == Status.SENT and len(looked_at) <= DRAIN_LIMIT and time.monotonic() < deadline:
                 more = _due_of_account(tenant_id, claimed.account_id, exclude=looked_at, limit=DRAIN_BATCH)
                 if not more:
                     break
                 looked_at.extend(more)
-                if _drain_batch(sender, more, deadline) != Status.SENT:
-                    break
-    return _status_of(tenant_id, draft_id)
+                outcome = _drain_batch(sender, more, deadline)
+    return _status_of(tenant_id, draft_id), claimed.account_id, outcome == Status.SENT
 
 
 def _drain_batch(sender: "_Sender", draft_ids: list[uuid.UUID], deadline: float) -> str:
     """Claim and send these drafts (the ones no other worker holds), then
     store the batch's Sent copies; `sent` unless the server or the
-    connection turned unwell (the rest then wait for their own tasks)."""
-    with contextlib.ExitStack() as held_locks:
-        attempts: list[_Attempt] = []
+    connection turned unwell (the rest then wait for their own tasks).
 
-        def claim_next() -> bool:
-            """Claim the next draft of the batch; False when there is none."""
-            while draft_ids and time.monotonic() < deadline:
-                other_id = draft_ids.pop(0)
-                if not held_locks.enter_context(draft_send_lock(other_id)):
-                    continue  # its own task has it
-                other = _claim(sender.tenant_id, other_id, account_checked=True)
-                if isinstance(other, _Attempt):
-                    attempts.append(other)
-                    return True
-            return False
-
-        return _send_batch(sender, attempts, claim_next)
+    The batch's send locks are taken in one statement and its due items
+    claimed in another (each still `sending` under its row lock, attempts +
+    1, exactly as `_claim` does one), instead of two round trips and a
+    transaction per item; those the run does not get to are put back."""
+    keys = _send_locks_take(draft_ids)
+    try:
+        held = [draft_id for draft_id in draft_ids if _lock_key(draft_id) in keys]
+        attempts = _claim_batch(sender.tenant_id, sender.account_id, held)
+        return _send_batch(sender, attempts, deadline=deadline)
+    finally:
+        _send_locks_release(keys)
 
 
-def _send_batch(sender: "_Sender", attempts: list["_Attempt"], claim_next: Callable[[], bool]) -> str:
-    """Send each claimed attempt (`claim_next` claims one more onto
-    `attempts`), then the Sent copies of those sent, whatever happened in
-    between. `sent` while the session is healthy."""
+def _send_batch(sender: "_Sender", attempts: list["_Attempt"], *, deadline: float | None = None) -> str:
+    """Send each claimed attempt, then the Sent copies of those sent,
+    whatever happened in between. `sent` while the session is healthy.
+    Attempts not made (the session broke, the deadline passed) go back to
+    `queued` untouched."""
     sent: list[uuid.UUID] = []
     outcome: str = Status.SENT
+    index = 0
     try:
-        index = 0
-        while index < len(attempts) or claim_next():
+        while index < len(attempts):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
             attempt = attempts[index]
             index += 1
             result = sender.deliver(attempt)
@@ -282,10 +524,16 @@ def _send_batch(sender: "_Sender", attempts: list["_Attempt"], claim_next: Calla
                 break
     finally:
         try:
-            _after_sent(sender.tenant_id, sent, resumed=False)
-        except Exception:
-            # The dispatcher makes the copies of `sent` items without one.
-            logger.exception("Sent copies of %d message(s) not stored", len(sent))
+            # The outcomes still pending (`_Sender.deliver`) are committed
+            # before anything else is done with these items.
+            sender.outcomes_commit()
+            _unclaim(sender.tenant_id, attempts[index:])
+        finally:
+            try:
+                _after_sent(sender.tenant_id, sent, resumed=False)
+            except Exception:
+                # The dispatcher makes the copies of `sent` items without one.
+                logger.exception("Sent copies of %d message(s) not stored", len(sent))
     return outcome
 
 
@@ -382,6 +630,7 @@ def _claim(tenant_id: uuid.UUID, draft_id: uuid.UUID, *, account_checked: bool =
             envelope_from=item.envelope_from,
             recipients=list(item.recipients),
             attempt=item.attempts,
+            message_id=item.message_id,
         )
 
 
@@ -397,6 +646,8 @@ class _Sender:
         # The account's settings or the server refuse us (no login, no TLS,
         # no connection): the other items must not each try again now.
         self.broken = False
+        # Outcomes of delivered messages not committed yet (`deliver`).
+        self.pending: list[tuple[str, dict[str, Any]]] = []
 
     def __enter__(self) -> "_Sender":
         try:
@@ -412,7 +663,16 @@ class _Sender:
             self.session.close()
 
     def deliver(self, attempt: _Attempt) -> str:
-        """Talk SMTP (no transaction open) and record the outcome."""
+        """Talk SMTP (no transaction open) and record the outcome.
+
+        A delivered message's outcome (`sent`, its results and audit entry)
+        is not committed on its own: it goes in the same transaction (and
+        round trip) as the next message's "data" phase, or with the batch's
+        end (`outcomes_commit`), always before anything else touches the
+        item. Until then the item is `sending` at phase "data": a worker
+        dying in between leaves it `uncertain`, never sent twice, exactly
+        as one dying between the server's reply and a commit of its own.
+        Any other outcome is committed at once, after the pending ones."""
         committed_phase = "connect"
         reached = ""
 
@@ -423,11 +683,10 @@ class _Sender:
             # the message is sent again): committed before the first byte of
             # the body goes, and only while the item is still this attempt's.
             if phase == "data":
-                with tenant_scope(attempt.tenant_id):
-                    updated = SendQueueItem.objects.filter(
-                        id=attempt.item_id, attempts=attempt.attempt, draft__status=Status.SENDING
-                    ).update(phase=phase, updated_at=timezone.now())
-                if updated != 1:
+                params = {"now": timezone.now(), "item": str(attempt.item_id), "attempt": attempt.attempt}
+                *outcomes, data = _statements_run(attempt.tenant_id, [*self.pending, (_PHASE_DATA, params)])
+                self._outcomes_check(outcomes)
+                if len(data) != 1:
                     raise RuntimeError("the item is no longer this attempt's: the body is not sent")
                 committed_phase = phase
 
@@ -451,15 +710,19 @@ class _Sender:
             )
         except TemporaryFailure as exc:
             self.broken = self.broken or reached == "connect"
+            self.outcomes_commit()
             return _record(attempt, Status.QUEUED, reply=exc.reply, error=str(exc), refused=exc.refused)
         except PermanentFailure as exc:
             self.broken = (
                 self.broken or reached == "connect" or isinstance(exc, InsecureServer | AuthenticationFailed)
             )
+            self.outcomes_commit()
             return _record(attempt, Status.FAILED, reply=exc.reply, error=str(exc), refused=exc.refused)
         except DeliveryUncertain as exc:
+            self.outcomes_commit()
             return _record(attempt, Status.UNCERTAIN, reply=None, error=str(exc))
         except BlobNotFound:
+            self.outcomes_commit()
             return _record(
                 attempt, Status.FAILED, reply=None, error="The frozen message is missing from storage."
             )
@@ -471,8 +734,56 @@ class _Sender:
             status = Status.UNCERTAIN if committed_phase in ("data", "done") else Status.QUEUED
             if status == Status.UNCERTAIN and self.session is not None:
                 self.session.close()
+            self.outcomes_commit()
             return _record(attempt, status, reply=None, error=error)
-        return _record_delivered(attempt, result)
+        if not result.accepted:
+            self.outcomes_commit()
+            return _record_delivered(attempt, result)
+        self.pending.append(_outcome_sent(attempt, result))
+        logger.info("send of draft %s: sent after %d attempt(s)", attempt.draft_id, attempt.attempt)
+        return Status.SENT
+
+    def outcomes_commit(self) -> None:
+        """Commit the delivered messages' outcomes still pending."""
+        if self.pending:
+            self._outcomes_check(_statements_run(self.tenant_id, self.pending))
+
+    def _outcomes_check(self, results: list[list[tuple[Any, ...]]]) -> None:
+        written = len(self.pending)
+        self.pending = []
+        for rows in results[:written]:
+            if len(rows) != 1:
+                # Cannot happen while we hold the send locks; nothing was overwritten.
+                logger.error("an item changed under its send lock; its outcome `sent` was not recorded")
+
+
+def _outcome_sent(attempt: _Attempt, result: DeliveryResult) -> tuple[str, dict[str, Any]]:
+    """The statement recording a delivered attempt (as `_record` and
+    `_outcome` would): `sent`, the reply, each recipient's result, and the
+    audit entry `compose.send.sent`."""
+    results = _results(result.accepted, result.refused)
+    reply = result.reply
+    changes: dict[str, Any] = {
+        "attempts": attempt.attempt,
+        "message_id": attempt.message_id,
+        "accepted": len(result.accepted),
+        "refused": len(result.refused),
+        "reply_code": reply.code,
+        "reply": reply.text[:2000][:500],
+    }
+    return _OUTCOME_SENT, {
+        "now": timezone.now(),
+        "draft": str(attempt.draft_id),
+        "item": str(attempt.item_id),
+        "attempt": attempt.attempt,
+        "code": reply.code,
+        "reply": reply.text[:2000],
+        "results": json.dumps(results),
+        "audit": str(uuid.uuid4()),
+        "tenant": str(attempt.tenant_id),
+        "actor": attempt.actor_id,
+        "changes": json.dumps(changes),
+    }
 
 
 def _results(accepted: dict[str, SmtpReply], refused: dict[str, SmtpReply]) -> dict[str, dict[str, Any]]:

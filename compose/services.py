@@ -74,7 +74,7 @@ from .mime import (
     message_needs_smtputf8,
 )
 from .models import CANCELLABLE, EDITABLE, Draft, DraftAttachment, SendQueueItem, Status
-from .outbox import ETA_HORIZON
+from .outbox import ETA_HORIZON, send_request
 from .outgoing import draft_message
 from .replies import ReplyDraft, forward_build, reply_build
 from .selectors import (
@@ -116,6 +116,16 @@ def _queue_task(name: str, draft: Draft, **options: Any) -> None:
     transaction.on_commit(
         partial(_send_task, name, [str(draft.tenant_id), str(draft.id)], options), robust=True
     )
+
+
+def _send_request(draft: Draft) -> None:
+    """Once committed: the send of a draft due now (`compose.outbox.send_request`:
+    no task of its own while one that drains its account is queued or
+    running). A broker that refuses it is logged, as `_queue_task`'s."""
+    try:
+        send_request(tenant_id=draft.tenant_id, draft_id=draft.id, account_id=draft.account_id)
+    except Exception:
+        logger.exception("%s for draft %s not queued; left for a later pass", SEND_TASK, draft.id)
 
 
 def _send_task(name: str, args: list[str], options: dict[str, Any]) -> None:
@@ -547,7 +557,7 @@ def draft_send(*, draft: Draft, actor: Actor, ip_address: str | None = None) -> 
         ip_address,
     )
     if not scheduled:
-        _queue_task(SEND_TASK, draft)
+        transaction.on_commit(partial(_send_request, draft), robust=True)
     elif draft.send_at is not None and draft.send_at <= now + ETA_HORIZON:
         _queue_task(SEND_TASK, draft, eta=draft.send_at)
     # else: compose.tasks.dispatch_due queues it once it is due (ETA_HORIZON).

@@ -61,11 +61,11 @@ def draft_b(account_b):
 
 @pytest.fixture
 def tasks(monkeypatch):
-    """What was queued: (name, args, options), in order."""
+    """What was queued: (name, args or kwargs, options), in order."""
     queued = []
 
     def record(name, args=None, kwargs=None, **options):
-        queued.append((name, args, options))
+        queued.append((name, args if args is not None else kwargs, options))
 
     monkeypatch.setattr(current_app, "send_task", record)
     return queued
@@ -803,7 +803,13 @@ def test_send_freezes_the_message_and_queues_it(
     assert item["message_id"].startswith("<") and item["message_id"].endswith("@example.com>")
     assert item["outbox"]["attempts"] == 0 and item["outbox"]["recipients"] == []
     assert item["sent_message"] is None
-    assert tasks == [("compose.tasks.send", [str(draft.tenant_id), str(draft.id)], {})]
+    assert tasks == [
+        (
+            "compose.tasks.send",
+            {"tenant_id": str(draft.tenant_id), "draft_id": str(draft.id), "account_id": str(account_a.id)},
+            {"countdown": None},
+        )
+    ]
     queued = outbox_of(draft.id, account_a.tenant)
     assert queued.recipients == ["rita@example.com", "hidden@example.com"]
     assert queued.envelope_from == "alice@example.com"
@@ -927,6 +933,24 @@ def test_a_send_at_past_the_eta_horizon_is_left_to_the_dispatcher(
     assert outbox_dispatch_due(now=when + datetime.timedelta(seconds=1)) == 1
     assert [(name, kwargs) for name, _, kwargs in tasks] == [("compose.tasks.send", {"countdown": None})]
     assert outbox_dispatch_due(now=when + datetime.timedelta(seconds=61)) == 0  # once
+
+
+def test_sends_of_one_account_queue_one_task_while_it_is_queued_or_running(
+    client_a, account_a, tenant_a, user_a, tasks, django_capture_on_commit_callbacks
+):
+    """The first send of an account queues a task that drains the account;
+    the sends after it, while that task is queued or running, queue none
+    (`compose.outbox.send_request`). Another account has a task of its own."""
+    other = EmailAccountFactory(tenant=tenant_a, user=user_a, smtp_hostname="smtp.example.com")
+    for account in (account_a, account_a, account_a, other):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client_a.post("/api/compose/send", body(account), format="json")
+        assert response.status_code == 202 and response.json()["status"] == "queued"
+
+    assert [(kwargs["account_id"], options) for _, kwargs, options in tasks] == [
+        (str(account_a.id), {"countdown": None}),
+        (str(other.id), {"countdown": None}),
+    ]
 
 
 def test_a_task_that_cannot_be_queued_leaves_the_item_to_the_dispatcher(

@@ -23,7 +23,7 @@ from compose.mime import (
     message_needs_smtputf8,
 )
 from compose.models import Draft, SendQueueItem, Status
-from compose.outbox import draft_send_lock, outbox_dispatch_due, outbox_send
+from compose.outbox import draft_send_lock, outbox_dispatch_due, outbox_send, send_request
 from emailclient.core.models import AuditLog
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.services import account_sync_run
@@ -683,7 +683,7 @@ def test_end_to_end_a_message_sent_through_the_api(
 
     # What the worker gets from the broker: ids only; run it as the worker would.
     [(task, _headers)] = broker_sends()
-    assert set(task) <= {"args", "tenant_id", "draft_id"} and item_id in json.dumps(task)
+    assert set(task) <= {"args", "tenant_id", "draft_id", "account_id"} and item_id in json.dumps(task)
     args, kwargs = task.pop("args"), task
     assert send_task.apply(args=args, kwargs=kwargs).get() == {"result": "sent"}
 
@@ -846,3 +846,79 @@ def smtp_server_user_name() -> str:
     from compose.tests.conftest import SMTP_USER
 
     return SMTP_USER
+
+
+# --- One task per account while it drains -------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_sends_queued_while_a_drain_task_is_queued_get_no_task_and_are_sent_by_it(
+    smtp_account, smtp_server, broker
+):
+    ids = {"tenant_id": smtp_account.tenant_id, "account_id": smtp_account.id}
+    first, second = queue_message(smtp_account, subject="A"), queue_message(smtp_account, subject="B")
+
+    assert send_request(draft_id=first.id, **ids) is True
+    assert send_request(draft_id=second.id, **ids) is False
+    [(task, _headers)] = broker_sends()
+    assert task["draft_id"] == str(first.id) and task["account_id"] == str(smtp_account.id)
+
+    assert outbox_send(draft_id=first.id, **ids) == Status.SENT
+
+    assert [state(d)[0].status for d in (first, second)] == [Status.SENT] * 2
+    assert len(smtp_server.deliveries) == 2
+    assert len(broker_sends()) == 1  # nothing left: no task handed over
+    # The run cleared the account's mark: the next send queues a task again.
+    assert send_request(draft_id=queue_message(smtp_account).id, **ids) is True
+
+
+@pytest.mark.django_db
+def test_a_run_that_sends_nothing_hands_the_accounts_due_items_to_a_new_task(
+    smtp_account, smtp_server, broker, user_a
+):
+    from compose.services import draft_cancel
+
+    ids = {"tenant_id": smtp_account.tenant_id, "account_id": smtp_account.id}
+    cancelled, waiting = queue_message(smtp_account), queue_message(smtp_account)
+    assert send_request(draft_id=cancelled.id, **ids) is True
+    assert send_request(draft_id=waiting.id, **ids) is False  # the queued task will see it
+    with tenant_scope(cancelled.tenant_id):
+        draft_cancel(draft=Draft.objects.select_for_update().get(id=cancelled.id), actor=user_a)
+    broker.delete("celery")
+
+    assert outbox_send(draft_id=cancelled.id, **ids) == Status.CANCELLED
+
+    assert [task["draft_id"] for task, _ in broker_sends()] == [str(waiting.id)]
+    assert state(waiting)[0].status == Status.QUEUED and smtp_server.deliveries == []
+
+
+# --- What a drained message costs ---------------------------------------------------------
+
+
+def test_each_further_message_of_a_drain_is_one_round_trip_to_the_database(
+    committed_db, smtp_account, smtp_server
+):
+    """Real commits (no test transaction around it): a drained message's
+    outcome goes with the next one's "data" phase, in one transaction and
+    one round trip; the batch's claim, locks and Sent copies are per batch."""
+    from django.db import connection
+
+    def drain(count: int) -> int:
+        drafts = [queue_message(smtp_account, subject=f"R{n}") for n in range(count)]
+        statements = 0
+
+        def counted(execute, sql, params, many, context):
+            nonlocal statements
+            statements += 1
+            return execute(sql, params, many, context)
+
+        with connection.execute_wrapper(counted):
+            assert send(drafts[0]) == Status.SENT
+        assert [state(d)[0].status for d in drafts] == [Status.SENT] * count
+        assert {a for d in drafts for a in audit_actions(d)} == {"compose.send.sent"}
+        return statements
+
+    few, more = drain(3), drain(13)
+
+    assert more - few == 10
+    assert len(smtp_server.deliveries) == 16
