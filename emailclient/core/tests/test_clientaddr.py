@@ -130,3 +130,12 @@ def test_an_api_write_with_a_garbage_header_is_not_a_500(client_a, tenant_a, set
         HTTP_X_FORWARDED_FOR=xff,
     )
     assert response.status_code == 201
+
+
+def test_django_ratelimits_ip_key_reads_the_same_address(settings):
+    """RATELIMIT_IP_META_KEY: any `key="ip"` limit counts the client too."""
+    from django_ratelimit.core import _SIMPLE_KEYS
+
+    settings.TRUSTED_PROXY_HOPS = 1
+    assert _SIMPLE_KEYS["ip"](request(xff="6.6.6.6, 198.51.100.1")) == "198.51.100.1"
+    assert _SIMPLE_KEYS["ip"](request(xff="garbage")) == "0.0.0.0"
