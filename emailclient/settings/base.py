@@ -243,6 +243,25 @@ MAIL_MAX_MESSAGE_BYTES = env.int("MAIL_MAX_MESSAGE_BYTES", default=50 * 1024 * 1
 MAIL_MAX_HEADER_BYTES = env.int("MAIL_MAX_HEADER_BYTES", default=256 * 1024)
 MAIL_MAX_PARTS = env.int("MAIL_MAX_PARTS", default=1000)
 MAIL_MAX_MIME_DEPTH = env.int("MAIL_MAX_MIME_DEPTH", default=30)
+# --- One message must not exhaust a worker (issue 14, section 1) ---
+# The parser counts these while it splits a message and quarantines it at the
+# first one over, before building the rest (messages.parsing.mime):
+# header fields of all parts together: real mail has tens to a few hundred
+# (a 1,000-part message with 5 fields a part is 5,000); each costs ~200 bytes.
+MAIL_MAX_HEADER_FIELDS = env.int("MAIL_MAX_HEADER_FIELDS", default=10_000)
+# Lines of mail the fast splitter declines (defects, message/rfc822 parts):
+# the FeedParser keeps each line as a str (~60 bytes besides its text);
+# 50 MB of base64 has 680,000 lines, so 1,000,000 only refuses short-line floods.
+MAIL_MAX_LINES = env.int("MAIL_MAX_LINES", default=1_000_000)
+# A sync worker killed (out of memory, SIGKILL) while a message was in flight
+# gets the task back (acks_late, reject_on_worker_lost); after this many
+# deaths with the same message in flight it is quarantined unfetched. 3: one
+# death can be an unrelated restart; three on the same UID are the message.
+SYNC_MAX_WORKER_LOSSES = env.int("SYNC_MAX_WORKER_LOSSES", default=3)
+# A prefork child whose RSS passes this (KiB) after a task is replaced; a
+# sync stays under 300 MB (bench/sync_bench.py), so 500 MiB leaves room and
+# returns memory a big batch fragmented. The container limit kills mid-task.
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", default=500 * 1024)
 SYNC_BATCH_MESSAGES = env.int("SYNC_BATCH_MESSAGES", default=500)
 SYNC_BATCH_BYTES = env.int("SYNC_BATCH_BYTES", default=16 * 1024 * 1024)
 SYNC_MAX_RETRIES = env.int("SYNC_MAX_RETRIES", default=5)

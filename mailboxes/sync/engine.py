@@ -24,6 +24,7 @@ from emailclient.core.tenancy import tenant_scope
 from mailboxes.imap import FetchedMessage, FolderState, ImapSession, MailServerError
 from mailboxes.sync.config import server_config
 from mailboxes.sync.folders import folder_list_sync
+from mailboxes.sync.inflight import Group, InFlight, Mark
 from mailboxes.sync.pipeline import _BlobWriter, _Pipeline
 from mailboxes.sync.quota import StorageQuota
 from mailboxes.sync.storage import (
@@ -113,6 +114,7 @@ class _Engine:
         self.batch_messages = settings.SYNC_BATCH_MESSAGES
         self.batch_bytes = settings.SYNC_BATCH_BYTES
         self.report = SyncReport()
+        self.in_flight = InFlight(account.id)
         self.quota = StorageQuota(account.tenant)
         # run() replaces these with threaded ones for the length of a sync.
         self.blobs = _BlobWriter(store, self.tenant_id, threaded=False, max_bytes=0)
@@ -311,8 +313,8 @@ class _Engine:
                     return
                 if len(fitting) < len(metas_batch):
                     self.report.over_quota, metas_batch = self.quota.exceeded, fitting
-                batch = self.prepare_batch(session, folder, metas_batch, rematch)
-                pipeline.submit(partial(self.commit_batch, batch), size=batch.size)
+                for group in self.in_flight.groups(folder, metas_batch):
+                    self.prepare_group(session, folder, group, rematch)
                 done += len(metas_batch)
                 self.progress(folder.name, done, len(new_uids))
                 if self.quota.exceeded:
@@ -348,6 +350,36 @@ class _Engine:
             for row_id, content_hash, message_id in rows.values_list("id", "content_hash", "message_id"):
                 pool.add(row_id, content_hash, message_id)
         return pool
+
+    def prepare_group(
+        self, session: ImapSession, folder: Folder, group: Group, rematch: "_RematchPool"
+    ) -> None:
+        """One group of a batch (`mailboxes.sync.inflight`): its UIDs marked in
+        flight from before the fetch until committed; a suspect's commit
+        waited for; one a worker died on too often quarantined unfetched."""
+        if group.losses:
+            batch = _Batch(folder_id=folder.id, next_uid=group.uids[-1] + 1)
+            for meta in group.metas:
+                reason = (
+                    f"a sync worker died {group.losses} times with this message in flight (out of memory?)"
+                )
+                batch.quarantine(self, folder, meta, None, f"{reason}; not fetched again")
+            mark = Mark(self.in_flight.key(folder), tuple(group.uids))
+            self.pipeline.submit(partial(self.commit_marked, batch, mark), size=batch.size)
+        else:
+            with self.in_flight.started(folder, group) as mark:
+                batch = self.prepare_batch(session, folder, group.metas, rematch)
+                self.pipeline.submit(partial(self.commit_marked, batch, mark), size=batch.size)
+        if group.single:
+            self.pipeline.wait()
+
+    def commit_marked(self, batch: "_Batch", mark: Mark) -> None:
+        """`commit_batch`, then its UIDs are no longer in flight (after an
+        error too: only a dead worker leaves them marked)."""
+        try:
+            self.commit_batch(batch)
+        finally:
+            self.in_flight.clear(mark)
 
     def prepare_batch(
         self,

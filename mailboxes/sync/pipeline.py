@@ -77,6 +77,7 @@ class _Pipeline:
         self.error: BaseException | None = None
         self.max_bytes = max_bytes
         self.in_flight = 0
+        self.jobs_pending = 0
         self.done = threading.Condition()
         if threaded:
             self.jobs: queue.Queue[tuple[Callable[[], None], int] | None] = queue.Queue(maxsize=2)
@@ -95,6 +96,7 @@ class _Pipeline:
                 finally:
                     with self.done:
                         self.in_flight -= size
+                        self.jobs_pending -= 1
                         self.done.notify_all()
         finally:
             connection.close()
@@ -109,7 +111,18 @@ class _Pipeline:
             while self.in_flight and self.in_flight + size > self.max_bytes and self.error is None:
                 self.done.wait()
             self.in_flight += size
+            self.jobs_pending += 1
         self.jobs.put((job, size))
+
+    def wait(self) -> None:
+        """Returns once every job submitted so far is done; raises the first
+        job error."""
+        if self.threaded:
+            with self.done:
+                while self.jobs_pending:
+                    self.done.wait()
+        if self.error is not None:
+            raise self.error
 
     def __enter__(self) -> "_Pipeline":
         return self

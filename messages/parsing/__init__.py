@@ -119,7 +119,7 @@ def _normalise_obsolete_fields(raw: bytes) -> bytes:
 def parse_message(raw: bytes, limits: Limits | None = None) -> ParsedMessage:
     limits = limits or Limits()
     _check_shape(raw, limits)
-    msg = mime_tree(_normalise_obsolete_fields(raw))
+    msg = mime_tree(_normalise_obsolete_fields(raw), limits)
     result = ParsedMessage()
     result.defects = [type(d).__name__ for d in msg.defects]
     headers = raw_headers(msg)
@@ -133,16 +133,21 @@ def parse_message(raw: bytes, limits: Limits | None = None) -> ParsedMessage:
         result.message_id_synthetic = True
     in_reply_to = reference_ids(header("In-Reply-To"))
     result.in_reply_to = in_reply_to[0] if in_reply_to else ""
-    result.references = reference_ids(header("References"))[-100:]
+    # The tail of References holds the nearest ancestors: a long one is cut
+    # before it is split, so its ids cost at most `max_references`.
+    references = header("References")
+    if references and len(references) > limits.max_references * (MAX_MESSAGE_ID + 3):
+        references = references[-limits.max_references * (MAX_MESSAGE_ID + 3) :]
+    result.references = reference_ids(references)[-limits.max_references :]
     result.subject = clean_line(decode_header_value(header("Subject")), 10_000)
-    senders = parse_addresses(headers.get("from"))
+    senders = parse_addresses(headers.get("from"), limit=1)
     if senders:
         result.from_name = senders[0]["name"]
         result.from_address = senders[0]["address"]
-    result.to = parse_addresses(headers.get("to"))
-    result.cc = parse_addresses(headers.get("cc"))
-    result.bcc = parse_addresses(headers.get("bcc"))
-    result.reply_to = parse_addresses(headers.get("reply-to"))
+    result.to = parse_addresses(headers.get("to"), limit=limits.max_addresses)
+    result.cc = parse_addresses(headers.get("cc"), limit=limits.max_addresses)
+    result.bcc = parse_addresses(headers.get("bcc"), limit=limits.max_addresses)
+    result.reply_to = parse_addresses(headers.get("reply-to"), limit=limits.max_addresses)
     result.sent_at = parse_date(header("Date"))
     walk_parts(msg, result, limits)
     result.snippet = make_snippet(result.text_body)

@@ -21,6 +21,8 @@ _ADDRESS_ITEM = re.compile(
 )
 # Longer address headers are cut: no real header needs more.
 MAX_ADDRESS_HEADER = 16 * 1024
+# Fields of one name read (a message may repeat To: or Cc:).
+MAX_ADDRESS_FIELDS = 20
 
 
 def _split_addresses(value: str) -> list[tuple[str, str]]:
@@ -40,18 +42,24 @@ def _split_addresses(value: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def parse_addresses(values: list[str] | None) -> list[Address]:
-    """[{"name": ..., "address": ...}] from one or more address headers.
-    Display names are decoded after splitting, so an encoded comma inside a
-    name cannot split an address."""
+def parse_addresses(values: list[str] | None, limit: int = 1000) -> list[Address]:
+    """[{"name": ..., "address": ...}] from one or more address headers, the
+    first `limit` of them. Display names are decoded after splitting, so an
+    encoded comma inside a name cannot split an address."""
     if not values:
         return []
     try:
-        pairs = [pair for v in values for pair in _split_addresses(clean_text(unraw(v[:MAX_ADDRESS_HEADER])))]
+        pairs = [
+            pair
+            for v in values[:MAX_ADDRESS_FIELDS]
+            for pair in _split_addresses(clean_text(unraw(v[:MAX_ADDRESS_HEADER])))
+        ]
     except Exception:
         return []
     result: list[Address] = []
     for name, address in pairs:
+        if len(result) >= limit:
+            break
         address = clean_line(address, 320)
         name = clean_line(decode_header_value(name), 500)
         if not address and not name:

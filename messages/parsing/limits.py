@@ -12,6 +12,13 @@ class Limits:
     max_header_bytes: int = 256 * 1024
     max_parts: int = 1000
     max_depth: int = 30
+    # Header fields of all parts together; `max_header_bytes` is per part.
+    max_header_fields: int = 10_000
+    # Lines of a message the fast splitter declines (see mime.mime_tree).
+    max_lines: int = 1_000_000
+    # Addresses kept per address field, ids per References field.
+    max_addresses: int = 1000
+    max_references: int = 100
 
 
 def parse_limits() -> Limits:
@@ -21,6 +28,8 @@ def parse_limits() -> Limits:
         max_header_bytes=settings.MAIL_MAX_HEADER_BYTES,
         max_parts=settings.MAIL_MAX_PARTS,
         max_depth=settings.MAIL_MAX_MIME_DEPTH,
+        max_header_fields=settings.MAIL_MAX_HEADER_FIELDS,
+        max_lines=settings.MAIL_MAX_LINES,
     )
 
 

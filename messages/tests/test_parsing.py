@@ -2,6 +2,8 @@
 
 import base64
 import email
+import time
+import tracemalloc
 from email.policy import compat32
 from email.utils import getaddresses
 
@@ -280,7 +282,7 @@ def _fast_tree(raw: bytes):
     if "\r" in text and text.count("\r") != text.count("\r\n"):
         return None
     try:
-        return mime._fast_part(text, 0, len(text), 0)
+        return mime._fast_part(text, 0, len(text), 0, mime._Budget(Limits()))
     except mime._Unusual:
         return None
 
@@ -353,3 +355,123 @@ def test_large_base64_parts_decode_as_email_decodes_them(encoded):
     assert len(part.get_payload()) > parts._LARGE_PART
     assert parts._payload_bytes(part) == part.get_payload(decode=True)
     assert parse_message(raw).attachments[0].data == part.get_payload(decode=True)
+
+
+# --- Limits met while the tree is built (issue 14, section 1) ---------------------
+
+
+def _parse_peak(raw: bytes, limits: Limits | None = None) -> tuple[str, int]:
+    """The rejection's reason and the most memory Python held meanwhile."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(MessageRejected) as rejected:
+            parse_message(raw, limits)
+        return rejected.value.reason, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _multipart(body: bytes, *, lone_cr: bool = False, boundary: bytes = b"b") -> bytes:
+    """A multipart message; a lone CR in its preamble sends it to the
+    FeedParser instead of the fast splitter."""
+    preamble = b"pre\ramble\r\n" if lone_cr else b""
+    return (
+        (b"From: a@b.c\r\nSubject: test\r\nContent-Type: multipart/mixed; boundary=" + boundary + b"\r\n\r\n")
+        + preamble
+        + body
+    )
+
+
+@pytest.mark.parametrize("lone_cr", [False, True], ids=["fast splitter", "FeedParser"])
+def test_too_many_parts_stop_the_parser_before_the_tree_is_built(lone_cr):
+    # 400,000 empty parts in 3 MB (and under MAIL_MAX_LINES): the whole tree
+    # would take ~400 MB.
+    raw = _multipart(b"--b\r\n\r\n" * 400_000 + b"--b--\r\n", lone_cr=lone_cr)
+    reason, peak = _parse_peak(raw)
+    assert reason == "more than 1000 MIME parts"
+    assert peak < 3 * len(raw)  # the bytes and their text, not a tree
+
+
+def _nested(levels: int, inner: bytes, *, lone_cr: bool = False) -> bytes:
+    body = b"--n00000\r\n"
+    for level in range(1, levels):
+        body += b"Content-Type: multipart/mixed; boundary=n%05d\r\n\r\n--n%05d\r\n" % (level, level)
+    return _multipart(body + inner, lone_cr=lone_cr, boundary=b"n00000")
+
+
+@pytest.mark.parametrize("lone_cr", [False, True], ids=["fast splitter", "FeedParser"])
+def test_deep_nesting_stops_the_parser_at_the_limit(lone_cr):
+    # 5,000 levels: the FeedParser recursed to a RecursionError.
+    raw = _nested(5000, b"\r\nbottom\r\n", lone_cr=lone_cr)
+    assert _parse_peak(raw)[0] == "MIME nesting deeper than 30"
+
+
+@pytest.mark.parametrize("lone_cr", [False, True], ids=["fast splitter", "FeedParser"])
+def test_a_parts_header_is_bounded_like_the_messages(lone_cr):
+    fields = b"".join(b"X-F%d: v\r\n" % i for i in range(100_000))
+    raw = _multipart(b"--b\r\n" + fields + b"\r\nbody\r\n--b--\r\n", lone_cr=lone_cr)
+    assert _parse_peak(raw)[0] == "a MIME part's header is over the 262144-byte limit"
+
+
+@pytest.mark.parametrize("lone_cr", [False, True], ids=["fast splitter", "FeedParser"])
+def test_header_fields_of_all_parts_together_are_bounded(lone_cr):
+    raw = _multipart(
+        b"--b\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\n\r\nbody\r\n" * 20 + b"--b--\r\n", lone_cr=lone_cr
+    )
+    assert "body" in parse_message(raw, Limits(max_header_fields=63)).text_body  # 3 + 20 * 3 fields
+    with pytest.raises(MessageRejected, match=r"^more than 62 header fields$"):
+        parse_message(raw, Limits(max_header_fields=62))
+
+
+def test_lines_that_look_like_boundaries_are_bounded():
+    # Boundaries a, aa, aaa...: each body line starts with every one of them
+    # and was a turn of the splitter's loop at every level.
+    raw = b"From: a@b.c\r\n"
+    for level in range(1, 21):
+        raw += b"Content-Type: multipart/mixed; boundary=%s\r\n\r\n--%s\r\n" % (b"a" * level, b"a" * level)
+    raw += b"\r\n" + (b"--" + b"a" * 30 + b"x\r\n") * 200_000
+    started = time.monotonic()
+    with pytest.raises(MessageRejected) as rejected:
+        parse_message(raw)
+    assert (
+        rejected.value.reason == f"more than {mime.MAX_BOUNDARY_MISSES} lines that look like MIME boundaries"
+    )
+    assert time.monotonic() - started < 2  # ~0.1 s; a turn per line at each level was ~10 s
+
+
+def test_the_feedparsers_line_checks_are_bounded():
+    # 20 open levels: each line is tested against 20 boundaries.
+    raw = _nested(20, b"\r\n" + b"line\r\n" * 200_000, lone_cr=True)
+    with pytest.raises(MessageRejected, match=rf"^more than {mime.MAX_LINE_CHECKS} line checks"):
+        parse_message(raw)
+
+
+def test_the_feedparser_is_given_a_bounded_number_of_lines():
+    raw = b"From: a@b.c\r\nSubject: lines\r\n\r\nbody\rwith a lone CR\r\n" + b"\r\n" * 2000
+    assert parse_message(raw, Limits(max_lines=3000)).subject == "lines"
+    with pytest.raises(MessageRejected, match=r"^more than 1000 lines in a message of unusual structure"):
+        parse_message(raw, Limits(max_lines=1000))
+    # The fast splitter keeps no str per line: it is not bounded so.
+    assert parse_message(raw.replace(b"\r", b""), Limits(max_lines=1000)).subject == "lines"
+
+
+def test_the_fast_splitter_and_the_feedparser_build_the_same_tree_within_the_limits():
+    for lone_cr in (False, True):
+        raw = _multipart(b"--b\r\n\r\n" * 999 + b"--b--\r\n", lone_cr=lone_cr)  # with the message: 1000
+        assert _tree(mime.mime_tree(raw)) == _tree(email.message_from_bytes(raw, policy=compat32))
+
+
+def test_address_lists_and_references_are_bounded():
+    to = ", ".join(f"u{i}@example.com" for i in range(800))
+    more = ", ".join(f"u{i}@example.com" for i in range(800, 1600))
+    references = " ".join(f"<r{i}@example.com>" for i in range(5000))
+    raw = (
+        f"From: a@b.c\r\nTo: {to}\r\nTo: {more}\r\nReferences: {references}\r\nSubject: many\r\n\r\nbody\r\n"
+    ).encode()
+    parsed = parse_message(raw)
+    assert len(parsed.to) == 1000
+    assert parsed.to[-1] == {"name": "", "address": "u999@example.com"}
+    assert parsed.references == [f"r{i}@example.com" for i in range(4900, 5000)]
+    parsed = parse_message(raw, Limits(max_addresses=10, max_references=5))
+    assert [a["address"] for a in parsed.to] == [f"u{i}@example.com" for i in range(10)]
+    assert parsed.references == [f"r{i}@example.com" for i in range(4995, 5000)]
