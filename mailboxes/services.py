@@ -43,7 +43,7 @@ def sync_request(
         if again_if_joined:
             sync_rerun_mark(account.id)
         return existing, True
-    sync_status_set(account.id, state=QUEUED, task_id=task_id, error="")
+    sync_status_set(account.id, state=QUEUED, task_id=task_id, error="", detail="")
     try:
         sync_account_task.apply_async(
             kwargs={"tenant_id": str(account.tenant_id), "account_id": str(account.id)},

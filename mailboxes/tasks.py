@@ -85,7 +85,11 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
         return {"result": "skipped", "reason": exc.message}
 
     slots = slot_request(target)
-    waiting_for = slots_acquire(request=slots, holder=task_id)
+    try:
+        waiting_for = slots_acquire(request=slots, holder=task_id)
+    except Exception as exc:  # Redis away: fail now, or triggers would join this task for hours
+        _failed(account, task_id, exc)
+        raise
     if waiting_for:
         return _wait(self, tenant, account, task_id, waiting_for)
 
@@ -186,8 +190,17 @@ def _failed(account_id: uuid.UUID, task_id: str, exc: Exception) -> None:
 def write_back_task(self, tenant_id: str, account_id: str) -> dict:
     """Write the account's pending changes to its server. Waits for a
     running sync; retries with backoff while the server fails; a change
-    that keeps failing is undone (see `writeback`)."""
+    that keeps failing is undone (see `writeback`). A deactivated tenant or
+    an owner no longer a member writes nothing (the changes stay pending)."""
     tenant, account = uuid.UUID(tenant_id), uuid.UUID(account_id)
+    try:
+        account_for_sync(tenant_id=tenant, account_id=account)
+    except EmailAccount.DoesNotExist:
+        logger.info("write-back of account %s skipped: no such account", account)
+        return {"result": "missing"}
+    except AccountNotSyncable as exc:
+        logger.info("write-back of account %s skipped: %s", account, exc.message)
+        return {"result": "skipped", "reason": exc.message}
     try:
         report = account_write_back(tenant_id=tenant, account_id=account)
     except SyncAlreadyRunning as exc:

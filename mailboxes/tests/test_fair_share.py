@@ -16,10 +16,10 @@ from emailclient.core.models import Tenant, TenantMembership
 from emailclient.core.tenancy import tenant_scope
 from mailboxes import sync_status
 from mailboxes.sync_slots import SlotRequest, slots_acquire, slots_held, slots_in_use, slots_release
-from mailboxes.tasks import slot_request, sync_account_task
+from mailboxes.tasks import slot_request, sync_account_task, write_back_task
 from mailboxes.tests.tarpit import Tarpit
 from mailboxes.tests.test_imap_sync import seed
-from messages.models import Message
+from messages.models import Message, MessageChange
 from messages.tests.corpus import corpus_files
 
 
@@ -209,6 +209,27 @@ def test_a_removed_members_accounts_do_not_sync(imap_account, mailbox, user_a):
     assert result["result"] == "skipped"
     assert "no longer an active member" in result["reason"]
     assert stored(imap_account) == 0
+
+
+@pytest.mark.django_db
+def test_a_deactivated_tenant_writes_nothing_back(imap_account, mailbox, client_a):
+    seed(mailbox, {"INBOX": corpus_files("notmuch", "threading")[:1]})
+    assert run_task(imap_account)["result"] == "ok"
+    with tenant_scope(imap_account.tenant_id):
+        message = Message.objects.get(account=imap_account)
+    assert (
+        client_a.patch(f"/api/messages/{message.id}/", {"is_flagged": False}, format="json").status_code
+        == 200
+    )
+    Tenant.objects.filter(id=imap_account.tenant_id).update(is_active=False)
+
+    result = write_back_task.apply(args=[str(imap_account.tenant_id), str(imap_account.id)]).get()
+
+    assert result["result"] == "skipped"
+    mailbox.select_folder("INBOX", readonly=True)
+    assert b"\\Flagged" in mailbox.get_flags(mailbox.search(["ALL"]))[message.imap_uid]  # seeded flagged
+    with tenant_scope(imap_account.tenant_id):
+        assert MessageChange.objects.get(message=message).state == MessageChange.State.PENDING
 
 
 @pytest.mark.django_db
