@@ -6,8 +6,8 @@ row-level security PostgreSQL uses only leakproof conditions as index
 conditions. `@@` (ts_match_vq) on these columns is one; ILIKE then checks the
 tenant's candidates. The gin_trgm_ops indexes had no other reader.
 
-Adding stored generated columns rewrites email_messages (about 2 minutes per
-million messages on the benchmark's machine; writes wait meanwhile)."""
+The four stored generated columns are added by one ALTER TABLE, so the
+table is rewritten once; writes wait meanwhile."""
 
 import django.contrib.postgres.indexes
 import django.contrib.postgres.search
@@ -42,61 +42,86 @@ class Migration(migrations.Migration):
             model_name="message",
             name="trgm_messages_cc",
         ),
-        migrations.AddField(
-            model_name="message",
-            name="cc_trigrams",
-            field=models.GeneratedField(
-                db_persist=True,
-                expression=messages.models.Trigrams(
-                    django.db.models.functions.comparison.Cast(
-                        models.Func(
-                            models.F("cc"),
-                            models.Value("$[*].*"),
-                            function="jsonb_path_query_array",
-                            output_field=models.JSONField(),
+        # One ALTER TABLE, so one rewrite of the table, not four.
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.AddField(
+                    model_name="message",
+                    name="cc_trigrams",
+                    field=models.GeneratedField(
+                        db_persist=True,
+                        expression=messages.models.Trigrams(
+                            django.db.models.functions.comparison.Cast(
+                                models.Func(
+                                    models.F("cc"),
+                                    models.Value("$[*].*"),
+                                    function="jsonb_path_query_array",
+                                    output_field=models.JSONField(),
+                                ),
+                                models.TextField(),
+                            )
                         ),
-                        models.TextField(),
-                    )
+                        output_field=django.contrib.postgres.search.SearchVectorField(),
+                    ),
                 ),
-                output_field=django.contrib.postgres.search.SearchVectorField(),
-            ),
-        ),
-        migrations.AddField(
-            model_name="message",
-            name="from_trigrams",
-            field=models.GeneratedField(
-                db_persist=True,
-                expression=messages.models.Trigrams("from_address", "from_name"),
-                output_field=django.contrib.postgres.search.SearchVectorField(),
-            ),
-        ),
-        migrations.AddField(
-            model_name="message",
-            name="subject_trigrams",
-            field=models.GeneratedField(
-                db_persist=True,
-                expression=messages.models.Trigrams("subject"),
-                output_field=django.contrib.postgres.search.SearchVectorField(),
-            ),
-        ),
-        migrations.AddField(
-            model_name="message",
-            name="to_trigrams",
-            field=models.GeneratedField(
-                db_persist=True,
-                expression=messages.models.Trigrams(
-                    django.db.models.functions.comparison.Cast(
-                        models.Func(
-                            models.F("to"),
-                            models.Value("$[*].*"),
-                            function="jsonb_path_query_array",
-                            output_field=models.JSONField(),
+                migrations.AddField(
+                    model_name="message",
+                    name="from_trigrams",
+                    field=models.GeneratedField(
+                        db_persist=True,
+                        expression=messages.models.Trigrams("from_address", "from_name"),
+                        output_field=django.contrib.postgres.search.SearchVectorField(),
+                    ),
+                ),
+                migrations.AddField(
+                    model_name="message",
+                    name="subject_trigrams",
+                    field=models.GeneratedField(
+                        db_persist=True,
+                        expression=messages.models.Trigrams("subject"),
+                        output_field=django.contrib.postgres.search.SearchVectorField(),
+                    ),
+                ),
+                migrations.AddField(
+                    model_name="message",
+                    name="to_trigrams",
+                    field=models.GeneratedField(
+                        db_persist=True,
+                        expression=messages.models.Trigrams(
+                            django.db.models.functions.comparison.Cast(
+                                models.Func(
+                                    models.F("to"),
+                                    models.Value("$[*].*"),
+                                    function="jsonb_path_query_array",
+                                    output_field=models.JSONField(),
+                                ),
+                                models.TextField(),
+                            )
                         ),
-                        models.TextField(),
-                    )
+                        output_field=django.contrib.postgres.search.SearchVectorField(),
+                    ),
                 ),
-                output_field=django.contrib.postgres.search.SearchVectorField(),
-            ),
+            ],
+            database_operations=[
+                migrations.RunSQL(
+                    sql="""
+                        ALTER TABLE "email_messages"
+                        ADD COLUMN "cc_trigrams" tsvector GENERATED ALWAYS AS
+                            (array_to_tsvector(show_trgm((jsonb_path_query_array("cc", '$[*].*'))::text))) STORED,
+                        ADD COLUMN "from_trigrams" tsvector GENERATED ALWAYS AS
+                            (array_to_tsvector(show_trgm("from_address" || ' ' || "from_name"))) STORED,
+                        ADD COLUMN "subject_trigrams" tsvector GENERATED ALWAYS AS
+                            (array_to_tsvector(show_trgm("subject"))) STORED,
+                        ADD COLUMN "to_trigrams" tsvector GENERATED ALWAYS AS
+                            (array_to_tsvector(show_trgm((jsonb_path_query_array("to", '$[*].*'))::text))) STORED
+                    """,
+                    reverse_sql="""
+                        ALTER TABLE "email_messages"
+                        DROP COLUMN "cc_trigrams", DROP COLUMN "from_trigrams",
+                        DROP COLUMN "subject_trigrams", DROP COLUMN "to_trigrams"
+                    """,
+                ),
+            ],
         ),
         migrations.AddIndex(
             model_name="message",
