@@ -75,15 +75,19 @@ import datetime
 import re
 import unicodedata
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from django.conf import settings
 from django.contrib.postgres import search as pg
+from django.db import OperationalError, connection
 from django.db.models import DecimalField, F, Q, QuerySet, Value
 from django.db.models.functions import Cast, JSONArray, Lower
 from django.db.models.lookups import IContains, Lookup
 
-from emailclient.core.exceptions import ApplicationError
+from emailclient.core.exceptions import ApplicationError, is_statement_timeout
 
 from .models import FolderType, Message
 
@@ -107,6 +111,38 @@ class SearchQueryError(ApplicationError, ValueError):
     """The query cannot be parsed; `str(exc)` says why, in words for the user."""
 
     code = "invalid_search_query"
+
+
+class SearchTooBroad(SearchQueryError):
+    """The search ran past SEARCH_STATEMENT_TIMEOUT_MS: it reads too many rows."""
+
+    code = "search_too_broad"
+
+
+@contextmanager
+def search_time_limit() -> Iterator[None]:
+    """Run the block's statements (a search and its page) with the
+    statement_timeout SEARCH_STATEMENT_TIMEOUT_MS, for the rest of the
+    enclosing transaction (the request's tenant scope), and turn a
+    statement it cancels into `SearchTooBroad` (a 400 that says what to do),
+    not a 500. This bounds what a search may walk: one of only negated terms,
+    or of terms no index serves (`is:read`, `subject:ab`), that matches few
+    messages reads the tenant's messages newest first until it fills a page."""
+    if connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('statement_timeout', %s, true)",
+                [str(settings.SEARCH_STATEMENT_TIMEOUT_MS)],
+            )
+    try:
+        yield
+    except OperationalError as exc:
+        if not is_statement_timeout(exc):
+            raise
+        raise SearchTooBroad(
+            "The search took too long. Add a word to look for, or narrow it with from:, to:, subject:,"
+            " in:, account: or after:."
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from .blobs import default_store
 from .downloads import attachment_by_token, attachment_token, blob_open, blob_response, safe_filename
 from .models import Attachment, Folder, Message
 from .sanitize import sanitize_html
-from .search import SearchOrder, SearchQuery, apply_search, positive_conditions
+from .search import SearchOrder, SearchQuery, apply_search, positive_conditions, search_time_limit
 from .selectors import access_folder, folder_list
 from .serializers import (
     BulkDeleteSerializer,
@@ -129,12 +129,13 @@ class MessageViewSet(TenantAPIMixin, viewsets.GenericViewSet):
             **{k: v for k, v in data.items() if k in selectors.MessageFilters.__dataclass_fields__}
         )
         messages = selectors.message_list(tenant=self.tenant, membership=self.membership, filters=filters)
-        pagination = MessagePagination
-        if data.get("q") is not None:
+        if data.get("q") is None:
+            return paginated_messages(self, messages, MessagePagination)
+        with search_time_limit():
             messages, pagination = search_queryset_and_paginator(
                 messages, data["q"], data["order"], tenant=self.tenant
             )
-        return paginated_messages(self, messages, pagination)
+            return paginated_messages(self, messages, pagination)
 
     @extend_schema(parameters=[REMOTE_IMAGES], responses=MessageDetailSerializer)
     def retrieve(self, request, **kwargs):
@@ -280,10 +281,11 @@ class SearchView(TenantAPIMixin, APIView):
         params.is_valid(raise_exception=True)
         filters = selectors.MessageFilters(account=params.validated_data.get("account"))
         messages = selectors.message_list(tenant=self.tenant, membership=self.membership, filters=filters)
-        messages, pagination = search_queryset_and_paginator(
-            messages, params.validated_data["query"], params.validated_data["order"], tenant=self.tenant
-        )
-        return paginated_messages(self, messages, pagination)
+        with search_time_limit():
+            messages, pagination = search_queryset_and_paginator(
+                messages, params.validated_data["query"], params.validated_data["order"], tenant=self.tenant
+            )
+            return paginated_messages(self, messages, pagination)
 
 
 @extend_schema(parameters=[TENANT_HEADER])

@@ -12,8 +12,10 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import OperationalError
 from django.http import Http404, JsonResponse
 from django_ratelimit.exceptions import Ratelimited
+from psycopg.errors import QueryCanceled
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.response import Response
@@ -68,7 +70,20 @@ def _detail_text(detail) -> str:
     return str(detail)
 
 
+def is_statement_timeout(exc: BaseException) -> bool:
+    """A statement PostgreSQL cancelled: its statement_timeout (or an operator)."""
+    return isinstance(exc, OperationalError) and isinstance(exc.__cause__, QueryCanceled)
+
+
 def exception_handler(exc, context):
+    if is_statement_timeout(exc):
+        # The tenant middleware rolls the request's transaction back (>= 400).
+        logger.warning("statement timeout in %s", context.get("view").__class__.__name__)
+        return Response(
+            error_body("statement_timeout", "The database took too long to answer; try again later."),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
     if isinstance(exc, ApplicationError):
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
     if isinstance(exc, DjangoValidationError):

@@ -1,3 +1,4 @@
+import contextlib
 import datetime
 import uuid
 
@@ -6,6 +7,7 @@ from django.db import DataError, connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from accounts.tests.factories import EmailAccountFactory
+from conftest import bearer_client
 from emailclient.core.exceptions import ApplicationError
 from emailclient.core.tenancy import tenant_scope
 from messages import selectors
@@ -862,3 +864,60 @@ def test_candidates_are_fetched_over_the_tenant_then_paged_within_the_scope(tena
     assert (by_ids, len(fetches.captured_queries)) == (False, 1)
     with tenant_scope(tenant_a.id):
         assert found.count() == 3
+
+
+# --- Time limits ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def table_locked_by_owner():
+    """email_messages locked by another session (the owner's), so that any
+    statement reading it waits: a statement that runs too long, on demand."""
+    with transaction.atomic(using="owner"), connections["owner"].cursor() as cursor:
+        cursor.execute("LOCK TABLE email_messages IN ACCESS EXCLUSIVE MODE")
+        yield
+
+
+def test_the_runtime_role_has_a_statement_timeout(db, settings):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT setting::int FROM pg_settings WHERE name = 'statement_timeout'")
+        assert cursor.fetchone() == (settings.DATABASE_STATEMENT_TIMEOUT_MS,)
+    assert settings.DATABASE_STATEMENT_TIMEOUT_MS == 60_000
+
+
+@pytest.mark.usefixtures("committed_db")
+@pytest.mark.parametrize("path", ["/api/sync/search?query=-invoice", "/api/messages/?q=-invoice"])
+def test_a_search_past_its_time_limit_is_a_400_that_says_how_to_narrow_it(
+    settings, user_a, tenant_a, inbox_a, path
+):
+    message(inbox_a, subject="Invoice")
+    settings.SEARCH_STATEMENT_TIMEOUT_MS = 200
+    client = bearer_client(user_a, tenant_a)
+    with table_locked_by_owner():
+        response = client.get(path)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"] == "search_too_broad"
+    assert response.json()["error"]["message"].startswith("The search took too long. Add a word")
+    # The request's transaction ended with it: the next one is normal.
+    assert client.get(path).status_code == 200
+
+
+@pytest.mark.usefixtures("committed_db")
+def test_a_statement_past_the_timeout_is_a_503_not_a_500(user_a, tenant_a, inbox_a):
+    message(inbox_a, subject="Invoice")
+    client = bearer_client(user_a, tenant_a)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SET statement_timeout = 200"
+        )  # the session's, as DATABASE_STATEMENT_TIMEOUT_MS sets it
+    with table_locked_by_owner():
+        response = client.get(f"/api/messages/?folder={inbox_a.id}")
+    assert response.status_code == 503, response.content
+    assert response.json() == {
+        "error": {
+            "code": "statement_timeout",
+            "message": "The database took too long to answer; try again later.",
+        }
+    }
+    assert response["Retry-After"] == "5"
+    assert client.get(f"/api/messages/?folder={inbox_a.id}").status_code == 200
