@@ -461,7 +461,7 @@ class _Engine:
         for write in batch.blob_writes:
             if write is not None:
                 write.result()  # raises the write's error: nothing of the batch commits
-        self.store.sync_folders()  # and their names, once a folder (see `messages.blobs`)
+        self.store.flush()  # the batch's blobs fsynced, named, their folders fsynced (`messages.blobs`)
         with self.scope(), transaction.atomic():
             batch.drop_stored()
             if batch.messages:

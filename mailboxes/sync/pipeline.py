@@ -22,9 +22,9 @@ class _BlobWriter:
     microseconds of kernel time on ext4), so it runs on the other core while
     this thread parses. The writes not yet done hold at most `max_bytes`
     (one always goes, however big). Without `threaded`, writes run inline.
-    Leaving the block waits for every write. Each blob's file is fsynced
-    before its rename; its folder is not: the batch's commit fsyncs the
-    folders its blobs went to once (`BlobStore.sync_folders`)."""
+    Leaving the block waits for every write. The blobs are written but
+    neither fsynced nor named: the batch's commit makes them durable
+    together first (`BlobStore.flush`)."""
 
     def __init__(self, store: BlobStore, tenant_id: uuid.UUID, *, threaded: bool, max_bytes: int) -> None:
         self.store = store
@@ -36,7 +36,7 @@ class _BlobWriter:
 
     def put(self, data: bytes, key: str) -> Future[None] | None:
         if self.executor is None:
-            self.store.put(self.tenant_id, data, key, sync_folder=False)
+            self.store.put(self.tenant_id, data, key, deferred=True)
             return None
         with self.done:
             while self.pending and self.pending + len(data) > self.max_bytes:
@@ -46,7 +46,7 @@ class _BlobWriter:
 
     def _put(self, data: bytes, key: str) -> None:
         try:
-            self.store.put(self.tenant_id, data, key, sync_folder=False)
+            self.store.put(self.tenant_id, data, key, deferred=True)
         finally:
             with self.done:
                 self.pending -= len(data)

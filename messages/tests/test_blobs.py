@@ -101,20 +101,41 @@ def test_a_new_tenant_folder_is_fsynced_in_its_parent(tmp_path, monkeypatch):
     assert sorted(synced) == sorted([shard, os.path.dirname(shard), str(tmp_path)])
 
 
-def test_deferred_folder_syncs_happen_once_per_folder_in_sync_folders(tmp_path, monkeypatch):
+def test_deferred_blobs_are_fsynced_renamed_and_their_folders_fsynced_in_flush(tmp_path, monkeypatch):
     store = BlobStore(tmp_path)
     tenant = uuid.uuid4()
     store.put(tenant, b"make the tenant folder")
     blobs = [f"message {n}".encode() for n in range(40)]
     trace = FsyncTrace(monkeypatch)
-    keys = [store.put(tenant, data, sync_folder=False) for data in blobs]
-    # Each blob's shard, and the tenant folder, which got new shards.
-    folders = {os.path.dirname(str(store.path(tenant, key))) for key in keys} | {str(tmp_path / str(tenant))}
-    # Each file fsynced before its rename; no folder fsynced yet.
-    assert [e[0] for e in trace.events] == ["fsync", "rename"] * len(blobs)
-    assert store.sync_folders() == len(folders)
-    assert sorted(e[1] for e in trace.events[2 * len(blobs) :]) == sorted(folders)
-    assert store.sync_folders() == 0
+    keys = [store.put(tenant, data, deferred=True) for data in blobs]
+    assert trace.events == []  # written, not yet durable nor named
+    assert not any(store.exists(tenant, key) for key in keys)
+
+    assert store.flush() == len(blobs)
+
+    finals = [str(store.path(tenant, key)) for key in keys]
+    renames = [e for e in trace.events if e[0] == "rename"]
+    assert sorted(e[2] for e in renames) == sorted(finals)
+    first_rename = trace.events.index(renames[0])
+    last_rename = trace.events.index(renames[-1])
+    # Every file fsynced before any rename; the folders after the last one:
+    # each blob's shard, and the tenant folder, which got new shards.
+    assert sorted(trace.events[:first_rename]) == sorted(("fsync", e[1]) for e in renames)
+    folders = {os.path.dirname(final) for final in finals} | {str(tmp_path / str(tenant))}
+    assert sorted(e[1] for e in trace.events[last_rename + 1 :]) == sorted(folders)
+    assert all(store.get(tenant, key) == data for key, data in zip(keys, blobs, strict=True))
+    assert store.flush() == 0
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_the_same_blob_put_twice_before_a_flush_is_stored_once(tmp_path):
+    store = BlobStore(tmp_path)
+    tenant = uuid.uuid4()
+    key = store.put(tenant, b"twice", deferred=True)
+    assert store.put(tenant, b"twice", deferred=True) == key
+    assert store.flush() == 2
+    assert store.get(tenant, key) == b"twice"
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 # --- Damage ------------------------------------------------------------------------------
