@@ -118,6 +118,19 @@ def _queue_task(name: str, draft: Draft, **options: Any) -> None:
     )
 
 
+def _attachments_known(draft: Draft, attachments: list[DraftAttachment]) -> None:
+    """Let `draft.attachments.all()` answer with `attachments` (read already)
+    instead of a query, as `prefetch_related` does."""
+    known = draft.attachments.none()
+    known._result_cache = list(attachments)
+    setattr(known, "_prefetch_done", True)  # noqa: B010 - Django's own attribute, not in its stubs
+    cache = getattr(draft, "_prefetched_objects_cache", None)
+    if cache is None:
+        cache = {}
+        setattr(draft, "_prefetched_objects_cache", cache)  # noqa: B010
+    cache["attachments"] = known
+
+
 def _send_request(draft: Draft) -> None:
     """Once committed: the send of a draft due now (`compose.outbox.send_request`:
     no task of its own while one that drains its account is queued or
@@ -511,18 +524,11 @@ def draft_send(*, draft: Draft, actor: Actor, ip_address: str | None = None) -> 
 
     now = timezone.now()
     scheduled = draft.send_at is not None and draft.send_at > now
-    item, _ = SendQueueItem.objects.get_or_create(
-        tenant_id=draft.tenant_id,
-        draft=draft,
-        defaults={
-            "account": draft.account,
-            "message_id": draft.message_id,
-            "raw_blob_key": key,
-            "size_bytes": len(raw),
-            "envelope_from": outgoing.sender["address"],
-            "recipients": recipients,
-        },
-    )
+    # A draft never queued (no Message-ID yet) has no outbox item: it gets
+    # one, written once; a resend (failed, uncertain, cancelled) reuses its own.
+    item = (
+        SendQueueItem.objects.filter(tenant_id=draft.tenant_id, draft=draft).first() if resend else None
+    ) or SendQueueItem(tenant_id=draft.tenant_id, draft=draft)
     previous_attempts = item.attempts
     item.attempts = 0
     item.account = draft.account
@@ -537,8 +543,11 @@ def draft_send(*, draft: Draft, actor: Actor, ip_address: str | None = None) -> 
     item.recipient_results = {}
     item.sent_at = None
     item.sent_copy = ""
-    item.save()
+    item.save(force_insert=item._state.adding)
     draft.outbox = item
+    # What the view answers with, without reading it back: the attachments
+    # just read (as `prefetch_related` would leave them).
+    _attachments_known(draft, attachments)
 
     draft.status = Status.SCHEDULED if scheduled else Status.QUEUED
     draft.save()

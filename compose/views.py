@@ -214,21 +214,32 @@ class ComposeViewSet(TenantAPIMixin, viewsets.GenericViewSet):
         context = {"sent_messages": selectors.sent_messages(tenant=self.tenant, drafts=[draft])}
         return Response(DraftSerializer(draft, context=context).data, status=status_code)
 
+    def _queued(self, draft: Draft, *, resend: bool) -> Response:
+        """A send's answer (202), from the draft `services.draft_send` left
+        in memory (its outbox item and attachments with it), not read back:
+        the same fields, two queries fewer on every send. Its message in
+        Sent is looked for only on a resend (a new Message-ID has none)."""
+        sent = selectors.sent_messages(tenant=self.tenant, drafts=[draft]) if resend else {}
+        return Response(
+            DraftSerializer(draft, context={"sent_messages": sent}).data, status=status.HTTP_202_ACCEPTED
+        )
+
     def _body(self) -> dict:
         data = self.request.data
         if isinstance(data, QueryDict):  # no body at all
             return {}
         return data
 
-    def _idempotent(self, endpoint: str, perform: Callable[[], Draft]) -> Response:
-        """Run a send (`perform`) at most once per Idempotency-Key, rate limited."""
+    def _idempotent(self, endpoint: str, perform: Callable[[], tuple[Draft, bool]]) -> Response:
+        """Run a send (`perform`: the draft, and whether it was a resend) at
+        most once per Idempotency-Key, rate limited."""
         request = self.request
         key = request.headers.get(idempotency.HEADER)
         if key is None:
             send_rate_limit_check(request)
-            draft = perform()
+            draft, resend = perform()
             send_rate_limit_count(request)
-            return self._item(draft, status.HTTP_202_ACCEPTED)
+            return self._queued(draft, resend=resend)
         claim = idempotency.idempotency_key_claim(
             tenant=self.tenant,
             user=self.user,
@@ -240,10 +251,10 @@ class ComposeViewSet(TenantAPIMixin, viewsets.GenericViewSet):
                 raise NotFound("Draft not found.")
             return self._item(claim.draft, claim.status_code)
         send_rate_limit_check(request)
-        draft = perform()
+        draft, resend = perform()
         send_rate_limit_count(request)
         idempotency.idempotency_key_record(row=claim, draft=draft, status_code=status.HTTP_202_ACCEPTED)
-        return self._item(draft, status.HTTP_202_ACCEPTED)
+        return self._queued(draft, resend=resend)
 
     @staticmethod
     def _valid(serializer_class: type[DraftInputSerializer], data, *, partial: bool = False) -> dict:
@@ -362,9 +373,10 @@ class ComposeViewSet(TenantAPIMixin, viewsets.GenericViewSet):
         Message-ID): 202 with the item, `queued` or `scheduled`."""
         pk = uuid.UUID(str(self.kwargs["pk"]))
 
-        def perform() -> Draft:
+        def perform() -> tuple[Draft, bool]:
             draft = self._draft(lock=True, pk=pk)
-            return services.draft_send(draft=draft, actor=self.user, ip_address=self.client_ip())
+            resend = bool(draft.message_id)
+            return services.draft_send(draft=draft, actor=self.user, ip_address=self.client_ip()), resend
 
         return self._idempotent(f"send:{pk}", perform)
 
@@ -373,11 +385,12 @@ class ComposeViewSet(TenantAPIMixin, viewsets.GenericViewSet):
     def send_new(self, request, **kwargs):
         """Create a draft from the body and queue it, in one call."""
 
-        def perform() -> Draft:
+        def perform() -> tuple[Draft, bool]:
             data = self._valid(DraftInputSerializer, request.data)
-            return services.draft_create_and_send(
+            draft = services.draft_create_and_send(
                 tenant=self.tenant, user=self.user, data=data, ip_address=self.client_ip()
             )
+            return draft, False
 
         return self._idempotent("send", perform)
 
