@@ -257,10 +257,11 @@ class _PinnedIMAP4(_BoundedReads):
     ):
         self._address = address
         self.max_line, self.max_literal = config.max_line, config.max_literal
-        self.read_timeout = config.read_timeout
         self._connect_timeout = config.connect_timeout
         self.deadline = deadline
+        self.read_timeout = config.connect_timeout  # the greeting is part of connecting
         super().__init__(host, port, timeout=config.connect_timeout)
+        self.read_timeout = config.read_timeout
 
     def _timeout(self, timeout: float | None) -> float:
         timeout = timeout or self._connect_timeout

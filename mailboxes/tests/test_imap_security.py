@@ -328,3 +328,20 @@ def test_a_session_deadline_leaves_a_healthy_server_alone(devmail, mail_user):
     ) as session:
         session.select("INBOX")
         assert session.list_folders()
+
+
+def test_a_silent_greeting_waits_the_connect_timeout_not_the_read_timeout():
+    server = HostileServer(b"")  # accepts, never greets
+    config = ServerConfig(
+        host="127.0.0.1",
+        port=server.port,
+        encryption="none",
+        allow_plaintext=True,
+        allow_private=True,
+        connect_timeout=1,
+        read_timeout=30,
+    )
+    started = time.monotonic()
+    with pytest.raises(imap.MailServerError):
+        ImapSession(config, "u", "p")
+    assert time.monotonic() - started < 3
