@@ -181,6 +181,11 @@ def _boundary_lines(
     return marks
 
 
+def _lines(text: str) -> int:
+    """Lines as the FeedParser splits them: at LF, CRLF or a lone CR."""
+    return text.count("\n") + text.count("\r") - text.count("\r\n")
+
+
 class _BoundedFeedParser(FeedParser):
     """The FeedParser charging the budget for each part (when it is made, at
     its depth on the parser's stack) and each part's header lines (when they
@@ -220,7 +225,7 @@ def mime_tree(raw: bytes, limits: Limits | None = None) -> MimeMessage:
             return _fast_part(text, 0, len(text), 0, _Budget(limits))
         except _Unusual:
             pass
-    if text.count("\n") > limits.max_lines:
+    if _lines(text) > limits.max_lines:
         raise MessageRejected(
             f"more than {limits.max_lines} lines in a message of unusual structure (read line by line)"
         )
@@ -232,6 +237,6 @@ def mime_tree(raw: bytes, limits: Limits | None = None) -> MimeMessage:
     boundaries = parser._input._eofstack  # type: ignore[attr-defined]  # the open parts' boundary tests
     for start in range(0, len(text), _FEED_CHUNK):
         chunk = text[start : start + _FEED_CHUNK]
-        budget.line_checks_add(chunk.count("\n") * max(1, len(boundaries)))
+        budget.line_checks_add(_lines(chunk) * max(1, len(boundaries)))
         parser.feed(chunk)
     return parser.close()

@@ -451,6 +451,9 @@ def test_the_feedparser_is_given_a_bounded_number_of_lines():
     assert parse_message(raw, Limits(max_lines=3000)).subject == "lines"
     with pytest.raises(MessageRejected, match=r"^more than 1000 lines in a message of unusual structure"):
         parse_message(raw, Limits(max_lines=1000))
+    # Lone CRs end lines for the FeedParser as well.
+    with pytest.raises(MessageRejected, match=r"^more than 1000 lines in a message of unusual structure"):
+        parse_message(b"From: a@b.c\r\nSubject: cr\r\n\r\n" + b"\r" * 2000, Limits(max_lines=1000))
     # The fast splitter keeps no str per line: it is not bounded so.
     assert parse_message(raw.replace(b"\r", b""), Limits(max_lines=1000)).subject == "lines"
 
