@@ -116,8 +116,15 @@ class AuditLog(TenantModel):
     """Append-only record of every change made through the service. Holds
     field names and non-secret values, never a password or token."""
 
+    # Who did it stays recorded after the user is deleted: no constraint and no
+    # SET NULL (the runtime role may not UPDATE this table, see dbsetup).
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="+",
     )
     action = models.CharField(max_length=64)
     object_type = models.CharField(max_length=64)
