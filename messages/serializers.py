@@ -132,13 +132,16 @@ class _DetailSource(Protocol):
     text_body: str
     deleted_at: datetime.datetime | None
     sanitized: SanitizedHtml
+    html_truncated: bool
     attachment_list: list[Attachment]
 
 
 class MessageDetailSerializer(MessageListSerializer):
     """The whole message. `html` is the sanitised HTML body; `remote_images_blocked`
     says how many remote images it referenced that were left out (ask again
-    with `?remote_images=1` to keep them)."""
+    with `?remote_images=1` to keep them); `html_truncated` that the body
+    was longer than MAIL_HTML_MAX_CHARS and only its beginning is in `html`,
+    followed by a notice (the whole message is at `raw_url`)."""
 
     bcc = AddressSerializer(many=True, read_only=True)
     reply_to = AddressSerializer(many=True, read_only=True)
@@ -146,6 +149,7 @@ class MessageDetailSerializer(MessageListSerializer):
     folder_type = serializers.CharField(source="folder.type", read_only=True)
     html = serializers.CharField(source="sanitized.html", read_only=True)
     remote_images_blocked = serializers.IntegerField(source="sanitized.remote_images_blocked", read_only=True)
+    html_truncated = serializers.BooleanField(read_only=True)
     attachments = AttachmentSerializer(source="attachment_list", many=True, read_only=True)
     raw_url = serializers.SerializerMethodField()
 
@@ -162,6 +166,7 @@ class MessageDetailSerializer(MessageListSerializer):
             "text_body",
             "html",
             "remote_images_blocked",
+            "html_truncated",
             "attachments",
             "raw_url",
             "deleted_at",
@@ -186,6 +191,7 @@ class MessageDetailSerializer(MessageListSerializer):
             text_body=detail.text_body,
             html=detail.sanitized.html,
             remote_images_blocked=detail.sanitized.remote_images_blocked,
+            html_truncated=detail.html_truncated,
             attachments=AttachmentSerializer(detail.attachment_list, many=True, context=self.context).data,
             raw_url=self.get_raw_url(detail),
             deleted_at=_utc_iso(detail.deleted_at),

@@ -19,7 +19,7 @@ from . import selectors, services
 from .blobs import default_store
 from .downloads import attachment_by_token, attachment_token, blob_open, blob_response, safe_filename
 from .models import Attachment, Folder, Message
-from .sanitize import sanitize_html
+from .sanitize import sanitize_html_for_reading
 from .search import SearchOrder, SearchQuery, apply_search, positive_conditions, search_time_limit
 from .selectors import access_folder, folder_list
 from .serializers import (
@@ -144,7 +144,9 @@ class MessageViewSet(TenantAPIMixin, viewsets.GenericViewSet):
         urls = {a.id: self._download_url(a) for a in attachments}
         cid_urls = {a.content_id.strip("<>").lower(): urls[a.id] for a in attachments if a.content_id}
         remote = _flag(request, "remote_images")
-        message.sanitized = sanitize_html(message.html_body, cid_urls=cid_urls, allow_remote_images=remote)
+        message.sanitized, message.html_truncated = sanitize_html_for_reading(
+            message.html_body, message_id=message.id, cid_urls=cid_urls, allow_remote_images=remote
+        )
         message.attachment_list = attachments
         context = {"request": request, "download_urls": urls}
         return Response(MessageDetailSerializer(message, context=context).data)

@@ -363,6 +363,56 @@ def test_detail_sanitises_html_and_points_cid_images_at_attachments(client_a, in
     assert shown["remote_images_blocked"] == 0
 
 
+def test_detail_sanitises_a_body_once_then_serves_it_from_the_cache(
+    client_a, client_admin_a, inbox_a, blobs, monkeypatch
+):
+    """Sanitising a large body took seconds and hundreds of MB on every
+    request. The fragment is cached per message and options; the signed
+    attachment URL in it is each user's own, put in on the way out."""
+    from messages import sanitize
+
+    message = MessageFactory(folder=inbox_a, html_body='<p>Hello</p><img src="cid:logo@x">')
+    AttachmentFactory(
+        message=message, content_id="logo@x", is_inline=True, content_hash=blobs.put(message.tenant_id, b"x")
+    )
+    calls = []
+    original = sanitize.sanitize_html
+    monkeypatch.setattr(sanitize, "sanitize_html", lambda *a, **k: calls.append(1) or original(*a, **k))
+
+    first = client_a.get(f"/api/messages/{message.id}/").json()
+    again = client_a.get(f"/api/messages/{message.id}/").json()
+    by_admin = client_admin_a.get(f"/api/messages/{message.id}/").json()
+    assert len(calls) == 1
+    assert first["html"] == again["html"]
+    for body in (first, by_admin):
+        [attachment] = body["attachments"]
+        assert attachment["download_url"] in body["html"].replace("&amp;", "&")
+    assert first["attachments"][0]["download_url"] != by_admin["attachments"][0]["download_url"]
+    client_a.get(f"/api/messages/{message.id}/", {"remote_images": "1"})
+    assert len(calls) == 2  # other options, another fragment
+
+
+def test_detail_cuts_a_huge_html_body_and_says_so(client_a, inbox_a, settings):
+    settings.MAIL_HTML_MAX_CHARS = 50_000
+    paragraph = "<p>" + "word " * 40 + "</p>\n"
+    html = paragraph * (120_000 // len(paragraph))
+    message = MessageFactory(folder=inbox_a, html_body=html)
+
+    body = client_a.get(f"/api/messages/{message.id}/").json()
+
+    assert body["html_truncated"] is True
+    assert len(body["html"]) < 51_000
+    whole_paragraphs = 50_000 // len(paragraph)  # cut at a tag's start, not inside one
+    assert body["html"].endswith(
+        f"<p><strong>[Message truncated: its HTML is {len(html):,} characters; the first"
+        f" {whole_paragraphs * len(paragraph):,} are shown. Download the original message to read all of it.]"
+        "</strong></p>"
+    )
+    assert body["html"].count("<p>word") == whole_paragraphs
+    small = MessageFactory(folder=inbox_a, html_body=paragraph)
+    assert client_a.get(f"/api/messages/{small.id}/").json()["html_truncated"] is False
+
+
 def test_detail_is_drf_generic_form(client_a, inbox_a, blobs, monkeypatch):
     """The detail serializer builds its answer by hand too; it must be what
     DRF's generic field loop makes of the same message."""
