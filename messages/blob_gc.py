@@ -75,6 +75,7 @@ class BlobGcReport:
     removed: int = 0
     removed_bytes: int = 0
     restored: int = 0  # set aside by a collection that was killed, put back
+    temporaries_removed: int = 0  # of writes a killed sync never finished
     tenants: list[uuid.UUID] = field(default_factory=list)
     dry_run: bool = False
 
@@ -86,6 +87,7 @@ class BlobGcReport:
             "removed": self.removed,
             "removed_bytes": self.removed_bytes,
             "restored": self.restored,
+            "temporaries_removed": self.temporaries_removed,
             "tenants": len(self.tenants),
             "dry_run": self.dry_run,
         }
@@ -96,6 +98,11 @@ class BlobGcReport:
             f"{self.blobs} blobs in {len(self.tenants)} tenant folders: {self.kept_referenced} in use, "
             f"{self.kept_recent} unused but recent, {self.removed} {removed} ({self.removed_bytes} bytes)"
             + (f"; {self.restored} put back from a killed collection" if self.restored else "")
+            + (
+                f"; {self.temporaries_removed} unfinished writes' temporary files removed"
+                if self.temporaries_removed
+                else ""
+            )
         )
 
 
@@ -111,6 +118,8 @@ def blob_garbage_collect(
     for tenant_id in store.tenant_ids() if tenant_ids is None else tenant_ids:
         report.tenants.append(tenant_id)
         report.restored += store.restore_set_aside(tenant_id)
+        if not dry_run:
+            report.temporaries_removed += store.remove_temporaries(tenant_id, older_than=unused_since)
         # One transaction per tenant, open while its folder is walked (the
         # references' cursor lives in it); closed with it, the cursor too.
         with tenant_scope(tenant_id), contextlib.closing(_referenced_keys(tenant_id)) as referenced:

@@ -85,6 +85,8 @@ def blob_key(data: bytes) -> str:
 
 _KEY = re.compile(r"[0-9a-f]{64}")
 _SHARD = re.compile(r"[0-9a-f]{2}")
+# `_write()`'s temporary files: `.<key>.<pid>.<thread>.<n>.tmp`.
+_TEMPORARY = re.compile(r"\.[0-9a-f]{64}\.\d+\.\d+\.\d+\.tmp")
 _SET_ASIDE = re.compile(r"(?P<key>[0-9a-f]{64})\.gz\.[0-9a-f]{32}\.gc")
 logger = logging.getLogger(__name__)
 _CHUNK = 1024 * 1024
@@ -430,6 +432,21 @@ class BlobStore:
                         os.replace(f"{shard}/{name}", f"{shard}/{match['key']}.gz")
                         restored += 1
         return restored
+
+    def remove_temporaries(self, tenant_id: uuid.UUID, *, older_than: float) -> int:
+        """Remove the temporary files of writes that never finished (a
+        process killed between a deferred write and its `flush()`) last
+        touched before `older_than` (the store's clock); how many."""
+        removed = 0
+        for shard in self._shards(tenant_id):
+            with os.scandir(shard) as entries:
+                for entry in entries:
+                    if _TEMPORARY.fullmatch(entry.name):
+                        with contextlib.suppress(FileNotFoundError):
+                            if entry.stat().st_mtime < older_than:
+                                os.unlink(entry.path)
+                                removed += 1
+        return removed
 
     def _shards(self, tenant_id: uuid.UUID) -> list[str]:
         """The tenant's shard folders (`<ab>`), in order; none if it has no folder."""

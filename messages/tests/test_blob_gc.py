@@ -219,3 +219,21 @@ def test_the_task_for_a_schedule(store, tenant_a):
     assert (result["blobs"], result["removed"], result["kept_recent"]) == (2, 1, 1)
     with pytest.raises(ValueError, match="at least 1"):
         blob_gc_task(min_age_hours=0.1)
+
+
+@pytest.mark.django_db
+def test_temporary_files_of_unfinished_writes_go_once_old(store, tenant_a):
+    # A sync killed between its deferred writes and their flush leaves them.
+    old_key = BlobStore(store.root).put(tenant_a.id, b"killed before its flush", deferred=True)
+    new_key = store.put(tenant_a.id, b"still to be flushed", deferred=True)
+    [old_tmp] = [p for p in store.root.rglob("*.tmp") if old_key in p.name]
+    then = time.time() - 2 * DAY
+    os.utime(old_tmp, (then, then))
+
+    report = blob_garbage_collect(store=store, min_age=DAY)
+
+    assert report.temporaries_removed == 1
+    assert "1 unfinished writes' temporary files removed" in str(report)
+    assert not old_tmp.exists()
+    store.flush()  # the recent one was left alone
+    assert store.get(tenant_a.id, new_key) == b"still to be flushed"
