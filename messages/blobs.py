@@ -155,12 +155,24 @@ def _inflate(handle: BinaryIO, key: str, size: int | None) -> Iterator[bytes]:
         raise BlobDamaged(key, "its SHA-256 is not its key")
 
 
+def _small(handle: BinaryIO) -> bool:
+    """Whether the gzip file `handle` holds a megabyte at most, on disk and
+    inflated (its trailer's length: mail of zeros compresses a thousandfold)."""
+    on_disk = os.fstat(handle.fileno()).st_size
+    if not 18 <= on_disk <= _CHUNK:  # 18: gzip's smallest
+        return on_disk < 18  # too short to be gzip: read it (and find it damaged) at once
+    handle.seek(-4, os.SEEK_END)
+    inflated = int.from_bytes(handle.read(4), "little")
+    handle.seek(0)
+    return inflated <= _CHUNK
+
+
 class BlobReader:
     """An open blob for a download: `size` bytes, checked whole before the
     first byte goes (so a damaged blob is an error the caller can answer
     with, not a download cut short), then read again a megabyte at a time
     as it is iterated, checked again on the way. A small blob (a megabyte
-    on disk at most) is read once, into memory. Close it (or iterate it to
+    at most, on disk and inflated) is read once, into memory. Close it (or iterate it to
     the end)."""
 
     def __init__(self, handle: BinaryIO, *, tenant_id: uuid.UUID, key: str, size: int | None) -> None:
@@ -169,7 +181,7 @@ class BlobReader:
         self._handle = handle
         self._data: bytes | None = None
         try:
-            if os.fstat(handle.fileno()).st_size <= _CHUNK:
+            if _small(handle):
                 self._data = b"".join(_inflate(handle, key, size))
                 self.size = len(self._data)
                 handle.close()

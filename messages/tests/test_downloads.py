@@ -128,6 +128,24 @@ def test_a_50_mb_attachment_streams_without_being_read_whole(client_a, inbox_a, 
     assert peak < 8 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB while streaming 50 MB"
 
 
+def test_an_attachment_that_compresses_a_thousandfold_streams_too(client_a, inbox_a, blobs):
+    """20 MB of zeros is 20 KB on disk: it must not be inflated whole either."""
+    size = 20 * 1024 * 1024
+    attachment = _attachment(inbox_a, blobs, bytes(size), size_bytes=size)
+    assert blobs.path(inbox_a.tenant_id, attachment.content_hash).stat().st_size < 1024 * 1024
+
+    tracemalloc.start()
+    try:
+        response = client_a.get(f"/api/attachments/{attachment.id}/download")
+        received = sum(len(chunk) for chunk in response.streaming_content)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert received == size
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB while streaming 20 MB of zeros"
+
+
 # --- Signed URLs: bound to the user, minutes, re-checked ------------------------------------
 
 
