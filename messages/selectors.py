@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from django.contrib.postgres.aggregates import ArrayAgg
-from django.db.models import Count, Exists, F, Max, Q, QuerySet
+from django.db.models import Count, Exists, F, Max, Q, QuerySet, Subquery
 
 from accounts.selectors import account_list, deleted_account_ids
 from emailclient.core.exceptions import NotFound
@@ -442,10 +442,32 @@ def thread_latest_messages(
     return {row["thread_id"]: row for row in list_rows(latest)}
 
 
-def thread_messages(*, tenant: Tenant, membership: TenantMembership, thread_id: uuid.UUID) -> list[Row]:
-    """The thread's messages, oldest first, as `list_rows()`."""
+def thread_messages(
+    *, tenant: Tenant, membership: TenantMembership, thread_id: uuid.UUID
+) -> QuerySet[Message, Row]:
+    """The thread's messages as `list_rows()`, for a keyset page (oldest
+    first): a thread has no bound on its length (a References header names
+    any thread), so it is served a page at a time."""
     thread = _visible_messages_for_lookup(tenant=tenant, membership=membership).filter(thread_id=thread_id)
-    messages = list(list_rows(thread).order_by("received_at", "id"))
-    if not messages:
+    return list_rows(thread)
+
+
+def thread_summary(*, tenant: Tenant, membership: TenantMembership, thread_id: uuid.UUID) -> Row:
+    """The thread's `subject` (its oldest message's), `message_count` and
+    `unread_count` over all its messages the user sees, in one query; NotFound
+    when there are none."""
+    thread = _visible_messages_for_lookup(tenant=tenant, membership=membership).filter(thread_id=thread_id)
+    oldest = thread.order_by("received_at", "id").values("subject")[:1]
+    rows = list(
+        thread.order_by()
+        .values("thread_id")
+        .annotate(
+            message_count=Count("id"),
+            unread_count=Count("id", filter=Q(is_read=False)),
+            subject=Subquery(oldest),
+        )
+        .values("subject", "message_count", "unread_count")
+    )
+    if not rows:
         raise NotFound("Thread not found.")
-    return messages
+    return rows[0]

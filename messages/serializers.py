@@ -344,11 +344,23 @@ def thread_cursor(position: tuple[datetime.datetime, uuid.UUID]) -> str:
     return base64.urlsafe_b64encode(f"{stamp}|{message_id}".encode()).decode("ascii")
 
 
+class ThreadMessagesFilterSerializer(serializers.Serializer):
+    """A thread's page of messages (for the schema; the pagination reads them)."""
+
+    cursor = serializers.CharField(required=False, help_text="From the `next` or `previous` link.")
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=200)
+
+
 class ThreadDetailSerializer(serializers.Serializer):
+    """A thread: its subject and counts (all its messages), and one page of
+    its messages, oldest first, with the links to the pages around it."""
+
     thread_id = serializers.UUIDField()
     subject = serializers.CharField()
     message_count = serializers.IntegerField()
     unread_count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
     messages = MessageListSerializer(many=True)
 
 

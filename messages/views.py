@@ -36,6 +36,7 @@ from .serializers import (
     SearchParamsSerializer,
     ThreadDetailSerializer,
     ThreadFilterSerializer,
+    ThreadMessagesFilterSerializer,
     ThreadPageSerializer,
     ThreadSerializer,
     thread_cursor,
@@ -63,6 +64,12 @@ class IdsPagination(MessagePagination):
     def paginate_queryset(self, queryset, request, view=None):
         with planner_settings(enable_bitmapscan=False):
             return super().paginate_queryset(queryset, request, view)
+
+
+class ThreadMessagesPagination(KeysetPagination):
+    """A thread's messages, oldest first, like the folder list a page at a time."""
+
+    ordering = ("received_at", "id")
 
 
 class RelevancePagination(KeysetPagination):
@@ -326,15 +333,24 @@ class ThreadViewSet(TenantAPIMixin, viewsets.GenericViewSet):
         results = ThreadSerializer(page, many=True).data
         return Response({"next": next_url, "previous": None, "results": results})
 
-    @extend_schema(responses=ThreadDetailSerializer)
+    @extend_schema(parameters=[ThreadMessagesFilterSerializer], responses=ThreadDetailSerializer)
     def retrieve(self, request, pk=None, **kwargs):
-        messages = selectors.thread_messages(tenant=self.tenant, membership=self.membership, thread_id=pk)
+        """`messages` is one page, oldest first: follow `next` for the rest
+        (`cursor` and `page_size` as in the message list); the subject and
+        counts are the whole thread's."""
+        summary = selectors.thread_summary(tenant=self.tenant, membership=self.membership, thread_id=pk)
+        paginator = ThreadMessagesPagination()
+        page = paginator.paginate_queryset(
+            selectors.thread_messages(tenant=self.tenant, membership=self.membership, thread_id=pk),
+            request,
+            view=self,
+        )
         body = {
             "thread_id": pk,
-            "subject": messages[0]["subject"],
-            "message_count": len(messages),
-            "unread_count": sum(not m["is_read"] for m in messages),
-            "messages": messages,
+            **summary,
+            "next": paginator.get_next_link(),
+            "previous": paginator.get_previous_link(),
+            "messages": page,
         }
         return Response(ThreadDetailSerializer(body).data)
 
