@@ -892,6 +892,43 @@ def test_a_run_that_sends_nothing_hands_the_accounts_due_items_to_a_new_task(
     assert state(waiting)[0].status == Status.QUEUED and smtp_server.deliveries == []
 
 
+@pytest.mark.django_db
+def test_a_batchs_sent_copies_go_in_one_write_to_a_server_with_literal_plus(
+    synced_account, smtp_server, mailbox, monkeypatch
+):
+    """Dovecot takes non-synchronising literals: the APPENDs of a batch are
+    written at once and their replies read after (one round trip, not two
+    a message); each copy is there once, seen, dated when it was sent."""
+    import imaplib
+
+    writes = []
+    send_bytes = imaplib.IMAP4.send
+
+    def recorded(self, data):
+        writes.append(bytes(data))
+        return send_bytes(self, data)
+
+    monkeypatch.setattr(imaplib.IMAP4, "send", recorded)
+    drafts = [queue_message(synced_account, subject=f"P{n}") for n in range(5)]
+
+    assert send(drafts[0]) == Status.SENT
+
+    assert [w.count(b" APPEND ") for w in writes if b" APPEND " in w] == [5]  # the task's own one too
+    assert [state(d)[1].sent_copy for d in drafts] == ["appended"] * 5
+    mailbox.select_folder("Sent", readonly=True)
+    fetched = mailbox.fetch(
+        mailbox.search(["ALL"]), ["FLAGS", "INTERNALDATE", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]"]
+    )
+    assert sorted(v[b"BODY[HEADER.FIELDS (SUBJECT)]"].strip() for v in fetched.values()) == [
+        f"Subject: P{n}".encode() for n in range(5)
+    ]
+    assert all(b"\\Seen" in v[b"FLAGS"] for v in fetched.values())
+    sent_at = {state(d)[1].sent_at.replace(microsecond=0) for d in drafts}
+    assert {v[b"INTERNALDATE"].astimezone(timezone.get_current_timezone()) for v in fetched.values()} <= {
+        t.astimezone(timezone.get_current_timezone()) for t in sent_at
+    }
+
+
 # --- What a drained message costs ---------------------------------------------------------
 
 
