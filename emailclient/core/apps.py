@@ -47,8 +47,6 @@ def _refuse_to_start_unsecured(**kwargs) -> None:
     """At start-up of a worker or a web process: stop (SystemExit: Celery
     logs other exceptions of a signal handler and carries on) unless every
     tenant table has its row-level security (`rls.database_security_check`)."""
-    from django.db import connections
-
     from .rls import DatabaseNotSecured, database_security_check
 
     try:
@@ -57,5 +55,3 @@ def _refuse_to_start_unsecured(**kwargs) -> None:
         logger.critical("refusing to start: %s", exc)
         print(f"refusing to start: {exc}", file=sys.stderr)  # before logging is set up
         raise SystemExit(3) from exc
-    finally:
-        connections["default"].close()

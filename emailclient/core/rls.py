@@ -106,9 +106,13 @@ class DatabaseNotSecured(Exception):
 def database_security_check(*, using: str = "default") -> None:
     """Raise DatabaseNotSecured, naming every problem, unless
     `database_security_problems()` finds none on the `using` alias."""
+    import psycopg
     from django.db import connections
 
-    with connections[using].cursor() as cursor:
+    # A connection of its own, with the alias's parameters: Django warns about
+    # queries while apps load (a gunicorn worker checks then).
+    params = connections[using].get_connection_params()
+    with psycopg.connect(**params) as conn, conn.cursor() as cursor:
         problems = database_security_problems(cursor)
     if problems:
         raise DatabaseNotSecured("The database does not isolate tenants: " + "; ".join(problems))

@@ -85,8 +85,28 @@ def test_a_restored_database_that_lost_a_policy_is_refused_and_not_served(commit
         timeout=60,
         check=False,
     )
+    refusal = "refusing to start: The database does not isolate tenants: email_accounts: no tenant_isolation"
     assert started.returncode == 3, started.stderr
-    assert (
-        "refusing to start: The database does not isolate tenants: email_accounts: no tenant_isolation"
-        in (started.stderr)
+    assert refusal in started.stderr
+    # A Celery worker stops at its worker_init, before it takes a task.
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "emailclient",
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "WARNING",
+        ],
+        env={**os.environ, "TEST_DATABASE_NAME": RESTORED},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
+    assert worker.returncode == 3, worker.stderr
+    assert refusal in worker.stderr
