@@ -490,6 +490,8 @@ def _send_and_drain(
                     or time.monotonic() >= deadline
                 ):
                     break
+            if sender.sent_any and sender.account is not None:
+                _sync_after_send(sender.account)  # once for the run, not once a batch
     return _status_of(tenant_id, draft_id), claimed.account_id, outcome == Status.SENT
 
 
@@ -542,7 +544,8 @@ def _send_batch(sender: "_Sender", attempts: list["_Attempt"], *, deadline: floa
             _unclaim(sender.tenant_id, attempts[index:])
         finally:
             try:
-                _after_sent(sender.tenant_id, sent, resumed=False)
+                _after_sent(sender.tenant_id, sent, resumed=False, sync=False)
+                sender.sent_any = sender.sent_any or bool(sent)
             except Exception:
                 # The dispatcher makes the copies of `sent` items without one.
                 logger.exception("Sent copies of %d message(s) not stored", len(sent))
@@ -660,11 +663,13 @@ class _Sender:
         self.broken = False
         # Outcomes of delivered messages not committed yet (`deliver`).
         self.pending: list[tuple[str, dict[str, Any]]] = []
+        self.account: EmailAccount | None = None
+        self.sent_any = False  # a message of the run was sent: a sync at its end
 
     def __enter__(self) -> "_Sender":
         try:
             with tenant_scope(self.tenant_id):
-                account = EmailAccount.objects.get(id=self.account_id)
+                account = self.account = EmailAccount.objects.get(id=self.account_id)
             self.session = SmtpSession(smtp_config(account), account_credentials(account=account, smtp=True))
         except Exception as exc:  # no SMTP server any more, a key that does not decrypt...
             self.setup_error = exc
@@ -896,11 +901,14 @@ def _outcome(draft: Draft, item: SendQueueItem, status: str, *, error: str) -> N
 # --- After sending ----------------------------------------------------------------
 
 
-def _after_sent(tenant_id: uuid.UUID, draft_ids: list[uuid.UUID], *, resumed: bool) -> None:
+def _after_sent(
+    tenant_id: uuid.UUID, draft_ids: list[uuid.UUID], *, resumed: bool, sync: bool = True
+) -> None:
     """The Sent copies, the Drafts copies' removal and a sync, once items
     are `sent` (all of one account). `resumed`: a later delivery of a task,
     finishing what a dead worker may have left (nothing when the Sent copy
-    is recorded; else the copy is looked for by Message-ID first)."""
+    is recorded; else the copy is looked for by Message-ID first). `sync`
+    False: the caller asks for the sync itself (a drain, once at its end)."""
     if not draft_ids:
         return
     with tenant_scope(tenant_id):
@@ -934,6 +942,12 @@ def _after_sent(tenant_id: uuid.UUID, draft_ids: list[uuid.UUID], *, resumed: bo
                 "compose.tasks.save_draft_copy",
                 kwargs={"tenant_id": str(tenant_id), "draft_id": str(draft.id)},
             )
+    if sync:
+        _sync_after_send(account)
+
+
+def _sync_after_send(account: EmailAccount) -> None:
+    """The sync that stores the Sent copies (`SYNC_AFTER_SEND_DELAY` later)."""
     if account.protocol == "imap" and not account.is_deleted:
         from mailboxes.services import sync_request
 

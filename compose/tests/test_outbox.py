@@ -929,6 +929,22 @@ def test_a_batchs_sent_copies_go_in_one_write_to_a_server_with_literal_plus(
     }
 
 
+@pytest.mark.django_db
+def test_a_drain_asks_for_one_sync_at_its_end_not_one_a_batch(smtp_account, smtp_server, monkeypatch):
+    from compose import outbox
+    from mailboxes import services as mailbox_services
+
+    syncs = []
+    monkeypatch.setattr(mailbox_services, "sync_request", lambda **kwargs: syncs.append(kwargs))
+    monkeypatch.setattr(outbox, "DRAIN_BATCH", 2)
+    drafts = [queue_message(smtp_account, subject=f"S{n}") for n in range(5)]
+
+    assert send(drafts[0]) == Status.SENT
+
+    assert [state(d)[0].status for d in drafts] == [Status.SENT] * 5
+    assert [(s["account"].id, s["again_if_joined"]) for s in syncs] == [(smtp_account.id, True)]
+
+
 # --- What a drained message costs ---------------------------------------------------------
 
 
