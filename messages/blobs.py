@@ -172,8 +172,8 @@ class BlobReader:
     first byte goes (so a damaged blob is an error the caller can answer
     with, not a download cut short), then read again a megabyte at a time
     as it is iterated, checked again on the way. A small blob (a megabyte
-    at most, on disk and inflated) is read once, into memory. Close it (or iterate it to
-    the end)."""
+    at most, on disk and inflated) is read once, into memory. Close it (or
+    iterate it to the end)."""
 
     def __init__(self, handle: BinaryIO, *, tenant_id: uuid.UUID, key: str, size: int | None) -> None:
         self.tenant_id = tenant_id
