@@ -143,6 +143,10 @@ DRAIN_BATCH = 50
 # or one running, clears it when it ends; this bounds a mark left by a task
 # that never ran (the dispatcher sends its items `DISPATCH_GRACE` later).
 DRAIN_MARK_SECONDS = int(DRAIN_SECONDS) + 60
+# Tasks draining one account's backlog beside the one its sends asked for
+# (`_drain_helper`): while one waits for the SMTP server, the database or
+# IMAP, another works. Each holds an SMTP connection of the account.
+DRAIN_HELPERS = 1
 
 
 def _lock_key(draft_id: uuid.UUID) -> int:
@@ -479,7 +483,11 @@ def _send_and_drain(
         first = [claimed]  # goes with the first batch (one IMAP session for their copies)
         with _Sender(tenant_id, claimed.account_id) as sender:
             while True:
-                more = _due_of_account(tenant_id, claimed.account_id, exclude=looked_at, limit=DRAIN_BATCH)
+                more = _due_of_account(
+                    tenant_id, claimed.account_id, exclude=looked_at, limit=DRAIN_BATCH + 1
+                )
+                if len(more) > DRAIN_BATCH:
+                    _drain_helper(tenant_id, claimed.account_id, more.pop())
                 looked_at.extend(more)
                 outcome = _drain_batch(sender, more, deadline, claimed=first)
                 first = []
@@ -493,6 +501,20 @@ def _send_and_drain(
             if sender.sent_any and sender.account is not None:
                 _sync_after_send(sender.account)  # once for the run, not once a batch
     return _status_of(tenant_id, draft_id), claimed.account_id, outcome == Status.SENT
+
+
+def _drain_helper(tenant_id: uuid.UUID, account_id: uuid.UUID, draft_id: uuid.UUID) -> None:
+    """A backlog of more than a batch: one more task drains the account
+    beside this run (over a connection of its own; the send locks and
+    claims keep each item to one of them), starting past this run's batch.
+    At most `DRAIN_HELPERS` a `DRAIN_MARK_SECONDS` per account."""
+    try:
+        for slot in range(DRAIN_HELPERS):
+            if cache.add(f"{_drain_mark(account_id)}:helper:{slot}", 1, DRAIN_MARK_SECONDS):
+                send_enqueue(tenant_id=tenant_id, draft_id=draft_id, account_id=account_id)
+                return
+    except Exception:
+        logger.warning("no helper for the drain of account %s", account_id, exc_info=True)
 
 
 def _drain_batch(

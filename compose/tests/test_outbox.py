@@ -945,6 +945,28 @@ def test_a_drain_asks_for_one_sync_at_its_end_not_one_a_batch(smtp_account, smtp
     assert [(s["account"].id, s["again_if_joined"]) for s in syncs] == [(smtp_account.id, True)]
 
 
+@pytest.mark.django_db
+def test_a_backlog_of_more_than_a_batch_gets_one_helper_task_and_each_item_is_sent_once(
+    smtp_account, smtp_server, broker, monkeypatch
+):
+    from compose import outbox
+
+    monkeypatch.setattr(outbox, "DRAIN_BATCH", 2)
+    drafts = [queue_message(smtp_account, subject=f"H{n}") for n in range(7)]
+
+    assert send(drafts[0]) == Status.SENT
+
+    # One helper (DRAIN_HELPERS), queued for an item past the first batch.
+    [(helper, _headers)] = broker_sends()
+    assert helper["account_id"] == str(smtp_account.id)
+    assert helper["draft_id"] == str(drafts[3].id)
+    # This run got to everything first; the helper, arriving late, sends nothing again.
+    assert [state(d)[0].status for d in drafts] == [Status.SENT] * 7
+    ids = {"tenant_id": smtp_account.tenant_id, "account_id": smtp_account.id}
+    assert outbox_send(draft_id=drafts[3].id, **ids) == Status.SENT
+    assert sorted(d.data.count(b"Subject: H") for d in smtp_server.deliveries) == [1] * 7
+
+
 # --- What a drained message costs ---------------------------------------------------------
 
 
