@@ -9,8 +9,13 @@ Knows nothing of Django models or HTTP. Security rules live here:
 * TLS and STARTTLS verify the certificate and the host name (against the
   name the user gave, not the address); a server that does not offer STARTTLS
   when the account asks for it is refused, never downgraded;
-* every socket has a timeout; a server line longer than `max_line` or a
-  literal larger than `max_literal` aborts the connection with an error.
+* every read has a timeout, and a session a total deadline to log in
+  (`connect_deadline`) and to finish (`session_deadline`), however slowly the
+  server trickles its bytes (`DeadlineExceeded`);
+* only `allowed_ports` are reached (when given); errors name the host, never
+  the address it resolved to;
+* a server line longer than `max_line` or a literal larger than
+  `max_literal` aborts the connection with an error.
 
 The parts: `session` (`ImapSession` and its commands, the IMAPClient
 subclass), `connection` (address checks, TLS, the socket with bounded reads,
