@@ -1113,7 +1113,7 @@ def outbox_dispatch_due(*, now: datetime | None = None) -> int:
     every active tenant; how many were queued."""
     now = now or timezone.now()
     late = now - DISPATCH_GRACE
-    due: list[tuple[uuid.UUID, uuid.UUID]] = []
+    due: list[tuple[uuid.UUID, uuid.UUID, uuid.UUID, str]] = []
     for tenant_id in Tenant.objects.filter(is_active=True).values_list("id", flat=True):
         with tenant_scope(tenant_id):
             rows = list(
@@ -1134,18 +1134,35 @@ def outbox_dispatch_due(*, now: datetime | None = None) -> int:
                         outbox__sent_at__gte=now - SENT_COPY_SWEEP,
                     ),
                     is_deleted=False,
-                ).values_list("id", "status")
+                ).values_list("id", "status", "account_id")
             )
-        sending = [draft_id for draft_id, status in rows if status in (Status.SENDING, Status.SENT)]
+        sending = [draft_id for draft_id, status, _ in rows if status in (Status.SENDING, Status.SENT)]
         busy = _send_locks_held(sending)
-        due.extend((tenant_id, draft_id) for draft_id, _ in rows if draft_id not in busy)
+        due.extend((tenant_id, d, a, status) for d, status, a in rows if d not in busy)
+    draining = _accounts_draining({account_id for _, _, account_id, _ in due})
     queued = 0
-    for tenant_id, draft_id in due:
+    for tenant_id, draft_id, account_id, status in due:
+        if status == Status.QUEUED and account_id in draining:
+            continue  # a task draining the account is queued or running: it sends these
         # At most once per DISPATCH_REPEAT: a long queue must not fill up
         # with copies of the items still waiting in it.
         if cache.add(f"compose:dispatched:{draft_id}", 1, DISPATCH_REPEAT):
-            send_enqueue(tenant_id=tenant_id, draft_id=draft_id)
+            send_enqueue(tenant_id=tenant_id, draft_id=draft_id, account_id=account_id)
             queued += 1
     if queued:
         logger.info("outbox dispatcher queued %d send(s)", queued)
     return queued
+
+
+def _accounts_draining(account_ids: set[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these accounts have a drain mark (`send_request`): a task
+    that drains it is queued or running (a mark outlives a lost task by at
+    most `DRAIN_MARK_SECONDS`)."""
+    if not account_ids:
+        return set()
+    try:
+        found = cache.get_many([_drain_mark(account_id) for account_id in account_ids])
+    except Exception:
+        logger.warning("drain marks not read: every due item gets its task", exc_info=True)
+        return set()
+    return {account_id for account_id in account_ids if _drain_mark(account_id) in found}

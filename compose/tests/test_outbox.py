@@ -573,10 +573,32 @@ def test_the_dispatcher_queues_what_lost_tasks_left_behind(smtp_account, tenant_
     assert sent_for == {str(d.id) for d in (due, lost, retry_due, died, other_tenant)}
     assert queued == 5
     for kwargs, _headers in broker_sends():  # ids only
-        assert set(kwargs) == {"args", "tenant_id", "draft_id"} and kwargs["args"] == []
+        assert set(kwargs) == {"args", "tenant_id", "draft_id", "account_id"} and kwargs["args"] == []
     # Queued once: the next run leaves them (their tasks are on the queue).
     assert outbox_dispatch_due(now=now) == 0
     del later, fresh_queued, done
+
+
+@pytest.mark.django_db
+def test_the_dispatcher_leaves_the_queued_items_of_an_account_a_task_is_draining(smtp_account, broker):
+    from django.core.cache import cache
+
+    now = timezone.now()
+    waiting, died = queue_message(smtp_account), queue_message(smtp_account)
+    with tenant_scope(smtp_account.tenant_id):
+        Draft.objects.filter(id__in=[waiting.id, died.id]).update(updated_at=now - timedelta(minutes=5))
+        Draft.objects.filter(id=died.id).update(status=Status.SENDING)
+    ids = {"tenant_id": smtp_account.tenant_id, "account_id": smtp_account.id}
+    assert send_request(draft_id=queue_message(smtp_account).id, **ids) is True  # the drain's task
+    broker.delete("celery")
+
+    # The queued one is the drain's; the one whose worker died is not.
+    assert outbox_dispatch_due(now=now) == 1
+    assert [kwargs["draft_id"] for kwargs, _ in broker_sends()] == [str(died.id)]
+    # The mark gone (the task ended, or was lost and the mark expired): queued.
+    cache.delete(f"compose:drain:{smtp_account.id}")
+    assert outbox_dispatch_due(now=now) == 1
+    assert {kwargs["draft_id"] for kwargs, _ in broker_sends()} == {str(died.id), str(waiting.id)}
 
 
 @pytest.mark.django_db
