@@ -236,7 +236,7 @@ def narrow_to_candidate_ids(
     limit = max(SELECTIVE_MATCHES, int(SELECTIVE_SHARE * scope_rows))
 
     def expected(candidate: Candidate) -> float:
-        rows = estimated_rows(scope.filter(candidate.condition))
+        rows = estimated_rows(scope.filter(candidate.estimate or candidate.condition))
         return min(rows, limit) if candidate.keyed and rows <= KEYED_SHARE * scope_rows else rows
 
     fewest, best = min((expected(c), i) for i, c in enumerate(candidates))
@@ -249,7 +249,8 @@ def narrow_to_candidate_ids(
             if ids is None and scope.query.sql_with_params() != whole_tenant.query.sql_with_params():
                 ids = _ids(scope.filter(condition), limit)  # (an admin's scope is often the tenant)
     elif len(candidates) > 1 and estimated_rows(messages) <= limit:
-        ids = _ids(messages, limit)
+        # With every candidate's way in (two substrings' trigram indexes, ANDed).
+        ids = _ids(messages.filter(*(c.condition for c in candidates if c.estimate is not None)), limit)
     else:
         return messages, False
     if ids is None:
