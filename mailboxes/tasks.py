@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
+from django.core.cache import cache
 
 from accounts.models import EmailAccount
 from accounts.selectors import AccountNotSyncable, account_for_sync
@@ -191,18 +192,28 @@ def write_back_task(self, tenant_id: str, account_id: str) -> dict:
     """Write the account's pending changes to its server. Waits for a
     running sync; retries with backoff while the server fails; a change
     that keeps failing is undone (see `writeback`). A deactivated tenant or
-    an owner no longer a member writes nothing (the changes stay pending)."""
+    an owner no longer a member writes nothing (the changes stay pending).
+    It talks to the same server as the sync, so it takes the same slots (see
+    `sync_slots`): without one it is queued again a little later, one
+    waiting write-back per account at most."""
     tenant, account = uuid.UUID(tenant_id), uuid.UUID(account_id)
+    task_id = self.request.id or ""
     try:
-        account_for_sync(tenant_id=tenant, account_id=account)
+        target = account_for_sync(tenant_id=tenant, account_id=account)
     except EmailAccount.DoesNotExist:
         logger.info("write-back of account %s skipped: no such account", account)
         return {"result": "missing"}
     except AccountNotSyncable as exc:
         logger.info("write-back of account %s skipped: %s", account, exc.message)
         return {"result": "skipped", "reason": exc.message}
+    slots = slot_request(target)
+    waiting_for = slots_acquire(request=slots, holder=task_id)
+    if waiting_for:
+        return _write_back_wait(self, tenant, account, task_id, waiting_for)
+    _write_back_waiting_done(account, task_id)
     try:
-        report = account_write_back(tenant_id=tenant, account_id=account)
+        with slots_held(request=slots, holder=task_id):
+            report = account_write_back(tenant_id=tenant, account_id=account)
     except SyncAlreadyRunning as exc:
         raise self.retry(exc=exc, countdown=5) from exc
     except (AuthenticationFailed, InsecureServer, AddressNotAllowed) as exc:
@@ -215,6 +226,35 @@ def write_back_task(self, tenant_id: str, account_id: str) -> dict:
         give_up_pending(tenant_id=tenant, account_id=account, error=str(exc))
         return {"result": "failed", "error": str(exc)}
     return {"result": "ok", "written": report.written, "failed": report.failed}
+
+
+def _write_back_waiting_key(account_id: uuid.UUID) -> str:
+    return f"sync:writeback-waiting:{account_id}"
+
+
+def _write_back_wait(
+    task, tenant_id: uuid.UUID, account_id: uuid.UUID, task_id: str, waiting_for: str
+) -> dict:
+    """No slot: queue this write-back again later, unless another one of the
+    account already waits (it writes every pending change when it runs)."""
+    key = _write_back_waiting_key(account_id)
+    timeout = int(settings.SYNC_SLOT_WAIT_SECONDS * 10) + 60
+    if not cache.add(key, task_id, timeout=timeout) and cache.get(key) != task_id:
+        return {"result": "joined"}
+    cache.set(key, task_id, timeout=timeout)  # renewed while it waits
+    task.apply_async(
+        args=[str(tenant_id), str(account_id)],
+        task_id=task_id,
+        countdown=settings.SYNC_SLOT_WAIT_SECONDS * random.uniform(1.0, 1.5),  # noqa: S311  # jitter
+        retries=task.request.retries,
+    )
+    return {"result": "waiting", "reason": waiting_for}
+
+
+def _write_back_waiting_done(account_id: uuid.UUID, task_id: str) -> None:
+    key = _write_back_waiting_key(account_id)
+    if cache.get(key) == task_id:
+        cache.delete(key)
 
 
 @shared_task(

@@ -286,3 +286,30 @@ def test_over_the_byte_quota_the_sync_stops_before_the_message_that_does_not_fit
     assert run_task(imap_account)["result"] == "over_quota"
     assert stored(imap_account) == 2
     assert "max_stored_bytes" in sync_status.sync_status_get(imap_account.id)["detail"]
+
+
+@pytest.mark.django_db
+def test_a_write_back_without_a_slot_waits_off_the_worker(imap_account, mailbox, client_a):
+    seed(mailbox, {"INBOX": corpus_files("notmuch", "threading")[:1]})
+    assert run_task(imap_account)["result"] == "ok"
+    with tenant_scope(imap_account.tenant_id):
+        message = Message.objects.get(account=imap_account)
+    response = client_a.patch(f"/api/messages/{message.id}/", {"is_flagged": False}, format="json")
+    assert response.status_code == 200
+    Tenant.objects.filter(id=imap_account.tenant_id).update(max_concurrent_syncs=1)
+    with tenant_scope(imap_account.tenant_id):
+        request = slot_request(type(imap_account).objects.select_related("tenant").get(id=imap_account.id))
+    assert slots_acquire(request=request, holder="a-running-sync") == ""
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete("celery")
+    args = [str(imap_account.tenant_id), str(imap_account.id)]
+
+    assert write_back_task.apply(args=args, task_id="wb-1").get()["result"] == "waiting"
+    assert write_back_task.apply(args=args, task_id="wb-2").get()["result"] == "joined"
+    assert [m["headers"]["id"] for m in _broker_messages()] == ["wb-1"]
+    mailbox.select_folder("INBOX", readonly=True)
+    assert b"\\Flagged" in mailbox.get_flags(mailbox.search(["ALL"]))[message.imap_uid]  # not written yet
+
+    slots_release(request=request, holder="a-running-sync")
+    assert write_back_task.apply(args=args, task_id="wb-1").get()["result"] == "ok"
+    assert b"\\Flagged" not in mailbox.get_flags(mailbox.search(["ALL"]))[message.imap_uid]
+    assert slots_in_use(request=request) == (0, 0)
