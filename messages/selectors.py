@@ -453,22 +453,21 @@ def thread_messages(
     return list_rows(thread)
 
 
-def thread_summary(*, tenant: Tenant, membership: TenantMembership, thread_id: uuid.UUID) -> Row:
-    """The thread's `subject` (its oldest message's), `message_count` and
-    `unread_count` over all its messages the user sees, in one query; NotFound
-    when there are none."""
+def thread_summary(
+    *, tenant: Tenant, membership: TenantMembership, thread_id: uuid.UUID, subject: bool = True
+) -> Row:
+    """The thread's `message_count` and `unread_count` over all its messages
+    the user sees, and (`subject=True`) its `subject`, its oldest message's,
+    in one query; NotFound when there are none. (The first page has the
+    oldest message: no need to find it twice.)"""
     thread = _visible_messages_for_lookup(tenant=tenant, membership=membership).filter(thread_id=thread_id)
-    oldest = thread.order_by("received_at", "id").values("subject")[:1]
-    rows = list(
-        thread.order_by()
-        .values("thread_id")
-        .annotate(
-            message_count=Count("id"),
-            unread_count=Count("id", filter=Q(is_read=False)),
-            subject=Subquery(oldest),
-        )
-        .values("subject", "message_count", "unread_count")
-    )
+    columns: dict[str, Count | Subquery] = {
+        "message_count": Count("id"),
+        "unread_count": Count("id", filter=Q(is_read=False)),
+    }
+    if subject:
+        columns["subject"] = Subquery(thread.order_by("received_at", "id").values("subject")[:1])
+    rows: list[Row] = list(thread.order_by().values("thread_id").annotate(**columns).values(*columns))
     if not rows:
         raise NotFound("Thread not found.")
     return rows[0]

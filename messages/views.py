@@ -338,7 +338,10 @@ class ThreadViewSet(TenantAPIMixin, viewsets.GenericViewSet):
         """`messages` is one page, oldest first: follow `next` for the rest
         (`cursor` and `page_size` as in the message list); the subject and
         counts are the whole thread's."""
-        summary = selectors.thread_summary(tenant=self.tenant, membership=self.membership, thread_id=pk)
+        first_page = not request.query_params.get(ThreadMessagesPagination.cursor_query_param)
+        summary = selectors.thread_summary(
+            tenant=self.tenant, membership=self.membership, thread_id=pk, subject=not first_page
+        )
         paginator = ThreadMessagesPagination()
         page = paginator.paginate_queryset(
             selectors.thread_messages(tenant=self.tenant, membership=self.membership, thread_id=pk),
@@ -347,6 +350,7 @@ class ThreadViewSet(TenantAPIMixin, viewsets.GenericViewSet):
         )
         body = {
             "thread_id": pk,
+            "subject": page[0]["subject"] if first_page and page else "",
             **summary,
             "next": paginator.get_next_link(),
             "previous": paginator.get_previous_link(),
