@@ -227,6 +227,8 @@ class BlobStore:
         self._pending: list[tuple[str, str]] = []
         self._pending_folders: set[str] = set()
         self._pending_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._flush_error: BaseException | None = None
 
     def path(self, tenant_id: uuid.UUID, key: str) -> Path:
         return Path(self._path(tenant_id, key))
@@ -324,31 +326,38 @@ class BlobStore:
             _fsync_folder(name)
 
     def flush(self) -> int:
-        """Put every blob written by `put(deferred=True)` since the last call
+        """Put every blob written by `put(deferred=True)` before this call
         durably under its name: fsync the files (many at once), rename them,
-        fsync their folders; how many. On an error none of the rest is
-        renamed and the error is raised: nothing naming them may commit."""
-        with self._pending_lock:
-            pending, self._pending = self._pending, []
-            folders, self._pending_folders = self._pending_folders, set()
-        if not pending:
-            return 0
-        try:
-            with ThreadPoolExecutor(
-                min(_FLUSH_THREADS, len(pending)), thread_name_prefix="blob-fsync"
-            ) as pool:
-                for _done in pool.map(_fsync_file, [tmp for tmp, _path in pending]):
-                    pass
-            for tmp, path in pending:
-                os.replace(tmp, path)
-            for folder in sorted(folders, reverse=True):  # shards before the folders holding them
-                _fsync_folder(folder)
-        except BaseException:
-            for tmp, _path in pending:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            raise
-        return len(pending)
+        fsync their folders; how many it did itself. Flushes run one at a
+        time, so when this returns, blobs another flush took are done too.
+        On an error the blobs it took are not renamed and the error is
+        raised, by this call and every later one: nothing naming them may
+        commit."""
+        with self._flush_lock:
+            if self._flush_error is not None:
+                raise OSError("an earlier flush of the blob store failed") from self._flush_error
+            with self._pending_lock:
+                pending, self._pending = self._pending, []
+                folders, self._pending_folders = self._pending_folders, set()
+            if not pending:
+                return 0
+            try:
+                with ThreadPoolExecutor(
+                    min(_FLUSH_THREADS, len(pending)), thread_name_prefix="blob-fsync"
+                ) as pool:
+                    for _done in pool.map(_fsync_file, [tmp for tmp, _path in pending]):
+                        pass
+                for tmp, path in pending:
+                    os.replace(tmp, path)
+                for folder in sorted(folders, reverse=True):  # shards before the folders holding them
+                    _fsync_folder(folder)
+            except BaseException as exc:
+                self._flush_error = exc
+                for tmp, _path in pending:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                raise
+            return len(pending)
 
     def get(self, tenant_id: uuid.UUID, key: str, *, size: int | None = None) -> bytes:
         """The blob's bytes, checked against `key` (and `size`, if given).

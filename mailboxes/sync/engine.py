@@ -413,6 +413,9 @@ class _Engine:
             item = fetched.pop(uid, None)
             if item is not None:
                 self.prepare_message(batch, folder, item, rematch)
+        # Their fsyncs start now, beside the next batch's fetch, not when the
+        # writer comes to this batch's commit (which flushes what is left).
+        batch.blob_writes.append(self.blobs.flush())
         return batch
 
     def prepare_message(

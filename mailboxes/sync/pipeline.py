@@ -44,6 +44,17 @@ class _BlobWriter:
             self.pending += len(data)
         return self.executor.submit(self._put, data, key)
 
+    def flush(self) -> Future[None] | None:
+        """Make the blobs written so far durable (`BlobStore.flush`) on a
+        blob thread, ahead of the commit that waits for them; inline, the
+        commit does it."""
+        if self.executor is None:
+            return None
+        return self.executor.submit(self._flush)
+
+    def _flush(self) -> None:
+        self.store.flush()
+
     def _put(self, data: bytes, key: str) -> None:
         try:
             self.store.put(self.tenant_id, data, key, deferred=True)

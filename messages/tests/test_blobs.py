@@ -1,4 +1,5 @@
 import os
+import threading
 import uuid
 import zlib
 
@@ -230,3 +231,49 @@ def test_a_blob_damaged_after_open_is_cut_short_not_served_whole(tmp_path):
         handle.write(b"\0" * 4096)
     with pytest.raises(BlobDamaged):
         list(blob)
+
+
+def test_a_flush_returns_only_once_a_flush_running_beside_it_is_done(tmp_path, monkeypatch):
+    """The sync flushes a batch's blobs on a blob thread and again before the
+    commit: the second must not return while the first still holds blobs."""
+    store = BlobStore(tmp_path)
+    tenant = uuid.uuid4()
+    key = store.put(tenant, b"taken by the first flush", deferred=True)
+    started, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):
+        started.set()
+        release.wait(5)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    first = threading.Thread(target=store.flush)
+    first.start()
+    assert started.wait(5)
+    second = threading.Thread(target=store.flush)
+    second.start()
+    second.join(0.3)
+    assert second.is_alive(), "returned while the first flush still held a blob"
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert store.get(tenant, key) == b"taken by the first flush"
+
+
+def test_after_a_failed_flush_every_flush_fails(tmp_path, monkeypatch):
+    store = BlobStore(tmp_path)
+    tenant = uuid.uuid4()
+    lost = store.put(tenant, b"its fsync fails", deferred=True)
+
+    def failing_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", failing_fsync)
+        with pytest.raises(OSError, match="Input/output"):
+            store.flush()
+    assert not store.exists(tenant, lost)
+    store.put(tenant, b"later", deferred=True)
+    with pytest.raises(OSError, match="earlier flush"):
+        store.flush()
