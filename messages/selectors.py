@@ -24,7 +24,18 @@ from .search import Candidate
 
 # What only searches read: the search vector (about 5 KB, kept in the row)
 # and the generated search keys. No read of a message fetches them.
-SEARCH_ONLY_FIELDS = ("search_vector", "to_text", "cc_text", "from_key", "to_addresses", "cc_addresses")
+SEARCH_ONLY_FIELDS = (
+    "search_vector",
+    "to_text",
+    "cc_text",
+    "from_key",
+    "to_addresses",
+    "cc_addresses",
+    "subject_trigrams",
+    "from_trigrams",
+    "to_trigrams",
+    "cc_trigrams",
+)
 
 # What a list needs: never the bodies (TOASTed, compressed) or the vector.
 # Lists read them as dicts (`list_rows`), not as model instances.

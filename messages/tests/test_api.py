@@ -419,6 +419,18 @@ def test_detail_cuts_a_huge_html_body_and_says_so(client_a, inbox_a, settings):
     assert client_a.get(f"/api/messages/{small.id}/").json()["html_truncated"] is False
 
 
+def test_reads_of_a_message_leave_the_search_columns_behind(client_a, inbox_a):
+    """The trigram vectors and the other search keys are read by searches
+    only: a message's detail does not fetch them."""
+    message = MessageFactory(folder=inbox_a, subject="A subject with many trigrams")
+    with CaptureQueriesContext(connection) as queries:
+        assert client_a.get(f"/api/messages/{message.id}/").status_code == 200
+    sql = " ".join(q["sql"] for q in queries.captured_queries)
+    assert '"email_messages"."subject"' in sql
+    for column in ("subject_trigrams", "from_trigrams", "to_trigrams", "cc_trigrams", "search_vector"):
+        assert column not in sql
+
+
 def test_detail_is_drf_generic_form(client_a, inbox_a, blobs, monkeypatch):
     """The detail serializer builds its answer by hand too; it must be what
     DRF's generic field loop makes of the same message."""
