@@ -15,6 +15,11 @@ class CoreConfig(AppConfig):
 
     def ready(self) -> None:
         from . import lookups, schema  # noqa: F401  (register `__any` and the OpenAPI auth extension)
+        from .checks import rate_settings_check
+
+        # Every process (gunicorn, Celery, manage.py) refuses to start with a
+        # rate setting django-ratelimit would fail on at every request.
+        rate_settings_check()
 
         post_migrate.connect(_append_only_after_migrate, sender=self)
         from celery.signals import worker_init

@@ -28,6 +28,10 @@ MAX_HEADER_CHARS = 8192
 # Throttles count IPv6 clients by their /64: one host usually holds a
 # whole /64 and could otherwise take a fresh address for every request.
 IPV6_THROTTLE_PREFIX = 64
+# The client's network, for limits per (username, network): an IPv4 /24
+# (one office, one NAT pool, one cloud subnet an attacker rents addresses
+# in) and the IPv6 /64 above.
+IPV4_NETWORK_PREFIX = 24
 
 
 def _parse(value: str) -> str | None:
@@ -79,6 +83,16 @@ def client_throttle_key(request) -> str:
     if ":" in address:
         return str(ipaddress.ip_network(f"{address}/{IPV6_THROTTLE_PREFIX}", strict=False).network_address)
     return address
+
+
+def client_network_key(request) -> str:
+    """The client's network: its IPv4 /24 or IPv6 /64 (`198.51.100.0/24`);
+    `unknown` for requests without a usable address."""
+    address = client_address(request)
+    if address is None:
+        return "unknown"
+    prefix = IPV6_THROTTLE_PREFIX if ":" in address else IPV4_NETWORK_PREFIX
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
 def ratelimit_ip(request) -> str:

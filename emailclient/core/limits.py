@@ -31,7 +31,10 @@ TENANT_LIMIT_SETTINGS = {
     "compose_rate_limit_tenant": "COMPOSE_RATE_LIMIT_TENANT",
 }
 
-_RATE = re.compile(r"^[1-9][0-9]*/[1-9]?[0-9]*[smhd]$")
+# A count of at least 1, `/`, an optional multiplier of at least 1, a unit.
+# `10/0m` (a window of zero seconds) makes django-ratelimit raise
+# ImproperlyConfigured on every request it counts: refused here.
+_RATE = re.compile(r"^[1-9][0-9]*/([1-9][0-9]*)?[smhd]$")
 
 
 def validate_rate(value: str) -> None:

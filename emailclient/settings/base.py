@@ -184,9 +184,16 @@ SIMPLE_JWT = {
 # django-ratelimit, on the Redis cache above.
 # Token obtain per client address: the seeds' 5 a minute.
 AUTH_RATE_LIMIT = env("AUTH_RATE_LIMIT", default="5/m")
-# Token obtain per username, whatever the address: a person mistyping needs
-# fewer than 5 tries a minute; guesses from many addresses meet it too.
+# Token obtain per username and client network (IPv4 /24, IPv6 /64): a
+# person mistyping needs fewer than 5 tries a minute, and an attacker's
+# network locks out only itself (not the user everywhere, as a limit per
+# username alone did).
 AUTH_USERNAME_RATE_LIMIT = env("AUTH_USERNAME_RATE_LIMIT", default="5/m")
+# Token obtain per username across every network the user has not logged in
+# from in 30 days: guesses spread over many networks meet it (2,400 a day at
+# most); an attacker with enough networks to use it up locks the user out
+# of new networks only, for up to the hour (emailclient.core.auth_views).
+AUTH_USERNAME_TOTAL_RATE_LIMIT = env("AUTH_USERNAME_TOTAL_RATE_LIMIT", default="100/h")
 # Refresh (and verify) per client address, a budget of its own: a client
 # refreshes once per access token (15 minutes), so 60 a minute is 60 clients
 # behind one address refreshing in the same minute.

@@ -129,7 +129,8 @@ def test_token_endpoint_is_rate_limited_per_ip(api_client, user):
 
 
 def test_token_endpoint_is_rate_limited_per_username(api_client, user):
-    """Guesses at one account from many addresses meet the username's limit."""
+    """Guesses at one account from many addresses of one network meet the
+    limit of that username from that network."""
     codes = [obtain(api_client, password="wrong", REMOTE_ADDR=f"10.0.0.{i}").status_code for i in range(5)]
     assert codes == [401] * 5
     limited = obtain(api_client, REMOTE_ADDR="10.0.0.99")
@@ -139,6 +140,52 @@ def test_token_endpoint_is_rate_limited_per_username(api_client, user):
     # Another user from the same new address logs in.
     UserFactory(username="dave")
     assert obtain(api_client, username="dave", REMOTE_ADDR="10.0.0.99").status_code == 200
+
+
+def test_an_attacker_does_not_lock_the_user_out_of_other_networks(api_client, user):
+    """Five wrong passwords a minute from one network locked the user out
+    everywhere, for as long as the attacker kept on."""
+    attacker = [
+        obtain(api_client, password="wrong", REMOTE_ADDR=f"203.0.113.{i}").status_code for i in range(6)
+    ]
+    assert attacker == [401] * 5 + [429]
+    assert obtain(api_client, REMOTE_ADDR="198.51.100.7").status_code == 200
+    # The attacker's /64 counts as one network too.
+    ipv6 = [
+        obtain(api_client, password="wrong", REMOTE_ADDR=f"2001:db8:0:1::{i}").status_code for i in range(6)
+    ]
+    assert ipv6 == [401] * 5 + [429]
+    assert obtain(api_client, REMOTE_ADDR="2001:db8:0:2::1").status_code == 200
+
+
+@override_settings(AUTH_USERNAME_TOTAL_RATE_LIMIT="4/h")
+def test_guesses_from_many_networks_meet_the_cap_but_known_networks_still_log_in(api_client, user):
+    # The user's usual network: remembered, and (new then) counted as 1 of 4.
+    assert obtain(api_client, REMOTE_ADDR="198.51.100.7").status_code == 200
+    codes = [obtain(api_client, password="wrong", REMOTE_ADDR=f"10.{i}.0.1").status_code for i in range(4)]
+    assert codes == [401] * 3 + [429]
+    limited = obtain(api_client, REMOTE_ADDR="192.0.2.1")  # right password, new network: held
+    assert limited.status_code == 429
+    assert 1 <= int(limited["Retry-After"]) <= 3600
+    assert obtain(api_client, REMOTE_ADDR="198.51.100.200").status_code == 200  # same /24 as before
+    UserFactory(username="dave")
+    assert obtain(api_client, username="dave", REMOTE_ADDR="192.0.2.1").status_code == 200
+
+
+@override_settings(AUTH_USERNAME_RATE_LIMIT="2/m", AUTH_USERNAME_TOTAL_RATE_LIMIT="3/h")
+def test_a_numeric_username_counts_as_that_name(api_client):
+    """DRF's CharField takes 12345 as "12345": it skipped the username limits."""
+    UserFactory(username="12345")
+    codes = [
+        obtain(api_client, username=12345, password="wrong", REMOTE_ADDR="10.5.0.1").status_code,
+        obtain(api_client, username="12345", password="wrong", REMOTE_ADDR="10.5.0.2").status_code,
+        obtain(api_client, username=12345, password="wrong", REMOTE_ADDR="10.5.0.3").status_code,
+    ]
+    assert codes == [401, 401, 429]
+    elsewhere = [
+        obtain(api_client, username=12345, password="wrong", REMOTE_ADDR=f"10.6.{i}.1") for i in range(2)
+    ]
+    assert [r.status_code for r in elsewhere] == [401, 429]  # the cap across networks: 3 counted
 
 
 @pytest.mark.parametrize("body", [[], ["username"], {"username": ["carol"]}, {"username": 5}, "x"])

@@ -4,7 +4,7 @@ throttles and the audit log; spoofed and garbage X-Forwarded-For headers."""
 import pytest
 from django.test import RequestFactory
 
-from emailclient.core.clientaddr import client_address, client_throttle_key
+from emailclient.core.clientaddr import client_address, client_network_key, client_throttle_key
 from emailclient.core.models import AuditLog
 from emailclient.core.tenancy import tenant_scope
 
@@ -139,3 +139,11 @@ def test_django_ratelimits_ip_key_reads_the_same_address(settings):
     settings.TRUSTED_PROXY_HOPS = 1
     assert _SIMPLE_KEYS["ip"](request(xff="6.6.6.6, 198.51.100.1")) == "198.51.100.1"
     assert _SIMPLE_KEYS["ip"](request(xff="garbage")) == "0.0.0.0"
+
+
+def test_the_client_network_is_the_24_or_the_64(settings):
+    settings.TRUSTED_PROXY_HOPS = 0
+    assert client_network_key(request("198.51.100.77")) == "198.51.100.0/24"
+    assert client_network_key(request("::ffff:198.51.100.77")) == "198.51.100.0/24"
+    assert client_network_key(request("2001:db8:1:2:aaaa::1")) == "2001:db8:1:2::/64"
+    assert client_network_key(request("")) == "unknown"

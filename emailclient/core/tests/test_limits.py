@@ -1,9 +1,14 @@
 """A tenant's limits: the setting's default unless the operator set its own."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 from django.core.exceptions import ValidationError
 from django.test import Client
 
+from emailclient.core.checks import RATE_SETTINGS, rate_settings_errors
 from emailclient.core.limits import TENANT_LIMIT_SETTINGS, tenant_limit, validate_rate
 from emailclient.core.models import Tenant
 from emailclient.core.tests.factories import UserFactory
@@ -33,7 +38,9 @@ def test_rates_in_ratelimit_syntax_are_accepted(rate):
     validate_rate(rate)
 
 
-@pytest.mark.parametrize("rate", ["600", "0/m", "600/x", "-1/m", "600/m ", "ten/m", "600/mm"])
+@pytest.mark.parametrize(
+    "rate", ["600", "0/m", "600/x", "-1/m", "600/m ", "ten/m", "600/mm", "10/0m", "10/00m", "10/05m"]
+)
 def test_other_rates_are_refused(rate):
     with pytest.raises(ValidationError):
         validate_rate(rate)
@@ -53,3 +60,43 @@ def test_operator_sets_a_tenant_limit_in_the_admin(committed_db):
     tenant.refresh_from_db()
     assert tenant.api_rate_limit_user == "20/m"
     assert tenant.max_accounts is None
+
+
+def test_every_rate_setting_is_checked_at_start_up(settings):
+    assert rate_settings_errors() == []
+    settings.API_RATE_LIMIT_USER = "10/0m"
+    settings.AUTH_USERNAME_TOTAL_RATE_LIMIT = ""
+    assert rate_settings_errors() == [
+        "API_RATE_LIMIT_USER='10/0m' is not a rate: a count of at least 1, '/', an optional"
+        " multiplier of at least 1 and s, m, h or d (600/m; 10/5m is ten per five minutes)",
+        "AUTH_USERNAME_TOTAL_RATE_LIMIT is not set (a rate such as 600/m)",
+    ]
+    assert set(RATE_SETTINGS) >= {
+        "API_RATE_LIMIT_USER",
+        "API_RATE_LIMIT_TENANT",
+        "API_RATE_LIMIT_SEARCH",
+        "SYNC_TRIGGER_RATE_LIMIT",
+        "COMPOSE_RATE_LIMIT_USER",
+        "COMPOSE_RATE_LIMIT_TENANT",
+        "AUTH_RATE_LIMIT",
+        "AUTH_USERNAME_RATE_LIMIT",
+        "AUTH_REFRESH_RATE_LIMIT",
+    }
+
+
+def test_a_bad_rate_in_the_environment_refuses_to_start():
+    """`10/0m` passed the old pattern and made every request counted against
+    it a 500; now Django itself does not start (gunicorn, Celery, manage.py)."""
+    env = {**os.environ, "AUTH_RATE_LIMIT": "10/0m"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert (
+        "ImproperlyConfigured: invalid rate settings: AUTH_RATE_LIMIT='10/0m' is not a rate" in result.stderr
+    )

@@ -174,6 +174,7 @@ def test_the_real_defaults_exist_and_parse():
         "SYNC_TRIGGER_RATE_LIMIT": ("6/m", 6, 60),
         "AUTH_RATE_LIMIT": ("5/m", 5, 60),
         "AUTH_USERNAME_RATE_LIMIT": ("5/m", 5, 60),
+        "AUTH_USERNAME_TOTAL_RATE_LIMIT": ("100/h", 100, 3600),
         "AUTH_REFRESH_RATE_LIMIT": ("60/m", 60, 60),
     }
     for name, (rate, count, seconds) in expected.items():
