@@ -46,8 +46,12 @@ class Trigrams(Func):
     only when a row's text matches the rest), so it must not run before the
     tenant policy, and so cannot be an index condition there."""
 
+    # Of the first 10,000 characters only (`left`): a tsvector holds at most
+    # 1 MB of lexemes, and a subject of 90,000 distinct CJK characters (the
+    # header limit allows 256 KB) would have made about that many trigrams
+    # of 8 bytes each. A substring further in is found only by walking.
     function = "show_trgm"
-    template = "array_to_tsvector(show_trgm(%(expressions)s))"
+    template = "array_to_tsvector(show_trgm(left(%(expressions)s, 10000)))"
     arg_joiner = " || ' ' || "
     output_field = SearchVectorField()
 

@@ -107,13 +107,13 @@ class Migration(migrations.Migration):
                     sql="""
                         ALTER TABLE "email_messages"
                         ADD COLUMN "cc_trigrams" tsvector GENERATED ALWAYS AS
-                            (array_to_tsvector(show_trgm((jsonb_path_query_array("cc", '$[*].*'))::text))) STORED,
+                            (array_to_tsvector(show_trgm(left((jsonb_path_query_array("cc", '$[*].*'))::text, 10000)))) STORED,
                         ADD COLUMN "from_trigrams" tsvector GENERATED ALWAYS AS
-                            (array_to_tsvector(show_trgm("from_address" || ' ' || "from_name"))) STORED,
+                            (array_to_tsvector(show_trgm(left("from_address" || ' ' || "from_name", 10000)))) STORED,
                         ADD COLUMN "subject_trigrams" tsvector GENERATED ALWAYS AS
-                            (array_to_tsvector(show_trgm("subject"))) STORED,
+                            (array_to_tsvector(show_trgm(left("subject", 10000)))) STORED,
                         ADD COLUMN "to_trigrams" tsvector GENERATED ALWAYS AS
-                            (array_to_tsvector(show_trgm((jsonb_path_query_array("to", '$[*].*'))::text))) STORED
+                            (array_to_tsvector(show_trgm(left((jsonb_path_query_array("to", '$[*].*'))::text, 10000)))) STORED
                     """,
                     reverse_sql="""
                         ALTER TABLE "email_messages"

@@ -929,3 +929,14 @@ def test_a_statement_past_the_timeout_is_a_503_not_a_500(user_a, tenant_a, inbox
     }
     assert response["Retry-After"] == "5"
     assert client.get(f"/api/messages/?folder={inbox_a.id}").status_code == 200
+
+
+def test_a_huge_subject_is_stored_and_found_by_its_beginning(db, tenant_a, inbox):
+    """A tsvector holds at most 1 MB of lexemes: the trigrams of a subject of
+    160,000 distinct CJK characters were 1.26 MB ("string is too long for
+    tsvector", the message could not be stored). The trigram vectors cover
+    the first 10,000 characters."""
+    subject = "".join(chr(19968 + i * 7919 % 20902) + chr(44032 + i * 104729 % 11172) for i in range(80_000))
+    message(inbox, subject=subject)
+    message(inbox, subject="Something else")
+    assert found(tenant_a, f"subject:{subject[100:140]}") == [subject]
