@@ -14,10 +14,18 @@ from emailclient.core.models import Tenant
 from emailclient.core.pagination import KeysetPagination
 from emailclient.core.planner import planner_settings
 from emailclient.core.schema import TENANT_HEADER
+from emailclient.core.throttling import tenant_user_throttle_check
 
 from . import selectors, services
 from .blobs import default_store
-from .downloads import attachment_by_token, attachment_token, blob_open, blob_response, safe_filename
+from .downloads import (
+    attachment_by_token,
+    attachment_token,
+    attachment_token_read,
+    blob_open,
+    blob_response,
+    safe_filename,
+)
 from .models import Attachment, Folder, Message
 from .sanitize import sanitize_html_for_reading
 from .search import SearchOrder, SearchQuery, apply_search, positive_conditions, search_time_limit
@@ -397,7 +405,14 @@ class AttachmentDownloadView(APIView):
     def _attachment(self, request, pk) -> Attachment:
         token = request.query_params.get("token")
         if token:
-            return attachment_by_token(token=token, id=pk)
+            attachment = attachment_by_token(token=token, id=pk)
+            # No bearer token, so DRF's throttle counted nothing: the same
+            # user and tenant limits, now that the token named them.
+            ref = attachment_token_read(token)  # valid: attachment_by_token read it
+            if ref is not None:
+                tenant = Tenant.objects.get(id=ref.tenant_id)
+                tenant_user_throttle_check(request=request, tenant=tenant, user_id=ref.user_id)
+            return attachment
         for permission in (permissions.IsAuthenticated(), HasTenant()):
             if not permission.has_permission(request, self):
                 self.permission_denied(request)

@@ -23,7 +23,9 @@ tenant's own if an operator set one, else the setting's
 (`emailclient.core.limits.tenant_limit`). Requests outside a tenant (the
 schema and docs pages, `/health`, plain Django views) are not counted here;
 the token endpoints have their own limits per address and per username
-(`emailclient.core.auth_views`).
+(`emailclient.core.auth_views`). A signed download URL (`?token=`, no
+bearer token) is counted by its view once the token names its user and
+tenant, against the same limits (`tenant_user_throttle_check`).
 """
 
 from collections.abc import Callable
@@ -75,13 +77,30 @@ def api_throttle_check(*, request: Any, view: Any) -> None:
     user = getattr(request, "user", None)
     if tenant is None or user is None or not user.is_authenticated:
         return
-    user_key = f"{tenant.id}:{user.pk}"
+    scope = getattr(view, "throttle_scope", None)
+    param = getattr(view, "throttle_scope_param", None)
+    in_scope = scope is not None and (param is None or param in request.query_params)
+    tenant_user_throttle_check(
+        request=request, tenant=tenant, user_id=user.pk, scope=scope if in_scope else None
+    )
+
+
+def tenant_user_throttle_check(*, request: Any, tenant: Any, user_id: Any, scope: str | None = None) -> None:
+    """Count one request of user `user_id` in `tenant` (and in `scope`)
+    against their limits. For requests whose user and tenant are known only
+    inside the view (a signed download URL, which carries no bearer token:
+    `messages.views.AttachmentDownloadView`). Counted once per request: a
+    request already counted as this user in this tenant is not again."""
+    django_request = getattr(request, "_request", request)
+    user_key = f"{tenant.id}:{user_id}"
+    counted = getattr(django_request, "_throttled_as", set())
+    if user_key in counted:
+        return
+    django_request._throttled_as = counted | {user_key}
     rate_limit_hit(
         request=request, group="api.user", key=user_key, rate=tenant_limit(tenant, "api_rate_limit_user")
     )
-    scope = getattr(view, "throttle_scope", None)
-    param = getattr(view, "throttle_scope_param", None)
-    if scope is not None and (param is None or param in request.query_params):
+    if scope is not None:
         rate_limit_hit(
             request=request,
             group=f"api.{scope}",

@@ -183,3 +183,36 @@ def test_the_real_defaults_exist_and_parse():
         assert _split_rate(base[name]) == (count, seconds)
     assert base["TRUSTED_PROXY_HOPS"] == 0
     assert base["REST_FRAMEWORK"]["DEFAULT_THROTTLE_CLASSES"] == ["emailclient.core.throttling.ApiThrottle"]
+
+
+def test_signed_download_urls_count_against_the_users_and_tenants_limits(
+    api_client, client_a, client_b, inbox_a, blobs, settings
+):
+    """A `?token=` download carries no bearer token: it was never counted."""
+    from messages.tests.factories import AttachmentFactory, MessageFactory
+
+    message = MessageFactory(folder=inbox_a)
+    AttachmentFactory(message=message, content_hash=blobs.put(inbox_a.tenant_id, b"bytes"))
+    url = client_a.get(f"/api/messages/{message.id}/").json()["attachments"][0]["download_url"]
+    settings.API_RATE_LIMIT_USER = "3/m"  # (a counter of its own: the rate is in its key)
+
+    assert [api_client.get(url).status_code for _ in range(3)] == [200, 200, 200]
+    assert_throttled(api_client.get(url))
+    assert_throttled(client_a.get(ACCOUNTS))  # the same budget as the user's API requests
+    assert client_b.get(ACCOUNTS).status_code == 200
+
+
+def test_signed_download_urls_count_against_the_tenants_limit(api_client, client_a, inbox_a, blobs, settings):
+    from messages.tests.factories import AttachmentFactory, MessageFactory
+
+    message = MessageFactory(folder=inbox_a)
+    AttachmentFactory(message=message, content_hash=blobs.put(inbox_a.tenant_id, b"bytes"))
+    url = client_a.get(f"/api/messages/{message.id}/").json()["attachments"][0]["download_url"]
+    settings.API_RATE_LIMIT_TENANT = "3/m"
+
+    assert [api_client.get(url).status_code for _ in range(3)] == [200, 200, 200]
+    assert_throttled(api_client.get(url))
+    # With the user's bearer token and the signed token as well: counted once.
+    settings.API_RATE_LIMIT_TENANT = "2/m"
+    assert [client_a.get(url).status_code for _ in range(2)] == [200, 200]
+    assert_throttled(client_a.get(url))
