@@ -28,11 +28,17 @@ bearer token) is counted by its view once the token names its user and
 tenant, against the same limits (`tenant_user_throttle_check`).
 """
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from django_ratelimit.core import get_usage
 from django_ratelimit.exceptions import Ratelimited
+from redis.exceptions import RedisError
+from rest_framework import status
+from rest_framework.exceptions import APIException
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.throttling import BaseThrottle
 
 from .limits import tenant_limit
@@ -45,6 +51,46 @@ NOT_TENANT_API_MODULE = "drf_spectacular."
 SCOPE_LIMITS = {"search": "api_rate_limit_search"}
 
 
+logger = logging.getLogger(__name__)
+
+# With Redis away (Django's RedisCache raises redis's ConnectionError, which
+# django-ratelimit does not catch: every tenant request was a 500):
+# * reads (GET, HEAD, OPTIONS) of a signed-in member go on, uncounted, and
+#   the outage is logged (a warning a minute, with how many went
+#   uncounted): a read changes nothing, the database's statement timeouts
+#   still bound what one costs, and refusing them would take every mailbox
+#   offline for a cache outage;
+# * writes and the token endpoints answer 503 with Retry-After: sends and
+#   sync triggers are what the limits hold back (and need Redis's queue
+#   anyway), and logins uncounted would be unlimited password guessing.
+REDIS_DOWN_RETRY_AFTER = 5
+REDIS_DOWN_LOG_INTERVAL = 60.0
+_uncounted = {"since_log": 0, "logged_at": float("-inf")}
+
+
+class LimiterUnavailable(APIException):
+    """The counters cannot be reached: 503, try again in a few seconds."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "limiter_unavailable"
+    default_detail = "The service cannot count requests right now; try again shortly."
+    wait = REDIS_DOWN_RETRY_AFTER
+
+
+def _count_uncounted(group: str, exc: Exception) -> None:
+    _uncounted["since_log"] += 1
+    now = time.monotonic()
+    if now - _uncounted["logged_at"] >= REDIS_DOWN_LOG_INTERVAL:
+        logger.warning(
+            "rate limit counters unavailable (%s: %s): %d read(s) served uncounted, last in %s",
+            type(exc).__name__,
+            exc,
+            _uncounted["since_log"],
+            group,
+        )
+        _uncounted["since_log"], _uncounted["logged_at"] = 0, now
+
+
 class RateLimited(Ratelimited):
     """A limit reached; `retry_after` seconds until its window ends."""
 
@@ -53,14 +99,22 @@ class RateLimited(Ratelimited):
         self.retry_after = retry_after
 
 
-def rate_limit_hit(*, request: Any, group: str, key: str, rate: str) -> None:
+def rate_limit_hit(*, request: Any, group: str, key: str, rate: str, fail_open: bool = False) -> None:
     """Count one request against `group`'s counter for `key`; raise
-    `RateLimited` when it is over `rate`."""
+    `RateLimited` when it is over `rate`. With the counters unreachable:
+    raise `LimiterUnavailable`, or with `fail_open` log and let it pass."""
 
     def by_key(group: str, request: Any) -> str:
         return key
 
-    usage = get_usage(request, group=group, key=by_key, rate=rate, increment=True)
+    try:
+        usage = get_usage(request, group=group, key=by_key, rate=rate, increment=True)
+    except (RedisError, OSError) as exc:
+        if not fail_open:
+            logger.warning("rate limit counters unavailable (%s): %s refused", type(exc).__name__, group)
+            raise LimiterUnavailable() from exc
+        _count_uncounted(group, exc)
+        return
     if usage is not None and usage["should_limit"]:
         raise RateLimited(retry_after=max(1, int(usage["time_left"])))
 
@@ -97,8 +151,13 @@ def tenant_user_throttle_check(*, request: Any, tenant: Any, user_id: Any, scope
     if user_key in counted:
         return
     django_request._throttled_as = counted | {user_key}
+    fail_open = request.method in SAFE_METHODS  # with Redis away: see LimiterUnavailable
     rate_limit_hit(
-        request=request, group="api.user", key=user_key, rate=tenant_limit(tenant, "api_rate_limit_user")
+        request=request,
+        group="api.user",
+        key=user_key,
+        rate=tenant_limit(tenant, "api_rate_limit_user"),
+        fail_open=fail_open,
     )
     if scope is not None:
         rate_limit_hit(
@@ -106,12 +165,14 @@ def tenant_user_throttle_check(*, request: Any, tenant: Any, user_id: Any, scope
             group=f"api.{scope}",
             key=user_key,
             rate=tenant_limit(tenant, SCOPE_LIMITS[scope]),
+            fail_open=fail_open,
         )
     rate_limit_hit(
         request=request,
         group="api.tenant",
         key=str(tenant.id),
         rate=tenant_limit(tenant, "api_rate_limit_tenant"),
+        fail_open=fail_open,
     )
 
 

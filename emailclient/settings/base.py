@@ -123,6 +123,10 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="emailclient"),
+        # A Redis that stops answering costs a request seconds, not the
+        # kernel's minutes of TCP retries; the throttles then fail open for
+        # reads and answer 503 to writes (emailclient.core.throttling).
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 5},
     }
 }
 

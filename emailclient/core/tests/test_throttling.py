@@ -4,6 +4,7 @@ Retry-After at the limit's count + 1, per-tenant overrides, tenants apart.
 The test settings raise the defaults (so the rest of the suite is never
 throttled); each test here sets a small rate itself."""
 
+import logging
 import runpy
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from django.conf import settings as django_settings
 from django_ratelimit.core import _split_rate
 
 from conftest import bearer_client
+from emailclient.core import throttling
 from emailclient.core.limits import validate_rate
 from emailclient.core.tests.factories import MembershipFactory, UserFactory
 
@@ -216,3 +218,41 @@ def test_signed_download_urls_count_against_the_tenants_limit(api_client, client
     settings.API_RATE_LIMIT_TENANT = "2/m"
     assert [client_a.get(url).status_code for _ in range(2)] == [200, 200]
     assert_throttled(client_a.get(url))
+
+
+# --- Redis away ------------------------------------------------------------------------------
+
+REDIS_AWAY = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
+        "KEY_PREFIX": "emailclient-test",
+    }
+}
+
+
+def test_with_redis_away_reads_go_on_uncounted_and_are_logged(client_a, account_a, settings, caplog):
+    """Django's RedisCache raises ConnectionError, which django-ratelimit does
+    not catch: every tenant request was a 500."""
+    caplog.set_level(logging.WARNING, logger="emailclient.core.throttling")
+    settings.CACHES = REDIS_AWAY
+    throttling._uncounted["logged_at"] = float("-inf")
+
+    responses = [client_a.get(ACCOUNTS), client_a.get(f"{ACCOUNTS}{account_a.id}/")]
+
+    assert [r.status_code for r in responses] == [200, 200]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "emailclient.core.throttling"]
+    assert len(warnings) == 1  # one a minute, not one a request
+    assert warnings[0].startswith("rate limit counters unavailable (ConnectionError")
+
+
+def test_with_redis_away_writes_and_logins_are_503(client_a, account_a, api_client, settings):
+    settings.CACHES = REDIS_AWAY
+
+    write = client_a.patch(f"{ACCOUNTS}{account_a.id}/", {"display_name": "x"}, format="json")
+    login = api_client.post("/api/auth/token/", {"username": "u", "password": "p"}, format="json")
+
+    for response in (write, login):
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "limiter_unavailable"
+        assert response["Retry-After"] == "5"
