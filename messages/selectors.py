@@ -276,7 +276,14 @@ def _ids(messages: QuerySet[Message], limit: int) -> list[uuid.UUID] | None:
 
 
 def estimated_rows(messages: QuerySet[Message]) -> float:
-    plan = json.loads(messages.order_by().explain(format="json"))
+    """The planner's guess of the rows `messages` holds (EXPLAIN, nothing
+    executed). A queryset that cannot hold a row (`.none()`, `id__in=[]`:
+    a member without accounts sees no message) compiles to no SQL, so has no
+    plan to read: it holds none."""
+    text = messages.order_by().explain(format="json")
+    if not text:
+        return 0.0
+    plan = json.loads(text)
     return float(plan[0]["Plan"]["Plan Rows"])
 
 

@@ -1013,3 +1013,23 @@ def test_a_long_thread_does_not_hide_the_threads_behind_it(
     body = client_a.get(body["next"]).json()
     assert [t["thread_id"] for t in body["results"]] == [str(m.thread_id) for m in older[1:]]
     assert body["next"] is None
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/messages/?q=x",
+        "/api/messages/?q=subject:invoice",
+        "/api/sync/search?query=x",
+        "/api/sync/search?query=from:alice",
+        "/api/messages/?sender=alice",
+    ],
+)
+def test_a_member_without_accounts_searches_nothing_without_an_error(client_a, inbox_b, path):
+    """A member with no account sees no message: the list is an empty
+    queryset (no SQL), and the search's EXPLAIN of it had no plan to read
+    (a JSONDecodeError, a 500)."""
+    MessageFactory(folder=inbox_b, subject="x invoice", from_address="alice@example.com")
+    response = client_a.get(path)
+    assert response.status_code == 200, response.content
+    assert response.json()["results"] == []
