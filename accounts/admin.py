@@ -15,6 +15,7 @@ from .services import (
     account_quota_check,
     account_update,
 )
+from .validators import CREDENTIAL_FIELDS, validate_no_control_characters
 
 
 class EmailAccountForm(forms.ModelForm):
@@ -37,9 +38,16 @@ class EmailAccountForm(forms.ModelForm):
         model = EmailAccount
         fields = ["tenant", "user", *WRITABLE_FIELDS]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The API's check, on the form's fields: the services store what they get.
+        for name in CREDENTIAL_FIELDS:
+            if name in self.fields:
+                self.fields[name].validators.append(validate_no_control_characters)
+
     def clean(self):
         cleaned = super().clean()
-        if self.instance._state.adding and not cleaned.get("password"):
+        if self.instance._state.adding and not cleaned.get("password") and "password" not in self.errors:
             self.add_error("password", "A password is required for a new account.")
         try:  # the service checks these too; here they are form errors, not a 500
             account_ports_check(data=cleaned)

@@ -1,5 +1,3 @@
-import unicodedata
-
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
@@ -7,6 +5,7 @@ from rest_framework import serializers
 from emailclient.core.validators import validate_hostname
 
 from .models import EmailAccount, Encryption, Protocol
+from .validators import validate_no_control_characters
 
 
 class HostnameField(serializers.CharField):
@@ -36,14 +35,7 @@ class PasswordField(serializers.CharField):
 
 
 def _no_control_characters(value: str) -> str:
-    """Usernames and passwords go into the mail server's login command as
-    they are (IMAP LOGIN sends the username unquoted): a line break there
-    would end the command and start another. Control characters (C0, DEL,
-    C1: Unicode category Cc) are refused."""
-    if any(unicodedata.category(char) == "Cc" for char in value):
-        raise serializers.ValidationError(
-            "Control characters (line breaks, tabs, NUL and the like) are not allowed."
-        )
+    validate_no_control_characters(value)  # Django's ValidationError: DRF reports it on the field
     return value
 
 

@@ -1,0 +1,80 @@
+"""The operator's admin form refuses what the API refuses: both go through
+the same validators before `account_create` and `account_update`."""
+
+import pytest
+from django.test import Client
+
+from accounts.models import EmailAccount
+from accounts.services import account_credentials
+from accounts.tests.factories import EmailAccountFactory
+from emailclient.core.tenancy import tenant_scope
+from emailclient.core.tests.factories import UserFactory
+
+CONTROL = "Control characters (line breaks, tabs, NUL and the like) are not allowed."
+
+
+@pytest.fixture
+def operator_client(committed_db):
+    client = Client()
+    client.force_login(UserFactory(username="accounts-operator", is_staff=True, is_superuser=True))
+    return client
+
+
+def _form(**overrides):
+    return {
+        "account_name": "Ops made",
+        "email_address": "made@b.example",
+        "protocol": "imap",
+        "hostname": "imap.b.example",
+        "port": 993,
+        "encryption": "tls",
+        "username": "made",
+        "sync_interval": 300,
+        "is_sync_enabled": "on",
+        "is_enabled": "on",
+        "password": "pw from ops",
+        "smtp_hostname": "",
+        "smtp_encryption": "",
+        "smtp_username": "",
+        "smtp_password": "",
+        **overrides,
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("username", "made\r\nA1 LOGOUT"),
+        ("password", "pw\nA2 DELETE INBOX"),
+        ("smtp_username", "smtp\tuser"),
+        ("smtp_password", "pw\x85"),
+    ],
+)
+def test_admin_refuses_control_characters_in_credentials(operator_client, tenant_b, field, value):
+    owner = UserFactory(username=f"owner-{field}")
+    form = _form(tenant=tenant_b.id, user=owner.id, **{field: value})
+    if field.startswith("smtp_"):
+        form |= {"smtp_hostname": "smtp.b.example", "smtp_encryption": "tls", "smtp_port": 465}
+
+    response = operator_client.post("/admin/accounts/emailaccount/add/", form)
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {field: [CONTROL]}
+    with tenant_scope(tenant_b.id):
+        assert not EmailAccount.objects.filter(email_address="made@b.example").exists()
+
+
+def test_admin_edit_refuses_a_control_character_and_keeps_the_password(operator_client, tenant_a):
+    account = EmailAccountFactory(tenant=tenant_a)
+    url = f"/admin/accounts/emailaccount/{account.id}/change/"
+    form = _form(email_address=account.email_address, username="user", password="new\npassword")
+
+    response = operator_client.post(url, form)
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {"password": [CONTROL]}
+    with tenant_scope(tenant_a.id):
+        account = EmailAccount.objects.get(pk=account.pk)
+        assert "\n" not in account_credentials(account=account).password
+    # The same form with a clean password is saved.
+    assert operator_client.post(url, {**form, "password": "new password"}).status_code == 302
