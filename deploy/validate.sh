@@ -268,6 +268,72 @@ env_example() {
 }
 check "deploy/env.example documents every variable compose reads" env_example
 
+# Every setting the settings modules read from the environment (env("NAME",
+# ...)) and every one gunicorn.conf.py reads must reach the containers when
+# .env sets it: compose passes values only through `environment:`. A few
+# are deliberately not passed (NOT_PASSED, with the reason).
+settings_reach_containers() {
+    "$PY" - "$WORK" "${COMPOSE[@]}" <<'EOF'
+import json
+import os
+import re
+import subprocess
+import sys
+
+work, compose = sys.argv[1], sys.argv[2:]
+NOT_PASSED = {
+    "DATABASE_SUPERUSER_URL": "the migrate job's only (checked above)",
+    "CELERY_BROKER_URL": "the broker is REDIS_URL's Redis, wired by compose",
+    "CELERY_RESULT_BACKEND": "as CELERY_BROKER_URL",
+    "STATIC_ROOT": "the image collects the static files at build time",
+    "DEBUG": "production sets DEBUG = False",
+    "LOG_FORMAT": "production logs JSON",
+    "PORT": "the container listens on 8000, the port compose publishes",
+}
+# Values compose sets itself, not from .env.
+FIXED = {"DATABASE_URL", "DATABASE_OWNER_URL", "DATABASE_ADMIN_URL", "REDIS_URL", "BLOB_STORAGE_DIR"}
+setting_names = set()
+for path in ("emailclient/settings/base.py", "emailclient/settings/production.py"):
+    setting_names |= set(re.findall(r'\benv(?:\.\w+)?\(\s*"([A-Z][A-Z0-9_]*)"', open(path).read()))
+gunicorn_text = open("deploy/gunicorn.conf.py").read()
+gunicorn_names = set(re.findall(r'(?:_env_int|os\.environ\.get)\(\s*"([A-Z][A-Z0-9_]*)"', gunicorn_text))
+gunicorn_names.add("FORWARDED_ALLOW_IPS")  # gunicorn reads it itself
+problems = []
+if len(setting_names) < 50 or "TRUSTED_PROXY_HOPS" not in setting_names or "WEB_CONCURRENCY" not in gunicorn_names:
+    problems.append(f"the settings' names were not found: {sorted(setting_names)} {sorted(gunicorn_names)}")
+every = (setting_names | gunicorn_names) - set(NOT_PASSED)
+passwords = {"POSTGRES_PASSWORD", "DB_APP_PASSWORD", "DB_OWNER_PASSWORD", "DB_ADMIN_PASSWORD"}
+env_file = os.path.join(work, "every.env")
+with open(env_file, "w") as f:
+    for name in sorted(every | passwords):
+        f.write(f"{name}=validate-placeholder-{name}\n")
+command = [*compose, "--env-file", env_file, "-f", "docker-compose.yml", "config", "--format", "json"]
+clean_env = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"]}
+out = subprocess.run(command, env=clean_env, capture_output=True, text=True, check=False)
+if out.returncode:
+    print(out.stderr)
+    sys.exit(1)
+services = json.loads(out.stdout)["services"]
+for service in ("migrate", "web", "worker", "beat"):
+    env = services[service].get("environment", {})
+    wanted = setting_names - set(NOT_PASSED)
+    if service == "web":
+        wanted |= gunicorn_names - set(NOT_PASSED)
+    for name in sorted(wanted):
+        ok = bool(env.get(name)) if name in FIXED else env.get(name) == f"validate-placeholder-{name}"
+        if not ok:
+            problems.append(f"{service}: {name} does not reach the container (got {env.get(name)!r})")
+example = open("deploy/env.example").read()
+for name in sorted(every - FIXED):
+    if not re.search(rf"^#? ?{name}=", example, re.M):
+        problems.append(f"{name} not in deploy/env.example")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+EOF
+}
+check "every setting of emailclient/settings and gunicorn.conf.py reaches the containers, in env.example" \
+    settings_reach_containers
+
 # --- rehearsal of the image build and roles, outside Docker --------------------------
 section "build and run rehearsal (working-tree copy, build-only settings)"
 APP=$WORK/app
