@@ -177,7 +177,9 @@ def test_server_requiring_login_refuses_anonymous(smtp_server, config):
 
 
 def test_private_address_refused_without_the_setting(smtp_server, config):
-    with pytest.raises(PermanentFailure, match="non-public address") as caught:
+    with pytest.raises(
+        PermanentFailure, match="resolves to an address this service may not connect to"
+    ) as caught:
         deliver(config(allow_private=False))
 
     assert not isinstance(caught.value, TemporaryFailure)
@@ -200,7 +202,7 @@ def test_smtp_config_follows_the_account_and_settings(smtp_server, smtp_account,
     assert smtp_server.deliveries[0].login == SMTP_USER
 
     settings.MAIL_ALLOW_PRIVATE_HOSTS = False
-    with pytest.raises(PermanentFailure, match="non-public address"):
+    with pytest.raises(PermanentFailure, match="resolves to an address this service may not connect to"):
         deliver(smtp_config(smtp_account), credentials=None)
     assert len(smtp_server.deliveries) == 1
 
