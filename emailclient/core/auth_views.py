@@ -34,15 +34,19 @@ proxy's.
 """
 
 import hashlib
+import logging
 from collections.abc import Mapping
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from redis.exceptions import RedisError
 from rest_framework_simplejwt import views
 
 from .clientaddr import client_network_key, client_throttle_key
 from .throttling import KeyedThrottle
+
+logger = logging.getLogger(__name__)
 
 # Longer usernames are counted by their first characters (none is that long).
 MAX_USERNAME_KEY_CHARS = 256
@@ -123,7 +127,10 @@ class TokenObtainPairView(views.TokenObtainPairView):
         username = _username(request)
         if response.status_code == 200 and username is not None:
             key = _known_network_key(username, client_network_key(request))
-            cache.set(key, 1, timeout=KNOWN_NETWORK_DAYS * 86400)
+            try:
+                cache.set(key, 1, timeout=KNOWN_NETWORK_DAYS * 86400)
+            except RedisError:  # Redis gone since the throttles: the login stands
+                logger.warning("could not remember a login's network: Redis unavailable")
         return response
 
 

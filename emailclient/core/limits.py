@@ -8,10 +8,13 @@ has one name, one default and one override:
     tenant_limit(tenant, "api_rate_limit_user")  # "600/m", or the tenant's own
 """
 
+import logging
 import re
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+
+logger = logging.getLogger(__name__)
 
 # Tenant field -> the setting holding its default.
 TENANT_LIMIT_SETTINGS = {
@@ -49,9 +52,15 @@ def validate_rate(value: str) -> None:
 
 def tenant_limit(tenant, name: str):
     """The value of limit `name` for `tenant`: the tenant's own if set, else
-    the setting's. `tenant` may be None (no tenant context): the setting's."""
+    the setting's. `tenant` may be None (no tenant context): the setting's.
+    A tenant's rate that is not one (saved before `10/0m` was refused, or
+    past the admin's validation) gives the setting's, with an error logged:
+    django-ratelimit would fail on it at every request of that tenant."""
     setting = TENANT_LIMIT_SETTINGS[name]
     own = getattr(tenant, name, None) if tenant is not None else None
     if own is None or own == "":
+        return getattr(settings, setting)
+    if "rate_limit" in name and not (isinstance(own, str) and _RATE.match(own)):
+        logger.error("tenant %s: %s=%r is not a rate; using %s", tenant.id, name, own, setting)
         return getattr(settings, setting)
     return own

@@ -100,3 +100,16 @@ def test_a_bad_rate_in_the_environment_refuses_to_start():
     assert (
         "ImproperlyConfigured: invalid rate settings: AUTH_RATE_LIMIT='10/0m' is not a rate" in result.stderr
     )
+
+
+@pytest.mark.django_db
+def test_a_stored_rate_that_is_not_one_falls_back_to_the_setting(client_a, tenant_a, settings, caplog):
+    """A `10/0m` saved before the pattern refused it made every request of
+    that tenant a 500 (django-ratelimit's ImproperlyConfigured)."""
+    settings.API_RATE_LIMIT_USER = "2/m"
+    Tenant.objects.filter(id=tenant_a.id).update(api_rate_limit_user="10/0m")
+
+    codes = [client_a.get("/api/accounts/").status_code for _ in range(3)]
+
+    assert codes == [200, 200, 429]
+    assert "api_rate_limit_user='10/0m' is not a rate; using API_RATE_LIMIT_USER" in caplog.text
