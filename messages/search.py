@@ -98,6 +98,10 @@ ORDERS = ("newest", "relevance")
 
 WORD = "word"
 PHRASE = "phrase"
+# The message list's `sender` filter, as a term (`with_sender`): the sender's
+# address or name contains the value, as `from:` does, but a whole address is
+# a substring too. Not an operator of the language.
+SENDER = "sender"
 OPERATORS = ("from", "to", "cc", "subject", "has", "is", "in", "before", "after", "account")
 
 _IS_VALUES = {"unread": "unread", "read": "read", "flagged": "flagged", "starred": "flagged"}
@@ -343,6 +347,7 @@ def _contains(value: str, *fields: str) -> Q:
 # A substring operator's fields, and the trigram vector its candidates are found by.
 _SUBSTRING_FIELDS = {
     "from": ("from_trigrams", ("from_address", "from_name")),
+    SENDER: ("from_trigrams", ("from_address", "from_name")),
     "to": ("to_trigrams", ("to_text",)),
     "cc": ("cc_trigrams", ("cc_text",)),
     "subject": ("subject_trigrams", ("subject",)),
@@ -354,7 +359,7 @@ def _trigram_candidates(term: Term) -> Q | None:
     trigram match first, which the field's GIN index serves under RLS."""
     if term.operator not in _SUBSTRING_FIELDS or not isinstance(term.value, str):
         return None
-    if term.operator != "subject" and _is_whole_address(term.value):
+    if term.operator in ("from", "to", "cc") and _is_whole_address(term.value):
         return None
     trigrams = substring_trigrams(term.value)
     if not trigrams:
@@ -382,7 +387,7 @@ def _operator_filter(term: Term) -> Q:
             return Q(from_key=Lower(Value(value)))
         case "to" | "cc" if _is_whole_address(value):
             return Q(**{f"{term.operator}_addresses__contains": JSONArray(Lower(Value(value)))})
-        case "from" | "to" | "cc" | "subject":
+        case "from" | "to" | "cc" | "subject" | "sender":
             return _contains(value, *_SUBSTRING_FIELDS[term.operator][1])
         case "has":
             return Q(has_attachments=True)
@@ -445,6 +450,17 @@ def positive_conditions(query: SearchQuery) -> list[Candidate]:
     if text is not None:
         conditions.append(Candidate(Q(search_vector=text)))
     return conditions
+
+
+def with_sender(query: SearchQuery | None, sender: str) -> SearchQuery:
+    """`query` (or no query) and the message list's `sender` filter: the
+    sender's address or name contains `sender`, case-insensitively. As a
+    term of the search it is compiled as `from:` is (the trigram match
+    fetches a rare value's candidates, ILIKE checks them), so that under
+    row-level security an index serves it: as `UPPER(from_address) LIKE ...`
+    on its own it read every message of the tenant (4.7 s at 100,000)."""
+    terms = query.terms if query is not None else ()
+    return SearchQuery(terms=(*terms, Term(SENDER, sender)))
 
 
 def _is_whole_address(value: object) -> bool:

@@ -28,7 +28,14 @@ from .downloads import (
 )
 from .models import Attachment, Folder, Message
 from .sanitize import sanitize_html_for_reading
-from .search import SearchOrder, SearchQuery, apply_search, positive_conditions, search_time_limit
+from .search import (
+    SearchOrder,
+    SearchQuery,
+    apply_search,
+    positive_conditions,
+    search_time_limit,
+    with_sender,
+)
 from .selectors import access_folder, folder_list
 from .serializers import (
     BulkDeleteSerializer,
@@ -122,7 +129,8 @@ class MessageViewSet(TenantAPIMixin, viewsets.GenericViewSet):
     refuses them for good they are undone and the undo is audited."""
 
     serializer_class = MessageListSerializer
-    throttle_scope, throttle_scope_param = "search", "q"  # a list with `q` is a search
+    # A list with `q` or `sender` (a substring) is a search.
+    throttle_scope, throttle_scope_param = "search", ("q", "sender")
 
     def get_queryset(self):
         return Message.objects.none()  # every action builds its own, from the selectors
@@ -144,11 +152,14 @@ class MessageViewSet(TenantAPIMixin, viewsets.GenericViewSet):
             **{k: v for k, v in data.items() if k in selectors.MessageFilters.__dataclass_fields__}
         )
         messages = selectors.message_list(tenant=self.tenant, membership=self.membership, filters=filters)
-        if data.get("q") is None:
+        query = data.get("q")
+        if data.get("sender"):  # a substring: searched as `from:` is, on its index
+            query = with_sender(query, data["sender"])
+        if query is None:
             return paginated_messages(self, messages, MessagePagination)
         with search_time_limit():
             messages, pagination = search_queryset_and_paginator(
-                messages, data["q"], data["order"], tenant=self.tenant
+                messages, query, data["order"], tenant=self.tenant
             )
             return paginated_messages(self, messages, pagination)
 

@@ -14,7 +14,8 @@ Every tenant request counts, in this order, against:
 1. the user's budget in the tenant (`api_rate_limit_user`);
 2. its view's scope, if it has one (`throttle_scope = "search"`:
    `api_rate_limit_search` per user; with `throttle_scope_param = "q"` only
-   requests carrying that query parameter are in the scope);
+   requests carrying that query parameter are in the scope, with a tuple of
+   names those carrying any of them);
 3. the tenant's budget, shared by its users (`api_rate_limit_tenant`).
 
 A request refused at one step counts against none of the later ones: a user
@@ -132,8 +133,9 @@ def api_throttle_check(*, request: Any, view: Any) -> None:
     if tenant is None or user is None or not user.is_authenticated:
         return
     scope = getattr(view, "throttle_scope", None)
-    param = getattr(view, "throttle_scope_param", None)
-    in_scope = scope is not None and (param is None or param in request.query_params)
+    param = getattr(view, "throttle_scope_param", None)  # a name, or a tuple of names: any of them
+    params = (param,) if isinstance(param, str) else param
+    in_scope = scope is not None and (params is None or any(p in request.query_params for p in params))
     tenant_user_throttle_check(
         request=request, tenant=tenant, user_id=user.pk, scope=scope if in_scope else None
     )

@@ -120,6 +120,11 @@ def test_messages_newest_first_with_preview_not_bodies(client_a, inbox_a, messag
         ({"has_attachments": "true"}, {"attached"}),
         ({"sender": "alice@"}, {"from-alice"}),
         ({"sender": "Alice"}, {"from-alice"}),
+        # A whole address is a substring too (unlike from:), in any case.
+        ({"sender": "ICE@example.ORG"}, {"from-alice"}),
+        ({"sender": "ce A"}, {"from-alice"}),
+        ({"sender": "al"}, {"from-alice"}),  # no trigram: checked row by row
+        ({"sender": "a%e"}, set()),  # LIKE's wildcards are plain characters
     ],
 )
 def test_message_filters(client_a, inbox_a, params, expected):
@@ -1033,3 +1038,13 @@ def test_a_member_without_accounts_searches_nothing_without_an_error(client_a, i
     response = client_a.get(path)
     assert response.status_code == 200, response.content
     assert response.json()["results"] == []
+
+
+def test_a_sender_filter_counts_as_a_search(client_a, account_a, settings):
+    """`sender` is a substring match, throttled as searches are."""
+    settings.API_RATE_LIMIT_SEARCH = "2/m"
+    assert client_a.get("/api/messages/", {"sender": "alice"}).status_code == 200
+    assert client_a.get("/api/messages/", {"q": "invoice"}).status_code == 200
+    response = client_a.get("/api/messages/", {"sender": "alice"})
+    assert response.status_code == 429 and int(response["Retry-After"]) > 0
+    assert client_a.get("/api/messages/").status_code == 200  # a list without either is not a search

@@ -886,6 +886,30 @@ def table_locked_by_owner():
         yield
 
 
+@pytest.mark.usefixtures("committed_db")
+def test_the_sender_filter_finds_its_candidates_through_an_index_under_rls(user_a, tenant_a, inbox_a):
+    """`/api/messages/?sender=` was `UPPER(from_address) LIKE ...`, which
+    under row-level security no index serves (not leakproof): 4.7 s over
+    100,000 messages, every row of the tenant filtered. Now, as `from:`, the
+    candidates are fetched by the trigram match, an index condition under
+    RLS (the runtime role here), and ILIKE checks them."""
+    mine = message(inbox_a, subject="from zzqx", from_address="zzqx@example.com")
+    Message.objects.using("admin").bulk_create(MessageFactory.build_batch(500, folder=inbox_a))
+    with connections["owner"].cursor() as cursor:  # (VACUUM: the GIN index's pending entries, merged)
+        cursor.execute("VACUUM ANALYZE email_messages")
+    client = bearer_client(user_a, tenant_a)
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get("/api/messages/", {"sender": "ZZQX"})
+    assert [m["id"] for m in response.json()["results"]] == [str(mine.id)]
+    fetches = [q["sql"] for q in queries.captured_queries if '"from_trigrams" @@' in q["sql"]]
+    assert fetches, [q["sql"] for q in queries.captured_queries]
+    assert not any("UPPER(" in q["sql"] for q in queries.captured_queries)
+    with tenant_scope(tenant_a.id), connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN {fetches[0]}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Bitmap Index Scan on gin_messages_from_trgm" in plan, plan
+
+
 def test_the_runtime_role_has_a_statement_timeout(db, settings):
     with connection.cursor() as cursor:
         cursor.execute("SELECT setting::int FROM pg_settings WHERE name = 'statement_timeout'")
@@ -894,7 +918,9 @@ def test_the_runtime_role_has_a_statement_timeout(db, settings):
 
 
 @pytest.mark.usefixtures("committed_db")
-@pytest.mark.parametrize("path", ["/api/sync/search?query=-invoice", "/api/messages/?q=-invoice"])
+@pytest.mark.parametrize(
+    "path", ["/api/sync/search?query=-invoice", "/api/messages/?q=-invoice", "/api/messages/?sender=in"]
+)
 def test_a_search_past_its_time_limit_is_a_400_that_says_how_to_narrow_it(
     settings, user_a, tenant_a, inbox_a, path
 ):
