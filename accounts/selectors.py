@@ -59,12 +59,12 @@ def account_for_sync(*, tenant_id: uuid.UUID, account_id: uuid.UUID) -> EmailAcc
             tenant_id=tenant_id, id=account_id, is_deleted=False
         )
         if not account.tenant.is_active:
-            raise AccountNotSyncable("Not synced: the tenant is deactivated.")
+            raise AccountNotSyncable("The tenant is deactivated: its accounts are not used.")
         member = TenantMembership.objects.filter(
             tenant_id=tenant_id, user_id=account.user_id, user__is_active=True
         ).exists()
     if not member:
         raise AccountNotSyncable(
-            "Not synced: the account's owner is no longer an active member of the tenant."
+            "The account's owner is no longer an active member of the tenant: it is not used."
         )
     return account

@@ -80,6 +80,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from imapclient.imapclient import datetime_to_INTERNALDATE
 
 from accounts.models import EmailAccount
+from accounts.selectors import AccountNotSyncable, account_for_sync
 from accounts.services import account_credentials
 from emailclient.core.models import Tenant
 from emailclient.core.retry import backoff_countdown
@@ -690,9 +691,11 @@ class _Sender:
 
     def __enter__(self) -> "_Sender":
         try:
-            with tenant_scope(self.tenant_id):
-                account = self.account = EmailAccount.objects.get(id=self.account_id)
+            # A deactivated tenant's or a removed member's credentials are not used.
+            account = self.account = account_for_sync(tenant_id=self.tenant_id, account_id=self.account_id)
             self.session = SmtpSession(smtp_config(account), account_credentials(account=account, smtp=True))
+        except AccountNotSyncable as exc:
+            self.setup_error = PermanentFailure(str(exc))
         except Exception as exc:  # no SMTP server any more, a key that does not decrypt...
             self.setup_error = exc
         return self

@@ -60,6 +60,7 @@ from accounts.models import EmailAccount
 from accounts.services import Credentials
 from mailboxes.imap.connection import ServerConfig, resolve, ssl_context
 from mailboxes.imap.errors import AddressNotAllowed, MailServerError
+from mailboxes.sync.config import allowed_ports
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +228,9 @@ def _connect(config: ServerConfig, credentials: Credentials | None) -> _Client:
     if config.encryption == "none" and not config.allow_plaintext:
         raise InsecureServer(f"{config.host}: unencrypted connections are not allowed (MAIL_ALLOW_PLAINTEXT)")
     try:
-        address = resolve(config.host, config.port, allow_private=config.allow_private)
+        address = resolve(
+            config.host, config.port, allow_private=config.allow_private, allowed_ports=config.allowed_ports
+        )
     except AddressNotAllowed as exc:
         raise PermanentFailure(str(exc)) from exc
     except MailServerError as exc:  # DNS failed: may come back
@@ -559,4 +562,5 @@ def smtp_config(account: EmailAccount) -> ServerConfig:
         connect_timeout=settings.SMTP_CONNECT_TIMEOUT,
         read_timeout=settings.SMTP_TIMEOUT,
         max_line=MAX_REPLY_LINE,
+        allowed_ports=allowed_ports(),
     )

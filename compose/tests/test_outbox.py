@@ -24,7 +24,7 @@ from compose.mime import (
 )
 from compose.models import Draft, SendQueueItem, Status
 from compose.outbox import draft_send_lock, outbox_dispatch_due, outbox_send, send_request
-from emailclient.core.models import AuditLog
+from emailclient.core.models import AuditLog, Tenant, TenantMembership
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.services import account_sync_run
 from messages.blobs import default_store
@@ -522,6 +522,40 @@ def test_a_deleted_account_fails_the_send(smtp_account, smtp_server):
         smtp_account.save(update_fields=["is_deleted"])
 
     assert send(draft) == Status.FAILED
+    assert smtp_server.deliveries == []
+
+
+@pytest.mark.django_db
+def test_a_deactivated_tenants_mail_is_not_sent(smtp_account, smtp_server):
+    draft = queue_message(smtp_account)
+    Tenant.objects.filter(id=draft.tenant_id).update(is_active=False)
+
+    assert send(draft) == Status.FAILED
+
+    _fresh, item = state(draft)
+    assert item.error == "The tenant is deactivated: its accounts are not used."
+    assert smtp_server.deliveries == []
+
+
+@pytest.mark.django_db
+def test_a_removed_members_mail_is_not_sent(smtp_account, smtp_server):
+    draft = queue_message(smtp_account)
+    with tenant_scope(draft.tenant_id):
+        TenantMembership.objects.filter(tenant_id=draft.tenant_id, user_id=smtp_account.user_id).delete()
+
+    assert send(draft) == Status.FAILED
+    assert smtp_server.deliveries == []
+
+
+@pytest.mark.django_db
+def test_an_smtp_port_that_is_not_a_mail_port_is_not_reached(smtp_account, smtp_server, settings):
+    settings.MAIL_ALLOWED_PORTS = [25, 465, 587]
+    draft = queue_message(smtp_account)
+
+    assert send(draft) == Status.FAILED
+
+    _fresh, item = state(draft)
+    assert f"port {smtp_server.port()}" in item.error
     assert smtp_server.deliveries == []
 
 
