@@ -102,14 +102,6 @@ def _username_total_rate() -> str:
     return settings.AUTH_USERNAME_TOTAL_RATE_LIMIT
 
 
-def _auth_rate() -> str:
-    return settings.AUTH_RATE_LIMIT
-
-
-def _username_rate() -> str:
-    return settings.AUTH_USERNAME_RATE_LIMIT
-
-
 def _refresh_rate() -> str:
     return settings.AUTH_REFRESH_RATE_LIMIT
 

@@ -149,7 +149,7 @@ def tenant_user_throttle_check(*, request: Any, tenant: Any, user_id: Any, scope
     request already counted as this user in this tenant is not again."""
     django_request = getattr(request, "_request", request)
     user_key = f"{tenant.id}:{user_id}"
-    counted = getattr(django_request, "_throttled_as", set())
+    counted: set[str] = getattr(django_request, "_throttled_as", set())
     if user_key in counted:
         return
     django_request._throttled_as = counted | {user_key}
