@@ -23,6 +23,7 @@ token, a session, an unknown or inactive user, no such tenant, no
 membership) goes the general road, which gives the answer.
 """
 
+import logging
 import re
 import uuid
 
@@ -34,7 +35,10 @@ from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from .authentication import REQUEST_ATTR, JWTAuthentication
 from .exceptions import error_response
 from .models import Tenant, TenantMembership
+from .rls import DatabaseNotSecured, database_secured_once
 from .tenancy import active_tenant_scope, tenant_scope
+
+logger = logging.getLogger(__name__)
 
 HEADER = "HTTP_X_TENANT_ID"
 PATH_TENANT = re.compile(r"^/api/v1/(?P<tenant>[^/]+)/email_client/")
@@ -121,6 +125,11 @@ class TenantMiddleware:
         ref = tenant_reference(request)
         if ref is None:
             return self.get_response(request)
+        try:
+            database_secured_once()  # a no-op once it has passed
+        except DatabaseNotSecured as exc:
+            logger.critical("refusing a tenant request: %s", exc)
+            return error_response(503, "database_not_secured", "The service is unavailable.")
         authentication = JWTAuthentication()
         token = authentication.validated_token(request) if is_reference(ref) else None
         if token is not None:

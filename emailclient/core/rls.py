@@ -116,3 +116,18 @@ def database_security_check(*, using: str = "default") -> None:
         problems = database_security_problems(cursor)
     if problems:
         raise DatabaseNotSecured("The database does not isolate tenants: " + "; ".join(problems))
+
+
+_secured = False  # this process has seen the database isolate tenants
+
+
+def database_secured_once() -> None:
+    """`database_security_check()` until it passes once in this process,
+    then nothing. A process that could not reach the database when it
+    started checks here, before its first tenant request, instead of
+    refusing to start: a database that is down for a moment must not stop
+    the web role, whose /health then says so."""
+    global _secured
+    if not _secured:
+        database_security_check()
+        _secured = True

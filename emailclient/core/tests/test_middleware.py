@@ -149,3 +149,28 @@ def test_a_malformed_authorization_header_is_a_401(tenant_a, user_a, header):
     client = Client(raise_request_exception=False)
     response = client.get("/api/accounts/", HTTP_X_TENANT_ID="tenant-a", HTTP_AUTHORIZATION=header)
     assert response.status_code == 401
+
+
+def test_a_process_that_has_not_seen_the_database_secured_refuses_tenant_requests(
+    committed_db, tenant_a, user_a, monkeypatch
+):
+    """A web worker that could not reach the database at start-up checks it
+    before its first tenant request: a table without forced RLS is a 503."""
+    from django.db import connections
+
+    from emailclient.core import rls
+
+    monkeypatch.setattr(rls, "_secured", False)
+    client = bearer_client(user_a, tenant_a)
+    with connections["owner"].cursor() as cursor:
+        cursor.execute('ALTER TABLE "email_accounts" NO FORCE ROW LEVEL SECURITY')
+    try:
+        refused = client.get("/api/accounts/")
+    finally:
+        with connections["owner"].cursor() as cursor:
+            cursor.execute('ALTER TABLE "email_accounts" FORCE ROW LEVEL SECURITY')
+    served = client.get("/api/accounts/")
+
+    assert (refused.status_code, refused.json()["error"]["code"]) == (503, "database_not_secured")
+    assert served.status_code == 200
+    assert rls._secured is True
