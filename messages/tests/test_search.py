@@ -3,7 +3,7 @@ import datetime
 import uuid
 
 import pytest
-from django.db import DataError, connection, connections, transaction
+from django.db import DataError, OperationalError, connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from accounts.tests.factories import EmailAccountFactory
@@ -966,3 +966,60 @@ def test_a_huge_subject_is_stored_and_found_by_its_beginning(db, tenant_a, inbox
     message(inbox, subject=subject)
     message(inbox, subject="Something else")
     assert found(tenant_a, f"subject:{subject[100:140]}") == [subject]
+
+
+# Letters of two bytes in UTF-8 (Greek, Cyrillic, Armenian, Hebrew, Arabic...).
+_TWO_BYTE_LETTERS = [chr(c) for c in range(0x370, 0x800) if chr(c).isalpha()]
+
+
+@pytest.mark.parametrize("field", ["to", "cc"])
+def test_a_long_recipient_list_is_stored_by_the_sync(db, settings, tenant_a, inbox, field):
+    """300 recipients, each named by 498 non-ASCII letters drawn at random
+    (nearly every trigram distinct), 15 to a header (the parser reads 20
+    headers of 16 KB of a name: the most it takes): 306 KB of header, over
+    the default MAIL_MAX_HEADER_BYTES (256 KB, where 240 such names make
+    954 KB of trigrams, just under the limit) but within a raised one. The trigrams of
+    the whole list would be over a tsvector's 1 MB ("string is too long for
+    tsvector", failing the sync's whole batch); the recipients' trigram
+    vectors hold their first 10,000 characters, so the row is stored
+    through the sync's COPY."""
+    import random
+
+    from mailboxes.imap.responses import FetchedMessage
+    from mailboxes.sync.storage import copy_rows, message_row
+    from messages.parsing import parse_limits, parse_message
+
+    settings.MAIL_MAX_HEADER_BYTES = 512 * 1024
+    rng = random.Random(14)
+    recipients = [
+        f'"{"".join(rng.choices(_TWO_BYTE_LETTERS, k=498))}" <r{n}@example.com>' for n in range(300)
+    ]
+    header_name = field.capitalize()
+    lines = [
+        f"{header_name}: " + ",\r\n ".join(recipients[i : i + 15]) for i in range(0, len(recipients), 15)
+    ]
+    raw = "\r\n".join(
+        [
+            "From: a@example.com",
+            *lines,
+            "Subject: many recipients",
+            "Message-ID: <many@example.com>",
+            "",
+            "hi",
+            "",
+        ]
+    ).encode()
+    parsed = parse_message(raw, parse_limits())
+    assert len(getattr(parsed, field)) == 300
+    item = FetchedMessage(uid=1, flags=(), internal_date=None, size=len(raw), modseq=None)
+    row = message_row(tenant_a.id, inbox.account_id, inbox, item, parsed, "k" * 64, size=len(raw))
+    with transaction.atomic(), tenant_scope(tenant_a.id):
+        copy_rows(Message, [row])
+    with tenant_scope(tenant_a.id), connection.cursor() as cursor:
+        stored = Message.objects.for_tenant(tenant_a).get(id=row.id)
+        assert len(getattr(stored, field)) == 300
+        # Unbounded, the vector would not fit:
+        unbounded = f"SELECT array_to_tsvector(show_trgm({field}_text)) FROM email_messages WHERE id = %s"  # noqa: S608
+        with pytest.raises(OperationalError, match="string is too long for tsvector"), transaction.atomic():
+            cursor.execute(unbounded, [row.id])
+    assert found(tenant_a, f"{field}:r0@example.com") == ["many recipients"]
