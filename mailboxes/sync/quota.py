@@ -3,7 +3,9 @@
 is counted).
 
 The tenant's use is counted once when the sync starts (its messages and the
-sum of their raw sizes), then grows with what this sync stores. Batches are
+sum of their raw sizes, quarantined messages included: a quarantined message
+keeps its raw source, and one whose source was not fetched counts as a
+message of no bytes), then grows with what this sync stores. Batches are
 cut to what fits; once nothing more fits the sync stores no new mail (flag
 changes and expunges still go on, and nothing stored is ever removed to make
 room) and leaves the folder's cursor before the first message it did not
@@ -14,13 +16,13 @@ stores in one run's batches: a soft quota, exact to a batch per sync."""
 import uuid
 from collections.abc import Sequence
 
-from django.db.models import Count, Sum
+from django.db.models import Count, Q, Sum
 
 from emailclient.core.limits import tenant_limit
 from emailclient.core.models import Tenant
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.imap import FetchedMessage
-from messages.models import Message
+from messages.models import Message, QuarantinedMessage
 
 
 class StorageQuota:
@@ -37,7 +39,13 @@ class StorageQuota:
             usage = Message.objects.filter(tenant_id=self.tenant_id).aggregate(
                 n=Count("id"), size=Sum("size_bytes")
             )
-        self.messages, self.bytes = usage["n"], usage["size"] or 0
+            # Quarantined mail counts too: its raw source is kept (up to
+            # MAIL_MAX_MESSAGE_BYTES each), and anyone may send it.
+            held = QuarantinedMessage.objects.filter(tenant_id=self.tenant_id).aggregate(
+                n=Count("id"), size=Sum("size_bytes", filter=~Q(raw_blob_key=""))
+            )
+        self.messages = usage["n"] + held["n"]
+        self.bytes = (usage["size"] or 0) + (held["size"] or 0)
 
     def fit(self, metas: Sequence[FetchedMessage]) -> list[FetchedMessage]:
         """The first of `metas` that fit in the quota, counted as stored. When

@@ -6,6 +6,7 @@ and PostgreSQL; the slow server is a tarpit (mailboxes/tests/tarpit.py)."""
 import json
 import time
 import uuid
+from email.message import EmailMessage
 
 import pytest
 import redis
@@ -19,7 +20,7 @@ from mailboxes.sync_slots import SlotRequest, slots_acquire, slots_held, slots_i
 from mailboxes.tasks import slot_request, sync_account_task, write_back_task
 from mailboxes.tests.tarpit import Tarpit
 from mailboxes.tests.test_imap_sync import seed
-from messages.models import Message, MessageChange
+from messages.models import Message, MessageChange, QuarantinedMessage
 from messages.tests.corpus import corpus_files
 
 
@@ -286,6 +287,46 @@ def test_over_the_byte_quota_the_sync_stops_before_the_message_that_does_not_fit
     assert run_task(imap_account)["result"] == "over_quota"
     assert stored(imap_account) == 2
     assert "max_stored_bytes" in sync_status.sync_status_get(imap_account.id)["detail"]
+
+
+def _many_parts(parts: int) -> bytes:
+    """A message of `parts` attachments of 4 KB each: quarantined, raw kept,
+    once MAIL_MAX_PARTS is below its part count."""
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "a@example.com", "b@example.com", "parts"
+    message.set_content("body")
+    for i in range(parts):
+        message.add_attachment(b"x" * 4096, maintype="application", subtype="octet-stream", filename=f"{i}")
+    return message.as_bytes()
+
+
+def _plain() -> bytes:
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "a@example.com", "b@example.com", "plain"
+    message.set_content("a normal message")
+    return message.as_bytes()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("limit", ["max_messages", "max_stored_bytes"])
+def test_quarantined_mail_counts_towards_the_quota(imap_account, mailbox, settings, limit):
+    # An outside sender's mail that is quarantined keeps its raw blob: it must
+    # not grow the tenant's storage past its quota.
+    settings.MAIL_MAX_PARTS = 3
+    bad = _many_parts(5)
+    mailbox.append("INBOX", bad)
+    assert run_task(imap_account)["result"] == "ok"
+    with tenant_scope(imap_account.tenant_id):
+        (kept,) = QuarantinedMessage.objects.filter(account=imap_account)
+    assert kept.raw_blob_key and kept.size_bytes >= len(bad)
+    assert stored(imap_account) == 0
+    quota = 1 if limit == "max_messages" else kept.size_bytes + 100
+    Tenant.objects.filter(id=imap_account.tenant_id).update(**{limit: quota})
+    mailbox.append("INBOX", _plain())  # ~250 bytes: fits 100 only if the quarantined blob is not counted
+
+    assert run_task(imap_account)["result"] == "over_quota"
+    assert stored(imap_account) == 0
+    assert limit in sync_status.sync_status_get(imap_account.id)["detail"]
 
 
 @pytest.mark.django_db
