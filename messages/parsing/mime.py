@@ -14,7 +14,7 @@ from .limits import Limits, MessageRejected
 _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+:")
 # The FeedParser's chunk, as `email.parser.Parser` feeds it.
 _FEED_CHUNK = 8192
-# Places where a part's boundary is found but does not make a boundary line
+# Lines where a part's boundary is found but does not make a boundary line
 # (mid-line, or followed by other text), each a turn of a Python loop, and
 # met again at every level it is nested in. Real mail has a few (an outer
 # boundary that is a prefix of an inner one); 100,000 cost ~50 ms.
@@ -177,7 +177,12 @@ def _boundary_lines(
         budget.misses += 1
         if budget.misses > MAX_BOUNDARY_MISSES:
             raise MessageRejected(f"more than {MAX_BOUNDARY_MISSES} lines that look like MIME boundaries")
-        position = found + 1
+        # No boundary line starts before the next line: one miss a line at
+        # most, however often a short boundary recurs inside it.
+        newline = text.find("\n", found, end)
+        if newline < 0:
+            break
+        position = newline + 1
     return marks
 
 
