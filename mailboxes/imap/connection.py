@@ -4,7 +4,9 @@ whose reads are bounded.
 * the host name is resolved once; loopback, private, link-local, reserved and
   cloud-metadata addresses are refused unless `allow_private` (local and test
   settings) and the connection goes to that one address (no DNS rebinding
-  between check and connect);
+  between check and connect); an IPv6 address that carries an IPv4 one
+  (mapped, 6to4, NAT64 64:ff9b::/96) is judged by that IPv4 address too,
+  NAT64's by it alone, and local-use NAT64 (64:ff9b:1::/48) is refused;
 * TLS and STARTTLS verify the certificate and the host name (against the
   name the user gave, not the address);
 * every socket has a timeout per read, and a connection a total deadline
@@ -39,9 +41,15 @@ logger = logging.getLogger(__name__)
 
 # Not "private" by ipaddress's reckoning but never a mail server we may reach.
 _EXTRA_BLOCKED = [ipaddress.ip_network("100.64.0.0/10"), ipaddress.ip_network("fd00:ec2::/32")]
-# IPv6 prefixes that carry an IPv4 address in their low 32 bits, which a
-# relay or translator on the way may deliver to: judged by that address.
-_EMBEDS_IPV4_LOW = [ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48")]
+# NAT64 (RFC 6052's well-known prefix): a translator delivers to the IPv4
+# address in the low 32 bits, so that address is judged, alone (the prefix
+# lies inside ::/8, which ipaddress calls reserved: 8.8.8.8 behind it is as
+# public as 8.8.8.8).
+_NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
+# RFC 8215's local-use NAT64 prefix: a network picks its own prefix length
+# inside it (/48 to /96), so where the IPv4 address sits is only known there;
+# refused, as any address that only means something inside one network.
+_NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
 
 
 def address_allowed(address: str) -> bool:
@@ -52,14 +60,13 @@ def address_allowed(address: str) -> bool:
             # site, often with a private IPv4 address in its low bits.
             return False
         if ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        elif ip.sixtofour:
+            return address_allowed(str(ip.ipv4_mapped))
+        if ip in _NAT64_WELL_KNOWN:
+            return address_allowed(str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)))
+        if ip in _NAT64_LOCAL_USE:
+            return False
+        if ip.sixtofour and not address_allowed(str(ip.sixtofour)):
             # 6to4 (2002::/16): a relay delivers to the IPv4 address in bits 16-48.
-            if not address_allowed(str(ip.sixtofour)):
-                return False
-        elif any(ip in network for network in _EMBEDS_IPV4_LOW) and not address_allowed(
-            str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-        ):
             return False
     blocked = (
         ip.is_private

@@ -49,9 +49,22 @@ from mailboxes.tests.tarpit import Tarpit
         ("fec0::1", False),
         ("fec0::c0a8:101", False),  # with 192.168.1.1 in its low bits
         ("fec0::5db8:d822", False),
-        # NAT64 with a private address inside.
-        ("64:ff9b::a00:1", False),
+        # NAT64, well-known prefix 64:ff9b::/96 (RFC 6052): judged by the IPv4
+        # address in its low 32 bits, not by the prefix (inside ::/8, reserved).
+        ("64:ff9b::a00:1", False),  # 10.0.0.1
+        ("64:ff9b::7f00:1", False),  # 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", False),  # 169.254.169.254
+        ("64:ff9b::6440:1", False),  # 100.64.0.1
+        ("64:ff9b::808:808", True),  # 8.8.8.8
+        ("64:ff9b::5db8:d822", True),  # 93.184.216.34
+        ("64:ff9b:0:0:1::5db8:d822", False),  # outside the /96: not NAT64, reserved
+        # Local-use NAT64 (64:ff9b:1::/48, RFC 8215): where its IPv4 sits depends
+        # on a prefix length only the local network knows: refused.
         ("64:ff9b:1::a00:1", False),
+        ("64:ff9b:1::808:808", False),
+        ("64:ff9b:1:808:800::", False),  # 8.8.8.8 at a /64's offset
+        # IPv4-compatible (::/96, deprecated): reserved.
+        ("::808:808", False),
     ],
 )
 def test_address_policy(address, allowed):
