@@ -66,6 +66,10 @@ narrow anything down). Every user value reaches
 PostgreSQL as a query parameter; no SQL is assembled from user text and no
 ``raw`` tsquery is built from it.
 
+The message list's ``sender`` filter is such a substring term too
+(`with_sender`; a whole address is a substring there), so it is served the
+same way and runs under the search's time limit.
+
 `apply_search()` filters on the query only: it does not hide deleted
 messages, nor scope to a tenant, user or account. The caller passes a
 queryset already limited to what the user may see (``for_tenant`` and
