@@ -364,22 +364,33 @@ class _Engine:
                     f"a sync worker died {group.losses} times with this message in flight (out of memory?)"
                 )
                 batch.quarantine(self, folder, meta, None, f"{reason}; not fetched again")
+            # Not marked again by this run: a failed commit leaves the count.
             mark = Mark(self.in_flight.key(folder), tuple(group.uids))
-            self.pipeline.submit(partial(self.commit_marked, batch, mark), size=batch.size)
+            self.pipeline.submit(partial(self.commit_marked, batch, mark, counted=False), size=batch.size)
         else:
             with self.in_flight.started(folder, group) as mark:
                 batch = self.prepare_batch(session, folder, group.metas, rematch)
-                self.pipeline.submit(partial(self.commit_marked, batch, mark), size=batch.size)
+            # From here the job owns the marks: it clears them once committed
+            # and takes them back if its commit fails or never runs.
+            self.pipeline.submit(
+                partial(self.commit_marked, batch, mark),
+                size=batch.size,
+                skipped=partial(self.in_flight.undo, mark),
+            )
         if group.single:
             self.pipeline.wait()
 
-    def commit_marked(self, batch: "_Batch", mark: Mark) -> None:
-        """`commit_batch`, then its UIDs are no longer in flight (after an
-        error too: only a dead worker leaves them marked)."""
+    def commit_marked(self, batch: "_Batch", mark: Mark, *, counted: bool = True) -> None:
+        """`commit_batch`, then its UIDs are no longer in flight. A failed
+        commit takes back this run's marks (undone, not cleared: a count
+        left by a dead worker stays), since only a dead worker may leave them."""
         try:
             self.commit_batch(batch)
-        finally:
-            self.in_flight.clear(mark)
+        except BaseException:
+            if counted:
+                self.in_flight.undo(mark)
+            raise
+        self.in_flight.clear(mark)
 
     def prepare_batch(
         self,

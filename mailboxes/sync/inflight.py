@@ -10,9 +10,11 @@ exception is quarantined by the engine and does not.
 
 So before a batch's bodies are fetched its UIDs are marked in flight (one
 counter per UID in a Redis hash per folder and UIDVALIDITY) and the marks are
-cleared once the batch is committed, or when it fails with an exception (a
-lost connection is not the message's fault). A mark still there when the
-folder is synced again was in flight when a worker died:
+cleared once the batch is committed, and taken back (one count less) when
+its fetch, parse or commit fails with an exception or its commit is skipped
+after another one failed (a lost connection, a full disk, are not the
+message's fault). A mark still there when the folder is synced again was in
+flight when a worker died:
 
 - such UIDs (`suspects`) are fetched, parsed and committed one at a time,
   each committed before the next is fetched, so that only the message that

@@ -71,6 +71,20 @@ class _BlobWriter:
             self.executor.shutdown(wait=True)
 
 
+_Job = tuple[Callable[[], None], int, Callable[[], None] | None]
+
+
+def _skip(skipped: Callable[[], None] | None) -> None:
+    """A job's `skipped`; its own failure is logged, not raised over the
+    error that made the job be skipped."""
+    if skipped is None:
+        return
+    try:
+        skipped()
+    except Exception:
+        logger.exception("sync: cleanup of a skipped commit failed")
+
+
 class _Pipeline:
     """Runs commit jobs in order on a writer thread with its own database
     connection, so that PostgreSQL works on batch N while this thread fetches
@@ -81,7 +95,10 @@ class _Pipeline:
 
     Without `threaded` (inside an outer transaction, as in tests that roll
     back) jobs run inline. Leaving the block waits for every job; the first
-    job error is raised then, or by the next `submit`."""
+    job error is raised then, or by the next `submit`. After an error no job
+    runs: each job not run has its `skipped` called instead (on the writer
+    thread, or in `submit` when it refuses the job), so what a job would
+    have released (its UIDs' in-flight marks) is released all the same."""
 
     def __init__(self, *, threaded: bool, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.threaded = threaded
@@ -91,17 +108,19 @@ class _Pipeline:
         self.jobs_pending = 0
         self.done = threading.Condition()
         if threaded:
-            self.jobs: queue.Queue[tuple[Callable[[], None], int] | None] = queue.Queue(maxsize=2)
+            self.jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=2)
             self.thread = threading.Thread(target=self._work, name="sync-writer", daemon=True)
             self.thread.start()
 
     def _work(self) -> None:
         try:
             while (item := self.jobs.get()) is not None:
-                job, size = item
+                job, size, skipped = item
                 try:
                     if self.error is None:
                         job()
+                    else:
+                        _skip(skipped)
                 except BaseException as exc:
                     self.error = exc
                 finally:
@@ -112,18 +131,36 @@ class _Pipeline:
         finally:
             connection.close()
 
-    def submit(self, job: Callable[[], None], size: int = 0) -> None:
+    def submit(
+        self, job: Callable[[], None], size: int = 0, skipped: Callable[[], None] | None = None
+    ) -> None:
+        """Queue `job`; `skipped` runs instead if it never will (an earlier
+        job failed, or this call is interrupted before the job is queued).
+        Inline, `job` runs here and handles its own failure."""
         if self.error is not None:
+            _skip(skipped)
             raise self.error
         if not self.threaded:
             job()
             return
-        with self.done:
-            while self.in_flight and self.in_flight + size > self.max_bytes and self.error is None:
-                self.done.wait()
-            self.in_flight += size
-            self.jobs_pending += 1
-        self.jobs.put((job, size))
+        counted = False
+        try:
+            with self.done:
+                while self.in_flight and self.in_flight + size > self.max_bytes and self.error is None:
+                    self.done.wait()
+                self.in_flight += size
+                self.jobs_pending += 1
+                counted = True
+            self.jobs.put((job, size, skipped))
+        except BaseException:
+            # Interrupted (a soft time limit) before the job was queued.
+            if counted:
+                with self.done:
+                    self.in_flight -= size
+                    self.jobs_pending -= 1
+                    self.done.notify_all()
+            _skip(skipped)
+            raise
 
     def wait(self) -> None:
         """Returns once every job submitted so far is done; raises the first
