@@ -85,17 +85,63 @@ def port_allowed(port: int, allowed_ports: frozenset[int] | None) -> bool:
     return allowed_ports is None or port in allowed_ports
 
 
-def resolve(host: str, port: int, *, allow_private: bool, allowed_ports: frozenset[int] | None = None) -> str:
-    """One address for `host`, checked against the policy. The errors name
-    the host, never the address it resolved to (they reach the account's
-    `last_sync_error`: an internal address is not the user's to learn);
-    the log has it."""
+_SockAddr = tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes]
+_AddrInfo = list[tuple[socket.AddressFamily, socket.SocketKind, int, str, _SockAddr]]
+
+
+def _getaddrinfo(host: str, port: int, timeout: float | None, deadline: "Deadline | None") -> _AddrInfo:
+    """`socket.getaddrinfo`, given up after `timeout` seconds or at
+    `deadline` (DeadlineExceeded): getaddrinfo itself cannot be given a
+    timeout, and a slow DNS server would hold the worker outside every
+    deadline. It runs on a daemon thread, which a DNS server that never
+    answers leaves waiting until the system resolver gives up (its own
+    timeout and attempts, resolv.conf); nothing waits for it."""
+    if timeout is None and deadline is None:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    outcome: list[_AddrInfo | BaseException] = []
+
+    def lookup() -> None:
+        try:
+            outcome.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the caller below
+            outcome.append(exc)
+
+    wait = timeout if timeout is not None else float("inf")
+    if deadline is not None:
+        wait = min(wait, deadline.remaining())
+    thread = threading.Thread(target=lookup, name=f"resolve {host}", daemon=True)
+    thread.start()
+    thread.join(wait)
+    if not outcome:
+        if deadline is not None:
+            deadline.remaining()  # past it: DeadlineExceeded
+        raise MailServerError(f"cannot resolve {host}: no answer within {wait:g} s")
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def resolve(
+    host: str,
+    port: int,
+    *,
+    allow_private: bool,
+    allowed_ports: frozenset[int] | None = None,
+    timeout: float | None = None,
+    deadline: "Deadline | None" = None,
+) -> str:
+    """One address for `host`, checked against the policy, looked up within
+    `timeout` seconds and `deadline` (when given). The errors name the host,
+    never the address it resolved to (they reach the account's
+    `last_sync_error`: an internal address is not the user's to learn); the
+    log has it."""
     if not port_allowed(port, allowed_ports):
         raise AddressNotAllowed(
             f"port {port} is not a mail port this service connects to (MAIL_ALLOWED_PORTS)"
         )
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _getaddrinfo(host, port, timeout, deadline)
     except (socket.gaierror, UnicodeError) as exc:
         raise MailServerError(f"cannot resolve {host}: {exc}") from exc
     addresses: list[str] = []

@@ -125,14 +125,7 @@ class ImapSession:
 
     def __init__(self, config: ServerConfig, username: str, password: str):
         self.config = config
-        address = resolve(
-            config.host, config.port, allow_private=config.allow_private, allowed_ports=config.allowed_ports
-        )
-        if config.encryption == "none" and not config.allow_plaintext:
-            raise InsecureServer(
-                f"{config.host}: unencrypted connections are not allowed (MAIL_ALLOW_PLAINTEXT)"
-            )
-        context = ssl_context(config)
+        # The deadlines first: looking the host up is part of connecting.
         session_deadline = None
         if config.session_deadline is not None:
             session_deadline = Deadline(
@@ -149,6 +142,19 @@ class ImapSession:
                 f"{config.host} did not let us connect and log in within {config.connect_deadline:g} s "
                 "(MAIL_CONNECTION_DEADLINE)",
             )
+        address = resolve(
+            config.host,
+            config.port,
+            allow_private=config.allow_private,
+            allowed_ports=config.allowed_ports,
+            timeout=config.connect_timeout,
+            deadline=connect_deadline,
+        )
+        if config.encryption == "none" and not config.allow_plaintext:
+            raise InsecureServer(
+                f"{config.host}: unencrypted connections are not allowed (MAIL_ALLOW_PLAINTEXT)"
+            )
+        context = ssl_context(config)
         try:
             self.client = _Client(config, address, context, connect_deadline)
             if config.encryption == "starttls":

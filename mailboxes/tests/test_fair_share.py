@@ -4,6 +4,7 @@ stopped for a deactivated tenant or a removed member. Real Redis, Dovecot
 and PostgreSQL; the slow server is a tarpit (mailboxes/tests/tarpit.py)."""
 
 import json
+import socket
 import time
 import uuid
 from email.message import EmailMessage
@@ -170,6 +171,31 @@ def test_a_trickled_greeting_fails_at_the_connection_deadline(mail_settings, ten
         tarpit.close()
     assert result["result"] == "failed"
     assert "MAIL_CONNECTION_DEADLINE" in reload(account).last_sync_error
+
+
+@pytest.mark.django_db
+def test_a_slow_dns_server_fails_at_the_connection_deadline(
+    mail_settings, tenant_a, user_a, settings, monkeypatch
+):
+    # getaddrinfo takes no timeout; a slow DNS server (simulated: the
+    # resolver sleeps) must not hold the worker past MAIL_CONNECTION_DEADLINE.
+    settings.MAIL_CONNECTION_DEADLINE = 1.0
+    resolve = socket.getaddrinfo
+
+    def slow_dns(host, *args, **kwargs):
+        if host == "slow-dns.example.com":
+            time.sleep(4)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_dns)
+    account = EmailAccountFactory(tenant=tenant_a, user=user_a, hostname="slow-dns.example.com", port=993)
+    started = time.monotonic()
+    result = run_task(account)
+    assert time.monotonic() - started < 2.5
+    assert result["result"] == "failed"
+    error = reload(account).last_sync_error
+    assert "MAIL_CONNECTION_DEADLINE" in error and "slow-dns.example.com" in error
 
 
 @pytest.mark.django_db
