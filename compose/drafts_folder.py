@@ -22,6 +22,11 @@ The draft row can change while we talk to the server (an edit, a send): a
 round that finds the row moved on is followed by another, so a copy
 appended just as the draft was sent is removed again.
 
+Nothing is done with the account of a deactivated tenant, or of an owner
+removed from the tenant or deactivated (`account_for_sync`, as the sync and
+the outbox check): the draft's `server_error` says why, and the next edit
+after the tenant or the member is back saves the copy.
+
 IMAP writes happen under the account's sync lock (`account_sync_lock`), as
 the write-back's do: `SyncAlreadyRunning` propagates and the task retries.
 Server errors are recorded in `server_error` (the API item works without a
@@ -39,6 +44,7 @@ from django.utils import timezone
 from imapclient.exceptions import IMAPClientError
 
 from accounts.models import EmailAccount
+from accounts.selectors import AccountNotSyncable, account_for_sync
 from accounts.services import account_credentials
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.imap import ImapSession, MailServerError
@@ -68,6 +74,7 @@ KEPT = "kept"  # a send is under way: left as it is
 REMOVED = "removed"  # no copy on the server (sent)
 DELETED = "deleted"  # no copy, and the row is gone
 NO_FOLDER = "no_folder"
+REFUSED = "refused"  # the account may not be used (tenant deactivated, owner removed)
 
 
 # --- IMAP helpers (shared with the outbox's Sent copy) ------------------------------
@@ -170,6 +177,14 @@ def draft_copy_sync(*, tenant_id: uuid.UUID, draft_id: uuid.UUID) -> str:
         return KEPT
     if account.protocol != "imap" or account.is_deleted:
         return _no_server(draft, wanted, "The account has no Drafts folder on its server (POP3).")
+    try:
+        # A deactivated tenant's or a removed member's credentials are not used.
+        account = account_for_sync(tenant_id=tenant_id, account_id=account.id)
+    except EmailAccount.DoesNotExist:  # deleted since the draft was read
+        return _no_server(draft, wanted, "The account has no Drafts folder on its server (deleted).")
+    except AccountNotSyncable as exc:
+        _server_fields(draft, server_error=f"The Drafts copy could not be saved: {exc}")
+        return REFUSED
     with tenant_scope(tenant_id):
         folder = Folder.objects.filter(account=account, type=FolderType.DRAFTS).order_by("name").first()
     if folder is None and (wanted.keep or draft.server_folder is None):

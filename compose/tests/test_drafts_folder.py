@@ -6,11 +6,13 @@ import email
 import email.policy
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connections
 
 from compose import drafts_folder
 from compose.drafts_folder import draft_copy_sync, draft_message_id
 from compose.models import Draft, DraftAttachment, Status
+from emailclient.core.models import Tenant, TenantMembership
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.imap import MailServerError
 from mailboxes.services import account_sync_run
@@ -263,3 +265,37 @@ def test_the_task_retries_while_a_sync_runs_then_gives_up(synced_account, monkey
     assert save_draft_copy_task.apply(
         kwargs={"tenant_id": str(draft.tenant_id), "draft_id": str(draft.id)}
     ).get() == {"result": "saved"}
+
+
+def _deactivate_tenant(account) -> str:
+    Tenant.objects.filter(id=account.tenant_id).update(is_active=False)
+    return "tenant is deactivated"
+
+
+def _remove_member(account) -> str:
+    with tenant_scope(account.tenant_id):
+        TenantMembership.objects.filter(tenant_id=account.tenant_id, user_id=account.user_id).delete()
+    return "no longer an active member"
+
+
+def _deactivate_owner(account) -> str:
+    get_user_model().objects.filter(id=account.user_id).update(is_active=False)
+    return "no longer an active member"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("cut_off", [_deactivate_tenant, _remove_member, _deactivate_owner])
+def test_no_login_for_a_deactivated_tenant_or_a_removed_owner(synced_account, mailbox, cut_off):
+    from compose.tasks import save_draft_copy_task
+
+    draft = make_draft(synced_account)
+    reason = cut_off(synced_account)
+
+    result = save_draft_copy_task.apply(
+        kwargs={"tenant_id": str(draft.tenant_id), "draft_id": str(draft.id)}
+    ).get()
+
+    assert result == {"result": "refused"}
+    assert drafts_on_server(mailbox) == {}  # the stored credentials were not used
+    error = reload(draft).server_error
+    assert error.startswith("The Drafts copy could not be saved") and reason in error
