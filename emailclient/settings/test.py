@@ -20,6 +20,7 @@ os.environ["DATABASE_URL"] = f"postgres://emailclient_app@{_PG}/{_DB}"
 os.environ["DATABASE_OWNER_URL"] = f"postgres://emailclient_owner@{_PG}/{_DB}"
 os.environ["DATABASE_ADMIN_URL"] = f"postgres://emailclient_admin@{_PG}/{_DB}"
 os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+os.environ["HTML_CACHE_URL"] = os.environ["REDIS_URL"]
 
 from .base import *  # noqa: E402, F403
 from .base import BASE_DIR  # noqa: E402
@@ -27,6 +28,7 @@ from .base import BASE_DIR  # noqa: E402
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CACHES["default"]["KEY_PREFIX"] = "emailclient-test"  # noqa: F405
+CACHES["html"]["KEY_PREFIX"] = "emailclient-test"  # noqa: F405
 BLOB_STORAGE_DIR = BASE_DIR / "var" / "test-blobs"
 CELERY_TASK_ALWAYS_EAGER = False
 LOGGING = {"version": 1, "disable_existing_loggers": False}

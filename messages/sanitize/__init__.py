@@ -68,11 +68,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
+import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from html import escape
 
 import nh3
+from redis.exceptions import RedisError
 
 from .css import CSS_PROPERTIES, MAX_STYLE_LENGTH
 from .policy import (
@@ -151,9 +155,14 @@ def sanitize_html(
 
 # Bumped when the policy changes, so that no fragment cleaned by an older one is served.
 SANITIZER_VERSION = 1
-# Served fragments live this long in the cache (the stored body never changes
-# but by a re-parse, which changes the key).
-CACHE_SECONDS = 24 * 3600
+# The cache alias of sanitised fragments (settings.CACHES["html"], HTML_CACHE_URL).
+CACHE_ALIAS = "html"
+# Where the prefix's placeholders end: "/cid/<prefix>/1/" is not the start of
+# "/cid/<prefix>/10/".
+_PLACEHOLDER_END = "/"
+# A Redis that cannot be reached is said once a minute, not once a request.
+CACHE_DOWN_LOG_INTERVAL = 60.0
+_cache_down = {"logged_at": float("-inf")}
 
 
 def _placeholder_prefix() -> str:
@@ -173,6 +182,40 @@ def truncation_notice(*, shown: int, total: int) -> str:
     )
 
 
+def _cache_unavailable(exc: BaseException) -> None:
+    now = time.monotonic()
+    if now - _cache_down["logged_at"] >= CACHE_DOWN_LOG_INTERVAL:
+        _cache_down["logged_at"] = now
+        logger.warning("sanitised HTML cache unavailable (%s); sanitising uncached", type(exc).__name__)
+
+
+def _cache_get(key: str) -> tuple[str, int] | None:
+    """The cached fragment and its count of blocked images; None when there
+    is none, or the cache cannot be read (then said in the log)."""
+    from django.core.cache import caches
+
+    try:
+        value = caches[CACHE_ALIAS].get(key)
+    except (RedisError, OSError) as exc:
+        _cache_unavailable(exc)
+        return None
+    if not isinstance(value, bytes):
+        return None
+    blocked, _, fragment = zlib.decompress(value).decode("utf-8", "surrogatepass").partition("\n")
+    return fragment, int(blocked)
+
+
+def _cache_set(key: str, fragment: str, blocked: int) -> None:
+    from django.conf import settings
+    from django.core.cache import caches
+
+    value = zlib.compress(f"{blocked}\n{fragment}".encode("utf-8", "surrogatepass"), 6)
+    try:
+        caches[CACHE_ALIAS].set(key, value, settings.MAIL_HTML_CACHE_SECONDS)
+    except (RedisError, OSError) as exc:
+        _cache_unavailable(exc)
+
+
 def sanitize_html_for_reading(
     html: str,
     *,
@@ -182,13 +225,17 @@ def sanitize_html_for_reading(
 ) -> tuple[SanitizedHtml, bool]:
     """`sanitize_html` as the message detail serves it: the body cut at
     MAIL_HTML_MAX_CHARS (a truncation notice after the fragment; the second
-    value says it was cut), and the fragment cached per message, body,
-    content ids and `allow_remote_images`: sanitising takes about 0.6 s and
-    30 MB per MB of HTML, and a client asks for the same message again and
-    again. Attachment URLs go into the cache as placeholders and are
-    replaced on the way out, so no user's signed URL is served to another."""
+    value says it was cut), and the fragment of a body of at least
+    MAIL_HTML_CACHE_MIN_CHARS cached, compressed, for MAIL_HTML_CACHE_SECONDS,
+    per message, body, content ids, placeholder prefix and
+    `allow_remote_images`: sanitising takes about 0.4-0.8 s per MB of HTML,
+    and a client asks for the same message again and again (smaller bodies
+    cost less to sanitise than their place in Redis is worth: README,
+    Configuration). Attachment URLs go into the cache as placeholders and
+    are replaced on the way out, so no user's signed URL is served to
+    another. A failed sanitising is served as an empty fragment and not
+    cached; a cache that cannot be reached is done without."""
     from django.conf import settings
-    from django.core.cache import cache
 
     limit = settings.MAIL_HTML_MAX_CHARS
     text = html or ""
@@ -199,20 +246,33 @@ def sanitize_html_for_reading(
         text = text[: cut if cut > 0 else limit]
     prefix = _placeholder_prefix()
     content_ids = sorted(cid_urls)
-    placeholders = {cid: f"{prefix}{i}" for i, cid in enumerate(content_ids)}
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16)
-    digest.update("\x00".join(content_ids).encode("utf-8", "surrogatepass"))
-    key = f"mail:html:v{SANITIZER_VERSION}:{message_id}:{int(allow_remote_images)}:{digest.hexdigest()}"
-    cached = cache.get(key)
+    placeholders = {cid: f"{prefix}{i}{_PLACEHOLDER_END}" for i, cid in enumerate(content_ids)}
+    key = None
+    if len(text) >= settings.MAIL_HTML_CACHE_MIN_CHARS:
+        # The prefix is in the key: after SECRET_KEY changes, a fragment with
+        # the old placeholders (which would no longer be replaced) is not read.
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16)
+        digest.update("\x00".join(content_ids).encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00" + prefix.encode())
+        key = f"mail:html:v{SANITIZER_VERSION}:{message_id}:{int(allow_remote_images)}:{digest.hexdigest()}"
+    cached = _cache_get(key) if key else None
     if cached is None:
-        cleaned = sanitize_html(text, cid_urls=placeholders, allow_remote_images=allow_remote_images)
+        try:
+            cleaned = sanitize_html(
+                text, cid_urls=placeholders, allow_remote_images=allow_remote_images, raise_errors=True
+            )
+        except Exception:  # logged by sanitize_html; served empty, and not cached
+            return SanitizedHtml(html="", remote_images_blocked=0), truncated
         fragment = cleaned.html
         if truncated:
             fragment += truncation_notice(shown=len(text), total=len(html))
         cached = (fragment, cleaned.remote_images_blocked)
-        cache.set(key, cached, CACHE_SECONDS)
+        if key:
+            _cache_set(key, *cached)
     fragment, blocked = cached
-    for cid, placeholder in placeholders.items():
-        if placeholder in fragment:
-            fragment = fragment.replace(placeholder, escape(cid_urls[cid], quote=True))
+    if content_ids:
+        # One pass over the fragment, each placeholder whole (with its end).
+        urls = [escape(cid_urls[cid], quote=True) for cid in content_ids]
+        pattern = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(_PLACEHOLDER_END))
+        fragment = pattern.sub(lambda m: urls[int(m[1])] if int(m[1]) < len(urls) else "", fragment)
     return SanitizedHtml(html=fragment, remote_images_blocked=blocked), truncated

@@ -5,6 +5,7 @@ mailboxes/tests/test_writeback.py)."""
 import base64
 import datetime
 import json
+import logging
 import random
 import uuid
 
@@ -371,13 +372,14 @@ def test_detail_sanitises_html_and_points_cid_images_at_attachments(client_a, in
 
 
 def test_detail_sanitises_a_body_once_then_serves_it_from_the_cache(
-    client_a, client_admin_a, inbox_a, blobs, monkeypatch
+    client_a, client_admin_a, inbox_a, blobs, monkeypatch, settings
 ):
     """Sanitising a large body took seconds and hundreds of MB on every
     request. The fragment is cached per message and options; the signed
     attachment URL in it is each user's own, put in on the way out."""
     from messages import sanitize
 
+    settings.MAIL_HTML_CACHE_MIN_CHARS = 0  # this small body cached too
     message = MessageFactory(folder=inbox_a, html_body='<p>Hello</p><img src="cid:logo@x">')
     AttachmentFactory(
         message=message, content_id="logo@x", is_inline=True, content_hash=blobs.put(message.tenant_id, b"x")
@@ -401,6 +403,35 @@ def test_detail_sanitises_a_body_once_then_serves_it_from_the_cache(
     assert first["attachments"][0]["download_url"] != by_admin["attachments"][0]["download_url"]
     client_a.get(f"/api/messages/{message.id}/", {"remote_images": "1"})
     assert len(calls) == 2  # other options, another fragment
+
+
+def test_detail_with_the_html_cache_away_sanitises_uncached(client_a, inbox_a, blobs, settings, caplog):
+    """`cache.get` raised ConnectionError: every message detail was a 500
+    while Redis was away (reads go on uncounted by the throttles then)."""
+    from messages import sanitize
+
+    caplog.set_level(logging.WARNING, logger="messages.sanitize")
+    settings.MAIL_HTML_CACHE_MIN_CHARS = 0
+    away = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
+        "KEY_PREFIX": "emailclient-test",
+    }
+    settings.CACHES = {"default": away, "html": away}
+    sanitize._cache_down["logged_at"] = float("-inf")
+    message = MessageFactory(folder=inbox_a, html_body='<p>Hello</p><img src="cid:logo@x">')
+    AttachmentFactory(
+        message=message, content_id="logo@x", is_inline=True, content_hash=blobs.put(message.tenant_id, b"x")
+    )
+
+    responses = [client_a.get(f"/api/messages/{message.id}/") for _ in range(2)]
+
+    assert [r.status_code for r in responses] == [200, 200]
+    for body in (r.json() for r in responses):
+        url = body["attachments"][0]["download_url"]
+        assert body["html"].replace("&amp;", "&") == f'<p>Hello</p><img src="{url}">'
+    warnings = [r.getMessage() for r in caplog.records if r.name == "messages.sanitize"]
+    assert warnings == ["sanitised HTML cache unavailable (ConnectionError); sanitising uncached"]
 
 
 def test_detail_cuts_a_huge_html_body_and_says_so(client_a, inbox_a, settings):

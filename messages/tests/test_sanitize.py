@@ -7,6 +7,7 @@ apart from the module's own.
 
 import random
 import re
+import uuid
 from html.parser import HTMLParser
 
 import pytest
@@ -642,3 +643,92 @@ def test_every_html_body_in_the_corpus_sanitises_safely():
             assert_safe(result.html)
             assert_stable(result)
     assert seen > 50
+
+
+# --- What the message detail serves: cut, cached, URLs put in per request ---------------------
+
+
+def _cached_keys() -> list[bytes]:
+    from django.core.cache import caches
+
+    return caches[sanitize_module.CACHE_ALIAS]._cache.get_client().keys("*mail:html:*")
+
+
+def test_twelve_inline_images_each_get_their_own_url_from_the_cache(settings):
+    """Placeholders were "<prefix>0" ... "<prefix>11" put back with
+    str.replace in order: "<prefix>1" also rewrote "<prefix>10" and
+    "<prefix>11" (the URL of image 1, then "0" or "1")."""
+    settings.MAIL_HTML_CACHE_MIN_CHARS = 0
+    cid_urls = {
+        f"img{i}@x": f"https://mail.example/api/attachments/{i}/download?token=t{i}&x=1" for i in range(12)
+    }
+    html = "".join(f'<p>{i}</p><img src="cid:img{i}@x">' for i in range(12))
+    expected = sanitize_html(html, cid_urls=cid_urls).html
+    assert expected.count("/download?token=") == 12
+
+    message_id = uuid.uuid4()
+    first, _ = sanitize_module.sanitize_html_for_reading(html, message_id=message_id, cid_urls=cid_urls)
+    again, _ = sanitize_module.sanitize_html_for_reading(html, message_id=message_id, cid_urls=cid_urls)
+
+    assert len(_cached_keys()) == 1
+    assert first.html == again.html == expected
+
+
+def test_only_a_large_body_is_cached_compressed_and_for_an_hour(settings):
+    """Every detail cached up to 500,000 characters for a day in the Redis
+    that holds the broker (noeviction): now only bodies that cost to
+    sanitise, compressed, for MAIL_HTML_CACHE_SECONDS."""
+    from django.core.cache import caches
+
+    assert settings.MAIL_HTML_CACHE_MIN_CHARS == 50_000
+    assert settings.MAIL_HTML_CACHE_SECONDS == 3600
+    paragraph = "<p>" + "word " * 40 + "</p>\n"
+    small = paragraph * (49_000 // len(paragraph))
+    large = paragraph * (60_000 // len(paragraph))
+
+    small_result, _ = sanitize_module.sanitize_html_for_reading(small, message_id=uuid.uuid4(), cid_urls={})
+    assert small_result.html == sanitize_html(small).html
+    assert _cached_keys() == []
+
+    large_result, _ = sanitize_module.sanitize_html_for_reading(large, message_id=uuid.uuid4(), cid_urls={})
+    assert large_result.html == sanitize_html(large).html
+    [key] = _cached_keys()
+    client = caches[sanitize_module.CACHE_ALIAS]._cache.get_client()
+    assert 3590 <= client.ttl(key) <= 3600
+    assert client.strlen(key) < len(large_result.html) // 10  # zlib (this text repeats itself)
+
+
+def test_a_key_rotation_does_not_serve_fragments_with_the_old_placeholders(settings):
+    """The placeholder prefix derives from SECRET_KEY and was not in the key:
+    after a rotation, cached fragments kept the old placeholders, which were
+    no longer replaced, and inline images broke for the cache's life."""
+    settings.MAIL_HTML_CACHE_MIN_CHARS = 0
+    cid_urls = {"logo@x": "https://mail.example/api/attachments/1/download?token=t"}
+    html = '<img src="cid:logo@x">'
+    message_id = uuid.uuid4()
+    before, _ = sanitize_module.sanitize_html_for_reading(html, message_id=message_id, cid_urls=cid_urls)
+    settings.SECRET_KEY = settings.SECRET_KEY + "-rotated"
+
+    after, _ = sanitize_module.sanitize_html_for_reading(html, message_id=message_id, cid_urls=cid_urls)
+
+    expected = '<img src="https://mail.example/api/attachments/1/download?token=t">'
+    assert before.html == after.html == expected
+
+
+def test_a_failed_sanitising_is_not_cached(settings, monkeypatch):
+    """A failure is served as an empty fragment; it was cached too, so the
+    message stayed blank for a day after a passing fault."""
+    settings.MAIL_HTML_CACHE_MIN_CHARS = 0
+    message_id = uuid.uuid4()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sanitize_module.nh3, "clean", broken)
+        failed, _ = sanitize_module.sanitize_html_for_reading("<p>x</p>", message_id=message_id, cid_urls={})
+    assert failed == SanitizedHtml(html="", remote_images_blocked=0)
+    assert _cached_keys() == []
+
+    served, _ = sanitize_module.sanitize_html_for_reading("<p>x</p>", message_id=message_id, cid_urls={})
+    assert served == SanitizedHtml(html="<p>x</p>", remote_images_blocked=0)
