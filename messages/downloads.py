@@ -18,13 +18,16 @@ sends no bearer token: their URLs carry a signed token instead, bound to one
 attachment, one tenant and one user, and valid for
 `ATTACHMENT_URL_MAX_AGE_SECONDS` (default five minutes). Using one checks,
 as a bearer request would, that the user is still active, still a member of
-the still active tenant, and may still see the attachment (its message and
-account not deleted; a member's own accounts only). The token is in the
+the still active tenant, has not changed their password since (the token
+holds a short keyed hash of the password hash, as simplejwt's
+`CHECK_REVOKE_TOKEN` does for JWTs), and may still see the attachment (its
+message and account not deleted; a member's own accounts only). The token is in the
 query string (an `<img>` can carry nothing else); the service's access log
 leaves query strings out (`deploy/gunicorn.conf.py`), and the proxy in front
 must do the same (README, "Tenancy and security").
 """
 
+import hmac
 import re
 import unicodedata
 import uuid
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core import signing
 from django.http import StreamingHttpResponse
+from django.utils.crypto import salted_hmac
 from django.utils.http import content_disposition_header
 from rest_framework import status
 
@@ -123,8 +127,21 @@ def blob_response(
     return response
 
 
-def attachment_token(*, tenant_id: uuid.UUID, user_id: object, attachment_id: uuid.UUID) -> str:
-    return signing.dumps({"t": str(tenant_id), "u": str(user_id), "a": str(attachment_id)}, salt=TOKEN_SALT)
+def password_fingerprint(password_hash: str) -> str:
+    """16 hex digits of a keyed hash of the user's stored password hash: a
+    password change changes it, and it tells a reader of the token nothing."""
+    return salted_hmac(TOKEN_SALT, password_hash or "", algorithm="sha256").hexdigest()[:16]
+
+
+def attachment_token(*, tenant_id: uuid.UUID, user, attachment_id: uuid.UUID) -> str:
+    """The signed token of `user`'s download URL for an attachment."""
+    payload = {
+        "t": str(tenant_id),
+        "u": str(user.pk),
+        "a": str(attachment_id),
+        "p": password_fingerprint(user.password),
+    }
+    return signing.dumps(payload, salt=TOKEN_SALT)
 
 
 @dataclass(frozen=True)
@@ -132,13 +149,16 @@ class AttachmentTokenRef:
     tenant_id: uuid.UUID
     user_id: str  # the user's primary key, as text
     attachment_id: uuid.UUID
+    password: str  # password_fingerprint() of the user's password hash when it was signed
 
 
 def attachment_token_read(token: str) -> AttachmentTokenRef | None:
     """What a valid, unexpired token names; None otherwise."""
     try:
         value = signing.loads(token, salt=TOKEN_SALT, max_age=settings.ATTACHMENT_URL_MAX_AGE_SECONDS)
-        return AttachmentTokenRef(uuid.UUID(value["t"]), str(value["u"]), uuid.UUID(value["a"]))
+        return AttachmentTokenRef(
+            uuid.UUID(value["t"]), str(value["u"]), uuid.UUID(value["a"]), str(value["p"])
+        )
     except (signing.BadSignature, KeyError, TypeError, ValueError):
         return None
 
@@ -146,8 +166,9 @@ def attachment_token_read(token: str) -> AttachmentTokenRef | None:
 def attachment_by_token(*, token: str, id: uuid.UUID) -> Attachment:
     """The attachment `id` for the bearer of a signed download `token`, with
     every check of a request with the user's own bearer token: the tenant
-    active, the user active and a member, the attachment one that member
-    may see. Anything else is the same `NotFound`."""
+    active, the user active and a member, their password unchanged since
+    the token was signed, the attachment one that member may see. Anything
+    else is the same `NotFound`."""
     ref = attachment_token_read(token)
     if ref is None or ref.attachment_id != id:
         raise NotFound("Attachment not found.")
@@ -160,7 +181,11 @@ def attachment_by_token(*, token: str, id: uuid.UUID) -> Attachment:
             .select_related("user")
             .first()
         )
-        if tenant is None or membership is None:
+        if (
+            tenant is None
+            or membership is None
+            or not hmac.compare_digest(password_fingerprint(membership.user.password), ref.password)
+        ):
             raise NotFound("Attachment not found.")
         membership.tenant = tenant
         return access_attachment(tenant=tenant, membership=membership, id=id)

@@ -179,7 +179,7 @@ class MessageViewSet(TenantAPIMixin, viewsets.GenericViewSet):
 
     def _download_url(self, attachment: Attachment) -> str:
         token = attachment_token(
-            tenant_id=attachment.tenant_id, user_id=self.request.user.pk, attachment_id=attachment.id
+            tenant_id=attachment.tenant_id, user=self.request.user, attachment_id=attachment.id
         )
         path = reverse("attachment-download", args=[attachment.id])
         return self.request.build_absolute_uri(f"{path}?token={token}")

@@ -19,7 +19,7 @@ from conftest import bearer_client
 from emailclient.core.models import TenantMembership
 from emailclient.core.tenancy import tenant_scope
 from emailclient.core.tests.factories import MembershipFactory, UserFactory
-from messages.downloads import TOKEN_SALT
+from messages.downloads import TOKEN_SALT, attachment_token
 from messages.tests.factories import AttachmentFactory, FolderFactory, MessageFactory
 
 pytestmark = pytest.mark.django_db
@@ -199,12 +199,32 @@ def test_a_signed_url_follows_what_its_user_may_see(api_client, tenant_a, user_a
     assert api_client.get(url).status_code == 404
 
 
-def test_a_signed_url_is_the_users_not_a_colleagues(signed, api_client, tenant_a):
+def test_a_signed_url_is_the_users_not_a_colleagues(signed, api_client, tenant_a, user_a):
     # The same attachment id with a token of another user of the tenant, who may not see it.
     colleague = UserFactory(username="carl")
     MembershipFactory(tenant=tenant_a, user=colleague, role="member")
+    url = f"/api/attachments/{signed.attachment.id}/download"
+
+    def token(user):
+        return attachment_token(tenant_id=tenant_a.id, user=user, attachment_id=signed.attachment.id)
+
+    assert api_client.get(url, {"token": token(user_a)}).status_code == 200  # a well-made token
+    assert api_client.get(url, {"token": token(colleague)}).status_code == 404
+
+
+def test_a_signed_url_stops_working_when_its_user_changes_password(signed, api_client, user_a):
+    """The token named the user but not their password: a URL taken by
+    someone else kept working after the user changed it."""
+    assert api_client.get(signed.url).status_code == 200
+    user_a.set_password("a-new-password-0123")
+    user_a.save(update_fields=["password"])
+    assert api_client.get(signed.url).status_code == 404
+
+
+def test_a_signed_url_without_the_password_fingerprint_is_refused(signed, api_client, tenant_a, user_a):
+    # A token of the same salt as it was signed before this check: tenant, user, attachment only.
     token = signing.dumps(
-        {"t": str(tenant_a.id), "u": str(colleague.pk), "a": str(signed.attachment.id)}, salt=TOKEN_SALT
+        {"t": str(tenant_a.id), "u": str(user_a.pk), "a": str(signed.attachment.id)}, salt=TOKEN_SALT
     )
     response = api_client.get(f"/api/attachments/{signed.attachment.id}/download", {"token": token})
     assert response.status_code == 404
