@@ -15,6 +15,7 @@ from mailboxes.imap import (
     DeadlineExceeded,
     ImapSession,
     InsecureServer,
+    MailServerError,
     ProtocolViolation,
     ServerConfig,
     address_allowed,
@@ -105,6 +106,31 @@ def test_only_mail_ports_unless_configured():
     with pytest.raises(AddressNotAllowed, match="port 6379"):
         imap.resolve("127.0.0.1", 6379, allow_private=True, allowed_ports=mail_ports)
     assert imap.resolve("127.0.0.1", 6379, allow_private=True, allowed_ports=None) == "127.0.0.1"
+
+
+def test_a_lookup_is_given_up_after_the_connect_timeout(monkeypatch):
+    # getaddrinfo takes no timeout; a DNS server that does not answer
+    # (simulated: the resolver sleeps) is given up after the timeout.
+    resolver = socket.getaddrinfo
+
+    def dns(host, *args, **kwargs):
+        if host == "slow-dns.example.com":
+            time.sleep(2)
+        if host.endswith(".example.com"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return resolver(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    started = time.monotonic()
+    with pytest.raises(
+        MailServerError, match=r"cannot resolve slow-dns\.example\.com: no answer within 0\.3 s"
+    ):
+        imap.resolve("slow-dns.example.com", 993, allow_private=False, timeout=0.3)
+    assert time.monotonic() - started < 1
+    # An answer within it is used, and a failure is said as before.
+    assert imap.resolve("127.0.0.1", 993, allow_private=True, timeout=0.3) == "127.0.0.1"
+    with pytest.raises(MailServerError, match=r"cannot resolve nowhere\.example\.com: .*not known"):
+        imap.resolve("nowhere.example.com", 993, allow_private=False, timeout=0.3)
 
 
 def test_a_session_refuses_a_port_that_is_not_allowed(devmail, mail_user):
