@@ -154,7 +154,8 @@ def sanitize_html(
 # --- What the API serves: capped, and cached ------------------------------------
 
 # Bumped when the policy changes, so that no fragment cleaned by an older one is served.
-SANITIZER_VERSION = 1
+# 2: zlib-compressed "<blocked>\n<fragment>", placeholders ended by "/".
+SANITIZER_VERSION = 2
 # The cache alias of sanitised fragments (settings.CACHES["html"], HTML_CACHE_URL).
 CACHE_ALIAS = "html"
 # Where the prefix's placeholders end: "/cid/<prefix>/1/" is not the start of
@@ -189,20 +190,28 @@ def _cache_unavailable(exc: BaseException) -> None:
         logger.warning("sanitised HTML cache unavailable (%s); sanitising uncached", type(exc).__name__)
 
 
+class _CacheUnavailable(Exception):
+    pass
+
+
 def _cache_get(key: str) -> tuple[str, int] | None:
-    """The cached fragment and its count of blocked images; None when there
-    is none, or the cache cannot be read (then said in the log)."""
+    """The cached fragment and its count of blocked images, None when there
+    is none; `_CacheUnavailable` when the cache cannot be read (said in the
+    log), so that the caller does not wait for it a second time to write."""
     from django.core.cache import caches
 
     try:
         value = caches[CACHE_ALIAS].get(key)
     except (RedisError, OSError) as exc:
         _cache_unavailable(exc)
-        return None
+        raise _CacheUnavailable from exc
     if not isinstance(value, bytes):
         return None
-    blocked, _, fragment = zlib.decompress(value).decode("utf-8", "surrogatepass").partition("\n")
-    return fragment, int(blocked)
+    try:
+        blocked, _, fragment = zlib.decompress(value).decode("utf-8", "surrogatepass").partition("\n")
+        return fragment, int(blocked)
+    except (zlib.error, UnicodeDecodeError, ValueError):
+        return None  # not one of ours: sanitised again and overwritten
 
 
 def _cache_set(key: str, fragment: str, blocked: int) -> None:
@@ -255,7 +264,12 @@ def sanitize_html_for_reading(
         digest.update("\x00".join(content_ids).encode("utf-8", "surrogatepass"))
         digest.update(b"\x00" + prefix.encode())
         key = f"mail:html:v{SANITIZER_VERSION}:{message_id}:{int(allow_remote_images)}:{digest.hexdigest()}"
-    cached = _cache_get(key) if key else None
+    cached = None
+    if key:
+        try:
+            cached = _cache_get(key)
+        except _CacheUnavailable:
+            key = None
     if cached is None:
         try:
             cleaned = sanitize_html(
