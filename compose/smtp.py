@@ -229,7 +229,11 @@ def _connect(config: ServerConfig, credentials: Credentials | None) -> _Client:
         raise InsecureServer(f"{config.host}: unencrypted connections are not allowed (MAIL_ALLOW_PLAINTEXT)")
     try:
         address = resolve(
-            config.host, config.port, allow_private=config.allow_private, allowed_ports=config.allowed_ports
+            config.host,
+            config.port,
+            allow_private=config.allow_private,
+            allowed_ports=config.allowed_ports,
+            timeout=config.connect_timeout,  # a DNS server that never answers holds no worker
         )
     except AddressNotAllowed as exc:
         raise PermanentFailure(str(exc)) from exc

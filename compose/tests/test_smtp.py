@@ -5,6 +5,7 @@ with the phases reported and the deliveries counted at the server."""
 import contextlib
 import socket
 import threading
+import time
 
 import pytest
 
@@ -312,6 +313,31 @@ def test_server_that_never_greets_times_out_temporary():
         )
         with pytest.raises(TemporaryFailure, match="timed out"):
             deliver(config, credentials=None)
+
+
+def test_a_dns_server_that_never_answers_is_given_up_after_the_connect_timeout(monkeypatch):
+    # getaddrinfo takes no timeout; a DNS server that does not answer is
+    # simulated by a resolver that sleeps.
+    def dns(host, *args, **kwargs):
+        time.sleep(3)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    config = ServerConfig(
+        host="slow-dns.example.com",
+        port=587,
+        encryption="none",
+        allow_private=True,
+        allow_plaintext=True,
+        connect_timeout=0.3,
+    )
+    started = time.monotonic()
+
+    with pytest.raises(TemporaryFailure, match=r"no answer within 0\.3 s") as caught:
+        deliver(config, credentials=None)
+
+    assert time.monotonic() - started < 2
+    assert caught.value.phases == ["connect"]  # nothing was sent: safe to retry
 
 
 def test_endless_reply_line_aborts(smtp_server):
