@@ -994,6 +994,10 @@ def _sent_copies_store(
         return {item.id: ("skipped", "") for item in items}
     if account.protocol != "imap":
         return {item.id: ("skipped", "") for item in items}  # POP3: no folders on the server
+    try:  # the tenant deactivated or the owner removed since the send
+        account_for_sync(tenant_id=account.tenant_id, account_id=account.id)
+    except (AccountNotSyncable, EmailAccount.DoesNotExist) as exc:
+        return {item.id: ("failed", str(exc) or "the account is deleted") for item in items}
     with tenant_scope(account.tenant_id):
         folder = (
             Folder.objects.filter(account=account, type=FolderType.SENT)

@@ -713,6 +713,28 @@ def test_a_sent_copy_lost_with_its_worker_is_made_by_the_next_delivery_once(
     assert len(sent_folder_messages(mailbox)) == 1 and len(smtp_server.deliveries) == 1
 
 
+@pytest.mark.django_db
+def test_a_lost_sent_copy_is_not_made_once_the_tenant_is_deactivated(synced_account, smtp_server, mailbox):
+    draft = queue_message(synced_account)
+    assert send(draft) == Status.SENT
+    mailbox.select_folder("Sent")
+    mailbox.delete_messages(mailbox.search(["ALL"]))
+    mailbox.expunge()
+    with tenant_scope(draft.tenant_id):
+        SendQueueItem.objects.filter(draft_id=draft.id).update(sent_copy="")
+    Tenant.objects.filter(id=draft.tenant_id).update(is_active=False)
+
+    assert send(draft) == Status.SENT  # a later delivery of the task: no login now
+
+    item = state(draft)[1]
+    assert (item.sent_copy, item.error) == (
+        "failed",
+        "Sent copy: The tenant is deactivated: its accounts are not used.",
+    )
+    assert sent_folder_messages(mailbox) == []
+    assert len(smtp_server.deliveries) == 1
+
+
 # --- End to end: the API, the queued task, the server ------------------------------------
 
 
