@@ -302,10 +302,17 @@ MAIL_HTML_CACHE_SECONDS = env.int("MAIL_HTML_CACHE_SECONDS", default=3600)
 # header fields of all parts together: real mail has tens to a few hundred
 # (a 1,000-part message with 5 fields a part is 5,000); each costs ~200 bytes.
 MAIL_MAX_HEADER_FIELDS = env.int("MAIL_MAX_HEADER_FIELDS", default=10_000)
-# Lines of mail the fast splitter declines (defects, message/rfc822 parts):
-# the FeedParser keeps each line as a str (~60 bytes besides its text);
-# 50 MB of base64 has 680,000 lines, so 1,000,000 only refuses short-line floods.
-MAIL_MAX_LINES = env.int("MAIL_MAX_LINES", default=1_000_000)
+# Lines of mail the fast splitter declines (defects, lone CRs; enclosed
+# message/rfc822 parts are split fast too): the FeedParser keeps each line as
+# a str (~60 bytes besides its text, four bytes a character once one is
+# 8-bit). 200,000 (15 MB of base64, 10 MB of 48-character lines): only broken
+# mail reaches it, and 1,000,000 short 8-bit lines took ~400 MB.
+MAIL_MAX_LINES = env.int("MAIL_MAX_LINES", default=200_000)
+# Characters of a message's text body, and of its HTML body, stored and
+# indexed (the raw message is kept whole in the blob store): 1,000,000 is
+# twice MAIL_HTML_MAX_CHARS, which the API serves; a 45 MB text body cost
+# ~100 MB more per message while parsed and stored.
+MAIL_MAX_BODY_CHARS = env.int("MAIL_MAX_BODY_CHARS", default=1_000_000)
 # A sync worker killed (out of memory, SIGKILL) while a message was in flight
 # gets the task back (acks_late, reject_on_worker_lost); after this many
 # deaths with the same message in flight it is quarantined unfetched. 3: one

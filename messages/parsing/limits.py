@@ -15,7 +15,9 @@ class Limits:
     # Header fields of all parts together; `max_header_bytes` is per part.
     max_header_fields: int = 10_000
     # Lines of a message the fast splitter declines (see mime.mime_tree).
-    max_lines: int = 1_000_000
+    max_lines: int = 200_000
+    # Characters kept of the text body, and of the HTML body.
+    max_body_chars: int = 1_000_000
     # Addresses kept per address field, ids per References field.
     max_addresses: int = 1000
     max_references: int = 100
@@ -30,6 +32,7 @@ def parse_limits() -> Limits:
         max_depth=settings.MAIL_MAX_MIME_DEPTH,
         max_header_fields=settings.MAIL_MAX_HEADER_FIELDS,
         max_lines=settings.MAIL_MAX_LINES,
+        max_body_chars=settings.MAIL_MAX_BODY_CHARS,
     )
 
 

@@ -8,6 +8,7 @@ import re
 from email.feedparser import FeedParser
 from email.message import Message as MimeMessage
 from email.policy import compat32
+from typing import cast
 
 from .limits import Limits, MessageRejected
 
@@ -24,6 +25,10 @@ MAX_BOUNDARY_MISSES = 100_000
 # (~3 s). 50 MB of base64 in a forwarded message/rfc822 is 680,000 lines
 # under three or four levels.
 MAX_LINE_CHECKS = 3_000_000
+# The str the FeedParser is fed: one byte a character for ASCII mail, four
+# once one byte is 8-bit; its lines and their joined payloads hold as much
+# again. 48 MiB: all of MAIL_MAX_MESSAGE_BYTES in ASCII, 12 MiB of 8-bit.
+FEEDPARSER_MAX_TEXT_BYTES = 48 * 1024 * 1024
 
 
 class _Unusual(Exception):
@@ -80,21 +85,81 @@ def _strip_eol(value: str) -> str:
     return value
 
 
-def _fast_part(text: str, start: int, end: int, depth: int, budget: _Budget) -> MimeMessage:
-    """One part of `text[start:end]`: headers, then its body or subparts.
+def _decode(raw: bytes, start: int, end: int) -> str:
+    return raw[start:end].decode("ascii", "surrogateescape")
+
+
+class SourcePart(MimeMessage):
+    """A leaf part whose payload is still a span of the raw message: its
+    text (as `email` would decode it, four bytes a character once one byte
+    is 8-bit) is made only when `_payload` is read. `walk_parts` takes the
+    bytes instead (`source_bytes`), so a large part costs its bytes, once.
+    A message/rfc822 part keeps the span of its enclosed message as well."""
+
+    source: bytes | None = None
+    span: tuple[int, int] = (0, 0)
+    # A multipart's: where its epilogue starts in the raw message.
+    epilogue_start = 0
+
+    @property
+    def _payload(self) -> object:
+        if self.source is not None and not self._embedded:
+            return _decode(self.source, *self.span)
+        return self._value
+
+    @_payload.setter
+    def _payload(self, value: object) -> None:
+        if not getattr(self, "_embedded", False):
+            self.source = None
+        self._value = value
+
+    _embedded = False
+
+    def set_source(self, raw: bytes, start: int, end: int, *, embedded: bool = False) -> None:
+        self._embedded = embedded
+        self.source, self.span = raw, (start, end)
+
+    def is_multipart(self) -> bool:
+        return self._embedded or (self.source is None and isinstance(self._value, list))
+
+    def source_bytes(self, limit: int | None = None) -> bytes:
+        """The span's bytes, or the first `limit` of them."""
+        source, (start, end) = cast(bytes, self.source), self.span
+        return source[start : end if limit is None else min(end, start + limit)]
+
+    def strip_eol(self) -> None:
+        """RFC 2046: the line break before a boundary belongs to it."""
+        source, (start, end) = cast(bytes, self.source), self.span
+        if source.endswith(b"\r\n", start, end):
+            end -= 2
+        elif source.endswith(b"\n", start, end):
+            end -= 1
+        self.span = (start, end)
+
+
+def _last_leaf(part: MimeMessage) -> MimeMessage:
+    """The part whose end a boundary line ends: the FeedParser's `_last`
+    (inside enclosed messages, the innermost)."""
+    while part.get_content_type() == "message/rfc822" and isinstance(part._payload, list):  # type: ignore[attr-defined]
+        part = part._payload[0]  # type: ignore[attr-defined]
+    return part
+
+
+def _fast_part(raw: bytes, start: int, end: int, depth: int, budget: _Budget) -> MimeMessage:
+    """One part of `raw[start:end]`: headers, then its body or subparts.
     Mirrors FeedParser._parsegen for input without defects."""
     budget.part(depth)
-    msg = MimeMessage(policy=compat32)
-    if text.startswith("\n", start, end):
+    msg = SourcePart(policy=compat32)
+    if raw.startswith(b"\n", start, end):
         body = start + 1
-    elif text.startswith("\r\n", start, end):
+    elif raw.startswith(b"\r\n", start, end):
         body = start + 2
     else:
         # The header block ends at the first empty line; every line before
         # it must be a field or a continuation, else the FeedParser's
         # recovery rules apply.
-        stop = text.find("\n\n", start, end)
-        crlf = text.find("\n\r\n", start, end)
+        stop = raw.find(b"\n\n", start, end)
+        crlf = raw.find(b"\n\r\n", start, end)
         if stop < 0 or (0 <= crlf < stop):
             stop = crlf
             body = crlf + 3
@@ -104,7 +169,7 @@ def _fast_part(text: str, start: int, end: int, depth: int, budget: _Budget) -> 
             raise _Unusual
         budget.header(stop - start)
         field: list[str] = []
-        for line in text[start : stop + 1].split("\n")[:-1]:
+        for line in _decode(raw, start, stop + 1).split("\n")[:-1]:
             line += "\n"
             if line[0] in " \t":
                 if not field:
@@ -121,51 +186,78 @@ def _fast_part(text: str, start: int, end: int, depth: int, budget: _Budget) -> 
             msg._headers.append(compat32.header_source_parse(field))  # type: ignore[attr-defined]  # private list, filled as FeedParser does
     maintype = msg.get_content_maintype()
     if maintype == "message":
-        raise _Unusual
+        # An enclosed message is parsed as the FeedParser parses it, as a
+        # message of its own (whatever its transfer encoding says).
+        if msg.get_content_type() != "message/rfc822":
+            raise _Unusual  # delivery-status and the others: the FeedParser's rules
+        inner = _fast_part(raw, body, end, depth + 1, budget)
+        msg._value = [inner]
+        msg.set_source(raw, body, end, embedded=True)
+        return msg
     if maintype != "multipart":
-        msg._payload = text[body:end]  # type: ignore[attr-defined]  # set as FeedParser does: no set_payload checks
+        msg.set_source(raw, body, end)  # the payload, as FeedParser sets it: no set_payload checks
         return msg
     boundary = msg.get_boundary()
     if boundary is None or msg.get_content_type() == "multipart/digest":
         raise _Unusual
     if str(msg.get("content-transfer-encoding", "8bit")).lower() not in ("7bit", "8bit", "binary"):
         raise _Unusual
-    marks = _boundary_lines(text, body, end, "--" + boundary, budget)
+    try:
+        separator = ("--" + boundary).encode("ascii", "surrogateescape")
+    except UnicodeEncodeError:
+        raise _Unusual from None  # an RFC 2231 boundary in another charset
+    marks = _boundary_lines(raw, body, end, separator, budget)
     if not marks or marks[0][2] or not marks[-1][2]:
         raise _Unusual  # no start or no close boundary
     if marks[0][0] > body:
-        msg.preamble = _strip_eol(text[body : marks[0][0]])
+        msg.preamble = _strip_eol(_decode(raw, body, marks[0][0]))
     for (_, part_start, _), (part_end, _, _) in itertools.pairwise(marks):
         if part_start == part_end:
             raise _Unusual  # repeated boundary lines
-        child = _fast_part(text, part_start, part_end, depth + 1, budget)
+        child = _fast_part(raw, part_start, part_end, depth + 1, budget)
         # RFC 2046: the line break before a boundary belongs to the boundary.
-        if child.get_content_maintype() == "multipart":
-            child.epilogue = _strip_eol(child.epilogue) if child.epilogue else None
+        last = _last_leaf(child)
+        if last.get_content_maintype() == "multipart":
+            last.epilogue = _strip_eol(last.epilogue) if last.epilogue else None
         else:
-            child._payload = _strip_eol(child._payload)  # type: ignore[attr-defined]  # str, set just above
+            cast(SourcePart, last).strip_eol()
+        node = cast(SourcePart, child)
+        while node is not last:
+            # Enclosed messages' bytes end where their last part does.
+            node.span = (node.span[0], _span_end(last))
+            node = cast(list[SourcePart], node._value)[0]
         msg.attach(child)
-    msg.epilogue = text[marks[-1][1] : end]
+    msg.epilogue = _decode(raw, marks[-1][1], end)
+    msg.epilogue_start = marks[-1][1]
     return msg
 
 
+def _span_end(part: MimeMessage) -> int:
+    """Where `part` (the last leaf or multipart of an enclosed message) ends
+    in the raw message."""
+    part = cast(SourcePart, part)
+    if part.source is not None and not part._embedded:
+        return part.span[1]
+    return part.epilogue_start + len((part.epilogue or "").encode("ascii", "surrogateescape"))
+
+
 def _boundary_lines(
-    text: str, start: int, end: int, separator: str, budget: _Budget
+    raw: bytes, start: int, end: int, separator: bytes, budget: _Budget
 ) -> list[tuple[int, int, bool]]:
     """(line start, next line's start, is the close boundary) of each
-    boundary line in text[start:end], up to the close boundary: a line that is
+    boundary line in raw[start:end], up to the close boundary: a line that is
     the separator, optionally `--`, then only spaces and tabs. More parts
     than the budget has left is `MessageRejected`, found before any is built."""
     parts_left = budget.parts_left()
     marks: list[tuple[int, int, bool]] = []
     position = start
-    while (found := text.find(separator, position, end)) >= 0:
-        if found == start or text[found - 1] == "\n":
-            newline = text.find("\n", found, end)
+    while (found := raw.find(separator, position, end)) >= 0:
+        if found == start or raw[found - 1] == 0x0A:
+            newline = raw.find(b"\n", found, end)
             line_end = end if newline < 0 else newline + 1
-            rest = text[found + len(separator) : line_end].rstrip("\r\n")
-            close = rest.startswith("--")
-            if not (rest[2:] if close else rest).strip(" \t"):
+            rest = raw[found + len(separator) : line_end].rstrip(b"\r\n")
+            close = rest.startswith(b"--")
+            if not (rest[2:] if close else rest).strip(b" \t"):
                 marks.append((found, line_end, close))
                 if close:
                     break
@@ -179,7 +271,7 @@ def _boundary_lines(
             raise MessageRejected(f"more than {MAX_BOUNDARY_MISSES} lines that look like MIME boundaries")
         # No boundary line starts before the next line: one miss a line at
         # most, however often a short boundary recurs inside it.
-        newline = text.find("\n", found, end)
+        newline = raw.find(b"\n", found, end)
         if newline < 0:
             break
         position = newline + 1
@@ -216,20 +308,30 @@ def mime_tree(raw: bytes, limits: Limits | None = None) -> MimeMessage:
     """The compat32 message tree of `raw`, as `email.message_from_bytes`
     builds it, or `MessageRejected` as soon as it is over `limits` (parts,
     depth, a part's header bytes, header fields). Well-formed mail (nearly
-    all) is split with `str.find` instead of the FeedParser's line-by-line
-    loop and per-boundary regex, about ten times faster and without a str
-    per line; anything unusual (defects, a lone CR, message/* parts,
-    digests, repeated boundaries) goes through the FeedParser, whose
-    recovery rules stay the reference. The FeedParser keeps every line of a
-    part as a str (about 60 bytes each besides its text), so it is only
-    given mail of at most `limits.max_lines` lines."""
+    all, enclosed messages included) is split on its bytes with
+    `bytes.find` instead of the FeedParser's line-by-line loop and
+    per-boundary regex, about ten times faster, without a str per line and
+    without decoding the message whole (a str of 8-bit mail takes four bytes
+    a character): its leaf parts are `SourcePart`s, spans of `raw`. Anything
+    unusual (defects, a lone CR, message/* parts other than rfc822, digests,
+    repeated boundaries) goes through the FeedParser, whose recovery rules
+    stay the reference. The FeedParser keeps every line of a part as a str
+    (about 60 bytes each besides its text) and is fed the message as one
+    str, so it is only given mail of at most `limits.max_lines` lines and
+    `FEEDPARSER_MAX_TEXT_BYTES` of text."""
     limits = limits or Limits()
-    text = raw.decode("ascii", "surrogateescape")
-    if "\r" not in text or text.count("\r") == text.count("\r\n"):
+    if b"\r" not in raw or raw.count(b"\r") == raw.count(b"\r\n"):
         try:
-            return _fast_part(text, 0, len(text), 0, _Budget(limits))
+            return _fast_part(raw, 0, len(raw), 0, _Budget(limits))
         except _Unusual:
             pass
+    width = 1 if raw.isascii() else 4
+    if len(raw) * width > FEEDPARSER_MAX_TEXT_BYTES:
+        raise MessageRejected(
+            f"a message of unusual structure over {FEEDPARSER_MAX_TEXT_BYTES // width} bytes"
+            f"{'' if width == 1 else ' with 8-bit bytes'} (read line by line)"
+        )
+    text = raw.decode("ascii", "surrogateescape")
     if _lines(text) > limits.max_lines:
         raise MessageRejected(
             f"more than {limits.max_lines} lines in a message of unusual structure (read line by line)"

@@ -278,11 +278,10 @@ def _tree(msg):
 
 
 def _fast_tree(raw: bytes):
-    text = raw.decode("ascii", "surrogateescape")
-    if "\r" in text and text.count("\r") != text.count("\r\n"):
+    if b"\r" in raw and raw.count(b"\r") != raw.count(b"\r\n"):
         return None
     try:
-        return mime._fast_part(text, 0, len(text), 0, mime._Budget(Limits()))
+        return mime._fast_part(raw, 0, len(raw), 0, mime._Budget(Limits()))
     except mime._Unusual:
         return None
 
@@ -323,6 +322,14 @@ def test_fast_mime_tree_is_the_feedparsers_tree_on_the_corpus():
         b"From: a@b.c\nContent-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain\n--b--\n",
         b"From: a@b.c\nContent-Type: multipart/digest; boundary=b\n\n--b\n\nx\n--b--\n",
         b"From: a@b.c\nContent-Type: message/rfc822\n\nFrom: c@d.e\n\ninner\n",
+        # enclosed messages inside multiparts: the line break before a
+        # boundary is taken from the innermost last part
+        b"From: a@b.c\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b\r\n"
+        b"Content-Type: message/rfc822\r\n\r\nFrom: c@d.e\r\n\r\ninner \xe9\r\n\r\n--b--\r\n",
+        b"From: a@b.c\nContent-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: message/rfc822\n\n"
+        b"Content-Type: message/rfc822\n\nContent-Type: multipart/alternative; boundary=c\n\n--c\n\ny\n"
+        b"--c--\nepilogue\n\n--b\nContent-Type: message/rfc822\n\nFrom: e@f.g\n\n--b--\n",
+        b"From: a@b.c\nContent-Type: message/delivery-status\n\nReporting-MTA: x\n\nStatus: 5.0.0\n",
         b"From: a@b.c\nContent-Type: multipart/mixed\n\nno boundary\n",
     ],
 )
@@ -387,7 +394,7 @@ def test_too_many_parts_stop_the_parser_before_the_tree_is_built(lone_cr):
     # 400,000 empty parts in 3 MB (and under MAIL_MAX_LINES): the whole tree
     # would take ~400 MB.
     raw = _multipart(b"--b\r\n\r\n" * 400_000 + b"--b--\r\n", lone_cr=lone_cr)
-    reason, peak = _parse_peak(raw)
+    reason, peak = _parse_peak(raw, Limits(max_lines=1_000_000))
     assert reason == "more than 1000 MIME parts"
     assert peak < 3 * len(raw)  # the bytes and their text, not a tree
 
@@ -443,7 +450,7 @@ def test_the_feedparsers_line_checks_are_bounded():
     # 20 open levels: each line is tested against 20 boundaries.
     raw = _nested(20, b"\r\n" + b"line\r\n" * 200_000, lone_cr=True)
     with pytest.raises(MessageRejected, match=rf"^more than {mime.MAX_LINE_CHECKS} line checks"):
-        parse_message(raw)
+        parse_message(raw, Limits(max_lines=1_000_000))
 
 
 def test_the_feedparser_is_given_a_bounded_number_of_lines():
@@ -496,3 +503,58 @@ def test_a_short_boundary_inside_lines_is_one_miss_a_line_at_most():
     parsed = parse_message(raw)
     assert parsed.text_body.startswith("A table:\n|---")
     assert parsed.text_body.endswith("end\n\nsecond")
+
+
+# --- Large plain-text mail within the memory bound (issue 14, section 1) ---------
+
+
+def _parse_peak_ok(raw: bytes, limits: Limits | None = None):
+    """The parsed message and the most memory Python held meanwhile."""
+    tracemalloc.start()
+    try:
+        return parse_message(raw, limits), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+_BIG_HEAD = b"From: a@b.c\r\nSubject: big\r\nMIME-Version: 1.0\r\n"
+
+
+def test_an_enclosed_message_of_8bit_lines_is_split_fast_and_kept_as_it_came():
+    # 49.5 MB: 990,000 lines of 48 x 0xE9 in a message/rfc822. The FeedParser
+    # kept a str a line, four bytes a character (~400 MB with its text).
+    inner = (
+        b"From: c@d.e\r\nSubject: inner\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\n"
+        + b"\xe9" * 48
+        + b"\r\n"
+    ) + (b"\xe9" * 48 + b"\r\n") * 990_000
+    raw = _BIG_HEAD + b"Content-Type: message/rfc822\r\n\r\n" + inner
+    parsed, peak = _parse_peak_ok(raw)
+    assert peak < 1.3 * len(raw)  # the attachment's bytes, once
+    assert [(a.mime_type, a.filename) for a in parsed.attachments] == [("message/rfc822", "message.eml")]
+    assert parsed.attachments[0].data == inner  # as it came, not regenerated from its tree
+
+
+def test_text_bodies_are_kept_to_their_first_million_characters():
+    # 45 MB of plain text in 9 parts, one 8-bit byte a line: its text was
+    # four bytes a character, and all of it was joined and stored.
+    part = b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + ("ab" * 23 + "\u00e9\r\n").encode() * 100_000
+    raw = _multipart(b"".join(b"--b\r\n" + part for _ in range(9)) + b"--b--\r\n")
+    parsed, peak = _parse_peak_ok(raw)
+    assert len(parsed.text_body) == 1_000_000
+    assert parsed.text_body.startswith("ab" * 23 + "\u00e9\n")  # decoded as UTF-8, not cut mid-character
+    assert peak < 0.5 * len(raw)
+    html = _BIG_HEAD + b"Content-Type: text/html\r\n\r\n" + b"<p>" + b"x" * 3_000_000
+    assert len(parse_message(html).html_body) == 1_000_000
+    assert len(parse_message(html, Limits(max_body_chars=10)).html_body) == 10
+
+
+def test_the_feedparser_is_given_a_bounded_text():
+    # A lone CR sends mail to the FeedParser, fed as one str: four bytes a
+    # character once one byte is 8-bit.
+    raw = _BIG_HEAD + b"\r\nlone\rCR\r\n" + (b"\xe9" * 1000 + b"\r\n") * 13_000
+    with pytest.raises(
+        MessageRejected, match=r"^a message of unusual structure over 12582912 bytes with 8-bit"
+    ):
+        parse_message(raw)
+    assert parse_message(raw.replace(b"\xe9", b"e")).subject == "big"
