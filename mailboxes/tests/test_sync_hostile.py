@@ -1,5 +1,6 @@
 """One message must not exhaust a worker (issue 14, section 1): hostile mail
-in a real Dovecot mailbox, synced by a separate process whose peak memory is
+(and large but well-formed mail: an enclosed message of 8-bit lines, 45 MB
+of plain text) in a real Dovecot mailbox, synced by a separate process whose peak memory is
 read from the kernel; and a worker killed while a message is in flight, whose
 task comes back, until the message is quarantined unfetched.
 
@@ -61,6 +62,30 @@ def many_header_lines(count: int) -> bytes:
     return _head("headers", b"Content-Type: multipart/mixed; boundary=h\r\n\r\n") + (
         b"--h\r\nContent-Type: text/plain\r\n\r\nhello\r\n--h\r\n" + lines + b"\r\nbody\r\n--h--\r\n"
     )
+
+
+def enclosed_8bit_lines(lines: int) -> bytes:
+    """A message/rfc822 of `lines` lines of 48 x 0xE9 (49.5 MB at 990,000):
+    the FeedParser kept a str a line, four bytes a character."""
+    return (
+        _head("enclosed", b"Content-Type: message/rfc822\r\n\r\n")
+        + ENCLOSED_HEAD
+        + (b"\xe9" * 48 + b"\r\n") * lines
+    )
+
+
+ENCLOSED_HEAD = (
+    b"From: c@example.com\r\nSubject: inner\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\n"
+)
+
+
+def text_parts(parts: int, lines: int) -> bytes:
+    """`parts` plain-text parts of `lines` lines each, one 8-bit byte a line
+    (45 MB at 9 x 100,000): every part's text was joined and stored."""
+    part = (
+        b"--t\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + ("t" * 46 + "\u00e9\r\n").encode() * lines
+    )
+    return _head("text", b"Content-Type: multipart/mixed; boundary=t\r\n\r\n") + part * parts + b"--t--\r\n"
 
 
 def normal(number: int) -> bytes:
@@ -127,6 +152,9 @@ def test_hostile_messages_are_quarantined_within_the_memory_bound(
         many_empty_parts(50 * MB),
         nested_multiparts(20 * MB),
         many_header_lines(100_000),
+        # Large but well-formed: stored, within the bound.
+        enclosed_8bit_lines(990_000),
+        text_parts(9, 100_000),
     ]
     for number, raw in enumerate(hostile, 1):
         devmail.deliver(mail_user, raw)
@@ -142,8 +170,25 @@ def test_hostile_messages_are_quarantined_within_the_memory_bound(
     print(f"hostile sync: {seconds:.1f} s, peak RSS {peak_mb:.0f} MB")
 
     assert peak_mb < PEAK_RSS_LIMIT_MB
-    assert (report["new"], report["quarantined"]) == (3, 3)
-    assert _stored_subjects(imap_account) == {2: "normal-1", 4: "normal-2", 6: "normal-3"}
+    assert (report["new"], report["quarantined"]) == (7, 3)
+    assert _stored_subjects(imap_account) == {
+        2: "normal-1",
+        4: "normal-2",
+        6: "normal-3",
+        7: "enclosed",
+        8: "normal-4",
+        9: "text",
+        10: "normal-5",
+    }
+    with tenant_scope(imap_account.tenant_id):
+        enclosed = Message.objects.get(account=imap_account, imap_uid=7)
+        # The enclosed message whole, as it came.
+        assert [(a.mime_type, a.size_bytes) for a in enclosed.attachments.all()] == [
+            ("message/rfc822", len(ENCLOSED_HEAD) + 50 * 990_000)
+        ]
+        text = Message.objects.get(account=imap_account, imap_uid=9)
+        assert len(text.text_body) == settings.MAIL_MAX_BODY_CHARS
+        assert text.text_body.startswith("t" * 46 + "\u00e9\n")
     reasons = _quarantine_reasons(imap_account)
     assert sorted(reasons) == [1, 3, 5]
     assert reasons[1] == "more than 1000 MIME parts"
