@@ -88,6 +88,13 @@ def text_parts(parts: int, lines: int) -> bytes:
     return _head("text", b"Content-Type: multipart/mixed; boundary=t\r\n\r\n") + part * parts + b"--t--\r\n"
 
 
+def broken(size: int, line: bytes) -> bytes:
+    """`size` bytes of text lines after a lone CR, which sends the message to
+    the FeedParser (a str a line, the message as one str)."""
+    head = _head("broken", b"Content-Type: text/plain\r\n\r\nlone\rCR\r\n")
+    return head + line * ((size - len(head)) // len(line))
+
+
 def normal(number: int) -> bytes:
     return _head(f"normal-{number}", b"Content-Type: text/plain\r\n\r\n") + b"An ordinary message.\r\n"
 
@@ -155,6 +162,9 @@ def test_hostile_messages_are_quarantined_within_the_memory_bound(
         # Large but well-formed: stored, within the bound.
         enclosed_8bit_lines(990_000),
         text_parts(9, 100_000),
+        # Broken: read line by line, up to 32 MiB of ASCII, 8 MiB of 8-bit.
+        broken(32 * 1024 * 1024 - 1000, b"b" * 253 + b"\r\n"),
+        broken(9 * MB, b"\xe9" * 253 + b"\r\n"),
     ]
     for number, raw in enumerate(hostile, 1):
         devmail.deliver(mail_user, raw)
@@ -170,7 +180,7 @@ def test_hostile_messages_are_quarantined_within_the_memory_bound(
     print(f"hostile sync: {seconds:.1f} s, peak RSS {peak_mb:.0f} MB")
 
     assert peak_mb < PEAK_RSS_LIMIT_MB
-    assert (report["new"], report["quarantined"]) == (7, 3)
+    assert (report["new"], report["quarantined"]) == (10, 4)
     assert _stored_subjects(imap_account) == {
         2: "normal-1",
         4: "normal-2",
@@ -179,6 +189,9 @@ def test_hostile_messages_are_quarantined_within_the_memory_bound(
         8: "normal-4",
         9: "text",
         10: "normal-5",
+        11: "broken",
+        12: "normal-6",
+        14: "normal-7",
     }
     with tenant_scope(imap_account.tenant_id):
         enclosed = Message.objects.get(account=imap_account, imap_uid=7)
@@ -190,7 +203,10 @@ def test_hostile_messages_are_quarantined_within_the_memory_bound(
         assert len(text.text_body) == settings.MAIL_MAX_BODY_CHARS
         assert text.text_body.startswith("t" * 46 + "\u00e9\n")
     reasons = _quarantine_reasons(imap_account)
-    assert sorted(reasons) == [1, 3, 5]
+    assert sorted(reasons) == [1, 3, 5, 13]
+    assert reasons[13] == (
+        "a message of unusual structure over 8388608 bytes with 8-bit bytes (read line by line)"
+    )
     assert reasons[1] == "more than 1000 MIME parts"
     assert reasons[3] == "MIME nesting deeper than 30"
     assert reasons[5] == "a MIME part's header is over the 262144-byte limit"
