@@ -14,7 +14,17 @@ Connection policy, the same as the IMAP side (`mailboxes.imap.connection`):
   are verified (`ssl_context`, with `MAIL_TLS_CA_FILE`);
 * every read and write has a timeout; a reply line longer than 8 KiB (as
   smtplib's own bound) or a reply of more than 100 lines aborts the
-  connection.
+  connection;
+* besides the per-read timeout, total deadlines: the DNS lookup, connecting,
+  TLS, the greeting, EHLO, STARTTLS and AUTH together within
+  `config.connect_deadline` (`SMTP_CONNECTION_DEADLINE`); one message, MAIL
+  FROM to the reply after its body, within `SMTP_MESSAGE_DEADLINE` plus one
+  second per `SMTP_MESSAGE_MIN_RATE` bytes of it; RSET and QUIT within
+  `_CLOSING_SECONDS`. Each read or write waits at most the time left, so a
+  server that trickles a byte just under each read timeout cannot hold a
+  send worker past them. A deadline is classified as any lost connection:
+  before the body, a `TemporaryFailure`; once the body was handed over,
+  `DeliveryUncertain`.
 
 The outcome of a delivery is exactly one of:
 
@@ -45,22 +55,29 @@ Credentials and message bodies are never logged.
 
 import base64
 import contextlib
+import io
 import ipaddress
 import logging
 import re
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
 from accounts.models import EmailAccount
 from accounts.services import Credentials
-from mailboxes.imap.connection import ServerConfig, resolve, ssl_context
-from mailboxes.imap.errors import AddressNotAllowed, MailServerError
+from mailboxes.imap.connection import Deadline, ServerConfig, resolve, ssl_context
+from mailboxes.imap.errors import AddressNotAllowed, DeadlineExceeded, MailServerError
 from mailboxes.sync.config import allowed_ports
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+    from typing_extensions import Buffer
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +90,9 @@ MAX_REPLY_LINES = 100
 _SEND_CHUNK = 64 * 1024
 # What an envelope address may not contain: it goes into a command line.
 _ADDRESS_FORBIDDEN = re.compile(r"[\x00-\x20<>\x7f]")
+# RSET after a refused message and QUIT at the end, each in all: a healthy
+# server answers in milliseconds, and nothing is lost by giving up on either.
+_CLOSING_SECONDS = 10.0
 
 
 # --- Results and errors ----------------------------------------------------------
@@ -131,21 +151,66 @@ class _ConnectionLost(smtplib.SMTPServerDisconnected):
     """The connection broke, timed out, or the server sent something absurd."""
 
 
+class _DeadlinePassed(_ConnectionLost):
+    """The connection's or the message's total deadline passed."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket's reads for the reply buffer, each waiting at most the
+    read timeout and never past the client's deadline."""
+
+    def __init__(self, sock: socket.socket, client: "_Client") -> None:
+        super().__init__()
+        self._sock, self._client = sock, client
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: "WriteableBuffer") -> int:
+        self._client.arm(self._sock)
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            self._client.arm(self._sock)  # past the deadline: _DeadlinePassed, not a timeout
+            raise
+
+
 class _Client(smtplib.SMTP):
     """smtplib.SMTP connecting to one checked address, implicit TLS or not,
     with a read timeout and bounded replies."""
 
-    def __init__(self, config: ServerConfig, address: str, context: ssl.SSLContext):
+    def __init__(
+        self, config: ServerConfig, address: str, context: ssl.SSLContext, deadline: Deadline | None
+    ):
         self._config, self._address, self._context = config, address, context
         self._line_limit = min(config.max_line, MAX_REPLY_LINE)
+        # The total deadline of what is under way (connecting, a message,
+        # closing); None between messages, when nothing is read.
+        self.deadline = deadline
         # A local_hostname keeps smtplib from asking DNS for our own name; the
         # real one (our address literal) is set once connected.
         super().__init__(local_hostname="localhost", timeout=config.connect_timeout)
 
+    def arm(self, sock: socket.socket, timeout: float | None = None) -> None:
+        """Set the socket's timeout for the next read, write or handshake:
+        `timeout` (the read timeout by default), or less when the deadline
+        is nearer; past it, raise `_DeadlinePassed` (the caller closes: this
+        runs inside the reply buffer's read, which cannot be closed there)."""
+        timeout = self._config.read_timeout if timeout is None else timeout
+        if self.deadline is not None:
+            try:
+                timeout = min(timeout, self.deadline.remaining())
+            except DeadlineExceeded as exc:
+                raise _DeadlinePassed(str(exc)) from None
+        sock.settimeout(timeout)
+
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline.remaining())
         sock = socket.create_connection((self._address, port), timeout)
         try:
             if self._config.encryption == "tls":
+                self.arm(sock, timeout)  # the handshake, in all
                 sock = self._context.wrap_socket(sock, server_hostname=host)
             sock.settimeout(self._config.read_timeout)
             self.local_hostname = _address_literal(sock.getsockname()[0])
@@ -154,18 +219,43 @@ class _Client(smtplib.SMTP):
             raise
         return sock
 
+    def _check_deadline(self) -> None:
+        """`_DeadlinePassed` when the deadline has passed (a timeout cut short by it)."""
+        if self.deadline is not None and self.deadline.at <= time.monotonic():
+            raise _DeadlinePassed(self.deadline.message)
+
     def connected_socket(self) -> socket.socket:
         if self.sock is None:
             raise _ConnectionLost("not connected")
         return self.sock
 
+    def send(self, s: "Buffer | str") -> None:  # smtplib's, with the deadline and a clear error
+        sock = self.connected_socket()
+        data = s.encode(self.command_encoding) if isinstance(s, str) else s
+        try:
+            self.arm(sock)
+            sock.sendall(data)
+        except _DeadlinePassed:
+            self.close()
+            raise
+        except OSError as exc:
+            self.close()
+            self._check_deadline()
+            reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            raise _ConnectionLost(f"connection lost sending a command: {reason}") from exc
+
     def getreply(self) -> tuple[int, bytes]:
         if self.file is None:
-            self.file = self.connected_socket().makefile("rb")
+            # A new socket (after STARTTLS) gets a new buffer: nothing read in
+            # clear is taken as part of the encrypted session.
+            self.file = io.BufferedReader(_DeadlineReader(self.connected_socket(), self))
         lines: list[bytes] = []
         while True:
             try:
                 line = self.file.readline(self._line_limit + 1)
+            except _DeadlinePassed:
+                self.close()
+                raise
             except OSError as exc:
                 self.close()
                 reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
@@ -194,9 +284,14 @@ class _Client(smtplib.SMTP):
         view, sock = memoryview(payload), self.connected_socket()
         try:
             for start in range(0, len(view), _SEND_CHUNK):
+                self.arm(sock)
                 sock.sendall(view[start : start + _SEND_CHUNK])
+        except _DeadlinePassed:
+            self.close()
+            raise
         except OSError as exc:
             self.close()
+            self._check_deadline()
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
             raise _ConnectionLost(f"connection lost sending the message: {reason}") from exc
 
@@ -227,6 +322,14 @@ def _connect(config: ServerConfig, credentials: Credentials | None) -> _Client:
         raise PermanentFailure(f"unknown SMTP encryption {config.encryption!r}")
     if config.encryption == "none" and not config.allow_plaintext:
         raise InsecureServer(f"{config.host}: unencrypted connections are not allowed (MAIL_ALLOW_PLAINTEXT)")
+    where = f"{config.host}:{config.port}"
+    deadline = None
+    if config.connect_deadline is not None:
+        deadline = Deadline(
+            config.connect_deadline,
+            f"{where}: not connected and logged in within {config.connect_deadline:g} s "
+            "(SMTP_CONNECTION_DEADLINE)",
+        )
     try:
         address = resolve(
             config.host,
@@ -234,13 +337,13 @@ def _connect(config: ServerConfig, credentials: Credentials | None) -> _Client:
             allow_private=config.allow_private,
             allowed_ports=config.allowed_ports,
             timeout=config.connect_timeout,  # a DNS server that never answers holds no worker
+            deadline=deadline,
         )
     except AddressNotAllowed as exc:
         raise PermanentFailure(str(exc)) from exc
-    except MailServerError as exc:  # DNS failed: may come back
+    except MailServerError as exc:  # DNS failed or was too slow: may come back
         raise TemporaryFailure(str(exc)) from exc
-    client = _Client(config, address, ssl_context(config))
-    where = f"{config.host}:{config.port}"
+    client = _Client(config, address, ssl_context(config), deadline)
     try:
         greeting = _reply(*client.connect(config.host, config.port))
         if greeting.code != 220:
@@ -252,6 +355,7 @@ def _connect(config: ServerConfig, credentials: Credentials | None) -> _Client:
             reply = _reply(*client.docmd("STARTTLS"))
             if reply.code != 220:
                 raise _refusal(f"{where}: STARTTLS", reply)
+            client.arm(client.connected_socket(), config.connect_timeout)  # the handshake, in all
             client.sock = client._context.wrap_socket(client.connected_socket(), server_hostname=config.host)
             # Anything the server sent before the handshake is dropped with
             # the old buffer; the capabilities are asked for again.
@@ -269,7 +373,10 @@ def _connect(config: ServerConfig, credentials: Credentials | None) -> _Client:
         raise InsecureServer(f"certificate of {config.host} not trusted: {exc.verify_message}") from exc
     except (smtplib.SMTPException, OSError) as exc:  # refused, reset, timed out, TLS broken
         client.close()
+        if deadline is not None and deadline.at <= time.monotonic():  # a timeout cut short by it
+            raise TemporaryFailure(deadline.message) from exc
         raise TemporaryFailure(f"cannot connect to {where}: {exc}") from exc
+    client.deadline = None  # connected: each message has its own
     return client
 
 
@@ -315,9 +422,17 @@ def _authenticate(client: _Client, credentials: Credentials, where: str) -> None
 
 
 def _quit(client: _Client) -> None:
+    client.deadline = Deadline(_CLOSING_SECONDS, "no answer to QUIT in time")
     with contextlib.suppress(smtplib.SMTPException, OSError):  # the message is out; nothing to save
         client.quit()
     client.close()
+
+
+def message_deadline_seconds(size: int) -> float:
+    """Seconds one message of `size` bytes (as sent) may take, MAIL FROM to
+    the reply after its body: `SMTP_MESSAGE_DEADLINE` for the commands and
+    the replies, plus its transfer at `SMTP_MESSAGE_MIN_RATE` bytes a second."""
+    return float(settings.SMTP_MESSAGE_DEADLINE) + size / float(settings.SMTP_MESSAGE_MIN_RATE)
 
 
 # --- Delivering -------------------------------------------------------------------
@@ -458,6 +573,12 @@ class SmtpSession:
             self._client = _connect(self.config, self.credentials)
             self.connections += 1
         client = self._client
+        seconds = message_deadline_seconds(len(payload))
+        client.deadline = Deadline(
+            seconds,
+            f"the message was not done within its deadline of {seconds:.1f} s "
+            "(SMTP_MESSAGE_DEADLINE, SMTP_MESSAGE_MIN_RATE)",
+        )
         body_started = False
         try:
             client.command_encoding = "ascii"
@@ -469,6 +590,8 @@ class SmtpSession:
                 reply = _reply(
                     *client.docmd("MAIL", f"FROM:<{envelope_from}>" + "".join(" " + o for o in options))
                 )
+            except _DeadlinePassed:
+                raise  # a server that answers slowly, not a closed connection: no second try
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 if reused:
                     raise _StaleConnection() from exc
@@ -521,6 +644,7 @@ class SmtpSession:
             self._drop()
             raise
 
+        client.deadline = None
         if 200 <= reply.code < 300:
             logger.info("smtp %s: delivered to %d of %d recipients", where, len(accepted), len(recipients))
             return DeliveryResult(accepted=accepted, refused=refused, reply=reply)
@@ -536,10 +660,14 @@ class SmtpSession:
         """RSET after a refused transaction; whether the connection is usable."""
         if self._client is None:
             return False
+        self._client.deadline = Deadline(_CLOSING_SECONDS, "no answer to RSET in time")
         try:
             return 200 <= _reply(*self._client.rset()).code < 300
         except (smtplib.SMTPException, OSError):
             return False
+        finally:
+            if self._client is not None:
+                self._client.deadline = None
 
 
 class _StaleConnection(Exception):
@@ -565,6 +693,7 @@ def smtp_config(account: EmailAccount) -> ServerConfig:
         ca_file=settings.MAIL_TLS_CA_FILE,
         connect_timeout=settings.SMTP_CONNECT_TIMEOUT,
         read_timeout=settings.SMTP_TIMEOUT,
+        connect_deadline=settings.SMTP_CONNECTION_DEADLINE,
         max_line=MAX_REPLY_LINE,
         allowed_ports=allowed_ports(),
     )

@@ -30,16 +30,21 @@ Faults, each for the next `times` transactions (None: until reset):
                                           or one AUTH mechanism ("AUTH=PLAIN")
 
 `sink.reset()` clears deliveries, faults, hidden extensions and extra users.
+
+`Trickler(stage)`: a tarpit of its own (a bare socket server) that sends one
+reply a byte at a time, for the deadline tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -314,3 +319,83 @@ def ca_make(directory: Path, name: str = "other test CA") -> Path:
     path = directory / "other-ca.pem"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
+
+
+class Trickler:
+    """An SMTP tarpit for the deadline tests: it accepts, then sends one
+    reply a byte every `interval` seconds (just under the client's read
+    timeout, so no single read times out), an endless line that never ends.
+
+    `stage`: which reply trickles: "greeting"; "EHLO" (greets at once);
+    "DATA_END" (a plain server, no AUTH, answering MAIL, RCPT and DATA at
+    once, taking the body, then trickling the final reply; `bodies` counts
+    the bodies it took whole). A connection is dropped after `give_up_after`
+    seconds, so that a client without a deadline fails (slowly) instead of
+    hanging the test run."""
+
+    def __init__(self, stage: str, *, interval: float = 0.3, give_up_after: float = 10.0):
+        assert stage in ("greeting", "EHLO", "DATA_END"), stage
+        self.stage, self.interval, self.give_up_after = stage, interval, give_up_after
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.bodies = 0
+        self.trickled = 0  # bytes of the slow reply sent
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def __enter__(self) -> Trickler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed.set()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket, until: float) -> None:
+        code = b"220" if self.stage == "greeting" else b"250"
+        for byte in code + b" " + b"x" * 100_000:
+            if time.monotonic() > until or self.closed.is_set():
+                return
+            conn.sendall(bytes([byte]))
+            self.trickled += 1
+            time.sleep(self.interval)
+
+    def _serve(self, conn: socket.socket) -> None:
+        until = time.monotonic() + self.give_up_after
+        try:
+            if self.stage == "greeting":
+                self._trickle(conn, until)
+                return
+            conn.sendall(b"220 trickler ready\r\n")
+            file = conn.makefile("rb")
+            while line := file.readline():
+                command = line[:4].upper()
+                if command in (b"EHLO", b"HELO"):
+                    if self.stage == "EHLO":
+                        self._trickle(conn, until)
+                        return
+                    conn.sendall(b"250-trickler\r\n250 8BITMIME\r\n")
+                elif command == b"DATA":
+                    conn.sendall(b"354 go on\r\n")
+                    while (body := file.readline()) and body != b".\r\n":
+                        pass
+                    self.bodies += 1
+                    self._trickle(conn, until)
+                    return
+                elif command == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()

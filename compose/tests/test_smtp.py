@@ -22,7 +22,7 @@ from compose.smtp import (
     smtp_config,
 )
 from compose.tests.conftest import SMTP_PASSWORD, SMTP_USER
-from compose.tests.smtpserver import ca_make
+from compose.tests.smtpserver import Trickler, ca_make
 from mailboxes.imap.connection import ServerConfig
 
 MESSAGE = (
@@ -338,6 +338,97 @@ def test_a_dns_server_that_never_answers_is_given_up_after_the_connect_timeout(m
 
     assert time.monotonic() - started < 2
     assert caught.value.phases == ["connect"]  # nothing was sent: safe to retry
+
+
+# --- Total deadlines (issue 14): a server that trickles a byte just under each
+# read timeout is given up at the deadline, not after the task's time limit.
+
+
+def trickled_config(port, **overrides):
+    values = {
+        "host": "127.0.0.1",
+        "port": port,
+        "encryption": "none",
+        "allow_private": True,
+        "allow_plaintext": True,
+        "read_timeout": 0.6,  # the trickler sends a byte every 0.3 s: no read times out
+        "connect_deadline": 1.5,
+    }
+    return ServerConfig(**{**values, **overrides})
+
+
+@pytest.mark.parametrize("stage", ["greeting", "EHLO"])
+def test_connection_deadline_stops_a_trickled_greeting_or_ehlo_temporary(stage):
+    with Trickler(stage) as trickler:
+        started = time.monotonic()
+
+        with pytest.raises(TemporaryFailure, match=r"not connected and logged in within 1\.5 s") as caught:
+            deliver(trickled_config(trickler.port), credentials=None)
+
+        elapsed = time.monotonic() - started
+    assert 1.4 < elapsed < 2.5
+    assert trickler.trickled >= 3  # it was trickling, not silent
+    assert caught.value.phases == ["connect"]  # nothing of the message went: retried later
+
+
+def test_message_deadline_stops_a_trickled_final_reply_uncertain(settings):
+    settings.SMTP_MESSAGE_DEADLINE = 1.5
+    settings.SMTP_MESSAGE_MIN_RATE = 1_000_000_000  # the size adds nothing here
+    with Trickler("DATA_END") as trickler:
+        started = time.monotonic()
+
+        with pytest.raises(DeliveryUncertain, match=r"not done within its deadline of 1\.5 s") as caught:
+            deliver(trickled_config(trickler.port, connect_deadline=None), credentials=None)
+
+        elapsed = time.monotonic() - started
+    assert 1.4 < elapsed < 2.5
+    assert trickler.bodies == 1  # the server has the message: never sent again
+    assert caught.value.phases == ["connect", "envelope", "data"]
+
+
+def test_message_deadline_before_the_body_is_temporary(settings):
+    # The message's deadline gone by MAIL FROM: nothing was handed over.
+    settings.SMTP_MESSAGE_DEADLINE = 0.0
+    settings.SMTP_MESSAGE_MIN_RATE = 1_000_000_000
+    with (
+        Trickler("DATA_END") as trickler,
+        pytest.raises(TemporaryFailure, match="not done within its deadline") as caught,
+    ):
+        deliver(trickled_config(trickler.port), credentials=None)
+
+    assert trickler.bodies == 0
+    assert caught.value.phases == ["connect", "envelope"]
+
+
+def test_healthy_server_within_the_deadlines(smtp_server, config, settings):
+    # Each message is slower than the connection deadline, and the session
+    # longer than it and than one message's deadline: each deadline is its own.
+    settings.SMTP_MESSAGE_DEADLINE = 1.0
+    smtp_server.hang(0.6, times=None)
+    started = time.monotonic()
+
+    with SmtpSession(config(connect_deadline=1.0), CREDENTIALS) as session:
+        for n in range(3):
+            session.deliver(
+                envelope_from="alice@example.com", recipients=["bob@example.net"], data=message(n)
+            )
+
+    assert time.monotonic() - started > 1.8
+    assert session.connections == 1
+    assert len(smtp_server.deliveries) == 3
+
+
+def test_a_large_message_gets_time_for_its_size(smtp_server, config, settings):
+    # 2 MB at SMTP_MESSAGE_MIN_RATE 2 MB/s: one second more than the 0.3 s base.
+    settings.SMTP_MESSAGE_DEADLINE = 0.3
+    settings.SMTP_MESSAGE_MIN_RATE = 2_000_000
+    smtp_server.hang(0.6)
+    data = MESSAGE + (b"y" * 998 + b"\r\n") * 2000
+
+    result = deliver(config(), data=data)
+
+    assert result.reply.code == 250
+    assert len(smtp_server.deliveries) == 1
 
 
 def test_endless_reply_line_aborts(smtp_server):

@@ -402,6 +402,21 @@ COMPOSE_RATE_LIMIT_USER = env("COMPOSE_RATE_LIMIT_USER", default="50/m")
 COMPOSE_RATE_LIMIT_TENANT = env("COMPOSE_RATE_LIMIT_TENANT", default="500/m")
 SMTP_CONNECT_TIMEOUT = env.float("SMTP_CONNECT_TIMEOUT", default=20.0)
 SMTP_TIMEOUT = env.float("SMTP_TIMEOUT", default=60.0)  # per read; the seeds' SMTP_TIMEOUT
+# Total deadlines besides the per-read timeout, so a server that trickles a
+# byte just under each SMTP_TIMEOUT cannot hold a send worker until the
+# task's time limit (compose.tasks.SEND_TIME_LIMIT, 900 s; soft 840 s).
+# Connection: DNS, connect, TLS, greeting, EHLO, STARTTLS, AUTH. A real
+# server needs a second or two; 60 as MAIL_CONNECTION_DEADLINE.
+SMTP_CONNECTION_DEADLINE = env.float("SMTP_CONNECTION_DEADLINE", default=60.0)
+# One message, MAIL FROM to the reply after its body: SMTP_MESSAGE_DEADLINE
+# seconds for the commands and replies (100 RCPTs, the server's scan before
+# its final reply: one SMTP_TIMEOUT and as much again) plus one second per
+# SMTP_MESSAGE_MIN_RATE bytes sent. 65,536 B/s (~0.5 Mbit/s, a slow ADSL
+# uplink): the largest message (COMPOSE_MAX_MESSAGE_BYTES, 25 MiB, ~35.9 MB
+# once base64-encoded) gets 120 + 547 = 667 s, plus 60 to connect: 727 s,
+# inside the soft time limit; a 50 KB message gets 121 s.
+SMTP_MESSAGE_DEADLINE = env.float("SMTP_MESSAGE_DEADLINE", default=120.0)
+SMTP_MESSAGE_MIN_RATE = env.int("SMTP_MESSAGE_MIN_RATE", default=65536)
 
 CELERY_BEAT_SCHEDULE = {
     # Scheduled sends that are due and queued ones whose task was lost.
