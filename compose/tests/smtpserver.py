@@ -329,14 +329,16 @@ class Trickler:
     `stage`: which reply trickles: "greeting"; "EHLO" (greets at once);
     "DATA_END" (a plain server, no AUTH, answering MAIL, RCPT and DATA at
     once, taking the body, then trickling the final reply; `bodies` counts
-    the bodies it took whole). A connection is dropped after `give_up_after`
+    the bodies it took whole); or "BODY", the body itself is read slowly,
+    16 KiB every `interval`, into small socket buffers. A connection is dropped after `give_up_after`
     seconds, so that a client without a deadline fails (slowly) instead of
     hanging the test run."""
 
     def __init__(self, stage: str, *, interval: float = 0.3, give_up_after: float = 10.0):
-        assert stage in ("greeting", "EHLO", "DATA_END"), stage
+        assert stage in ("greeting", "EHLO", "DATA_END", "BODY"), stage
         self.stage, self.interval, self.give_up_after = stage, interval, give_up_after
         self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # "BODY": fills soon
         self.port = self.listener.getsockname()[1]
         self.bodies = 0
         self.trickled = 0  # bytes of the slow reply sent
@@ -382,6 +384,11 @@ class Trickler:
                         self._trickle(conn, until)
                         return
                     conn.sendall(b"250-trickler\r\n250 8BITMIME\r\n")
+                elif command == b"DATA" and self.stage == "BODY":
+                    conn.sendall(b"354 go on\r\n")
+                    while time.monotonic() < until and not self.closed.is_set() and conn.recv(16384):
+                        time.sleep(self.interval)
+                    return
                 elif command == b"DATA":
                     conn.sendall(b"354 go on\r\n")
                     while (body := file.readline()) and body != b".\r\n":

@@ -386,6 +386,24 @@ def test_message_deadline_stops_a_trickled_final_reply_uncertain(settings):
     assert caught.value.phases == ["connect", "envelope", "data"]
 
 
+def test_message_deadline_stops_a_slowly_read_body_uncertain(settings):
+    # A server that takes the body at ~50 KiB/s: no 64 KiB write waits the
+    # 5 s write timeout, the 16 MB would take five minutes; the deadline ends it.
+    settings.SMTP_MESSAGE_DEADLINE = 1.5
+    settings.SMTP_MESSAGE_MIN_RATE = 1_000_000_000
+    data = MESSAGE + (b"z" * 998 + b"\r\n") * 16_000
+    with Trickler("BODY") as trickler:
+        config = trickled_config(trickler.port, connect_deadline=None, read_timeout=5.0)
+        started = time.monotonic()
+
+        with pytest.raises(DeliveryUncertain, match=r"not done within its deadline of 1\.5 s") as caught:
+            deliver(config, credentials=None, data=data)
+
+        elapsed = time.monotonic() - started
+    assert 1.4 < elapsed < 3
+    assert caught.value.phases == ["connect", "envelope", "data"]
+
+
 def test_message_deadline_before_the_body_is_temporary(settings):
     # The message's deadline gone by MAIL FROM: nothing was handed over.
     settings.SMTP_MESSAGE_DEADLINE = 0.0
