@@ -196,18 +196,19 @@ class _Client(smtplib.SMTP):
         `timeout` (the read timeout by default), or less when the deadline
         is nearer; past it, raise `_DeadlinePassed` (the caller closes: this
         runs inside the reply buffer's read, which cannot be closed there)."""
-        timeout = self._config.read_timeout if timeout is None else timeout
+        sock.settimeout(self._time_left(self._config.read_timeout if timeout is None else timeout))
+
+    def _time_left(self, timeout: float) -> float:
+        """`timeout`, or less when the deadline is nearer; `_DeadlinePassed` past it."""
         if self.deadline is not None:
             try:
                 timeout = min(timeout, self.deadline.remaining())
             except DeadlineExceeded as exc:
                 raise _DeadlinePassed(str(exc)) from None
-        sock.settimeout(timeout)
+        return timeout
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
-        if self.deadline is not None:
-            timeout = min(timeout, self.deadline.remaining())
-        sock = socket.create_connection((self._address, port), timeout)
+        sock = socket.create_connection((self._address, port), self._time_left(timeout))
         try:
             if self._config.encryption == "tls":
                 self.arm(sock, timeout)  # the handshake, in all
