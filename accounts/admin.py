@@ -13,9 +13,16 @@ from .services import (
     account_delete,
     account_ports_check,
     account_quota_check,
+    account_settings_verify,
     account_update,
 )
 from .validators import CREDENTIAL_FIELDS, validate_no_control_characters
+
+
+def _service_data(cleaned: dict) -> dict:
+    """The form's values as the services take them: an empty password keeps the stored one."""
+    data = {f: cleaned[f] for f in (*WRITABLE_FIELDS, *SECRET_FIELDS) if f in cleaned}
+    return {k: v for k, v in data.items() if not (k in SECRET_FIELDS and not v)}
 
 
 class EmailAccountForm(forms.ModelForm):
@@ -53,6 +60,15 @@ class EmailAccountForm(forms.ModelForm):
             account_ports_check(data=cleaned)
             if self.instance._state.adding and cleaned.get("tenant") and cleaned.get("user"):
                 account_quota_check(tenant=cleaned["tenant"], user=cleaned["user"])
+            if not self.errors:
+                # The servers are tried here, so a refusal is shown on its
+                # field; save_model then does not try them a second time.
+                if self.instance._state.adding:
+                    account_settings_verify(
+                        data=_service_data(cleaned), tenant=cleaned.get("tenant"), user=cleaned.get("user")
+                    )
+                else:
+                    account_settings_verify(data=_service_data(cleaned), account=self.instance)
         except ApplicationError as exc:
             raise forms.ValidationError(exc.fields or exc.message) from exc
         return cleaned
@@ -90,12 +106,13 @@ class EmailAccountAdmin(OperatorModelAdmin):
             return EmailAccount.objects.select_related("tenant").get(pk=obj.pk)
 
     def save_model(self, request, obj, form, change):
-        data = {f: form.cleaned_data[f] for f in (*WRITABLE_FIELDS, *SECRET_FIELDS) if f in form.cleaned_data}
-        data = {k: v for k, v in data.items() if not (k in SECRET_FIELDS and not v)}
+        data = _service_data(form.cleaned_data)
         if change:
-            account_update(account=self._as_runtime(obj), actor=request.user, data=data)
+            account_update(account=self._as_runtime(obj), actor=request.user, data=data, verify=False)
         else:
-            account = account_create(tenant=obj.tenant, user=obj.user, data=data, actor=request.user)
+            account = account_create(
+                tenant=obj.tenant, user=obj.user, data=data, actor=request.user, verify=False
+            )
             obj.pk = account.pk
 
     def delete_model(self, request, obj):

@@ -1,9 +1,11 @@
 """Writes on email accounts. Every change is audited, without secrets."""
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import IntegrityError, connection, transaction
@@ -19,6 +21,7 @@ from emailclient.core.tenancy import tenant_scope
 from .models import EmailAccount
 from .ports import default_port, port_allowed
 from .schedule import account_sync_schedule
+from .verification import account_verify
 
 SECRET_FIELDS = {"password": "password_encrypted", "smtp_password": "smtp_password_encrypted"}
 # Fields a client may set; anything else in `data` (tenant, user, ids...) is ignored.
@@ -141,15 +144,21 @@ def account_create(
     data: dict[str, Any],
     actor: AbstractBaseUser | AnonymousUser | None = None,
     ip_address: str | None = None,
+    verify: bool = True,
 ) -> EmailAccount:
     """Create `user`'s account in `tenant`. `actor` (default: the user) is who
-    is recorded in the audit log, e.g. an operator in the admin."""
+    is recorded in the audit log, e.g. an operator in the admin. The servers
+    are tried first (ACCOUNT_VERIFY_ON_SAVE, `account_verify`): a login they
+    refuse is a 400 and nothing is saved. `verify=False`: the caller has just
+    done so with `account_settings_verify` (the admin's form)."""
     if not data.get("password"):
         raise ApplicationError("A password is required.", fields={"password": ["This field is required."]})
     account = EmailAccount(tenant=tenant, user=user)
     _apply(account, data)
     _fill_defaults(account)
     account_ports_check(data={"port": account.port, "smtp_port": account.smtp_port})
+    if verify:
+        _verify(account, incoming=True, outgoing=True)
     with tenant_scope(tenant.id):
         account_quota_check(tenant=tenant, user=user)
         _save(account)
@@ -189,25 +198,93 @@ def _require_secret_for_new_endpoint(account: EmailAccount, data: dict[str, Any]
         raise ApplicationError("A password is needed to change where it is sent.", fields=errors)
 
 
+def _with_default_port(account: EmailAccount, data: dict[str, Any]) -> dict[str, Any]:
+    if ("protocol" in data or "encryption" in data) and "port" not in data:
+        # A new protocol or encryption without a port means that pair's default port.
+        protocol = data.get("protocol", account.protocol)
+        encryption = data.get("encryption", account.encryption)
+        data = {**data, "port": default_port(protocol, encryption)}
+    return data
+
+
+def _servers_to_verify(account: EmailAccount, data: dict[str, Any]) -> tuple[bool, bool]:
+    """Which of `account`'s servers an update with `data` must be tried on:
+    those where a password now goes that has not been there (the endpoints
+    of `_require_secret_for_new_endpoint`, or a new password)."""
+
+    def changed(fields: Iterable[str]) -> bool:
+        return any(f in data and data[f] != getattr(account, f) for f in fields)
+
+    new_password = bool(data.get("password"))
+    incoming = changed(INCOMING_ENDPOINT) or new_password
+    outgoing = (
+        changed(OUTGOING_ENDPOINT)
+        or bool(data.get("smtp_password"))
+        # SMTP without its own password logs in with the incoming one.
+        or (new_password and not account.smtp_password_encrypted)
+    )
+    return incoming, outgoing
+
+
+def _verify(account: EmailAccount, *, incoming: bool, outgoing: bool) -> None:
+    if not settings.ACCOUNT_VERIFY_ON_SAVE or not (incoming or outgoing):
+        return
+    secrets = [account_credentials(account=account).password]
+    if account.smtp_password_encrypted:
+        secrets.append(account_credentials(account=account, smtp=True).password)
+    account_verify(account=account, incoming=incoming, outgoing=outgoing, secrets=secrets)
+
+
+def account_settings_verify(
+    *,
+    data: dict[str, Any],
+    account: EmailAccount | None = None,
+    tenant: Tenant | None = None,
+    user: User | None = None,
+) -> None:
+    """Try the servers as `account_create` (no `account`: a new one of
+    `user` in `tenant`) or `account_update` of `account` with `data` would,
+    changing nothing: for a form that shows the refusal on its fields before
+    it saves (with `verify=False` then)."""
+    if not settings.ACCOUNT_VERIFY_ON_SAVE:
+        return
+    if account is None:
+        if not data.get("password"):
+            return  # the form says a password is required
+        candidate = EmailAccount(tenant=tenant, user=user)
+        incoming, outgoing = True, True
+    else:
+        data = _with_default_port(account, data)
+        # Never the stored password to a server it has not been sent to.
+        _require_secret_for_new_endpoint(account, data)
+        candidate = copy.copy(account)
+        incoming, outgoing = _servers_to_verify(account, data)
+    _apply(candidate, data)
+    _fill_defaults(candidate)
+    _verify(candidate, incoming=incoming, outgoing=outgoing)
+
+
 def account_update(
     *,
     account: EmailAccount,
     actor: AbstractBaseUser | AnonymousUser | None,
     data: dict[str, Any],
     ip_address: str | None = None,
+    verify: bool = True,
 ) -> EmailAccount:
-    if ("protocol" in data or "encryption" in data) and "port" not in data:
-        # A new protocol or encryption without a port means that pair's default port.
-        protocol = data.get("protocol", account.protocol)
-        encryption = data.get("encryption", account.encryption)
-        data = {**data, "port": default_port(protocol, encryption)}
+    """Change `account`. A change of where a password goes needs the password
+    again, and the server it goes to is tried before saving (as on create)."""
+    data = _with_default_port(account, data)
     # After the defaults: a port they move is a new endpoint like any other.
     _require_secret_for_new_endpoint(account, data)
+    incoming, outgoing = _servers_to_verify(account, data)
     changes = _apply(account, data)
     _fill_defaults(account)
     if not changes:
         return account
     account_ports_check(data={f: getattr(account, f) for f in ("port", "smtp_port") if f in changes})
+    if verify:
+        _verify(account, incoming=incoming, outgoing=outgoing)
     with tenant_scope(account.tenant_id):
         _save(account)
         account_sync_schedule(account=account)

@@ -1,4 +1,30 @@
+from typing import TYPE_CHECKING
+
 from django.apps import AppConfig
+
+if TYPE_CHECKING:
+    from accounts.models import EmailAccount
+
+
+def smtp_account_verify(*, account: "EmailAccount", incoming: bool, outgoing: bool) -> dict[str, list[str]]:
+    """Connect, secure and log in to `account`'s SMTP server as a send would
+    (`compose.smtp.smtp_check`), then QUIT. The errors by field of the account
+    form; {} when the server took the login or the account sends nothing."""
+    from accounts.services import account_credentials
+    from compose.smtp import AuthenticationFailed, InsecureServer, SmtpError, smtp_check, smtp_config
+
+    if not outgoing or not account.smtp_hostname:
+        return {}
+    try:
+        smtp_check(smtp_config(account), account_credentials(account=account, smtp=True))
+    except AuthenticationFailed as exc:
+        return {"smtp_password": [str(exc)]}
+    except InsecureServer as exc:
+        return {"smtp_encryption": [str(exc)]}
+    except SmtpError as exc:
+        port = isinstance(exc.__cause__, ConnectionRefusedError) or str(exc).startswith("port ")
+        return {"smtp_port" if port else "smtp_hostname": [str(exc)]}
+    return {}
 
 
 class ComposeConfig(AppConfig):
@@ -6,9 +32,12 @@ class ComposeConfig(AppConfig):
     verbose_name = "Drafts and sending"
 
     def ready(self) -> None:
+        from accounts.verification import account_verifier_register
         from messages.blob_gc import blob_references_register
 
         # Uploads of drafts and the frozen messages of the outbox live in the
         # blob store too: garbage collection must keep them.
         blob_references_register("email_draft_attachments", "blob_key")
         blob_references_register("email_send_queue", "raw_blob_key")
+        # An account with an SMTP server is saved only once it took the login.
+        account_verifier_register(smtp_account_verify)

@@ -1,6 +1,57 @@
+import dataclasses
+from typing import TYPE_CHECKING
+
 from django.apps import AppConfig
+
+if TYPE_CHECKING:
+    from accounts.models import EmailAccount
+
+
+def imap_account_verify(*, account: "EmailAccount", incoming: bool, outgoing: bool) -> dict[str, list[str]]:
+    """Log in to `account`'s IMAP server as the sync would (same address and
+    port policy, TLS, MAIL_CONNECTION_DEADLINE), then LOGOUT. The errors by
+    field of the account form; {} when the server took the login. POP3
+    accounts are not synced by this service, so not tried."""
+    from accounts.services import account_credentials
+    from mailboxes.imap import ImapSession
+    from mailboxes.imap.errors import (
+        AddressNotAllowed,
+        AuthenticationFailed,
+        DeadlineExceeded,
+        InsecureServer,
+        MailServerError,
+    )
+    from mailboxes.sync.config import server_config
+
+    if not incoming or account.protocol != "imap":
+        return {}
+    config = server_config(account)
+    # The login within the connection deadline; LOGOUT gets 10 s more, not a sync's.
+    config = dataclasses.replace(config, session_deadline=(config.connect_deadline or 60.0) + 10.0)
+    credentials = account_credentials(account=account)
+    try:
+        with ImapSession(config, credentials.username, credentials.password):
+            pass
+    except AuthenticationFailed as exc:
+        return {"password": [f"{account.hostname}: {exc}"]}
+    except InsecureServer as exc:
+        return {"encryption": [str(exc)]}
+    except AddressNotAllowed as exc:
+        return {"port" if str(exc).startswith("port ") else "hostname": [str(exc)]}
+    except DeadlineExceeded as exc:
+        return {"hostname": [str(exc)]}
+    except MailServerError as exc:
+        refused = isinstance(exc.__cause__, ConnectionRefusedError)
+        return {"port" if refused else "hostname": [str(exc)]}
+    return {}
 
 
 class MailboxesConfig(AppConfig):
     name = "mailboxes"
     verbose_name = "Mailboxes (folders and sync state)"
+
+    def ready(self) -> None:
+        from accounts.verification import account_verifier_register
+
+        # An account is saved only once its IMAP server took its login.
+        account_verifier_register(imap_account_verify)

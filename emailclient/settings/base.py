@@ -360,6 +360,12 @@ SYNC_TRIGGER_RATE_LIMIT = env("SYNC_TRIGGER_RATE_LIMIT", default="6/m")
 # 60 leaves room for a slow one across the world, and a tarpit that trickles
 # its greeting a byte at a time holds a worker one minute, not forever.
 MAIL_CONNECTION_DEADLINE = env.float("MAIL_CONNECTION_DEADLINE", default=60.0)
+# Creating an account, or changing where its password goes, first logs in to
+# its IMAP server (and SMTP server, when it has one) within
+# MAIL_CONNECTION_DEADLINE (SMTP_CONNECTION_DEADLINE): True, so that no
+# account pointed at a tarpit or with a wrong password is stored to be retried
+# by every sync. False only for tests on fake hosts.
+ACCOUNT_VERIFY_ON_SAVE = env.bool("ACCOUNT_VERIFY_ON_SAVE", default=True)
 # Seconds one sync (or write-back run) may talk to its server in all. 1,800:
 # half the task's hard time limit, so it ends cleanly long before Celery kills
 # it; 10,000 messages take ~25 s here (bench/), so only mailboxes of several

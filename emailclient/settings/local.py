@@ -37,3 +37,4 @@ WHITENOISE_AUTOREFRESH = True
 MAIL_ALLOW_PRIVATE_HOSTS = True
 MAIL_ALLOW_PLAINTEXT = True
 MAIL_ALLOWED_PORTS = None  # and listen on free high ports
+ACCOUNT_VERIFY_ON_SAVE = True  # as in production: a wrong password is seen at once
