@@ -58,8 +58,13 @@ class Command(BaseCommand):
         if account is not None:
             # The demo's servers and secrets are this run's: the ports may have
             # moved and a new .env means a new credential key.
+            # Not logged in to first (ACCOUNT_VERIFY_ON_SAVE): the servers are
+            # this run's own, and the submission server may still be starting.
             account = account_update(
-                account=account, actor=None, data={"port": imap_port, "password": password, **smtp}
+                account=account,
+                actor=None,
+                data={"port": imap_port, "password": password, **smtp},
+                verify=False,
             )
         else:
             account = account_create(
@@ -77,6 +82,7 @@ class Command(BaseCommand):
                     "sync_interval": 300,
                     **smtp,
                 },
+                verify=False,
             )
         task_id, joined = sync_request(account=account)
         self.stdout.write(
