@@ -166,7 +166,9 @@ def walk_parts(msg: MimeMessage, result: ParsedMessage, limits: Limits) -> None:
         if chars <= 0:
             return
         # A character takes four bytes at most (UTF-8, UTF-32).
-        data = _cut(_payload_bytes(part, 4 * chars + 4), 4 * chars + 4)
+        # One byte more than is kept: `_cut` sees the text goes on and cuts at
+        # a line end or a character's start, never inside a character.
+        data = _cut(_payload_bytes(part, 4 * chars + 5), 4 * chars + 4)
         text = decode_bytes(data, part.get_content_charset())
         if kind == "text":
             text = text.replace("\r\n", "\n")

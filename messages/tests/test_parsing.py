@@ -549,6 +549,20 @@ def test_text_bodies_are_kept_to_their_first_million_characters():
     assert len(parse_message(html, Limits(max_body_chars=10)).html_body) == 10
 
 
+@pytest.mark.parametrize("pad", range(4))
+@pytest.mark.parametrize("line", ["Voilà déjà l'été, où ça ?", "\U0001f600\U0001f389 ok"])
+def test_a_capped_8bit_body_is_cut_between_characters_and_lines(pad, line):
+    # The cap fell inside a character, the UTF-8 decoding failed and the
+    # whole body was read as cp1252 ("VoilÃ  dÃ©jÃ "); a CRLF lost its LF.
+    text = "x" * pad + (line + "\r\n") * 2000
+    raw = b"Subject: long\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + text.encode()
+
+    body = parse_message(raw, Limits(max_body_chars=1000)).text_body
+
+    assert body == text.replace("\r\n", "\n")[: len(body)]
+    assert 900 <= len(body) <= 1000 and "\r" not in body
+
+
 def test_the_feedparser_is_given_a_bounded_text():
     # A lone CR sends mail to the FeedParser, fed as one str: four bytes a
     # character once one byte is 8-bit.
