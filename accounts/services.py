@@ -158,6 +158,10 @@ def account_create(
     _fill_defaults(account)
     account_ports_check(data={"port": account.port, "smtp_port": account.smtp_port})
     if verify:
+        # Over quota, no server is tried: a 403 before any login (checked
+        # again below, under the quota's lock, against a create beside it).
+        with tenant_scope(tenant.id):
+            account_quota_check(tenant=tenant, user=user)
         _verify(account, incoming=True, outgoing=True)
     with tenant_scope(tenant.id):
         account_quota_check(tenant=tenant, user=user)

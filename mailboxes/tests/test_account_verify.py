@@ -121,6 +121,25 @@ def test_a_tarpit_that_never_greets_is_a_400_within_the_connection_deadline(
 
 
 @pytest.mark.django_db
+def test_over_quota_no_server_is_tried(verifying, devmail, mail_user, client_a, tenant_a):
+    verifying.MAIL_CONNECTION_DEADLINE = 5.0
+    tenant_a.max_accounts = 0
+    tenant_a.save(update_fields=["max_accounts"])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tarpit:  # would hold the request 5 s
+        tarpit.bind(("127.0.0.1", 0))
+        tarpit.listen(8)
+        started = time.monotonic()
+        response = client_a.post(
+            URL, _account(devmail, mail_user, port=tarpit.getsockname()[1]), format="json"
+        )
+        took = time.monotonic() - started
+
+    assert (response.status_code, response.json()["error"]["code"]) == (403, "quota_exceeded")
+    assert took < 2.0
+    assert _saved(tenant_a) == 0
+
+
+@pytest.mark.django_db
 def test_a_refused_smtp_login_is_a_400_on_smtp_password(
     verifying,
     devmail,

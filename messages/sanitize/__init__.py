@@ -287,6 +287,6 @@ def sanitize_html_for_reading(
     if content_ids:
         # One pass over the fragment, each placeholder whole (with its end).
         urls = [escape(cid_urls[cid], quote=True) for cid in content_ids]
-        pattern = re.compile(re.escape(prefix) + r"(\d+)" + re.escape(_PLACEHOLDER_END))
+        pattern = re.compile(re.escape(prefix) + r"(\d{1,6})" + re.escape(_PLACEHOLDER_END))
         fragment = pattern.sub(lambda m: urls[int(m[1])] if int(m[1]) < len(urls) else "", fragment)
     return SanitizedHtml(html=fragment, remote_images_blocked=blocked), truncated
