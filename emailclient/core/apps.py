@@ -24,6 +24,8 @@ class CoreConfig(AppConfig):
         post_migrate.connect(_append_only_after_migrate, sender=self)
         from celery.signals import worker_init
 
+        # A worker that cannot reach the database now checks before its first
+        # task instead (emailclient.core.tasking.IsolatedTask).
         worker_init.connect(_refuse_to_start_unsecured, weak=False)
         # A gunicorn worker (the web role) imports the WSGI application, and
         # so runs this, before it takes a request: it refuses to boot, and

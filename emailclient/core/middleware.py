@@ -27,6 +27,7 @@ import logging
 import re
 import uuid
 
+import psycopg
 from django.db import transaction
 from rest_framework import exceptions
 from rest_framework.settings import api_settings
@@ -130,6 +131,11 @@ class TenantMiddleware:
         except DatabaseNotSecured as exc:
             logger.critical("refusing a tenant request: %s", exc)
             return error_response(503, "database_not_secured", "The service is unavailable.")
+        except psycopg.OperationalError:
+            logger.warning("tenant request refused: the database cannot be reached", exc_info=True)
+            return error_response(
+                503, "database_unavailable", "The service is unavailable; try again shortly."
+            )
         authentication = JWTAuthentication()
         token = authentication.validated_token(request) if is_reference(ref) else None
         if token is not None:

@@ -174,3 +174,38 @@ def test_a_process_that_has_not_seen_the_database_secured_refuses_tenant_request
     assert (refused.status_code, refused.json()["error"]["code"]) == (503, "database_not_secured")
     assert served.status_code == 200
     assert rls._secured is True
+
+
+def test_a_database_out_of_reach_is_a_503_not_a_500(db, tenant_a, user_a, monkeypatch):
+    """The isolation check before the first tenant request cannot connect."""
+    from django.db import connections
+
+    from emailclient.core import rls
+
+    monkeypatch.setattr(rls, "_secured", False)
+    monkeypatch.setitem(connections["default"].settings_dict, "PORT", "1")  # nothing listens there
+
+    response = bearer_client(user_a, tenant_a).get("/api/accounts/")
+
+    assert (response.status_code, response.json()["error"]["code"]) == (503, "database_unavailable")
+    assert rls._secured is False
+
+
+def test_a_worker_that_has_not_seen_the_database_secured_runs_no_task(committed_db, monkeypatch):
+    from django.db import connections
+
+    from compose.tasks import dispatch_due_task
+    from emailclient.core import rls
+
+    monkeypatch.setattr(rls, "_secured", False)
+    with connections["owner"].cursor() as cursor:
+        cursor.execute('ALTER TABLE "email_accounts" NO FORCE ROW LEVEL SECURITY')
+    try:
+        refused = dispatch_due_task.apply()
+    finally:
+        with connections["owner"].cursor() as cursor:
+            cursor.execute('ALTER TABLE "email_accounts" FORCE ROW LEVEL SECURITY')
+    served = dispatch_due_task.apply()
+
+    assert refused.failed() and isinstance(refused.result, rls.DatabaseNotSecured), refused.traceback
+    assert served.successful(), served.traceback
