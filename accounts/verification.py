@@ -29,8 +29,10 @@ Verifier = Callable[..., dict[str, list[str]]]
 
 _VERIFIERS: list[Verifier] = []
 
-# An IPv4 address, or something that may be an IPv6 one (checked below).
-_ADDRESS = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]+")
+# IPv4 addresses first, then what may be an IPv6 one (checked below): in one
+# pass, "peer:10.1.2.3" matched as one IPv6 candidate and was left as it was.
+_IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
+_IPV6 = re.compile(r"[0-9A-Fa-f:]*:[0-9A-Fa-f:.]+")
 
 
 class AccountVerificationFailed(ApplicationError):
@@ -52,13 +54,14 @@ def _clean(message: str, *, account: EmailAccount, secrets: list[str]) -> str:
 
     def hide(match: re.Match[str]) -> str:
         text = match.group(0)
+        address = text.rstrip(".:")  # "connect to fd00::1." ends a sentence
         try:
-            ipaddress.ip_address(text)
+            ipaddress.ip_address(address)
         except ValueError:
             return text
-        return text if text in given else "[address]"
+        return text if address in given else "[address]" + text[len(address) :]
 
-    return _ADDRESS.sub(hide, message)
+    return _IPV6.sub(hide, _IPV4.sub(hide, message))
 
 
 def account_verify(*, account: EmailAccount, incoming: bool, outgoing: bool, secrets: list[str]) -> None:
