@@ -8,7 +8,15 @@ from emailclient.core.schema import TENANT_HEADER
 from .models import EmailAccount
 from .selectors import access_account, account_list
 from .serializers import AccountInputSerializer, AccountOutputSerializer
-from .services import account_create, account_delete, account_update
+from .services import (
+    INCOMING_ENDPOINT,
+    OUTGOING_ENDPOINT,
+    SECRET_FIELDS,
+    account_create,
+    account_delete,
+    account_settings_verify,
+    account_update,
+)
 
 
 @extend_schema(parameters=[TENANT_HEADER])
@@ -47,11 +55,21 @@ class AccountViewSet(TenantAPIMixin, viewsets.GenericViewSet):
 
     @extend_schema(request=AccountInputSerializer, responses=AccountOutputSerializer)
     def update(self, request, partial: bool = False, **kwargs):
-        account = self._get_account(lock=True)
+        seen = self._get_account()
         serializer = AccountInputSerializer(data=request.data, partial=partial)
         serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        # The servers are tried before the row is locked: a slow one must not
+        # hold the lock (a sync waits on it) for its connection deadlines.
+        account_settings_verify(data=data, account=seen)
+        account = self._get_account(lock=True)
         account = account_update(
-            account=account, actor=request.user, data=serializer.validated_data, ip_address=self.client_ip()
+            account=account,
+            actor=request.user,
+            data=data,
+            ip_address=self.client_ip(),
+            # Tried again, locked, only if the servers changed meanwhile.
+            verify=_endpoint(account) != _endpoint(seen),
         )
         return Response(AccountOutputSerializer(account).data)
 
@@ -62,3 +80,10 @@ class AccountViewSet(TenantAPIMixin, viewsets.GenericViewSet):
     def destroy(self, request, **kwargs):
         account_delete(account=self._get_account(lock=True), actor=request.user, ip_address=self.client_ip())
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _endpoint(account) -> tuple:
+    """Where the account's passwords go, and the passwords."""
+    return tuple(
+        getattr(account, field) for field in (*INCOMING_ENDPOINT, *OUTGOING_ENDPOINT, *SECRET_FIELDS.values())
+    )

@@ -199,6 +199,39 @@ def test_an_update_to_a_closed_port_is_refused_and_the_old_one_kept(
     assert client_a.patch(url, {"password": PASSWORD}, format="json").status_code == 200
 
 
+def test_an_update_holds_no_lock_on_the_account_while_its_server_is_tried(
+    verifying, committed_db, devmail, mail_user, tenant_a, user_a
+):
+    """A sync (which updates the account's row) must not wait on a slow
+    server's deadlines because a user is changing the account."""
+    import threading
+
+    from django.db import connection, transaction
+
+    from conftest import bearer_client
+
+    verifying.MAIL_CONNECTION_DEADLINE = 2.0
+    account = EmailAccountFactory(tenant=tenant_a, user=user_a, hostname="127.0.0.1", port=devmail.imap_port)
+    answers = []
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tarpit:
+        tarpit.bind(("127.0.0.1", 0))
+        tarpit.listen(8)
+        body = {"port": tarpit.getsockname()[1], "password": "new"}
+        patch = threading.Thread(
+            target=lambda: answers.append(
+                bearer_client(user_a, tenant_a).patch(f"{URL}{account.id}/", body, format="json")
+            )
+        )
+        patch.start()
+        time.sleep(0.7)  # the update is waiting for the tarpit's greeting now
+        with tenant_scope(tenant_a.id), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL lock_timeout = '300ms'")
+            cursor.execute("SELECT 1 FROM email_accounts WHERE id = %s FOR UPDATE", [account.id])
+        patch.join()
+
+    assert answers[0].status_code == 400
+
+
 @pytest.fixture
 def operator_client(committed_db):
     client = Client()
