@@ -1,6 +1,8 @@
+from django.conf import settings
 from django.contrib import admin
 
 from .admin_base import OperatorModelAdmin, ReadOnlyOperatorAdmin
+from .limits import TENANT_LIMIT_SETTINGS
 from .models import AuditLog, Tenant, TenantMembership
 from .services import tenant_member_add, tenant_member_remove
 
@@ -32,6 +34,17 @@ class TenantAdmin(admin.ModelAdmin):
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]
     prepopulated_fields = {"slug": ["name"]}
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        """Each limit's help says what an empty field means now: the
+        setting's value, and the variable that sets it."""
+        form = super().get_form(request, obj, change=change, **kwargs)
+        for field, setting in TENANT_LIMIT_SETTINGS.items():
+            if field in form.base_fields:
+                value = getattr(settings, setting)
+                default = "unlimited" if value is None else value
+                form.base_fields[field].help_text = f"Empty: the service's default, {default} ({setting})."
+        return form
 
 
 @admin.register(TenantMembership)

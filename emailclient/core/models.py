@@ -27,8 +27,9 @@ class BaseModel(models.Model):
 _DEFAULT = "Empty: the service's default (see the README's Configuration)."
 
 
-def _rate_field() -> models.CharField:
+def _rate_field(verbose_name: str) -> models.CharField:
     return models.CharField(
+        verbose_name,
         max_length=32,
         blank=True,
         default="",
@@ -46,17 +47,23 @@ class Tenant(BaseModel):
     is_active = models.BooleanField(default=True)
 
     # Limits: empty means the setting's default (emailclient.core.limits).
-    max_accounts = models.PositiveIntegerField(null=True, blank=True, help_text=_DEFAULT)
-    max_accounts_per_user = models.PositiveIntegerField(null=True, blank=True, help_text=_DEFAULT)
-    max_stored_bytes = models.PositiveBigIntegerField(null=True, blank=True, help_text=_DEFAULT)
-    max_messages = models.PositiveBigIntegerField(null=True, blank=True, help_text=_DEFAULT)
-    max_concurrent_syncs = models.PositiveSmallIntegerField(null=True, blank=True, help_text=_DEFAULT)
-    api_rate_limit_user = _rate_field()
-    api_rate_limit_tenant = _rate_field()
-    api_rate_limit_search = _rate_field()
-    sync_trigger_rate_limit = _rate_field()
-    compose_rate_limit_user = _rate_field()
-    compose_rate_limit_tenant = _rate_field()
+    max_accounts = models.PositiveIntegerField("accounts", null=True, blank=True, help_text=_DEFAULT)
+    max_accounts_per_user = models.PositiveIntegerField(
+        "accounts per user", null=True, blank=True, help_text=_DEFAULT
+    )
+    max_stored_bytes = models.PositiveBigIntegerField(
+        "stored bytes (raw mail)", null=True, blank=True, help_text=_DEFAULT
+    )
+    max_messages = models.PositiveBigIntegerField("messages", null=True, blank=True, help_text=_DEFAULT)
+    max_concurrent_syncs = models.PositiveSmallIntegerField(
+        "syncs at once", null=True, blank=True, help_text=_DEFAULT
+    )
+    api_rate_limit_user = _rate_field("API requests per user")
+    api_rate_limit_tenant = _rate_field("API requests per tenant")
+    api_rate_limit_search = _rate_field("searches per user")
+    sync_trigger_rate_limit = _rate_field("sync triggers per account")
+    compose_rate_limit_user = _rate_field("sends per user")
+    compose_rate_limit_tenant = _rate_field("sends per tenant")
 
     class Meta:
         db_table = "tenants"

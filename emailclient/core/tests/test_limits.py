@@ -46,11 +46,18 @@ def test_other_rates_are_refused(rate):
         validate_rate(rate)
 
 
-def test_operator_sets_a_tenant_limit_in_the_admin(committed_db):
+def test_operator_sets_a_tenant_limit_in_the_admin(committed_db, settings):
+    settings.API_RATE_LIMIT_USER = "600/m"
+    settings.TENANT_MAX_ACCOUNTS = None
     tenant = Tenant.objects.create(slug="admin-limits", name="Admin limits")
     client = Client()
     client.force_login(UserFactory(username="limits-operator", is_staff=True, is_superuser=True))
     form = {"name": tenant.name, "slug": tenant.slug, "is_active": "on"}
+
+    page = client.get(f"/admin/core/tenant/{tenant.id}/change/").content.decode()
+    assert "API requests per user" in page
+    assert "Empty: the service's default, 600/m (API_RATE_LIMIT_USER)." in page
+    assert "Empty: the service's default, unlimited (TENANT_MAX_ACCOUNTS)." in page
 
     refused = client.post(f"/admin/core/tenant/{tenant.id}/change/", {**form, "api_rate_limit_user": "lots"})
     saved = client.post(f"/admin/core/tenant/{tenant.id}/change/", {**form, "api_rate_limit_user": "20/m"})
