@@ -5,12 +5,7 @@ once it has received it whole, replied to or not)."""
 
 import contextlib
 import email
-import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -23,67 +18,14 @@ from compose.models import Status
 from compose.outbox import _send_locks_held, outbox_send, send_enqueue
 from compose.tests.test_outbox import audit_actions, queue_message, state
 from emailclient.core.tenancy import tenant_scope
+from emailclient.core.tests.celery_worker import CeleryWorker
 
 # --- A real worker --------------------------------------------------------------------
 
 # The worker runs the test settings with this test's blob store and CA, and
 # a broker visibility timeout of seconds instead of an hour, so that a
 # message taken by a worker that was killed is handed to the next one soon.
-WORKER = """
-import json, os, sys
-sys.path.insert(0, os.environ["APP_DIR"])
-os.environ["DJANGO_SETTINGS_MODULE"] = "emailclient.settings.test"
-import django
-django.setup()
-from django.conf import settings
-for name, value in json.loads(os.environ["SETTINGS_OVERRIDES"]).items():
-    setattr(settings, name, value)
-from emailclient.celery import app
-app.conf.broker_transport_options = {
-    "visibility_timeout": 3, "unacked_restore_interval": 1, "unacked_restore_throttle": 1,
-}
-app.worker_main([
-    "worker", "--pool=prefork", "--concurrency=1", "--loglevel=INFO",
-    "--without-heartbeat", "--without-gossip", "--without-mingle",
-    "--hostname", os.environ["WORKER_NAME"] + "@%h",
-])
-"""
-
-
-class Worker:
-    """A `celery worker` in a process group of its own (main process and
-    pool child), killed without warning with SIGKILL."""
-
-    count = 0
-
-    def __init__(self, tmp_path, overrides: dict):
-        Worker.count += 1
-        script = tmp_path / "worker.py"
-        script.write_text(WORKER)
-        self.log = tmp_path / f"worker-{Worker.count}.log"
-        env = {
-            **os.environ,
-            "APP_DIR": str(settings.BASE_DIR),
-            "SETTINGS_OVERRIDES": json.dumps(overrides),
-            "WORKER_NAME": f"outbox-test-{Worker.count}",
-        }
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, str(script)],
-                cwd=settings.BASE_DIR,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+Worker = CeleryWorker
 
 
 @pytest.fixture
@@ -95,7 +37,7 @@ def workers(tmp_path, mail_settings, broker):
     }
 
     def start() -> Worker:
-        worker = Worker(tmp_path, overrides)
+        worker = Worker(tmp_path, f"outbox-test-{len(started) + 1}", overrides)
         started.append(worker)
         return worker
 

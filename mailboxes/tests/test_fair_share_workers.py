@@ -8,12 +8,7 @@ Short deadlines keep it short: SYNC_DEADLINE 3 s in the worker. It is the
 one test here that proves a time bound (about 20 s, most of it the worker's
 start and A's three deadlines)."""
 
-import contextlib
-import json
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -23,6 +18,7 @@ from django.conf import settings
 from accounts.tests.factories import EmailAccountFactory
 from emailclient.core.models import Tenant
 from emailclient.core.tenancy import tenant_scope
+from emailclient.core.tests.celery_worker import CeleryWorker
 from emailclient.core.tests.factories import MembershipFactory, UserFactory
 from mailboxes import sync_status
 from mailboxes.services import sync_request
@@ -31,23 +27,6 @@ from mailboxes.tests.tarpit import Tarpit
 from mailboxes.tests.test_imap_sync import seed
 from messages.models import Message
 from messages.tests.corpus import corpus_files
-
-WORKER = """
-import json, os, sys
-sys.path.insert(0, os.environ["APP_DIR"])
-os.environ["DJANGO_SETTINGS_MODULE"] = "emailclient.settings.test"
-import django
-django.setup()
-from django.conf import settings
-for name, value in json.loads(os.environ["SETTINGS_OVERRIDES"]).items():
-    setattr(settings, name, value)
-from emailclient.celery import app
-app.worker_main([
-    "worker", "--pool=prefork", "--concurrency=2", "--loglevel=INFO",
-    "--without-heartbeat", "--without-gossip", "--without-mingle",
-    "--hostname", "fair-share-test@%h",
-])
-"""
 
 
 @pytest.fixture
@@ -60,9 +39,6 @@ def broker():
 
 @pytest.fixture
 def worker(tmp_path, mail_settings, broker):
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    log = tmp_path / "worker.log"
     overrides = {
         "BLOB_STORAGE_DIR": str(mail_settings.BLOB_STORAGE_DIR),
         "MAIL_TLS_CA_FILE": str(mail_settings.MAIL_TLS_CA_FILE),
@@ -71,24 +47,10 @@ def worker(tmp_path, mail_settings, broker):
         "SYNC_SLOT_WAIT_SECONDS": 0.3,
         "SYNC_MAX_CONCURRENT_PER_HOST": 8,  # every server here is 127.0.0.1
     }
-    env = {**os.environ, "APP_DIR": str(settings.BASE_DIR), "SETTINGS_OVERRIDES": json.dumps(overrides)}
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(script)],
-            cwd=settings.BASE_DIR,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 60
-    while b"ready." not in log.read_bytes():
-        assert time.monotonic() < deadline and process.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.1)
-    yield lambda: log.read_text(errors="replace")[-3000:]
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(10)
+    started = CeleryWorker(tmp_path, "fair-share-test", overrides, concurrency=2, redeliver_after=None)
+    started.wait_ready()
+    yield started.output
+    started.kill()
 
 
 def _account_of(tenant, **kw):

@@ -8,10 +8,8 @@ The big messages are made here, not stored in the repository. These tests
 are the suite's proof of the memory bound and take a few tens of seconds."""
 
 import base64
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ import redis
 from django.conf import settings
 
 from emailclient.core.tenancy import tenant_scope
+from emailclient.core.tests.celery_worker import CeleryWorker
 from mailboxes.services import sync_request
 from messages.models import Message, QuarantinedMessage
 
@@ -218,58 +217,7 @@ def test_hostile_messages_are_quarantined_within_the_memory_bound(
 # a broker visibility timeout of seconds, so that the task of a worker killed
 # without a word is handed to the next worker at once (as compose's
 # test_send_faults does).
-WORKER = """
-import json, os, sys
-sys.path.insert(0, os.environ["APP_DIR"])
-os.environ["DJANGO_SETTINGS_MODULE"] = "emailclient.settings.test"
-import django
-django.setup()
-from django.conf import settings
-for name, value in json.loads(os.environ["SETTINGS_OVERRIDES"]).items():
-    setattr(settings, name, value)
-from emailclient.celery import app
-app.conf.broker_transport_options = {
-    "visibility_timeout": 3, "unacked_restore_interval": 1, "unacked_restore_throttle": 1,
-}
-app.worker_main([
-    "worker", "--pool=prefork", "--concurrency=1", "--loglevel=INFO",
-    "--without-heartbeat", "--without-gossip", "--without-mingle",
-    "--hostname", os.environ["WORKER_NAME"] + "@%h",
-])
-"""
-
-
-class Worker:
-    """A worker in a process group of its own, killed with SIGKILL (as the
-    kernel's OOM killer does)."""
-
-    def __init__(self, tmp_path, number: int, overrides: dict):
-        script = tmp_path / "worker.py"
-        script.write_text(WORKER)
-        self.log = tmp_path / f"worker-{number}.log"
-        env = {
-            **os.environ,
-            "APP_DIR": str(settings.BASE_DIR),
-            "SETTINGS_OVERRIDES": json.dumps(overrides),
-            "WORKER_NAME": f"hostile-test-{number}",
-        }
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, str(script)],
-                cwd=settings.BASE_DIR,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+Worker = CeleryWorker
 
 
 def _wait_for(condition, timeout: float, what: str, worker: Worker) -> None:
@@ -319,13 +267,13 @@ def test_a_message_that_kills_workers_is_quarantined_after_the_limit(
         # it; the second takes those one at a time, stores UID 1 and dies on
         # UID 2; the third quarantines UID 2 unfetched and stores UID 3.
         for losses in (1, 2):
-            workers.append(Worker(tmp_path, len(workers) + 1, overrides))
+            workers.append(Worker(tmp_path, f"hostile-test-{len(workers) + 1}", overrides))
             _wait_for(lambda n=losses: in_flight(2) == n, 60, f"UID 2 in flight ({losses})", workers[-1])
             workers[-1].kill()
         assert (in_flight(1), in_flight(2), in_flight(3)) == (0, 2, 1)
         assert _stored_subjects(imap_account) == {1: "normal-1"}
 
-        workers.append(Worker(tmp_path, len(workers) + 1, overrides))
+        workers.append(Worker(tmp_path, f"hostile-test-{len(workers) + 1}", overrides))
         _wait_for(lambda: 3 in _stored_subjects(imap_account), 60, "UID 3 stored", workers[-1])
         _wait_for(lambda: not client.keys(pattern), 10, "no UID in flight", workers[-1])
     finally:
