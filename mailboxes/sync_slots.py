@@ -66,8 +66,8 @@ return held
 """
 
 
-def _client():  # redis-py, through Django's RedisCache
-    return cache._cache.get_client(write=True)
+def _client():  # redis-py, of the cache's Redis (emailclient.core.cache)
+    return cache.redis_client()
 
 
 def _key(kind: str, name: str) -> str:

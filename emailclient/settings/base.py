@@ -120,7 +120,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "emailclient.core.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="emailclient"),
         # A Redis that stops answering costs a request seconds, not the
@@ -136,7 +136,7 @@ CACHES = {
     # points HTML_CACHE_URL at a Redis of its own with `maxmemory` and
     # `allkeys-lru` (README, Configuration). Unreachable: sanitised uncached.
     "html": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "emailclient.core.cache.RedisCache",
         "LOCATION": env("HTML_CACHE_URL", default=REDIS_URL),
         "KEY_PREFIX": env("CACHE_KEY_PREFIX", default="emailclient"),
         "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 5},

@@ -413,7 +413,7 @@ def test_detail_with_the_html_cache_away_sanitises_uncached(client_a, inbox_a, b
     caplog.set_level(logging.WARNING, logger="messages.sanitize")
     settings.MAIL_HTML_CACHE_MIN_CHARS = 0
     away = {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "emailclient.core.cache.RedisCache",
         "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
         "KEY_PREFIX": "emailclient-test",
     }

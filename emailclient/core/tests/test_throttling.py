@@ -224,7 +224,7 @@ def test_signed_download_urls_count_against_the_tenants_limit(api_client, client
 
 REDIS_AWAY = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "emailclient.core.cache.RedisCache",
         "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
         "KEY_PREFIX": "emailclient-test",
     }
