@@ -10,6 +10,14 @@ class Protocol(models.TextChoices):
     POP3 = "pop3", "POP3"
 
 
+def server_sync(protocol: str) -> dict[str, str]:
+    """Where a message's flags (read, flagged...) and folder moves of an
+    account of `protocol` live: "server", written back to the IMAP server, or
+    "local", kept in this service only (POP3 has neither flags nor folders)."""
+    where = "server" if protocol == Protocol.IMAP else "local"
+    return {"flags": where, "moves": where}
+
+
 class Encryption(models.TextChoices):
     NONE = "none", "None"
     TLS = "tls", "TLS"
@@ -45,6 +53,17 @@ class EmailAccount(TenantModel):
         help_text="Append each sent message to the Sent folder. Off for servers that file it themselves.",
     )
 
+    pop3_leave_on_server = models.BooleanField(
+        default=True,
+        help_text="POP3: leave mail on the server. Off: delete it there once it is stored here "
+        "(committed, its blobs durable), after pop3_delete_after_days when set.",
+    )
+    pop3_delete_after_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="POP3 with pop3_leave_on_server off: delete on the server only this many days after "
+        "the message was first downloaded; empty: as soon as it is stored.",
+    )
     is_sync_enabled = models.BooleanField(default=True)
     sync_interval = models.PositiveIntegerField(default=300, help_text="Seconds between syncs.")
     last_sync_at = models.DateTimeField(null=True, blank=True)
@@ -87,6 +106,11 @@ class EmailAccount(TenantModel):
             models.CheckConstraint(
                 condition=models.Q(sync_interval__gte=60, sync_interval__lte=86400),
                 name="account_sync_interval_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(pop3_delete_after_days__isnull=True)
+                | models.Q(pop3_delete_after_days__lte=36500),
+                name="account_pop3_delete_after_days_range",
             ),
         ]
         indexes = [

@@ -1,10 +1,11 @@
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from emailclient.core.validators import validate_hostname
 
-from .models import EmailAccount, Encryption, Protocol
+from .models import EmailAccount, Encryption, Protocol, server_sync
 from .validators import validate_no_control_characters
 
 
@@ -65,6 +66,18 @@ class AccountInputSerializer(serializers.Serializer):
     smtp_username = serializers.CharField(max_length=255, required=False, allow_blank=True)
     smtp_password = PasswordField(required=False, allow_blank=True)
     save_sent_copy = serializers.BooleanField(required=False)
+    pop3_leave_on_server = serializers.BooleanField(
+        required=False,
+        help_text="POP3: leave mail on the server (default). Off: delete it there once stored.",
+    )
+    pop3_delete_after_days = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=36500,
+        help_text="POP3 with pop3_leave_on_server off: delete on the server only this many days after the "
+        "message was first downloaded; null: as soon as it is stored.",
+    )
     is_sync_enabled = serializers.BooleanField(required=False)
     sync_interval = serializers.IntegerField(min_value=60, max_value=86400, required=False)
     is_enabled = serializers.BooleanField(required=False)
@@ -90,8 +103,31 @@ class AccountInputSerializer(serializers.Serializer):
         return _no_control_characters(value)
 
 
+class ServerSyncSerializer(serializers.Serializer):
+    """Where an account's (and each of its messages') state lives: "server"
+    (IMAP: changes are written back to the mail server) or "local" (POP3: the
+    protocol has no flags and no folders, so read/flagged state and moves
+    between folders stay in this service and are never sent to the server)."""
+
+    flags = serializers.ChoiceField(
+        choices=["server", "local"], help_text="Read, flagged, answered: written back or local only."
+    )
+    moves = serializers.ChoiceField(
+        choices=["server", "local"], help_text="Moves between folders: written back or local only."
+    )
+
+
 class AccountOutputSerializer(serializers.ModelSerializer):
+    """An account. `server_sync` says where its messages' flags and folder
+    moves live: {"flags": "server", "moves": "server"} for IMAP (written back
+    to the server), {"flags": "local", "moves": "local"} for POP3 (kept here
+    only: the protocol has neither). A POP3 account syncs its server's mailbox
+    into INBOX and leaves mail on the server unless `pop3_leave_on_server` is
+    off (then deletes it there once stored, `pop3_delete_after_days` after it
+    was first downloaded when set); mail deleted on the server stays here."""
+
     has_smtp_password = serializers.SerializerMethodField()
+    server_sync = serializers.SerializerMethodField()
 
     class Meta:
         model = EmailAccount
@@ -110,6 +146,9 @@ class AccountOutputSerializer(serializers.ModelSerializer):
             "smtp_username",
             "has_smtp_password",
             "save_sent_copy",
+            "pop3_leave_on_server",
+            "pop3_delete_after_days",
+            "server_sync",
             "is_sync_enabled",
             "sync_interval",
             "last_sync_at",
@@ -124,3 +163,7 @@ class AccountOutputSerializer(serializers.ModelSerializer):
 
     def get_has_smtp_password(self, account: EmailAccount) -> bool:
         return bool(account.smtp_password_encrypted)
+
+    @extend_schema_field(ServerSyncSerializer)
+    def get_server_sync(self, account: EmailAccount) -> dict[str, str]:
+        return server_sync(account.protocol)

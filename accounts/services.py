@@ -38,6 +38,8 @@ WRITABLE_FIELDS = (
     "smtp_encryption",
     "smtp_username",
     "save_sent_copy",
+    "pop3_leave_on_server",
+    "pop3_delete_after_days",
     "is_sync_enabled",
     "sync_interval",
     "is_enabled",

@@ -8,10 +8,10 @@ if TYPE_CHECKING:
 
 
 def imap_account_verify(*, account: "EmailAccount", incoming: bool, outgoing: bool) -> dict[str, list[str]]:
-    """Log in to `account`'s IMAP server as the sync would (same address and
-    port policy, TLS, MAIL_CONNECTION_DEADLINE), then LOGOUT. The errors by
-    field of the account form; {} when the server took the login. POP3
-    accounts are not synced by this service, so not tried."""
+    """Log in to `account`'s IMAP or POP3 server as the sync would (same
+    address and port policy, TLS or STARTTLS/STLS, MAIL_CONNECTION_DEADLINE),
+    then LOGOUT or close. The errors by field of the account form; {} when the
+    server took the login."""
     from accounts.services import account_credentials
     from mailboxes.imap import ImapSession
     from mailboxes.imap.errors import (
@@ -21,17 +21,19 @@ def imap_account_verify(*, account: "EmailAccount", incoming: bool, outgoing: bo
         InsecureServer,
         MailServerError,
     )
+    from mailboxes.pop3 import Pop3Session
     from mailboxes.sync.config import server_config
 
-    if not incoming or account.protocol != "imap":
+    if not incoming or account.protocol not in ("imap", "pop3"):
         return {}
     config = server_config(account)
     # The login within the connection deadline; LOGOUT gets 10 s more, not a sync's.
     config = dataclasses.replace(config, session_deadline=(config.connect_deadline or 60.0) + 10.0)
     credentials = account_credentials(account=account)
+    session = ImapSession if account.protocol == "imap" else Pop3Session
     try:
-        with ImapSession(config, credentials.username, credentials.password):
-            pass
+        with session(config, credentials.username, credentials.password):
+            pass  # a POP3 session closes without QUIT: nothing on the server changes
     except AuthenticationFailed as exc:
         return {"password": [f"{account.hostname}: {exc}"]}
     except InsecureServer as exc:
@@ -53,5 +55,5 @@ class MailboxesConfig(AppConfig):
     def ready(self) -> None:
         from accounts.verification import account_verifier_register
 
-        # An account is saved only once its IMAP server took its login.
+        # An account is saved only once its IMAP or POP3 server took its login.
         account_verifier_register(imap_account_verify)

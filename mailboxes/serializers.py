@@ -23,5 +23,7 @@ class SyncStatusSerializer(serializers.Serializer):
     detail = serializers.CharField(
         allow_blank=True,
         help_text="Why a sync waits (its tenant's or its server's concurrent syncs are all running), "
-        "why new mail was not stored (over quota), or why the account is not synced.",
+        "why new mail was not stored (over quota), why the account is not synced, or what the last "
+        "sync found of note (a POP3 server without UIDL: messages told apart by Message-ID and a "
+        "hash of their header).",
     )

@@ -129,7 +129,11 @@ def sync_account_task(self, tenant_id: str, account_id: str) -> dict:
         )
     else:
         sync_status_set(
-            account, state=IDLE, error=report.folder_errors_text(), detail="", last_summary=report.summary()
+            account,
+            state=IDLE,
+            error=report.folder_errors_text(),
+            detail=report.notice,  # a POP3 server without UIDL
+            last_summary=report.summary(),
         )
     if sync_rerun_take(account):  # the server changed while this one ran (a Sent copy)
         _sync_again(tenant, account)

@@ -16,14 +16,16 @@ from .sync_status import IDLE, QUEUED, sync_status_get
 
 class SyncTriggerView(TenantAPIMixin, APIView):
     """Queue a sync of the account (202), or join the one already queued or
-    running. Also the seed's `POST .../accounts/{id}/sync`."""
+    running, whatever its protocol (IMAP or POP3): `POST /api/sync/{id}`, its
+    older name `POST /api/sync/imap/{id}`, and the seed's
+    `POST .../accounts/{id}/sync`."""
 
     @extend_schema(parameters=[TENANT_HEADER], request=None, responses={202: SyncRequestedSerializer})
     def post(self, request, account_id, **kwargs):
         account = access_account(tenant=self.tenant, membership=self.membership, id=account_id)
         # Per account, counted once the account is the caller's (a 404 counts nothing).
         rate = tenant_limit(self.tenant, "sync_trigger_rate_limit")
-        rate_limit_hit(request=request, group="sync.trigger", key=str(account.id), rate=rate)
+        rate_limit_hit(group="sync.trigger", key=str(account.id), rate=rate)
         task_id, joined = sync_request(account=account)
         body = {
             "task_id": task_id,

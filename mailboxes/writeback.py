@@ -1,7 +1,8 @@
 """Writing the API's changes to the mail server.
 
 `account_write_back()` replays an account's pending `MessageChange`s on its
-IMAP server, oldest first, holding the account's sync lock so that no sync
+IMAP server (a POP3 account's changes are local: never sent, see
+`_keep_local`), oldest first, holding the account's sync lock so that no sync
 runs in between (a sync would otherwise fetch a moved message in its new
 folder before we record its new UID, and store it twice):
 
@@ -38,7 +39,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
-from accounts.models import EmailAccount
+from accounts.models import EmailAccount, Protocol
 from accounts.services import account_credentials
 from emailclient.core.services import audit_log_record_many
 from emailclient.core.tenancy import tenant_scope
@@ -74,6 +75,9 @@ def account_write_back(*, tenant_id: uuid.UUID, account_id: uuid.UUID) -> WriteB
     report = WriteBackReport()
     with tenant_scope(tenant_id):
         account = EmailAccount.objects.get(id=account_id)
+    if account.protocol != Protocol.IMAP:
+        report.written = _keep_local(account)
+        return report
     with account_sync_lock(account.id):
         pending = _pending(account)
         if not pending:
@@ -100,6 +104,19 @@ def account_write_back(*, tenant_id: uuid.UUID, account_id: uuid.UUID) -> WriteB
                 report.failed += len(impossible)
                 report.written += len(group) - len(impossible)
     return report
+
+
+def _keep_local(account: EmailAccount) -> int:
+    """A POP3 account's changes are local (the protocol has no flags and no
+    folders): never sent to any server. Changes left pending from when the
+    account was IMAP are closed as they are, the database state kept."""
+    with tenant_scope(account.tenant_id):
+        return MessageChange.objects.filter(account=account, state=MessageChange.State.PENDING).update(
+            state=MessageChange.State.DONE,
+            last_error="POP3 account: the change is kept locally, not written to the server",
+            finished_at=timezone.now(),
+            updated_at=timezone.now(),
+        )
 
 
 def _groups(pending: list[MessageChange]) -> Iterator[list[MessageChange]]:

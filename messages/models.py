@@ -384,6 +384,31 @@ class QuarantinedMessage(TenantModel):
         return f"uid {self.imap_uid}: {self.reason}"
 
 
+class Pop3Uidl(TenantModel):
+    """A message on a POP3 server, by its unique id, and the UID the sync gave
+    it in the account's INBOX (`mailboxes.sync.pop3`): POP3 mail goes through
+    the IMAP pipeline, cursor, quarantine and in-flight marks under these
+    UIDs. `uidl` is the server's UIDL, or without one a made-up identity
+    ("~" and a hash of the Message-ID and the header). A row is kept while
+    the server lists its message; `created_at` is when it was first seen."""
+
+    folder = models.ForeignKey(Folder, on_delete=models.CASCADE, related_name="+", db_index=False)
+    uidl = models.CharField(max_length=70)
+    uid = models.BigIntegerField()
+
+    class Meta:
+        db_table = "pop3_uidls"
+        ordering = ["folder_id", "uid"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "folder", "uidl"], name="uniq_pop3_uidl_tenant_folder"),
+            models.UniqueConstraint(fields=["tenant", "folder", "uid"], name="uniq_pop3_uid_tenant_folder"),
+        ]
+        indexes = [models.Index(fields=["folder", "uid"], name="idx_pop3_uidls_folder_uid")]
+
+    def __str__(self) -> str:
+        return f"{self.uidl} -> uid {self.uid}"
+
+
 class ThreadRef(TenantModel):
     """Which thread a Message-ID belongs to, per account: the union-find index
     behind threading. Holds ids of messages not (yet) seen too, the ghost

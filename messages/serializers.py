@@ -8,6 +8,9 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
+from accounts.models import Protocol as AccountProtocol
+from accounts.models import server_sync
+from accounts.serializers import ServerSyncSerializer
 from emailclient.core.pagination import KeysetPagination
 
 from .models import Attachment, Folder, Message
@@ -152,6 +155,11 @@ class MessageDetailSerializer(MessageListSerializer):
     html_truncated = serializers.BooleanField(read_only=True)
     attachments = AttachmentSerializer(source="attachment_list", many=True, read_only=True)
     raw_url = serializers.SerializerMethodField()
+    server_sync = serializers.SerializerMethodField(
+        help_text='Where this message\'s flags and folder moves live: {"flags": "server", "moves": "server"} '
+        'for an IMAP account\'s message (written back), {"flags": "local", "moves": "local"} for a POP3 '
+        "one's (the protocol has neither: changes stay in this service)."
+    )
 
     class Meta(MessageListSerializer.Meta):
         fields = [
@@ -170,6 +178,7 @@ class MessageDetailSerializer(MessageListSerializer):
             "attachments",
             "raw_url",
             "deleted_at",
+            "server_sync",
         ]
         read_only_fields = fields
 
@@ -195,8 +204,16 @@ class MessageDetailSerializer(MessageListSerializer):
             attachments=AttachmentSerializer(detail.attachment_list, many=True, context=self.context).data,
             raw_url=self.get_raw_url(detail),
             deleted_at=_utc_iso(detail.deleted_at),
+            server_sync=self.get_server_sync(detail),
         )
         return data
+
+    @extend_schema_field(ServerSyncSerializer)
+    def get_server_sync(self, message: Message | _DetailSource) -> dict[str, str]:
+        # A POP3 account's messages carry their server's unique id (`pop3_uidl`):
+        # known without loading the account.
+        pop3 = bool(getattr(message, "pop3_uidl", ""))
+        return server_sync(AccountProtocol.POP3 if pop3 else AccountProtocol.IMAP)
 
     def get_raw_url(self, message: Message | _DetailSource) -> str:
         return self.context["request"].build_absolute_uri(reverse("message-source", args=[message.id]))

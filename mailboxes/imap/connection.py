@@ -27,7 +27,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -234,12 +234,20 @@ class Deadline:
         return left
 
 
+class _Armed(Protocol):
+    """An owner of a socket that sets its timeout before each read: the IMAP
+    client here, the POP3 one (`mailboxes.pop3`)."""
+
+    def _arm(self, sock: socket.socket) -> None: ...
+
+
 class _DeadlineSocketIO(io.RawIOBase):
     """The socket's reads, each waiting at most the read timeout and never
     past the owner's deadline: a server that sends one byte just before each
-    read timeout is stopped at the deadline, not after 8 MB of them."""
+    read timeout is stopped at the deadline, not after 8 MB of them. Shared
+    with the POP3 client."""
 
-    def __init__(self, sock: socket.socket, owner: "_BoundedReads") -> None:
+    def __init__(self, sock: socket.socket, owner: _Armed) -> None:
         super().__init__()
         self._sock, self._owner = sock, owner
 

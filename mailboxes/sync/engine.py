@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import cast
+from typing import Protocol, cast
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -19,6 +19,7 @@ from django.utils import timezone
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from accounts.models import EmailAccount
+from accounts.models import Protocol as AccountProtocol
 from accounts.services import account_credentials
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.imap import FetchedMessage, FolderState, ImapSession, MailServerError
@@ -46,6 +47,16 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 
+
+class _Session(Protocol):
+    """What fetching a batch needs of a session: `ImapSession`, or the POP3
+    flow's `mailboxes.sync.pop3._Pop3Fetcher`."""
+
+    def fetch_full(self, uids: list[int]) -> dict[int, FetchedMessage]: ...
+
+    def uids_in(self, uids: list[int]) -> set[int]: ...
+
+
 # UIDs per FLAGS fetch when checking known messages: bounds memory and the
 # size of the IN (...) lists on folders of any size.
 FLAG_RANGE = 20_000
@@ -61,12 +72,16 @@ class SyncReport:
     bodies_fetched: int = 0
     folder_errors: dict[str, str] = field(default_factory=dict)
     over_quota: str = ""  # why new mail was left on the server (mailboxes.sync.quota)
+    deleted_on_server: int = 0  # POP3: stored messages deleted from the server
+    notice: str = ""  # what the account's status should say besides (a POP3 server without UIDL)
 
     def summary(self) -> str:
         text = (
             f"{self.folders} folders, {self.new} new, {self.updated} flag changes, "
             f"{self.expunged} expunged, {self.quarantined} quarantined"
         )
+        if self.deleted_on_server:
+            text += f", {self.deleted_on_server} deleted on the server"
         if self.over_quota:
             text += ", over quota: new mail not stored"
         if self.folder_errors:
@@ -85,10 +100,15 @@ def account_sync(
     progress: Progress | None = None,
     store: BlobStore | None = None,
 ) -> SyncReport:
-    """Sync one account. Raises `SyncAlreadyRunning`, `imap.MailServerError`
-    (and its subclasses) and `EmailAccount.DoesNotExist`."""
+    """Sync one account, over IMAP or POP3 (`mailboxes.sync.pop3`) as its
+    protocol says. Raises `SyncAlreadyRunning`, `imap.MailServerError` (and
+    its subclasses) and `EmailAccount.DoesNotExist`."""
     with tenant_scope(tenant_id):
         account = EmailAccount.objects.select_related("tenant").get(id=account_id, is_deleted=False)
+    if account.protocol == AccountProtocol.POP3:
+        from mailboxes.sync.pop3 import pop3_account_sync
+
+        return pop3_account_sync(account=account, store=store or default_store(), progress=progress)
     with account_sync_lock(account.id):
         engine = _Engine(account, store or default_store(), progress)
         engine.progress("", 0, 0)
@@ -306,22 +326,43 @@ class _Engine:
         pipeline = self.pipeline
         for chunk in _chunks(new_uids, 5000):
             metas = session.fetch_meta(chunk)
-            for metas_batch in self.batches([metas[uid] for uid in chunk if uid in metas]):
-                fitting = self.quota.fit(metas_batch)
-                if not fitting:
-                    self.report.over_quota = self.quota.exceeded
-                    return
-                if len(fitting) < len(metas_batch):
-                    self.report.over_quota, metas_batch = self.quota.exceeded, fitting
-                for group in self.in_flight.groups(folder, metas_batch):
-                    self.prepare_group(session, folder, group, rematch)
-                done += len(metas_batch)
-                self.progress(folder.name, done, len(new_uids))
-                if self.quota.exceeded:
-                    return
+            listed = [metas[uid] for uid in chunk if uid in metas]
+            done += self.store_new(session, folder, listed, rematch, done=done, total=len(new_uids))
+            if self.quota.exceeded:
+                return
             # UIDs that vanished between SEARCH and FETCH: move past them,
             # after the chunk's batches.
             pipeline.submit(partial(self.advance_cursor, folder.id, chunk[-1] + 1))
+
+    def store_new(
+        self,
+        session: "_Session",
+        folder: Folder,
+        metas: list[FetchedMessage],
+        rematch: "_RematchPool",
+        *,
+        done: int = 0,
+        total: int = 0,
+    ) -> int:
+        """Fetch, parse and store `metas` (in UID order) in batches, within the
+        tenant's quota; the number handled. Stops at the first message over
+        the quota (`self.quota.exceeded` says so). Progress is `done` more
+        than those handled here, of `total`."""
+        handled = 0
+        for metas_batch in self.batches(metas):
+            fitting = self.quota.fit(metas_batch)
+            if not fitting:
+                self.report.over_quota = self.quota.exceeded
+                return handled
+            if len(fitting) < len(metas_batch):
+                self.report.over_quota, metas_batch = self.quota.exceeded, fitting
+            for group in self.in_flight.groups(folder, metas_batch):
+                self.prepare_group(session, folder, group, rematch)
+            handled += len(metas_batch)
+            self.progress(folder.name, done + handled, total or len(metas))
+            if self.quota.exceeded:
+                return handled
+        return handled
 
     def advance_cursor(self, folder_id: uuid.UUID, next_uid: int) -> None:
         with self.scope():  # on the writer's connection: RLS needs the tenant there too
@@ -352,7 +393,7 @@ class _Engine:
         return pool
 
     def prepare_group(
-        self, session: ImapSession, folder: Folder, group: Group, rematch: "_RematchPool"
+        self, session: "_Session", folder: Folder, group: Group, rematch: "_RematchPool"
     ) -> None:
         """One group of a batch (`mailboxes.sync.inflight`): its UIDs marked in
         flight from before the fetch until committed; a suspect's commit
@@ -394,7 +435,7 @@ class _Engine:
 
     def prepare_batch(
         self,
-        session: ImapSession,
+        session: "_Session",
         folder: Folder,
         metas: list[FetchedMessage],
         rematch: "_RematchPool",
@@ -460,7 +501,16 @@ class _Engine:
                 )
             )
             return
-        message = message_row(self.tenant_id, self.account.id, folder, item, parsed, raw_key, size=len(raw))
+        message = message_row(
+            self.tenant_id,
+            self.account.id,
+            folder,
+            item,
+            parsed,
+            raw_key,
+            size=len(raw),
+            pop3_uidl=self.pop3_uidl(item.uid),
+        )
         batch.messages.append(message)
         batch.size += 1024 + len(parsed.text_body) + len(parsed.html_body)
         for part in parsed.attachments:
@@ -501,6 +551,10 @@ class _Engine:
             advance_cursor(batch.folder_id, batch.next_uid)
         self.report.new += len(batch.messages) + len(batch.rematched)
         self.report.quarantined += len(batch.quarantined)
+
+    def pop3_uidl(self, uid: int) -> str:
+        """The message's POP3 unique id, for its row; none over IMAP."""
+        return ""
 
     @staticmethod
     def take_rematch(pool: "_RematchPool", raw_key: str, message_id: str) -> uuid.UUID | None:

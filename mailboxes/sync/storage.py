@@ -98,9 +98,10 @@ def message_row(
     raw_key: str,
     *,
     size: int,
+    pop3_uidl: str = "",
 ) -> _MessageRow:
     """The row of a new message: `item` as fetched, `parsed` from its raw
-    `size` bytes, stored under `raw_key`."""
+    `size` bytes, stored under `raw_key`; `pop3_uidl` its POP3 unique id."""
     now = timezone.now()
     return _MessageRow(
         id=uuid.uuid4(),
@@ -112,7 +113,7 @@ def message_row(
         imap_uid=item.uid,
         uidvalidity=folder.uidvalidity,
         modseq=item.modseq,
-        pop3_uidl="",
+        pop3_uidl=pop3_uidl,
         message_id=parsed.message_id,
         message_id_synthetic=parsed.message_id_synthetic,
         in_reply_to=parsed.in_reply_to,

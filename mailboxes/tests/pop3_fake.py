@@ -1,0 +1,107 @@
+"""A small POP3 server for the faults Dovecot cannot be made to show: no
+UIDL, a connection dropped in the middle of a RETR, no STLS. Plain TCP on
+127.0.0.1, one thread per connection; it records the commands it got."""
+
+import socket
+import socketserver
+import threading
+
+
+class FakePop3:
+    def __init__(
+        self,
+        messages: list[bytes],
+        *,
+        uidl: bool = True,
+        stls: bool = False,
+        drop_in_retr: int | None = None,
+        user: str = "user",
+        password: str = "secret",  # noqa: S107 - a test server's
+    ) -> None:
+        self.messages = messages
+        self.uidl = uidl
+        self.stls = stls
+        self.drop_in_retr = drop_in_retr  # message number whose RETR is cut off halfway
+        self.user, self.password = user, password
+        self.commands: list[str] = []
+        fake = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                fake._session(self.rfile, self.wfile, self.request)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakePop3":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _session(self, rfile, wfile, sock: socket.socket) -> None:
+        def send(data: bytes) -> None:
+            wfile.write(data)
+            wfile.flush()
+
+        def multiline(data: bytes) -> bytes:
+            lines = data.split(b"\r\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            stuffed = [b"." + line if line.startswith(b".") else line for line in lines]
+            return b"".join(line + b"\r\n" for line in stuffed) + b".\r\n"
+
+        send(b"+OK fake POP3 ready\r\n")
+        logged_in = False
+        deleted: set[int] = set()
+        while True:
+            line = rfile.readline()
+            if not line:
+                return
+            words = line.decode().strip().split()
+            if not words:
+                continue
+            command = words[0].upper()
+            self.commands.append(command)
+            number = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
+            if command == "CAPA":
+                capabilities = ["USER", "TOP", "PIPELINING"] + (["UIDL"] if self.uidl else [])
+                capabilities += ["STLS"] if self.stls else []
+                send(b"+OK\r\n" + multiline("\r\n".join(capabilities).encode() + b"\r\n"))
+            elif command == "USER":
+                send(b"+OK\r\n")
+            elif command == "PASS":
+                logged_in = words[1:] == [self.password]
+                send(b"+OK logged in\r\n" if logged_in else b"-ERR [AUTH] wrong\r\n")
+            elif not logged_in:
+                send(b"-ERR log in first\r\n")
+            elif command == "LIST":
+                listing = "".join(f"{i} {len(m)}\r\n" for i, m in enumerate(self.messages, 1))
+                send(b"+OK\r\n" + multiline(listing.encode()))
+            elif command == "UIDL" and self.uidl:
+                listing = "".join(
+                    f"{i} fake-{abs(hash(m)) % 10**12}\r\n" for i, m in enumerate(self.messages, 1)
+                )
+                send(b"+OK\r\n" + multiline(listing.encode()))
+            elif command in ("RETR", "TOP") and 1 <= number <= len(self.messages):
+                message = self.messages[number - 1]
+                if command == "TOP":
+                    message = message.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+                elif number == self.drop_in_retr:
+                    send(b"+OK\r\n" + message[: len(message) // 2])
+                    sock.shutdown(socket.SHUT_RDWR)
+                    return
+                send(b"+OK\r\n" + multiline(message))
+            elif command == "DELE" and 1 <= number <= len(self.messages):
+                deleted.add(number)
+                send(b"+OK\r\n")
+            elif command == "QUIT":
+                self.messages = [m for i, m in enumerate(self.messages, 1) if i not in deleted]
+                send(b"+OK bye\r\n")
+                return
+            else:
+                send(b"-ERR unknown command\r\n")
