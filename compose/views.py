@@ -20,8 +20,6 @@ from django.contrib.auth.models import User
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.http import HttpRequest, QueryDict
 from django.utils.datastructures import MultiValueDict
-from django_ratelimit.core import get_usage
-from django_ratelimit.exceptions import Ratelimited
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -36,6 +34,7 @@ from emailclient.core.exceptions import NotFound
 from emailclient.core.limits import tenant_limit
 from emailclient.core.pagination import KeysetPagination
 from emailclient.core.schema import TENANT_HEADER
+from emailclient.core.throttling import rate_limits_check, rate_limits_hit
 
 from . import idempotency, selectors, services
 from .models import Draft
@@ -69,39 +68,20 @@ SEND_RESPONSES = {
 }
 
 
-class RateLimited(Ratelimited):
-    """A send over a limit; `retry_after` seconds until its window ends."""
-
-    def __init__(self, retry_after: int):
-        super().__init__()
-        self.retry_after = retry_after
-
-
-def _user_key(group: str, request: Request) -> str:
-    return str(request.user.pk)
-
-
-def _tenant_key(group: str, request: Request) -> str:
-    return str(request._request.tenant.id)  # type: ignore[attr-defined]  # set by TenantMiddleware
-
-
-def _limits(request: Request) -> tuple[tuple[str, Callable[[str, Request], str], str], ...]:
+def _limits(request: Request) -> list[tuple[str, str, str]]:
     """(group, key, rate): the user's limit first, then the tenant's; the
     tenant's own limits when an operator set them (`tenant_limit`)."""
-    tenant = getattr(request._request, "tenant", None)
-    return (
-        ("compose.send.user", _user_key, tenant_limit(tenant, "compose_rate_limit_user")),
-        ("compose.send.tenant", _tenant_key, tenant_limit(tenant, "compose_rate_limit_tenant")),
-    )
+    tenant = request._request.tenant  # type: ignore[attr-defined]  # set by TenantMiddleware
+    return [
+        ("compose.send.user", str(request.user.pk), tenant_limit(tenant, "compose_rate_limit_user")),
+        ("compose.send.tenant", str(tenant.id), tenant_limit(tenant, "compose_rate_limit_tenant")),
+    ]
 
 
 def send_rate_limit_check(request: Request) -> None:
     """Before a send: 429 when the user's or the tenant's limit is used up
     (with the seconds to the end of that window). Counts nothing."""
-    for group, key, rate in _limits(request):
-        usage = get_usage(request, group=group, key=key, rate=rate, increment=False)
-        if usage is not None and usage["count"] >= usage["limit"]:
-            raise RateLimited(retry_after=max(1, int(usage["time_left"])))
+    rate_limits_check(limits=_limits(request))
 
 
 def send_rate_limit_count(request: Request) -> None:
@@ -111,10 +91,7 @@ def send_rate_limit_count(request: Request) -> None:
     and its transaction rolls back (the middleware rolls back every error
     answer). It stays counted only against the limits it reached: its user's,
     not the tenant's, when the user's is the one over."""
-    for group, key, rate in _limits(request):
-        usage = get_usage(request, group=group, key=key, rate=rate, increment=True)
-        if usage is not None and usage["should_limit"]:
-            raise RateLimited(retry_after=max(1, int(usage["time_left"])))
+    rate_limits_hit(limits=_limits(request))
 
 
 # What a multipart request may carry besides its file: boundaries, part

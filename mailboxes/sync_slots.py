@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from django.core.cache import cache
 
+from emailclient.core.cache import redis_client
+
 logger = logging.getLogger(__name__)
 
 # How long a slot outlives its holder's last renewal.
@@ -66,8 +68,8 @@ return held
 """
 
 
-def _client():  # redis-py, of the cache's Redis (emailclient.core.cache)
-    return cache.redis_client()
+def _client():  # redis-py, of the cache's Redis
+    return redis_client()
 
 
 def _key(kind: str, name: str) -> str:

@@ -14,6 +14,7 @@ leases), instead of each reaching into the backend's private parts.
 
 from typing import Any
 
+from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 from django.core.cache.backends.redis import RedisCacheClient as DjangoRedisCacheClient
 
@@ -24,12 +25,12 @@ class RedisCacheClient(DjangoRedisCacheClient):
         self._clients: dict[int, Any] = {}
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
-        pool = self._get_connection_pool(write)
+        pool = self._get_connection_pool(write)  # type: ignore[attr-defined]  # Django's, not in its stubs
         client = self._clients.get(id(pool))
         if client is None:
             # Two threads racing here build two clients over the same pool:
             # harmless, one of them is kept.
-            client = self._clients.setdefault(id(pool), self._client(connection_pool=pool))
+            client = self._clients.setdefault(id(pool), self._client(connection_pool=pool))  # type: ignore[attr-defined]
         return client
 
 
@@ -40,4 +41,12 @@ class RedisCache(DjangoRedisCache):
 
     def redis_client(self) -> Any:
         """The redis-py client of the cache's (first, writable) server."""
-        return self._cache.get_client(write=True)
+        return self._cache.get_client(write=True)  # type: ignore[attr-defined]
+
+
+def redis_client(alias: str = "default") -> Any:
+    """The redis-py client of cache `alias` (an `emailclient.core.cache.RedisCache`)."""
+    backend = caches[alias]
+    if not isinstance(backend, RedisCache):
+        raise TypeError(f"cache {alias!r} is {type(backend).__name__}, not emailclient.core.cache.RedisCache")
+    return backend.redis_client()

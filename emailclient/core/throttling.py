@@ -2,8 +2,11 @@
 address, in Redis, answered with 429 and `Retry-After`.
 
 One mechanism for every limit of the service: django-ratelimit's counters
-(`get_usage`: an atomic `INCR` per key and fixed window, on the Redis cache)
-and its rate syntax (`600/m`, `10/5m`), the same as the compose send limits.
+(a fixed window per key, its rate syntax `600/m`, `10/5m`, its windows and
+its cache keys, on the Redis cache), the same as the compose send limits.
+The counters a request passes are counted in ONE round trip to Redis
+(`rate_limits_hit`, a script that stops at the first limit reached) where
+`get_usage` takes three a counter: an API request counts two or three.
 DRF's throttle hook (`ApiThrottle`, in REST_FRAMEWORK's
 DEFAULT_THROTTLE_CLASSES) runs them on every API view, after authentication
 and permissions; a limit reached raises `RateLimited`, which the exception
@@ -34,7 +37,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django_ratelimit.core import get_usage
+from django.conf import settings
+from django.core.cache import cache
+from django_ratelimit.core import _get_window, _make_cache_key, _split_rate
 from django_ratelimit.exceptions import Ratelimited
 from redis.exceptions import RedisError
 from rest_framework import status
@@ -42,6 +47,7 @@ from rest_framework.exceptions import APIException
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.throttling import BaseThrottle
 
+from .cache import redis_client
 from .limits import tenant_limit
 
 # The schema and docs pages (drf-spectacular's views, which cannot be
@@ -100,24 +106,85 @@ class RateLimited(Ratelimited):
         self.retry_after = retry_after
 
 
-def rate_limit_hit(*, request: Any, group: str, key: str, rate: str, fail_open: bool = False) -> None:
-    """Count one request against `group`'s counter for `key`; raise
-    `RateLimited` when it is over `rate`. With the counters unreachable:
-    raise `LimiterUnavailable`, or with `fail_open` log and let it pass."""
+# One request against several counters, in order, as django-ratelimit's
+# `get_usage(increment=True)` counts each (SET NX with the window's expiry,
+# then INCR), stopping at the first one over its limit: the later ones are
+# not counted. Returns {index, count} of that one (1-based), or {0, 0}.
+_COUNT_SCRIPT = """
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, 0, 'EX', ARGV[2 * i - 1], 'NX')
+  local count = redis.call('INCR', key)
+  if count > tonumber(ARGV[2 * i]) then
+    return {i, count}
+  end
+end
+return {0, 0}
+"""
+# django-ratelimit's: a window's key lives this much past its end.
+_EXPIRY_FUDGE = 5
+_count_script: Any = None
 
-    def by_key(group: str, request: Any) -> str:
-        return key
 
+def rate_limits_hit(*, limits: list[tuple[str, str, str]], fail_open: bool = False) -> None:
+    """Count one request against each `(group, key, rate)` in order, in one
+    round trip to Redis; raise `RateLimited` at the first one over its rate
+    (the later ones not counted). The counters are django-ratelimit's own
+    (its windows, its cache keys): `get_usage` reads the same. With the
+    counters unreachable: raise `LimiterUnavailable`, or with `fail_open`
+    log and let it pass."""
+    global _count_script
+    if not limits or not getattr(settings, "RATELIMIT_ENABLE", True):
+        return
+    keys: list[str] = []
+    args: list[int] = []
+    windows: list[int] = []
+    for group, key, rate in limits:
+        limit, period = _split_rate(rate)
+        window = _get_window(key, period)
+        keys.append(cache.make_and_validate_key(_make_cache_key(group, window, rate, key, None)))
+        args += [period + _EXPIRY_FUDGE, limit]
+        windows.append(window)
     try:
-        usage = get_usage(request, group=group, key=by_key, rate=rate, increment=True)
+        client = redis_client()
+        if _count_script is None or _count_script.registered_client is not client:
+            _count_script = client.register_script(_COUNT_SCRIPT)
+        over, _count = _count_script(keys=keys, args=args)
     except (RedisError, OSError) as exc:
+        group = limits[0][0]
         if not fail_open:
             logger.warning("rate limit counters unavailable (%s): %s refused", type(exc).__name__, group)
             raise LimiterUnavailable() from exc
         _count_uncounted(group, exc)
         return
-    if usage is not None and usage["should_limit"]:
-        raise RateLimited(retry_after=max(1, int(usage["time_left"])))
+    if over:
+        raise RateLimited(retry_after=max(1, windows[over - 1] - int(time.time())))
+
+
+def rate_limits_check(*, limits: list[tuple[str, str, str]]) -> None:
+    """Raise `RateLimited` if any of these counters has used up its rate
+    (its count at the limit: one more would be over), counting nothing; one
+    round trip. Before an action that is counted only once it is done
+    (`rate_limits_hit` after it: two running at once may both pass here)."""
+    if not limits or not getattr(settings, "RATELIMIT_ENABLE", True):
+        return
+    counters = []
+    for group, key, rate in limits:
+        limit, period = _split_rate(rate)
+        window = _get_window(key, period)
+        counters.append((_make_cache_key(group, window, rate, key, None), limit, window))
+    try:
+        counts = cache.get_many([name for name, _limit, _window in counters])
+    except (RedisError, OSError) as exc:
+        logger.warning("rate limit counters unavailable (%s): %s refused", type(exc).__name__, limits[0][0])
+        raise LimiterUnavailable() from exc
+    for name, limit, window in counters:
+        if counts.get(name, 0) >= limit:
+            raise RateLimited(retry_after=max(1, window - int(time.time())))
+
+
+def rate_limit_hit(*, group: str, key: str, rate: str, fail_open: bool = False) -> None:
+    """`rate_limits_hit` of one counter."""
+    rate_limits_hit(limits=[(group, key, rate)], fail_open=fail_open)
 
 
 def _tenant_of(request: Any) -> Any:
@@ -154,28 +221,11 @@ def tenant_user_throttle_check(*, request: Any, tenant: Any, user_id: Any, scope
         return
     django_request._throttled_as = counted | {user_key}
     fail_open = request.method in SAFE_METHODS  # with Redis away: see LimiterUnavailable
-    rate_limit_hit(
-        request=request,
-        group="api.user",
-        key=user_key,
-        rate=tenant_limit(tenant, "api_rate_limit_user"),
-        fail_open=fail_open,
-    )
+    limits = [("api.user", user_key, tenant_limit(tenant, "api_rate_limit_user"))]
     if scope is not None:
-        rate_limit_hit(
-            request=request,
-            group=f"api.{scope}",
-            key=user_key,
-            rate=tenant_limit(tenant, SCOPE_LIMITS[scope]),
-            fail_open=fail_open,
-        )
-    rate_limit_hit(
-        request=request,
-        group="api.tenant",
-        key=str(tenant.id),
-        rate=tenant_limit(tenant, "api_rate_limit_tenant"),
-        fail_open=fail_open,
-    )
+        limits.append((f"api.{scope}", user_key, tenant_limit(tenant, SCOPE_LIMITS[scope])))
+    limits.append(("api.tenant", str(tenant.id), tenant_limit(tenant, "api_rate_limit_tenant")))
+    rate_limits_hit(limits=limits, fail_open=fail_open)
 
 
 class ApiThrottle(BaseThrottle):
@@ -195,8 +245,14 @@ class KeyedThrottle(BaseThrottle):
         if request.method != "POST":
             return True
         limits: list[tuple[str, Callable[[Any], str | None], Callable[[], str]]] = view.rate_limits
-        for group, key_function, rate_function in limits:
-            key = key_function(request)
-            if key is not None:
-                rate_limit_hit(request=request, group=group, key=key, rate=rate_function())
+        try:  # a key function may read the cache too
+            counted = [
+                (group, key, rate_function())
+                for group, key_function, rate_function in limits
+                if (key := key_function(request)) is not None
+            ]
+        except (RedisError, OSError) as exc:
+            logger.warning("rate limit keys unavailable (%s): %s refused", type(exc).__name__, limits[0][0])
+            raise LimiterUnavailable() from exc
+        rate_limits_hit(limits=counted)
         return True
