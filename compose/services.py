@@ -131,6 +131,13 @@ def _attachments_known(draft: Draft, attachments: list[DraftAttachment]) -> None
     cache["attachments"] = known
 
 
+def _attachments_of(draft: Draft) -> list[DraftAttachment]:
+    """The draft's attachments: those `_attachments_known` left on it (a
+    draft created in this request), else read."""
+    known = getattr(draft, "_prefetched_objects_cache", {}).get("attachments")
+    return list(known) if known is not None else draft_attachments(draft=draft)
+
+
 def _send_request(draft: Draft) -> None:
     """Once committed: the send of a draft due now (`compose.outbox.send_request`:
     no task of its own while one that drains its account is queued or
@@ -308,6 +315,7 @@ def draft_create(
     _check_limits(draft, attachments_bytes=sum(a.size_bytes for a in attachments))
     draft.save()
     DraftAttachment.objects.bulk_create(attachments)
+    _attachments_known(draft, attachments)
     _audit(
         draft,
         user,
@@ -506,7 +514,7 @@ def draft_send(*, draft: Draft, actor: Actor, ip_address: str | None = None) -> 
     if draft.status not in EDITABLE:
         raise Conflict(f"The item is {draft.status}: it cannot be sent now.")
     _send_checks(draft)
-    attachments = draft_attachments(draft=draft)
+    attachments = _attachments_of(draft)
     _check_limits(draft, attachments_bytes=sum(a.size_bytes for a in attachments))
     resend = bool(draft.message_id)
     if not draft.message_id:
@@ -550,7 +558,7 @@ def draft_send(*, draft: Draft, actor: Actor, ip_address: str | None = None) -> 
     _attachments_known(draft, attachments)
 
     draft.status = Status.SCHEDULED if scheduled else Status.QUEUED
-    draft.save()
+    draft.save(update_fields=["message_id", "status", "updated_at"])
     _audit(
         draft,
         actor,

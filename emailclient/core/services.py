@@ -1,5 +1,6 @@
 """Writes on tenants, memberships and the audit log."""
 
+import contextlib
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -10,7 +11,7 @@ from django.db import IntegrityError, transaction
 
 from .exceptions import ApplicationError, Conflict
 from .models import AuditLog, Tenant, TenantMembership
-from .tenancy import tenant_scope
+from .tenancy import in_tenant_scope, tenant_scope
 
 
 def audit_log_record(
@@ -47,8 +48,10 @@ def audit_log_record_many(
     """Append one audit entry per `(object_id, changes)`, in one statement:
     the single way every part of the service writes the audit log. `changes`
     must hold no secret; callers pass field names (and non-secret values)
-    only."""
-    with tenant_scope(tenant_id):
+    only. In the tenant's scope already (a request's, a service's): no
+    nested scope of its own, the entries go in with the caller's writes."""
+    scope = contextlib.nullcontext() if in_tenant_scope(tenant_id) else tenant_scope(tenant_id)
+    with scope:
         return AuditLog.objects.bulk_create(
             AuditLog(
                 tenant_id=tenant_id,

@@ -37,7 +37,7 @@ def current_tenant_id(*, using: str = "default") -> uuid.UUID | None:
 def tenant_scope(tenant_id: uuid.UUID, *, using: str = "default") -> Iterator[None]:
     """Run the block in a transaction whose queries see only `tenant_id`'s rows."""
     value = str(uuid.UUID(str(tenant_id)))  # refuses anything but a UUID
-    with _scope("%s", [value], using=using):
+    with _scope("%s", [value], using=using, known=value):
         yield
 
 
@@ -55,20 +55,49 @@ def active_tenant_scope(ref: str, *, using: str = "default") -> Iterator[uuid.UU
         yield uuid.UUID(found) if found else None
 
 
-@contextmanager
-def _scope(expression: str, params: Sequence[str], *, using: str) -> Iterator[str]:
-    """Set the setting to the SQL `expression` for the block; yields its value."""
+def in_tenant_scope(tenant_id: uuid.UUID, *, using: str = "default") -> bool:
+    """Whether the connection runs a transaction in `tenant_id`'s scope now:
+    the innermost open `tenant_scope` (or `active_tenant_scope`) block is
+    that tenant's. A write that needs no savepoint of its own (an audit
+    entry) then goes straight in, without a nested scope's four statements."""
     connection = connections[using]
+    scopes: list[str] = getattr(connection, "tenant_scopes", [])
+    if not scopes or not connection.in_atomic_block:
+        return False
+    return scopes[-1] == str(tenant_id)
+
+
+@contextmanager
+def _scope(expression: str, params: Sequence[str], *, using: str, known: str | None = None) -> Iterator[str]:
+    """Set the setting to the SQL `expression` for the block; yields its value.
+
+    The scopes open on a connection are kept on it (`tenant_scopes`,
+    innermost last): a block nested in a scope of the same tenant (`known`,
+    the value the expression gives) keeps its savepoint but sets nothing,
+    the setting being that value already."""
+    connection = connections[using]
+    scopes: list[str] = connection.__dict__.setdefault("tenant_scopes", [])
     # Outermost: the commit or rollback ends the setting, one query suffices.
     nested = connection.in_atomic_block
     with transaction.atomic(using=using):
+        if nested and known is not None and scopes and scopes[-1] == known:
+            scopes.append(known)
+            try:
+                yield known
+            finally:
+                scopes.pop()
+            return
         with connection.cursor() as cursor:
             cursor.execute(
                 f"SELECT current_setting(%s, true), set_config(%s, {expression}, true)",
                 [SETTING, SETTING, *params],
             )
             previous, value = cursor.fetchone()
-        yield value
+        scopes.append(value)
+        try:
+            yield value
+        finally:
+            scopes.pop()
         # A block marked for rollback undoes the setting with everything else.
         if nested and not connection.needs_rollback:
             with connection.cursor() as cursor:
