@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from django_ratelimit.core import _split_rate
+from django_ratelimit.core import _split_rate, get_usage
 
 from conftest import bearer_client
 from emailclient.core import throttling
@@ -66,6 +66,22 @@ def test_a_user_over_their_own_limit_does_not_use_up_the_tenants(client_a, clien
     settings.API_RATE_LIMIT_TENANT = "4/m"
     assert [client_a.get(ACCOUNTS).status_code for _ in range(10)] == [200, 200] + [429] * 8
     assert [client_admin_a.get(ACCOUNTS).status_code for _ in range(2)] == [200, 200]
+
+
+def test_the_counters_are_django_ratelimits_own(client_a, user_a, tenant_a, settings, rf):
+    """Counted by one script a request, read by django-ratelimit's
+    `get_usage`: the same keys and windows, each counter at its own count."""
+    settings.API_RATE_LIMIT_USER = "5/m"
+    settings.API_RATE_LIMIT_TENANT = "7/m"
+    assert [client_a.get(ACCOUNTS).status_code for _ in range(7)] == [200] * 5 + [429] * 2
+
+    def usage(group: str, key: str, rate: str) -> dict:
+        return get_usage(rf.get("/"), group=group, key=lambda _g, _r: key, rate=rate, increment=False)
+
+    user = usage("api.user", f"{tenant_a.id}:{user_a.pk}", "5/m")
+    tenant = usage("api.tenant", str(tenant_a.id), "7/m")
+    assert (user["count"], user["should_limit"]) == (7, True)  # the refused ones counted here...
+    assert (tenant["count"], tenant["should_limit"]) == (5, False)  # ...and not in the tenant's
 
 
 def test_tenant_override_applies_to_that_tenant_only(client_a, client_b, tenant_a, settings):
