@@ -322,6 +322,10 @@ SYNC_MAX_WORKER_LOSSES = env.int("SYNC_MAX_WORKER_LOSSES", default=3)
 # sync stays under 300 MB (bench/sync_bench.py), so 500 MiB leaves room and
 # returns memory a big batch fragmented. The container limit kills mid-task.
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", default=500 * 1024)
+# The workers' CPU priority (nice, 0-19): where they share cores with the
+# web processes, a sync or a draining outbox yields them to the requests
+# (emailclient.core.tasking.worker_priority_lower). 0 leaves it alone.
+CELERY_WORKER_NICE = env.int("CELERY_WORKER_NICE", default=10)
 SYNC_BATCH_MESSAGES = env.int("SYNC_BATCH_MESSAGES", default=500)
 SYNC_BATCH_BYTES = env.int("SYNC_BATCH_BYTES", default=16 * 1024 * 1024)
 SYNC_MAX_RETRIES = env.int("SYNC_MAX_RETRIES", default=5)
