@@ -435,6 +435,31 @@ CELERY_BEAT_SCHEDULE = {
     "accounts-purge-deleted": {"task": "mailboxes.tasks.purge_deleted_accounts", "schedule": 24 * 3600.0},
 }
 
+# --- Scheduled backups (emailclient/core/backup.py) ---------------------------
+# Off unless BACKUP_DIR is set: then Celery beat writes an archive there on
+# BACKUP_SCHEDULE (a crontab line, UTC: minute hour day-of-month month
+# day-of-week) and, once it is complete, removes all but the newest
+# BACKUP_KEEP. Encrypted with the key in BACKUP_ENCRYPTION_KEY_FILE (or the
+# BACKUP_ENCRYPTION_KEY variable) when set.
+BACKUP_DIR = Path(env("BACKUP_DIR")) if env("BACKUP_DIR", default="") else None
+BACKUP_SCHEDULE = env("BACKUP_SCHEDULE", default="30 2 * * *")
+BACKUP_KEEP = env.int("BACKUP_KEEP", default=7)
+BACKUP_ENCRYPTION_KEY_FILE = (
+    Path(env("BACKUP_ENCRYPTION_KEY_FILE")) if env("BACKUP_ENCRYPTION_KEY_FILE", default="") else None
+)
+# A backup of a big store takes longer than other tasks: 6 hours.
+BACKUP_TASK_TIME_LIMIT = env.int("BACKUP_TASK_TIME_LIMIT", default=6 * 3600)
+if BACKUP_DIR is not None:
+    from celery.schedules import crontab
+
+    _minute, _hour, _day, _month, _weekday = BACKUP_SCHEDULE.split()
+    CELERY_BEAT_SCHEDULE["core-backup"] = {
+        "task": "emailclient.core.tasks.backup_scheduled",
+        "schedule": crontab(
+            minute=_minute, hour=_hour, day_of_month=_day, month_of_year=_month, day_of_week=_weekday
+        ),
+    }
+
 # --- i18n, static -------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
