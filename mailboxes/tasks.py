@@ -13,6 +13,7 @@ from django.core.cache import cache
 from accounts.models import EmailAccount
 from accounts.selectors import AccountNotSyncable, account_for_sync
 from emailclient.core.limits import tenant_limit
+from emailclient.core.metrics import sync_failure_observed
 from emailclient.core.retry import backoff_countdown
 from messages.blobs import default_store
 from messages.locks import SyncAlreadyRunning
@@ -180,6 +181,7 @@ def _failed(account_id: uuid.UUID, task_id: str, exc: Exception) -> None:
     """The run recorded the error on the account; the live status says it too."""
     message = str(exc) or type(exc).__name__
     logger.warning("sync of account %s failed: %s", account_id, message)
+    sync_failure_observed(exc)  # the metrics' failures by reason
     sync_release(account_id, task_id)
     sync_status_set(account_id, state=FAILED, error=message, detail="")
 
