@@ -18,3 +18,19 @@ def _worker_priority(**kwargs):
     from emailclient.core.tasking import worker_priority_lower  # Django is set up by now
 
     worker_priority_lower()
+
+
+# Logs and metrics of tasks (emailclient.core.requestid, emailclient.core.metrics):
+# the request id travels in the message headers; a worker's metrics are served
+# on METRICS_WORKER_PORT by its main process.
+from celery.signals import worker_init  # noqa: E402
+
+from emailclient.core import metrics, requestid  # noqa: E402, F401
+
+
+@worker_init.connect(weak=False)
+def _serve_worker_metrics(**kwargs) -> None:
+    from django.conf import settings
+
+    if settings.METRICS_ENABLED and settings.METRICS_WORKER_PORT:
+        metrics.worker_metrics_serve(settings.METRICS_WORKER_PORT)

@@ -18,6 +18,9 @@ api_patterns = [
 
 urlpatterns = [
     path("health", views.health, name="health"),
+    path("health/ready", views.health_ready, name="health-ready"),
+    path("health/live", views.health_live, name="health-live"),
+    path("metrics", views.metrics_view, name="metrics"),
     path("favicon.ico", views.favicon, name="favicon"),
     path("admin/", admin.site.urls),
     api_path("api/auth/token", auth_views.TokenObtainPairView.as_view(), name="token-obtain"),

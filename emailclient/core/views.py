@@ -1,4 +1,7 @@
 import logging
+import threading
+import time
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -28,6 +31,83 @@ def _check_redis() -> None:
 
 CHECKS = {"database": _check_database, "redis": _check_redis}
 
+# --- Celery workers and periodic syncs (reported by /health, not part of its status) ---
+# A worker down does not make the web unhealthy (the load balancer and the
+# container's health check would restart a web that is fine); /health says
+# so for the operator, and its status stays the web's own.
+
+
+class _Cached:
+    """A value computed at most once every `seconds` in this process, by one
+    thread while the others get the last one: a flood of /health requests
+    makes one broadcast to the workers per interval, not one each."""
+
+    def __init__(self, compute, seconds: float) -> None:
+        self._compute, self._seconds = compute, seconds
+        self._lock = threading.Lock()
+        self._value: Any = None
+        self._at = float("-inf")
+
+    def get(self) -> Any:
+        if time.monotonic() - self._at < self._seconds:
+            return self._value
+        with self._lock:
+            if time.monotonic() - self._at >= self._seconds:
+                self._value = self._compute()
+                self._at = time.monotonic()
+            return self._value
+
+    def clear(self) -> None:
+        self._at = float("-inf")
+
+
+def _celery_workers() -> dict:
+    from celery import current_app  # the project's app (emailclient/__init__.py makes it current)
+
+    try:
+        replies = current_app.control.ping(timeout=settings.HEALTH_CELERY_PING_TIMEOUT) or []
+    except Exception:
+        logger.warning("health: the Celery broker did not answer the ping", exc_info=True)
+        return {"status": "unreachable", "workers": 0}
+    workers = sum(len(reply) for reply in replies)
+    return {"status": "ok" if workers else "no_workers", "workers": workers}
+
+
+celery_workers = _Cached(_celery_workers, seconds=5.0)
+
+# The age of the oldest overdue periodic sync: an enabled account sync whose
+# next run (its last run, or its start, plus its interval) is past. Beat down
+# (or its scheduler stuck) shows here as an age that keeps growing.
+_OVERDUE_SQL = """
+SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(due)), 0)
+FROM (
+    SELECT COALESCE(pt.last_run_at, pt.start_time, pt.date_changed)
+           + i.every * CASE i.period WHEN 'microseconds' THEN interval '1 microsecond'
+                                     WHEN 'seconds' THEN interval '1 second'
+                                     WHEN 'minutes' THEN interval '1 minute'
+                                     WHEN 'hours' THEN interval '1 hour'
+                                     ELSE interval '1 day' END AS due
+    FROM django_celery_beat_periodictask pt
+    JOIN django_celery_beat_intervalschedule i ON i.id = pt.interval_id
+    WHERE pt.enabled AND pt.task = %s
+) runs
+WHERE due < now() - make_interval(secs => %s)
+"""
+
+
+def _periodic_sync() -> dict:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(_OVERDUE_SQL, ["mailboxes.tasks.sync_account", settings.HEALTH_SYNC_OVERDUE_GRACE])
+            overdue, age = cursor.fetchone()
+    except Exception:
+        logger.warning("health: the periodic syncs could not be read", exc_info=True)
+        return {"status": "unknown"}
+    return {"overdue": overdue, "oldest_overdue_seconds": round(float(age))}
+
+
+periodic_sync = _Cached(_periodic_sync, seconds=5.0)
+
 
 @require_GET
 def favicon(request):
@@ -36,10 +116,7 @@ def favicon(request):
     return HttpResponse(status=204)
 
 
-@require_GET
-def health(request):
-    """Liveness and readiness: 200 when PostgreSQL and Redis answer, else 503
-    naming the failing check. No authentication; reveals no detail of errors."""
+def _checks() -> dict[str, str]:
     checks = {}
     for name, check in CHECKS.items():
         try:
@@ -48,9 +125,62 @@ def health(request):
         except Exception:
             logger.warning("health check %s failed", name, exc_info=True)
             checks[name] = "failing"
+    return checks
+
+
+@require_GET
+def health(request):
+    """200 when PostgreSQL and Redis answer, else 503 naming the failing
+    check; besides, for the operator, the Celery workers that answered a ping
+    and the oldest overdue periodic sync (both cached a few seconds, neither
+    part of the status). No authentication; reveals no detail of errors."""
+    checks = _checks()
     healthy = all(result == "ok" for result in checks.values())
-    body = {"status": "healthy" if healthy else "unhealthy", "service": "email_service", "checks": checks}
+    body = {
+        "status": "healthy" if healthy else "unhealthy",
+        "service": "email_service",
+        "checks": checks,
+        "celery": celery_workers.get(),
+        "periodic_sync": periodic_sync.get() if checks["database"] == "ok" else {"status": "unknown"},
+    }
     return JsonResponse(body, status=200 if healthy else 503)
+
+
+@require_GET
+def health_ready(request):
+    """For the load balancer: may this process take requests? PostgreSQL and
+    Redis answer (not Celery: sending and syncing wait in the queue)."""
+    checks = _checks()
+    ready = all(result == "ok" for result in checks.values())
+    return JsonResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503
+    )
+
+
+@require_GET
+def health_live(request):
+    """The process answers: no database, no Redis, no I/O."""
+    return JsonResponse({"status": "alive"})
+
+
+@require_GET
+def metrics_view(request):
+    """Prometheus' scrape (emailclient.core.metrics): a 404 unless
+    METRICS_ENABLED, a 403 without the token or from outside the allowed
+    networks. Not under /api/: no tenant, no throttle."""
+    from django.http import Http404
+
+    from . import metrics
+    from .clientaddr import client_address
+
+    if not settings.METRICS_ENABLED:
+        raise Http404
+    if not metrics.access_allowed(
+        authorization=request.META.get("HTTP_AUTHORIZATION"), client=client_address(request)
+    ):
+        return HttpResponse("forbidden\n", status=403, content_type="text/plain")
+    body, content_type = metrics.exposition()
+    return HttpResponse(body, content_type=content_type)
 
 
 # --- Errors outside DRF's views --------------------------------------------------

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import environ
 
+from emailclient.core.logs import logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
@@ -41,6 +43,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: every answer (a preflight's too) carries X-Request-ID, is
+    # counted in the metrics and logged once (emailclient.core.requestid).
+    "emailclient.core.requestid.RequestIdMiddleware",
     # First: a preflight is answered before anything else can answer it.
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -475,23 +480,33 @@ STORAGES = {
 }
 
 # --- Logging ------------------------------------------------------------------
+# LOG_FORMAT: "json" (one object a line: time, level, logger, message, the
+# request id, tenant, user, and for an access line method, path, route,
+# status, duration_ms; for a task its name, id, tenant and account) or
+# "text". Production defaults to json, development and tests to text. Every
+# line passes a redaction filter for secrets (emailclient.core.logs).
 LOG_LEVEL = env("LOG_LEVEL", default="INFO")
 LOG_FORMAT = env("LOG_FORMAT", default="text")  # "text" or "json"
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-        "json": {
-            "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
-        },
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        # imaplib's debug log carries whole server responses (message bodies).
-        "imapclient": {"level": "INFO"},
-        "imapclient.imaplib": {"level": "WARNING"},
-    },
-}
+LOGGING = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)
+
+# --- Metrics and health (emailclient.core.metrics, emailclient.core.views) -----------
+# /metrics answers 404 unless enabled; then a scrape needs the bearer token
+# METRICS_TOKEN and/or an address in METRICS_ALLOWED_NETWORKS (CIDRs; each one
+# configured must hold; with neither, every scrape is refused). Gunicorn's and
+# the worker's processes share their counts through PROMETHEUS_MULTIPROC_DIR
+# (an environment variable prometheus-client reads itself; an empty directory
+# per role, set before the process starts). The worker serves its own
+# metrics on METRICS_WORKER_PORT (0: not served).
+METRICS_ENABLED = env.bool("METRICS_ENABLED", default=False)
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
+METRICS_WORKER_PORT = env.int("METRICS_WORKER_PORT", default=0)
+# The gauges read from the database and the broker at scrape time are kept
+# this many seconds (one set of queries per interval, whatever the scrapers).
+METRICS_CACHE_SECONDS = env.float("METRICS_CACHE_SECONDS", default=15.0)
+METRICS_CELERY_QUEUES = env.list("METRICS_CELERY_QUEUES", default=["celery"])
+# /health pings the Celery workers (cached 5 s a process) and waits this long
+# for their answers; a periodic sync counts as overdue this many seconds
+# after its time.
+HEALTH_CELERY_PING_TIMEOUT = env.float("HEALTH_CELERY_PING_TIMEOUT", default=1.0)
+HEALTH_SYNC_OVERDUE_GRACE = env.int("HEALTH_SYNC_OVERDUE_GRACE", default=60)

@@ -1,8 +1,10 @@
 """Development settings: `make run`. Secrets come from `.env`, which
 `scripts/run.sh` writes with fresh random keys on first run."""
 
+from emailclient.core.logs import logging_config
+
 from .base import *  # noqa: F403
-from .base import INSTALLED_APPS, REST_FRAMEWORK, STORAGES, env
+from .base import INSTALLED_APPS, LOG_LEVEL, REST_FRAMEWORK, STORAGES, env
 
 DEBUG = env.bool("DEBUG", default=True)
 
@@ -38,3 +40,7 @@ MAIL_ALLOW_PRIVATE_HOSTS = True
 MAIL_ALLOW_PLAINTEXT = True
 MAIL_ALLOWED_PORTS = None  # and listen on free high ports
 ACCOUNT_VERIFY_ON_SAVE = True  # as in production: a wrong password is seen at once
+
+# Logs: text lines unless LOG_FORMAT=json (base.py's default, said again here).
+LOG_FORMAT = env("LOG_FORMAT", default="text")
+LOGGING = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)

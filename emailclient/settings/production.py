@@ -5,8 +5,10 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+from emailclient.core.logs import logging_config
+
 from .base import *  # noqa: F403
-from .base import BASE_DIR, CREDENTIAL_ENCRYPTION_KEYS, SECRET_KEY, SIMPLE_JWT, env
+from .base import BASE_DIR, CREDENTIAL_ENCRYPTION_KEYS, LOG_LEVEL, SECRET_KEY, SIMPLE_JWT, env
 
 DEBUG = False
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
@@ -22,7 +24,7 @@ if not CREDENTIAL_ENCRYPTION_KEYS:
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
-SECURE_REDIRECT_EXEMPT = [r"^health$"]
+SECURE_REDIRECT_EXEMPT = [r"^health$", r"^health/(ready|live)$", r"^metrics$"]
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 30)
@@ -33,5 +35,6 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # files here (the image does it at build time, into /app/var/static); WhiteNoise
 # serves them with hashed names from the manifest.
 STATIC_ROOT = Path(env("STATIC_ROOT", default=str(BASE_DIR / "var" / "static")))
-LOG_FORMAT = "json"
-LOGGING = {**LOGGING, "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}}}  # noqa: F405
+# One JSON object a line unless LOG_FORMAT says text (emailclient.core.logs).
+LOG_FORMAT = env("LOG_FORMAT", default="json")
+LOGGING = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)
