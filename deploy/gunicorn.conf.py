@@ -62,3 +62,14 @@ access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
 # Which peers may set X-Forwarded-* for gunicorn comes from FORWARDED_ALLOW_IPS
 # (gunicorn reads it itself). Django's HTTPS detection reads X-Forwarded-Proto
 # directly (SECURE_PROXY_SSL_HEADER), so the proxy in front must always set it.
+
+
+# Prometheus multiprocess mode (emailclient.core.metrics): each worker writes its
+# counts to PROMETHEUS_MULTIPROC_DIR; a dead worker's live-gauge files are
+# marked so a scrape stops adding them. The directory must be empty when
+# gunicorn starts (a tmpfs, or emptied by the entrypoint).
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
