@@ -1,4 +1,4 @@
-"""The IMAP sync engine: server folders and messages into PostgreSQL.
+"""The sync engine: server folders and messages (IMAP, and POP3) into PostgreSQL.
 
 `account_sync()` brings one account's database copy in step with its server:
 
@@ -28,10 +28,16 @@
 No database transaction is ever open across a network read. One sync per
 account at a time (a PostgreSQL advisory lock).
 
-The parts: `engine` (`account_sync`, the per-folder flow), `folders` (folder
-types, the folder list and renames), `storage` (rows, COPY through a
-temporary table, the cursor, re-matching), `pipeline` (the writer thread and
-the blob-writing threads), `config` (the account's IMAP server settings).
+POP3 accounts go through the same engine (`pop3`): each server unique id
+(UIDL) is given a UID of ours in the account's INBOX before anything is
+downloaded, and from there the messages are fetched (RETR), parsed, stored,
+quarantined and counted exactly as IMAP ones; see that module's docstring.
+
+The parts: `engine` (`account_sync`, the per-folder flow), `pop3` (POP3
+accounts), `folders` (folder types, the folder list and renames), `storage`
+(rows, COPY through a temporary table, the cursor, re-matching), `pipeline`
+(the writer thread and the blob-writing threads), `config` (the account's
+mail server settings).
 """
 
 from mailboxes.sync.config import server_config

@@ -2,6 +2,7 @@
 UIDL, a connection dropped in the middle of a RETR, no STLS. Plain TCP on
 127.0.0.1, one thread per connection; it records the commands it got."""
 
+import hashlib
 import socket
 import socketserver
 import threading
@@ -14,6 +15,7 @@ class FakePop3:
         *,
         uidl: bool = True,
         stls: bool = False,
+        apop: bool = False,
         drop_in_retr: int | None = None,
         user: str = "user",
         password: str = "secret",  # noqa: S107 - a test server's
@@ -21,6 +23,7 @@ class FakePop3:
         self.messages = messages
         self.uidl = uidl
         self.stls = stls
+        self.apop = apop  # the greeting carries an APOP timestamp
         self.drop_in_retr = drop_in_retr  # message number whose RETR is cut off halfway
         self.user, self.password = user, password
         self.commands: list[str] = []
@@ -55,7 +58,8 @@ class FakePop3:
             stuffed = [b"." + line if line.startswith(b".") else line for line in lines]
             return b"".join(line + b"\r\n" for line in stuffed) + b".\r\n"
 
-        send(b"+OK fake POP3 ready\r\n")
+        timestamp = b"<1896.697170952@fake.example>"
+        send(b"+OK fake POP3 ready " + (timestamp if self.apop else b"") + b"\r\n")
         logged_in = False
         deleted: set[int] = set()
         while True:
@@ -74,6 +78,10 @@ class FakePop3:
                 send(b"+OK\r\n" + multiline("\r\n".join(capabilities).encode() + b"\r\n"))
             elif command == "USER":
                 send(b"+OK\r\n")
+            elif command == "APOP" and self.apop:
+                digest = hashlib.md5(timestamp + self.password.encode(), usedforsecurity=False).hexdigest()
+                logged_in = words[1:] == [self.user, digest]
+                send(b"+OK logged in\r\n" if logged_in else b"-ERR [AUTH] wrong\r\n")
             elif command == "PASS":
                 logged_in = words[1:] == [self.password]
                 send(b"+OK logged in\r\n" if logged_in else b"-ERR [AUTH] wrong\r\n")

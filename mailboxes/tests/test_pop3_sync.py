@@ -3,6 +3,7 @@ user's INBOX over IMAP, which POP3 then serves), and a small fake server
 (`pop3_fake`) for the faults Dovecot cannot show."""
 
 import datetime
+import time
 
 import pytest
 from django.utils import timezone
@@ -12,7 +13,15 @@ from conftest import bearer_client
 from emailclient.core.crypto import encrypt_secret
 from emailclient.core.tenancy import tenant_scope
 from mailboxes import sync_status
-from mailboxes.imap import AuthenticationFailed, InsecureServer, MailServerError, ServerConfig
+from mailboxes.imap import (
+    AddressNotAllowed,
+    AuthenticationFailed,
+    DeadlineExceeded,
+    InsecureServer,
+    MailServerError,
+    ProtocolViolation,
+    ServerConfig,
+)
 from mailboxes.pop3 import Pop3Session
 from mailboxes.sync import account_sync
 from mailboxes.sync import pop3 as pop3_sync
@@ -20,6 +29,7 @@ from mailboxes.sync.pop3 import NO_UIDL_NOTICE
 from mailboxes.tasks import sync_account_task
 from mailboxes.tests.conftest import PASSWORD
 from mailboxes.tests.pop3_fake import FakePop3
+from mailboxes.tests.tarpit import Tarpit
 from mailboxes.writeback import account_write_back
 from messages.models import Folder, Message, MessageChange, Pop3Uidl, QuarantinedMessage
 from messages.tests.corpus import corpus_files
@@ -365,3 +375,35 @@ def test_stls_without_the_server_offering_it_is_refused_before_login(mail_settin
             sync(account)
     assert "USER" not in server.commands and "PASS" not in server.commands
     assert stored(account) == []
+
+
+@pytest.mark.django_db
+def test_apop_on_an_unencrypted_connection_never_sends_the_password(mail_settings, tenant_a, user_a):
+    with FakePop3([mail(1)], apop=True) as server:
+        account = fake_account(tenant_a, user_a, server)
+        assert sync(account).new == 1
+    assert "APOP" in server.commands and "PASS" not in server.commands and "USER" not in server.commands
+
+
+def test_the_connection_policy_is_the_imap_one(devmail):
+    plain = {"allow_plaintext": True, "allow_private": True}
+    with pytest.raises(AddressNotAllowed):  # the private-address guard
+        Pop3Session(ServerConfig("127.0.0.1", devmail.pop3_port, "none", allow_plaintext=True), "u", "p")
+    config = ServerConfig("127.0.0.1", devmail.pop3_port, "none", allowed_ports=frozenset({995}), **plain)
+    with pytest.raises(AddressNotAllowed, match="MAIL_ALLOWED_PORTS"):
+        Pop3Session(config, "u", "p")
+    with pytest.raises(InsecureServer, match="MAIL_ALLOW_PLAINTEXT"):
+        Pop3Session(ServerConfig("127.0.0.1", devmail.pop3_port, "none", allow_private=True), "u", "p")
+    with pytest.raises(ProtocolViolation):  # Dovecot's greeting is longer than 10 bytes
+        Pop3Session(ServerConfig("127.0.0.1", devmail.pop3_port, "none", max_line=10, **plain), "u", "p")
+    tarpit = Tarpit(mode="greeting", interval=0.05)
+    try:
+        config = ServerConfig(
+            "127.0.0.1", tarpit.port, "none", connect_deadline=1.0, read_timeout=5.0, **plain
+        )
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            Pop3Session(config, "u", "p")
+        assert time.monotonic() - started < 3
+    finally:
+        tarpit.close()
