@@ -2,7 +2,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
 
-from emailclient.core import auth_views, views
+from emailclient.core import admin_monitoring, auth_views, views
 from emailclient.core.routes import api_path
 from emailclient.core.schema import RedocView, SchemaView, SwaggerView
 
@@ -22,6 +22,7 @@ urlpatterns = [
     path("health/live", views.health_live, name="health-live"),
     path("metrics", views.metrics_view, name="metrics"),
     path("favicon.ico", views.favicon, name="favicon"),
+    path("admin/monitoring/", admin_monitoring.monitoring, name="admin-monitoring"),
     path("admin/", admin.site.urls),
     api_path("api/auth/token", auth_views.TokenObtainPairView.as_view(), name="token-obtain"),
     api_path("api/auth/token/refresh", auth_views.TokenRefreshView.as_view(), name="token-refresh"),
