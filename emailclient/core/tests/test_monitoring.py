@@ -25,9 +25,12 @@ def test_the_admin_role_reads_each_monitoring_object(sql):
 
 @pytest.mark.parametrize("sql", OBJECTS)
 def test_the_runtime_role_may_not_read_them(sql):
-    with pytest.raises(ProgrammingError, match="permission denied"), transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
+    with (
+        pytest.raises(ProgrammingError, match="permission denied"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute(sql)
 
 
 def test_connection_stats_count_this_connection():
@@ -89,7 +92,9 @@ def test_pg_stat_statements_was_tried_and_never_failed_the_migration():
     with connections["admin"].cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_stat_statements'")
         assert cursor.fetchone()[0] in (0, 1)
-        cursor.execute("SELECT 1 FROM django_migrations WHERE app = 'core' AND name = '0006_monitoring_views'")
+        cursor.execute(
+            "SELECT 1 FROM django_migrations WHERE app = 'core' AND name = '0006_monitoring_views'"
+        )
         assert cursor.fetchone() == (1,)
 
 
