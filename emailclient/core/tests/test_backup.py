@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from accounts.tests.factories import EmailAccountFactory
-from emailclient.core.backup import BackupError, restore_database, restored_database_check
+from emailclient.core.backup import BackupError, backup_database, restore_database, restored_database_check
 from emailclient.core.dbsetup import setup_database
 
 # Beside the suite's own database, so that suites run side by side do not share it.
@@ -26,7 +26,7 @@ def test_backup_then_restore_into_a_new_database(committed_db, tenant_a, tenant_
     EmailAccountFactory(tenant=tenant_b, email_address="b@b.example")
     dump = tmp_path / "backup.dump"
 
-    call_command("backup", str(dump))
+    backup_database(output=dump, databases=settings.DATABASES)
 
     target = {alias: {**db, "NAME": RESTORED} for alias, db in settings.DATABASES.items()}
     setup_database(superuser_url=settings.DATABASE_SUPERUSER_URL, databases=target, recreate=True, log=str)
@@ -58,7 +58,7 @@ def test_a_restored_database_that_lost_a_policy_is_refused_and_not_served(commit
     own check, and a web process starting on such a database, refuse it."""
     EmailAccountFactory(tenant=tenant_a, email_address="a@a.example")
     dump = tmp_path / "backup.dump"
-    call_command("backup", str(dump))
+    backup_database(output=dump, databases=settings.DATABASES)
     target = {alias: {**db, "NAME": RESTORED} for alias, db in settings.DATABASES.items()}
     setup_database(superuser_url=settings.DATABASE_SUPERUSER_URL, databases=target, recreate=True, log=str)
     restore_database(source=dump, databases=target)  # complete: passes its check

@@ -1,0 +1,376 @@
+"""`backup` and `restore` of whole archives: the database and the blob store,
+round-tripped for two tenants with mail synced from a real Dovecot, and the
+refusals (a non-empty target, a tampered, truncated or wrongly-keyed archive)."""
+
+import contextlib
+import hashlib
+import io
+import os
+import stat
+import subprocess
+import sys
+import uuid
+from email.message import EmailMessage
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+from django.core.management import CommandError, call_command
+from django.db import connections
+
+from accounts.tests.factories import EmailAccountFactory
+from conftest import bearer_client
+from emailclient.core.backup import (
+    _HEADER_LEN,
+    BackupError,
+    archive_create,
+    archive_restore,
+    tenant_row_counts,
+)
+from emailclient.core.dbsetup import setup_database
+from emailclient.core.tasks import backup_scheduled_task
+from emailclient.core.tenancy import tenant_scope
+from mailboxes.sync import account_sync
+from mailboxes.tests.conftest import devmail, imap, mail_settings  # noqa: F401 - fixtures
+from messages.indexing import search_index_pending
+from messages.models import Attachment, Message
+
+RESTORED = f"{settings.DATABASES['default']['NAME']}_restore"
+KEY = b"an operator's backup key, 32+ chars long"
+
+
+def _target() -> dict:
+    """settings.DATABASES for a fresh, empty database beside the suite's."""
+    target = {alias: {**db, "NAME": RESTORED} for alias, db in settings.DATABASES.items()}
+    setup_database(superuser_url=settings.DATABASE_SUPERUSER_URL, databases=target, recreate=True, log=str)
+    return target
+
+
+def _connect(db: dict) -> psycopg.Connection:
+    return psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"])
+
+
+def _table_count(db: dict) -> int:
+    with _connect(db) as conn:
+        return conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0]
+
+
+def _counts(db: dict) -> dict:
+    with _connect(db) as conn, conn.cursor() as cursor:
+        return tenant_row_counts(cursor)
+
+
+def _blob_digests(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*.gz"))
+    }
+
+
+def _mail(subject: str, body: str, attachment: bytes | None = None) -> bytes:
+    mail = EmailMessage()
+    mail["From"] = "sender@example.com"
+    mail["To"] = "user@example.com"
+    mail["Subject"] = subject
+    mail["Message-ID"] = f"<{subject.replace(' ', '-')}@example.com>"
+    mail.set_content(body)
+    if attachment is not None:
+        mail.add_attachment(attachment, maintype="application", subtype="pdf", filename=f"{subject}.pdf")
+    return mail.as_bytes()
+
+
+def _download(client, attachment_id) -> bytes:
+    response = client.get(f"/api/attachments/{attachment_id}/download")
+    assert response.status_code == 200, response.content
+    return b"".join(response.streaming_content) if response.streaming else response.content
+
+
+def _search(client, query: str) -> list[str]:
+    response = client.get("/api/sync/search", {"query": query})
+    assert response.status_code == 200, response.content
+    return sorted(item["subject"] for item in response.json()["results"])
+
+
+@contextlib.contextmanager
+def _served_from(target: dict, blob_root: Path):
+    """This process's Django pointed at the restored database and blob folder."""
+    saved = {alias: connections[alias].settings_dict["NAME"] for alias in ("default", "owner", "admin")}
+    saved_root = settings.BLOB_STORAGE_DIR
+    for alias in saved:
+        connections[alias].close()
+        connections[alias].settings_dict["NAME"] = target[alias]["NAME"]
+    settings.BLOB_STORAGE_DIR = blob_root
+    cache.clear()
+    try:
+        yield
+    finally:
+        for alias, name in saved.items():
+            connections[alias].close()
+            connections[alias].settings_dict["NAME"] = name
+        settings.BLOB_STORAGE_DIR = saved_root
+        cache.clear()
+
+
+def test_two_tenants_synced_mail_round_trips_through_an_encrypted_archive(
+    committed_db,
+    mail_settings,  # noqa: F811 - the fixture
+    devmail,  # noqa: F811 - the fixture
+    tenant_a,
+    tenant_b,
+    user_a,
+    user_b,
+    tmp_path,
+):
+    pdf_a, pdf_b = b"%PDF-1.4 tenant a\n" * 3000, b"%PDF-1.4 tenant b\n" * 100
+    accounts = {}
+    for tenant, user, pdf, word in (
+        (tenant_a, user_a, pdf_a, "zeppelin"),
+        (tenant_b, user_b, pdf_b, "quokka"),
+    ):
+        name = f"backup{uuid.uuid4().hex[:8]}"
+        devmail.add_user(name, "mail-password")
+        box = imap(devmail, name)
+        box.append("INBOX", _mail(f"{word} report", f"the {word} figures\n" * 30, attachment=pdf))
+        box.append("INBOX", _mail(f"{word} notes", f"more about the {word}\n" * 10))
+        box.append("INBOX", _mail("shared subject", "nothing in particular\n"))
+        box.logout()
+        account = EmailAccountFactory(
+            tenant=tenant,
+            user=user,
+            email_address=f"{name}@example.com",
+            hostname="127.0.0.1",
+            port=devmail.imap_port,
+            encryption="starttls",
+            username=name,
+        )
+        account_sync(tenant_id=tenant.id, account_id=account.id)
+        with tenant_scope(tenant.id):
+            search_index_pending(tenant_id=tenant.id)
+        accounts[tenant.slug] = account
+    with tenant_scope(tenant_a.id):
+        attachment_a = Attachment.objects.get()
+        messages_a = Message.objects.count()
+    with tenant_scope(tenant_b.id):
+        attachment_b = Attachment.objects.get()
+    assert messages_a == 3
+    clients = {"a": bearer_client(user_a, tenant_a), "b": bearer_client(user_b, tenant_b)}
+    before = {
+        "counts": _counts(settings.DATABASES["admin"]),
+        "blobs": _blob_digests(settings.BLOB_STORAGE_DIR),
+        "download_a": _download(clients["a"], attachment_a.id),
+        "download_b": _download(clients["b"], attachment_b.id),
+        "search_a": _search(clients["a"], "zeppelin"),
+        "search_b": _search(clients["b"], "quokka"),
+        "search_shared_a": _search(clients["a"], "shared"),
+    }
+    assert before["download_a"] == pdf_a
+    assert before["search_a"] == ["zeppelin notes", "zeppelin report"]
+    assert before["counts"][str(tenant_a.id)]["email_messages"] == 3
+    assert before["counts"][str(tenant_b.id)]["email_attachments"] == 1
+    key_file = tmp_path / "backup.key"
+    key_file.write_bytes(KEY + b"\n")
+    archive = tmp_path / "archives" / "email.backup"
+    archive.parent.mkdir()
+    out = io.StringIO()
+
+    call_command("backup", str(archive), "--encrypt-key-file", str(key_file), stdout=out)
+
+    assert "encrypted): 2 tenants" in out.getvalue()
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+    assert archive.read_bytes().startswith(b"EMAILCLIENT-BACKUP\x00")
+    assert b"zeppelin" not in archive.read_bytes()
+    target = _target()
+    restored_root = tmp_path / "restored-blobs"
+
+    result = archive_restore(source=archive, databases=target, blob_root=restored_root, key=KEY)
+
+    manifest = result.manifest
+    assert manifest["tenants"][str(tenant_a.id)]["slug"] == "tenant-a"
+    assert manifest["blobs"]["count"] == len(before["blobs"]) == result.blobs
+    assert _counts(target["admin"]) == before["counts"]
+    assert _blob_digests(restored_root) == before["blobs"]
+    assert set(os.listdir(restored_root)) == {str(tenant_a.id), str(tenant_b.id)}  # no staging left
+    with _served_from(target, restored_root):
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT current_database()")
+            assert cursor.fetchone() == (RESTORED,)
+        assert _download(clients["a"], attachment_a.id) == before["download_a"]
+        assert _download(clients["b"], attachment_b.id) == before["download_b"]
+        assert _search(clients["a"], "zeppelin") == before["search_a"]
+        assert _search(clients["b"], "quokka") == before["search_b"]
+        assert _search(clients["a"], "shared") == before["search_shared_a"] == ["shared subject"]
+        # Another tenant's attachment is a 404 in the restored service too.
+        assert clients["a"].get(f"/api/attachments/{attachment_b.id}/download").status_code == 404
+    # Row-level security holds for the runtime role in the restored database.
+    with _connect(target["default"]) as conn:
+        assert conn.execute("SELECT count(*) FROM email_messages").fetchone() == (0,)
+        conn.execute("SELECT set_config('app.current_tenant_id', %s, false)", [str(tenant_a.id)])
+        assert conn.execute("SELECT count(*) FROM email_messages").fetchone() == (3,)
+        assert conn.execute(
+            "SELECT count(*) FROM email_messages WHERE tenant_id = %s", [tenant_b.id]
+        ).fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM email_attachments").fetchone() == (1,)
+
+
+@pytest.fixture
+def small_archive(committed_db, blobs, tenant_a, tenant_b, tmp_path):
+    """An unencrypted archive of two tenants with an account and a blob each."""
+    EmailAccountFactory(tenant=tenant_a, email_address="a@a.example")
+    EmailAccountFactory(tenant=tenant_b, email_address="b@b.example")
+    blobs.put(tenant_a.id, b"raw message of tenant a\n" * 100)
+    blobs.put(tenant_b.id, b"attachment of tenant b\n" * 100)
+    archive = tmp_path / "small.backup"
+    archive_create(output=archive, databases=settings.DATABASES, blob_root=blobs.root)
+    return archive
+
+
+def test_restore_refuses_a_database_or_blob_folder_that_is_not_empty(small_archive, blobs, tmp_path):
+    # The suite's own database has tables: refused before anything is read.
+    with pytest.raises(CommandError, match=r"database .* is not empty: restore only into a new database"):
+        call_command("restore", str(small_archive))
+    target = _target()
+    full = tmp_path / "full"
+    (full / "something").mkdir(parents=True)
+    with pytest.raises(BackupError, match=r"blob folder .*full is not empty \(1 entries, e.g. something\)"):
+        archive_restore(source=small_archive, databases=target, blob_root=full)
+    assert _table_count(target["owner"]) == 0
+    assert os.listdir(full) == ["something"]
+    # Empty both: it goes through, and the database then counts as not empty.
+    empty = tmp_path / "empty"
+    archive_restore(source=small_archive, databases=target, blob_root=empty)
+    assert _table_count(target["owner"]) > 0
+    with pytest.raises(BackupError, match="is not empty"):
+        archive_restore(source=small_archive, databases=target, blob_root=tmp_path / "other")
+
+
+def _flipped(archive: Path, offset: int, out: Path) -> Path:
+    data = bytearray(archive.read_bytes())
+    data[offset] ^= 0x01
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_a_tampered_or_truncated_archive_is_refused_before_anything_is_restored(small_archive, tmp_path):
+    target = _target()
+    data = small_archive.read_bytes()
+    blob_offset = data.index(b"\x1f\x8b", data.index(b"blobs/")) + 12  # inside the first blob's gzip data
+    tampered = _flipped(small_archive, blob_offset, tmp_path / "tampered.backup")
+    truncated = tmp_path / "truncated.backup"
+    truncated.write_bytes(data[: len(data) // 2])
+    root = tmp_path / "blobs-restored"
+
+    with pytest.raises(BackupError, match=r"blobs .* differ from the manifest's .*nothing was restored"):
+        archive_restore(source=tampered, databases=target, blob_root=root)
+    with pytest.raises(BackupError, match="truncated"):
+        archive_restore(source=truncated, databases=target, blob_root=root)
+
+    assert _table_count(target["owner"]) == 0
+    assert os.listdir(root) == []
+    archive_restore(source=small_archive, databases=target, blob_root=root)  # the original restores
+
+
+def test_an_encrypted_archive_needs_its_key_and_refuses_tampering(committed_db, blobs, tenant_a, tmp_path):
+    EmailAccountFactory(tenant=tenant_a, email_address="a@a.example")
+    blobs.put(tenant_a.id, os.urandom(3 * 1024 * 1024))  # several chunks
+    archive = tmp_path / "enc.backup"
+    archive_create(output=archive, databases=settings.DATABASES, blob_root=blobs.root, key=KEY)
+    data = archive.read_bytes()
+    target = _target()
+    root = tmp_path / "restored"
+    tampered = _flipped(archive, len(data) // 2, tmp_path / "tampered.backup")
+    cut = tmp_path / "cut.backup"
+    cut.write_bytes(data[: _HEADER_LEN + 2 * (1024 * 1024 + 16)])  # two whole chunks, no last
+
+    with pytest.raises(BackupError, match="wrong encryption key for this archive"):
+        archive_restore(source=archive, databases=target, blob_root=root, key=b"not the key, though long")
+    with pytest.raises(BackupError, match="the archive is encrypted: give its key"):
+        archive_restore(source=archive, databases=target, blob_root=root)
+    with pytest.raises(BackupError, match=r"damaged or was tampered with \(chunk 1 fails authentication\)"):
+        archive_restore(source=tampered, databases=target, blob_root=root, key=KEY)
+    with pytest.raises(BackupError, match="truncated"):
+        archive_restore(source=cut, databases=target, blob_root=root, key=KEY)
+    assert _table_count(target["owner"]) == 0
+    assert os.listdir(root) == []
+
+    os.environ["BACKUP_ENCRYPTION_KEY"] = KEY.decode()
+    try:
+        with _target_settings(target, root):
+            call_command("restore", str(archive), stdout=io.StringIO())
+    finally:
+        del os.environ["BACKUP_ENCRYPTION_KEY"]
+    assert _counts(target["admin"])[str(tenant_a.id)]["email_accounts"] == 1
+
+
+@contextlib.contextmanager
+def _target_settings(target: dict, root: Path):
+    saved, saved_root = settings.DATABASES, settings.BLOB_STORAGE_DIR
+    settings.DATABASES, settings.BLOB_STORAGE_DIR = target, root
+    try:
+        yield
+    finally:
+        settings.DATABASES, settings.BLOB_STORAGE_DIR = saved, saved_root
+
+
+def test_the_archive_is_mode_0600_whatever_the_umask(committed_db, blobs, tenant_a, tmp_path):
+    blobs.put(tenant_a.id, b"x" * 1000)
+    previous = os.umask(0)
+    try:
+        archive = tmp_path / "open.backup"
+        archive_create(output=archive, databases=settings.DATABASES, blob_root=blobs.root)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+    assert sorted(os.listdir(tmp_path)) == ["blobs", "open.backup"]  # no dump or partial left
+    with pytest.raises(BackupError, match="exists: a backup never overwrites an archive"):
+        archive_create(output=archive, databases=settings.DATABASES, blob_root=blobs.root)
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_scheduled_backups_keep_the_newest_and_prune_only_after_a_complete_one(
+    committed_db, blobs, tenant_a, settings, tmp_path
+):
+    blobs.put(tenant_a.id, b"y" * 1000)
+    settings.BACKUP_DIR = tmp_path / "backups"
+    settings.BACKUP_KEEP = 2
+    settings.BACKUP_ENCRYPTION_KEY_FILE = None
+    made = []
+    for _run in range(3):
+        report = backup_scheduled_task()
+        assert report["result"] == "done"
+        made.append(report["archive"])
+    assert report["pruned"] == [made[0]]
+    assert sorted(os.listdir(settings.BACKUP_DIR)) == [".lock", made[1], made[2]]
+
+    # A backup that fails (the admin role cannot reach its database) removes nothing.
+    settings.DATABASES = {
+        **settings.DATABASES,
+        "admin": {**settings.DATABASES["admin"], "NAME": "no_such_db"},
+    }
+    with pytest.raises(BackupError, match="cannot connect to database no_such_db"):
+        backup_scheduled_task()
+    assert sorted(os.listdir(settings.BACKUP_DIR)) == [".lock", made[1], made[2]]
+
+
+def test_the_beat_entry_exists_only_with_a_backup_folder():
+    script = (
+        "import django; django.setup(); from django.conf import settings; "
+        "e = settings.CELERY_BEAT_SCHEDULE.get('core-backup'); "
+        "print(e and (e['task'], str(e['schedule'])))"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "emailclient.settings.test"}
+    env.pop("BACKUP_DIR", None)
+    off = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert off.stdout.strip() == "None"
+    on = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**env, "BACKUP_DIR": "/srv/backups", "BACKUP_SCHEDULE": "15 4 * * 0"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert (
+        on.stdout.strip()
+        == "('emailclient.core.tasks.backup_scheduled', '<crontab: 15 4 * * 0 (m/h/dM/MY/d)>')"
+    )
