@@ -65,8 +65,8 @@ class ContextFilter(logging.Filter):
 # catch what a library or a careless message might still put in a line.
 REDACTED = "[redacted]"
 _SENSITIVE_NAMES = (
-    r"(?:password|passwd|pwd|passphrase|secret|token|access_token|refresh_token|refresh|access"
-    r"|api[_-]?key|sessionid|csrftoken|cookie|sig|signature)"
+    r"(?:password|passwd|pwd|passphrase|secret|token|refresh"
+    r"|api[_-]?key|sessionid|csrftoken|cookie|signature)"
 )
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Bearer xxx / Basic xxx, in a header dump or a repr.
@@ -81,7 +81,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), REDACTED),
     # key=value and "key": "value" (query strings, form bodies, reprs, JSON).
     (
-        re.compile(rf"(?i)([?&;\s,{{(]|^)(['\"]?{_SENSITIVE_NAMES}['\"]?\s*[=:]\s*)(['\"]?)[^\s&;,'\"}})]+"),
+        re.compile(
+            rf"(?i)([?&;\s,{{(]|^)(['\"]?[\w-]*{_SENSITIVE_NAMES}['\"]?\s*[=:]\s*)(['\"]?)[^\s&;,'\"}})]+"
+        ),
         r"\1\2\3" + REDACTED,
     ),
     # IMAP LOGIN user password / AUTHENTICATE PLAIN <base64>.

@@ -1,0 +1,217 @@
+"""Structured logs (emailclient.core.logs) and request ids (emailclient.core.requestid)."""
+
+import io
+import json
+import logging
+import time
+import uuid
+
+import pytest
+import redis
+from django.conf import settings
+
+from accounts.tests.factories import EmailAccountFactory
+from emailclient.core import logs
+from emailclient.core.requestid import request_id_from
+from emailclient.core.tests import celery_worker
+from emailclient.core.tests.celery_worker import CeleryWorker
+
+
+class Captured:
+    """Every record at DEBUG, as the production handler writes it (context
+    filter, JSON formatter); `redacted` also passes the redaction filter."""
+
+    def __init__(self, *, redacted: bool) -> None:
+        self.stream = io.StringIO()
+        self.handler = logging.StreamHandler(self.stream)
+        self.handler.setFormatter(logs.JsonFormatter())
+        self.handler.addFilter(logs.ContextFilter())
+        if redacted:
+            self.handler.addFilter(logs.RedactFilter())
+
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.text().splitlines() if line]
+
+
+@pytest.fixture
+def captured():
+    """A production-like capture at DEBUG, with the production logger levels."""
+    root = logging.getLogger()
+    capture = Captured(redacted=False)
+    levels = {}
+    config = logs.logging_config(log_format="json", level="DEBUG")
+    for name, logger_config in config["loggers"].items():
+        levels[name] = logging.getLogger(name).level
+        logging.getLogger(name).setLevel(logger_config["level"])
+    previous = root.level
+    root.setLevel(logging.DEBUG)
+    root.addHandler(capture.handler)
+    yield capture
+    root.removeHandler(capture.handler)
+    root.setLevel(previous)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+# --- Formatter and redaction ------------------------------------------------------------
+
+
+def test_a_json_line_carries_the_fields_and_the_context():
+    capture = Captured(redacted=True)
+    logger = logging.getLogger("test.json")
+    logger.addHandler(capture.handler)
+    tokens = logs.context_set(request_id="r-1", tenant="t-1", user="u-1")
+    try:
+        logger.warning("hello %s", "world", extra={"status": 201, "route": "api/x"})
+    finally:
+        logs.context_reset(tokens)
+        logger.removeHandler(capture.handler)
+    [line] = capture.lines()
+    assert line["message"] == "hello world" and line["level"] == "WARNING" and line["logger"] == "test.json"
+    assert line["request_id"] == "r-1" and line["tenant"] == "t-1" and line["user"] == "u-1"
+    assert line["status"] == 201 and line["route"] == "api/x"
+    assert line["time"].endswith("+00:00")
+    assert "task_name" not in line  # unset fields are left out
+    assert logs.context_get("request_id") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("headers {'Authorization': 'Bearer abc.def.ghi123456'}", "abc.def.ghi123456"),
+        ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA=="),
+        ("GET /api/attachments/1?token=s3cr3t-value&x=1", "s3cr3t-value"),
+        ("login with password=hunter2-horse", "hunter2-horse"),
+        ('{"username": "a", "password": "hunter2-horse"}', "hunter2-horse"),
+        ("'smtp_password': 'p4ss-w0rd'", "p4ss-w0rd"),
+        ("refresh eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl here", "eyJzdWIiOiIxIn0"),
+        ("Cookie: sessionid=abcdef123456; csrftoken=zzz", "abcdef123456"),
+        ("b'LOGIN user1 mail-pass-123'", "mail-pass-123"),
+        ("AUTH PLAIN AHVzZXIAcGFzcw==", "AHVzZXIAcGFzcw=="),
+    ],
+)
+def test_the_redaction_filter_removes_known_secret_shapes(text, secret):
+    capture = Captured(redacted=True)
+    logger = logging.getLogger("test.redact")
+    logger.addHandler(capture.handler)
+    try:
+        logger.error("seen: %s", text)
+        try:
+            raise ValueError(text)
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(capture.handler)
+    assert secret not in capture.text()
+    assert logs.REDACTED in capture.text()
+
+
+def test_the_redaction_keeps_ordinary_lines():
+    assert logs.redact("GET /api/messages/5 200 in 3 ms") == "GET /api/messages/5 200 in 3 ms"
+
+
+def test_log_format_must_be_json_or_text():
+    with pytest.raises(ValueError, match="LOG_FORMAT"):
+        logs.logging_config(log_format="xml", level="INFO")
+
+
+# --- Request ids -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("abc-123_DEF.4:5", True),
+        ("0f" * 64, True),  # 128 characters
+        ("0f" * 64 + "0", False),  # 129
+        ("has space", False),
+        ("new\nline", False),
+        ("<script>", False),
+        ("", False),
+    ],
+)
+def test_a_request_id_is_kept_only_when_safe(given, kept):
+    result = request_id_from(given)
+    assert (result == given) is kept
+    if not kept:
+        assert len(result) == 32 and int(result, 16) >= 0
+
+
+@pytest.mark.django_db
+def test_the_response_returns_the_request_id_given_or_made(api_client):
+    given = api_client.get("/health/live", HTTP_X_REQUEST_ID="edge-42")
+    assert given["X-Request-ID"] == "edge-42"
+    bad = api_client.get("/health/live", HTTP_X_REQUEST_ID="x" * 500)
+    assert len(bad["X-Request-ID"]) == 32
+    made = api_client.get("/health/live")
+    assert len(made["X-Request-ID"]) == 32 and made["X-Request-ID"] != bad["X-Request-ID"]
+
+
+@pytest.mark.django_db
+def test_the_access_line_names_route_status_tenant_and_user(client_a, tenant_a, user_a, captured):
+    missing = uuid.uuid4()
+    response = client_a.get(f"/api/messages/{missing}?q=secret-search", HTTP_X_REQUEST_ID="req-7")
+    assert response.status_code == 404
+    [line] = [entry for entry in captured.lines() if entry["logger"] == "emailclient.request"]
+    assert line["request_id"] == "req-7"
+    assert line["method"] == "GET" and line["status"] == 404
+    assert line["path"] == f"/api/messages/{missing}"  # never the query string
+    assert "<" in line["route"] and str(missing) not in line["route"]  # the pattern
+    assert line["tenant"] == str(tenant_a.id) and line["user"] == str(user_a.pk)
+    assert line["duration_ms"] >= 0
+    assert "secret-search" not in captured.text()
+
+
+JSON_WORKER = celery_worker.SCRIPT.replace(
+    "from emailclient.celery import app\n",
+    "import logging.config\n"
+    "from emailclient.core.logs import logging_config\n"
+    "logging.config.dictConfig(logging_config(log_format='json', level='INFO'))\n"
+    "from emailclient.celery import app\n",
+)
+
+
+def test_the_request_id_reaches_the_task_a_request_queues(
+    committed_db, client_a, tenant_a, user_a, tmp_path, monkeypatch
+):
+    tenant = tenant_a
+    account = EmailAccountFactory(tenant=tenant_a, user=user_a, hostname="127.0.0.1", port=1)
+
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.delete("celery")
+    response = client_a.post(f"/api/sync/imap/{account.id}", HTTP_X_REQUEST_ID="trace-me-1")
+    assert response.status_code in (200, 202), response.content
+    [message] = [json.loads(raw) for raw in broker.lrange("celery", 0, -1)]
+    assert message["headers"]["request_id"] == "trace-me-1"
+
+    monkeypatch.setattr(celery_worker, "SCRIPT", JSON_WORKER)
+    worker = CeleryWorker(tmp_path, "logs", {"SYNC_MAX_RETRIES": 0})
+    try:
+        worker.wait_ready()
+        deadline = time.monotonic() + 30
+        lines = []
+        while time.monotonic() < deadline and not lines:
+            lines = [
+                entry
+                for entry in (_json(line) for line in worker.log.read_text(errors="replace").splitlines())
+                if entry and entry.get("task_name") == "mailboxes.tasks.sync_account"
+            ]
+            time.sleep(0.2)
+    finally:
+        worker.kill()
+    assert lines, worker.output()
+    assert {entry["request_id"] for entry in lines} == {"trace-me-1"}
+    assert {entry["account"] for entry in lines} == {str(account.id)}
+    assert {entry["tenant"] for entry in lines} == {str(tenant.id)}
+    assert all(entry["task_id"] for entry in lines)
+
+
+def _json(line: str):
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
