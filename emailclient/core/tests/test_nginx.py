@@ -1,0 +1,305 @@
+"""deploy/nginx for real: Debian's nginx runs the stack's very configuration
+(deploy/nginx_prefix.py renders the template as the nginx image does) on
+loopback high ports in front of a real gunicorn (deploy/gunicorn.conf.py,
+emailclient.wsgi, test settings on this suite's database and Redis), and the
+seeds' limits answer 429 where they should and nowhere else.
+
+Each test speaks from its own loopback source address (127.0.0.x), since
+nginx counts per client address and the tests share one nginx.
+
+Skipped only where nginx is not installed; .ci/run installs it.
+"""
+
+import concurrent.futures
+import http.client
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from importlib import util
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(settings.BASE_DIR)
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx)")
+PROXY_LIMITED = '"source":"proxy"'
+
+
+def _prefix_module():
+    spec = util.spec_from_file_location("nginx_prefix", ROOT / "deploy" / "nginx_prefix.py")
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited {process.returncode}: {log.read_text()[-3000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"port {port} never opened: {log.read_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def stack(django_db_setup, tmp_path_factory):
+    """gunicorn and nginx in front of it; yields the ports and the CA file."""
+    work = tmp_path_factory.mktemp("nginx")
+    web_port, http_port, https_port = _free_port(), _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "emailclient.settings.test",
+        "TEST_DATABASE_NAME": settings.DATABASES["default"]["NAME"],
+        "TEST_REDIS_URL": settings.CACHES["default"]["LOCATION"],
+        "TRUSTED_PROXY_HOPS": "1",
+        "WEB_CONCURRENCY": "2",
+    }
+    web_log = work / "gunicorn.log"
+    web = subprocess.Popen(
+        [
+            sys.executable, "-m", "gunicorn", "--config", str(ROOT / "deploy" / "gunicorn.conf.py"),
+            "--bind", f"127.0.0.1:{web_port}", "--no-control-socket", "emailclient.wsgi:application",
+        ],
+        cwd=ROOT, env=env, stdout=web_log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    nginx = None
+    try:
+        _wait_port(web_port, web, web_log)
+        command = _prefix_module().build(
+            work / "prefix", upstream=f"127.0.0.1:{web_port}", http_port=http_port, https_port=https_port
+        )
+        nginx_log = work / "nginx.log"
+        check = subprocess.run([*command, "-t"], capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stderr
+        nginx = subprocess.Popen(command, stdout=nginx_log.open("wb"), stderr=subprocess.STDOUT)
+        _wait_port(https_port, nginx, nginx_log)
+        yield {
+            "http": http_port,
+            "https": https_port,
+            "ca": str(work / "prefix" / "certs" / "fullchain.pem"),
+            "web_log": web_log,
+        }
+    finally:
+        if nginx is not None:
+            _stop(nginx)
+        _stop(web)
+
+
+def _tls(stack, **options) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=stack["ca"])
+    for name, value in options.items():
+        setattr(context, name, value)
+    return context
+
+
+def _request(
+    stack, method, path, *, source="127.0.0.1", body=None, headers=None, scheme="https", context=None
+):  # noqa: E501
+    """One request on a fresh connection from `source`: (status, headers, body)."""
+    if scheme == "https":
+        context = context or _tls(stack)
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", stack["https"], context=context, timeout=30, source_address=(source, 0)
+        )
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", stack["http"], timeout=30, source_address=(source, 0))
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def _connection(stack, source):
+    return http.client.HTTPSConnection(
+        "127.0.0.1", stack["https"], context=_tls(stack), timeout=30, source_address=(source, 0)
+    )
+
+
+def _burst(stack, method, path, count, *, source, threads=8, body=None):
+    """`count` requests from `source` as fast as `threads` keep-alive
+    connections go: the statuses in order of sending (per connection), the
+    number refused by nginx, and the seconds it took."""
+
+    def connection_run(n):
+        conn = _connection(stack, source)
+        out = []
+        try:
+            for _ in range(n):
+                conn.request(method, path, body=body, headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                data = response.read()
+                out.append((response.status, response.status == 429 and PROXY_LIMITED in data.decode()))
+        finally:
+            conn.close()
+        return out
+
+    shares = [count // threads + (1 if i < count % threads else 0) for i in range(threads)]
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        results = [r for part in pool.map(connection_run, shares) for r in part]
+    return [s for s, _ in results], sum(1 for _, p in results if p), time.monotonic() - started
+
+
+def test_health_is_never_throttled(stack):
+    statuses, refused, _ = _burst(stack, "GET", "/health", 400, source="127.0.0.2")
+
+    assert refused == 0
+    assert set(statuses) == {200}
+    status, _, body = _request(stack, "GET", "/health", scheme="http", source="127.0.0.2")
+    assert status == 200  # plain HTTP /health too, for probes without TLS
+    assert json.loads(body)["status"] == "healthy"
+
+
+def test_the_api_limit_answers_429_past_100_a_second_and_its_burst(stack):
+    statuses, refused, seconds = _burst(stack, "GET", "/api/messages/", 800, source="127.0.0.3", threads=16)
+
+    passed = len(statuses) - refused
+    assert refused > 0, f"no 429 in {seconds:.2f} s"
+    # 1 + a burst of 200 at once, then 100 a second (and a little slack for
+    # the clock between nginx and here).
+    assert 201 <= passed <= 201 + 100 * seconds + 10, (passed, seconds)
+    assert set(statuses) - {429} == {401}  # what passed reached the service: no token
+    status, headers, body = _request(stack, "GET", "/api/messages/", source="127.0.0.3")
+    if status == 429:  # still refused: the proxy's JSON, when to come back, the security headers
+        assert json.loads(body)["error"] == "rate_limited"
+        assert headers["Retry-After"] == "1"
+        assert "max-age=63072000" in headers["Strict-Transport-Security"]
+
+
+def test_logins_are_limited_to_5_a_minute_with_a_burst_of_5(stack):
+    body = json.dumps({"username": "nobody", "password": "wrong"})
+
+    statuses, refused, _ = _burst(
+        stack, "POST", "/api/auth/token/", 12, source="127.0.0.4", threads=1, body=body
+    )  # one at a time: the order is the arrival
+
+    assert refused == 6  # 1 + the burst of 5 reach the service
+    assert all(s in (400, 401, 429) for s in statuses[:6])  # the service's own answers
+    # Another address is not affected.
+    assert _request(stack, "POST", "/api/auth/token/", source="127.0.0.5", body=body)[0] != 429
+
+
+def test_sends_are_limited_to_50_a_minute_with_a_burst_of_10(stack):
+    path = "/api/compose/00000000-0000-0000-0000-000000000001/send"
+
+    statuses, refused, _ = _burst(stack, "POST", path, 30, source="127.0.0.6", threads=1)
+
+    assert refused == 19  # 1 + the burst of 10 reach the service
+    assert set(statuses[:11]) == {401}
+    # The other forms of a send count in the same zone; a draft does not.
+    assert _request(stack, "POST", "/api/compose/send", source="127.0.0.6")[0] == 429
+    assert _request(stack, "POST", "/api/compose/draft", source="127.0.0.6")[0] == 401
+
+
+def test_plain_http_redirects_to_https(stack):
+    status, headers, _ = _request(stack, "GET", "/api/messages/?page=2", scheme="http", source="127.0.0.7")
+
+    assert status == 301
+    assert headers["Location"] == "https://127.0.0.1/api/messages/?page=2"
+
+
+def test_tls_1_2_and_1_3_only_security_headers_and_gzip(stack):
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        context = _tls(stack, minimum_version=version, maximum_version=version)
+        assert _request(stack, "GET", "/health", context=context, source="127.0.0.8")[0] == 200
+    # A client that would speak TLS 1.0/1.1 (OpenSSL's security level 0
+    # allows them here): the server refuses.
+    old = _tls(stack)
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")
+    old.minimum_version = ssl.TLSVersion.TLSv1
+    old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises(ssl.SSLError, match=r"(?i)protocol|version"):
+        _request(stack, "GET", "/health", context=old, source="127.0.0.8")
+
+    status, headers, _ = _request(
+        stack, "GET", "/api/schema", headers={"Accept-Encoding": "gzip"}, source="127.0.0.8"
+    )
+
+    assert status == 200, headers
+    assert headers["Content-Encoding"] == "gzip", headers
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["Strict-Transport-Security"].startswith("max-age=63072000")
+    assert "Server" not in headers or headers["Server"] == "nginx"  # no version
+
+
+def test_the_body_limit_is_the_upload_limit_plus_framing(stack):
+    """25 MiB of attachment and its multipart framing pass; 27 MiB does not."""
+    path = "/api/compose/00000000-0000-0000-0000-000000000002/attachments"
+    boundary = "b0undary"
+    part = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    body = part + b"\0" * settings.COMPOSE_MAX_MESSAGE_BYTES + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    assert _request(stack, "POST", path, body=body, headers=headers, source="127.0.0.9")[0] == 401
+    too_big = b"\0" * (27 * 1024 * 1024)
+    assert _request(stack, "POST", path, body=too_big, headers=headers, source="127.0.0.9")[0] == 413
+
+
+def test_the_service_sees_the_address_nginx_saw_not_one_a_client_wrote(stack, committed_db):
+    """nginx appends the peer to X-Forwarded-For; with TRUSTED_PROXY_HOPS=1
+    the service reads that entry, never what the client wrote before it
+    (the audit entry of an account created through nginx records it)."""
+    from rest_framework_simplejwt.tokens import RefreshToken
+
+    from emailclient.core.models import AuditLog
+    from emailclient.core.tenancy import tenant_scope
+    from emailclient.core.tests.factories import MembershipFactory, TenantFactory, UserFactory
+
+    tenant = TenantFactory(slug="nginx-xff")
+    user = UserFactory(username="nginx-xff-user")
+    MembershipFactory(tenant=tenant, user=user, role="member")
+    token = str(RefreshToken.for_user(user).access_token)
+    account = {
+        "account_name": "Work",
+        "email_address": "xff@example.com",
+        "protocol": "imap",
+        "hostname": "imap.example.com",
+        "password": "pw",
+    }
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "X-Tenant-ID": "nginx-xff",
+        "Content-Type": "application/json",
+        "X-Forwarded-For": "203.0.113.66",
+    }
+
+    status, _, data = _request(
+        stack, "POST", "/api/accounts/", body=json.dumps(account), headers=headers, source="127.0.0.10"
+    )
+
+    assert status == 201, data
+    with tenant_scope(tenant.id):
+        entry = AuditLog.objects.get(action="account.create")
+    assert entry.ip_address == "127.0.0.10"
