@@ -103,18 +103,21 @@ class AccountInputSerializer(serializers.Serializer):
         return _no_control_characters(value)
 
 
+@extend_schema_field({"type": "string", "pattern": "^(server|local)$"})
+class _SyncPlaceField(serializers.CharField):
+    """The word "server" or "local" (output only). A pattern in the schema,
+    not an enum: two fields of one choice set would make two enum components
+    of different names."""
+
+
 class ServerSyncSerializer(serializers.Serializer):
     """Where an account's (and each of its messages') state lives: "server"
     (IMAP: changes are written back to the mail server) or "local" (POP3: the
     protocol has no flags and no folders, so read/flagged state and moves
     between folders stay in this service and are never sent to the server)."""
 
-    flags = serializers.ChoiceField(
-        choices=["server", "local"], help_text="Read, flagged, answered: written back or local only."
-    )
-    moves = serializers.ChoiceField(
-        choices=["server", "local"], help_text="Moves between folders: written back or local only."
-    )
+    flags = _SyncPlaceField(help_text="Read, flagged, answered: written back or local only.")
+    moves = _SyncPlaceField(help_text="Moves between folders: written back or local only.")
 
 
 class AccountOutputSerializer(serializers.ModelSerializer):
