@@ -235,7 +235,7 @@ def registry(*, scrape_time: bool = True) -> CollectorRegistry:
                 from prometheus_client import multiprocess
 
                 built = CollectorRegistry()
-                multiprocess.MultiProcessCollector(built)
+                multiprocess.MultiProcessCollector(built)  # type: ignore[no-untyped-call]
             else:
                 built = CollectorRegistry()
                 built.register(_ThisProcess())
