@@ -14,7 +14,7 @@ puts them with `deferred=True` and calls `flush()` once before its rows
 commit: the files are fsynced together from many threads (on ext4 each
 fsync commits the journal, and concurrent ones share a commit: one by one,
 two threads spent 13 ms a blob on a loaded machine, most of the sync), then
-renamed, then each folder fsynced once.
+renamed, then each folder fsynced once, the folders too from many threads.
 
 Damage: every read checks the bytes against the key (SHA-256) and the gzip
 stream's own length and CRC, and raises `BlobDamaged` (after logging the
@@ -347,10 +347,14 @@ class BlobStore:
                 ) as pool:
                     for _done in pool.map(_fsync_file, [tmp for tmp, _path in pending]):
                         pass
-                for tmp, path in pending:
-                    os.replace(tmp, path)
-                for folder in sorted(folders, reverse=True):  # shards before the folders holding them
-                    _fsync_folder(folder)
+                    for tmp, path in pending:
+                        os.replace(tmp, path)
+                    # A batch's blobs fall in up to 256 shards: their folders
+                    # too are fsynced at once (one by one, each waited for a
+                    # journal commit of its own: half of a flush). All of
+                    # them are done before this returns and any row commits.
+                    for _done in pool.map(_fsync_folder, sorted(folders)):
+                        pass
             except BaseException as exc:
                 self._flush_error = exc
                 for tmp, _path in pending:
