@@ -184,6 +184,8 @@ def nginx_figures(access_log: Path) -> dict:
         if not m:
             continue
         path, status, seconds = m.group(1), int(m.group(2)), float(m.group(3))
+        if status == 499:  # the requests in flight when wrk stopped, cut by it: not answers
+            continue
         kind = "folder page" if path.startswith("/api/messages") else "search" if "search" in path else path
         k = kinds.setdefault(kind, {"ms": [], "statuses": {}})
         k["ms"].append(seconds * 1000)
