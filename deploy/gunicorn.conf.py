@@ -69,7 +69,7 @@ access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
 # marked so a scrape stops adding them. The directory must be empty when
 # gunicorn starts (a tmpfs, or emptied by the entrypoint).
 def child_exit(server, worker):
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # set by compose (web), not by .env
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
