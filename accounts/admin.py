@@ -1,7 +1,8 @@
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from emailclient.core.admin_base import OperatorModelAdmin
+from emailclient.core.clientaddr import client_address
 from emailclient.core.exceptions import ApplicationError
 from emailclient.core.tenancy import tenant_scope
 
@@ -74,8 +75,11 @@ class EmailAccountForm(forms.ModelForm):
         return cleaned
 
 
-@admin.register(EmailAccount)
 class EmailAccountAdmin(OperatorModelAdmin):
+    """The operators' accounts. Registered by the sync side
+    (`mailboxes/admin.py`), which adds the sync state, the message count and
+    "sync now": this app may not import it (apps point one way)."""
+
     form = EmailAccountForm
     list_display = [
         "email_address",
@@ -90,6 +94,7 @@ class EmailAccountAdmin(OperatorModelAdmin):
         "is_deleted",
     ]
     list_filter = ["protocol", "is_enabled", "is_sync_enabled", "is_deleted", "tenant"]
+    actions = ["disable_accounts", "enable_accounts"]
     list_select_related = ["tenant", "user"]
     search_fields = ["email_address", "account_name", "hostname"]
     readonly_fields = ["last_sync_at", "is_syncing", "last_sync_error", "is_deleted", "deleted_at"]
@@ -121,3 +126,37 @@ class EmailAccountAdmin(OperatorModelAdmin):
     def delete_queryset(self, request, queryset):
         for account in queryset.select_related("tenant"):
             self.delete_model(request, account)
+
+    def _set_enabled(self, request, queryset, enabled: bool) -> None:
+        """Each selected account through `account_update` (audited as
+        `account.update`, the operator as its actor), as the API's PATCH of
+        `is_enabled` goes; one already so, or deleted, is left as it is."""
+        changed = 0
+        for account_id, tenant_id in queryset.values_list("id", "tenant_id").order_by("id"):
+            with tenant_scope(tenant_id):
+                account = (
+                    EmailAccount.objects.select_related("tenant")
+                    .select_for_update(of=("self",))
+                    .filter(id=account_id, is_deleted=False)
+                    .first()
+                )
+                if account is None or account.is_enabled == enabled:
+                    continue
+                account_update(
+                    account=account,
+                    actor=request.user,
+                    data={"is_enabled": enabled},
+                    ip_address=client_address(request),
+                    verify=False,
+                )
+            changed += 1
+        verb = "Enabled" if enabled else "Disabled"
+        self.message_user(request, f"{verb} {changed} account(s).", messages.SUCCESS)
+
+    @admin.action(description="Disable the selected accounts (no sync, no sending)")
+    def disable_accounts(self, request, queryset):
+        self._set_enabled(request, queryset, enabled=False)
+
+    @admin.action(description="Enable the selected accounts")
+    def enable_accounts(self, request, queryset):
+        self._set_enabled(request, queryset, enabled=True)
