@@ -297,10 +297,14 @@ def test_an_encrypted_archive_needs_its_key_and_refuses_tampering(committed_db, 
     os.environ["BACKUP_ENCRYPTION_KEY"] = KEY.decode()
     try:
         with _target_settings(target, root):
-            call_command("restore", str(archive), stdout=io.StringIO())
+            out, err = io.StringIO(), io.StringIO()
+            call_command("restore", str(archive), stdout=out, stderr=err)
     finally:
         del os.environ["BACKUP_ENCRYPTION_KEY"]
     assert _counts(target["admin"])[str(tenant_a.id)]["email_accounts"] == 1
+    assert "Restored" in out.getvalue()
+    assert "1 tenants, 1 blobs" in out.getvalue()
+    assert "migrations" not in out.getvalue() + err.getvalue()  # the same code made it
 
 
 @contextlib.contextmanager

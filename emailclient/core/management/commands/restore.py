@@ -2,6 +2,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db.migrations.loader import MigrationLoader
 
 from emailclient.core.backup import BackupError, archive_restore, encryption_key_read, restore_database
 
@@ -42,5 +43,18 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Restored {file} (made {manifest['created']}) into {settings.DATABASES['default']['NAME']} and "
             f"{settings.BLOB_STORAGE_DIR}: {len(manifest['tenants'])} tenants, {result.blobs} blobs, "
-            f"in {result.seconds:.1f} s. Run `migrate --database owner` if this version has newer migrations."
+            f"in {result.seconds:.1f} s."
         )
+        loader = MigrationLoader(None, ignore_no_migrations=True)
+        known = {f"{app}.{name}" for app, name in loader.disk_migrations}
+        archived = set(manifest["migrations"])
+        if archived - known:
+            self.stderr.write(
+                f"The archive comes from a newer version: {len(archived - known)} migrations unknown to this "
+                f"code (e.g. {sorted(archived - known)[0]}). Run that version or a newer one."
+            )
+        elif known - archived:
+            self.stdout.write(
+                f"This version has {len(known - archived)} migrations the archive has not: "
+                "run `migrate --database owner` before starting the service."
+            )
