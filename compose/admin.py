@@ -1,15 +1,58 @@
 """Operator admin for drafts and the outbox: read through the `admin` alias
-(every tenant), never a body (only subjects), and one write, cancelling a
-send that has not started, through the API's own service."""
+(every tenant), never a body (only subjects), and two writes through the
+API's own services: cancelling a send that has not started (`draft_cancel`)
+and resending an `uncertain` one (`draft_send`, which builds it again with
+the same Message-ID and a fresh retry budget); both audited with the
+operator as the actor."""
 
 from django.contrib import admin, messages
 
 from emailclient.core.admin_base import ReadOnlyOperatorAdmin
+from emailclient.core.clientaddr import client_address
 from emailclient.core.exceptions import ApplicationError, NotFound
 from emailclient.core.tenancy import tenant_scope
 
-from .models import Draft, SendQueueItem
-from .services import draft_cancel
+from .models import Draft, SendQueueItem, Status
+from .services import draft_cancel, draft_send
+
+
+def _locked_draft(draft_id) -> Draft:
+    """The draft again on the runtime alias, locked, as the API takes it
+    (in the caller's tenant scope)."""
+    draft = (
+        Draft.objects.select_related("tenant", "account")
+        .select_for_update(of=("self",))
+        .filter(id=draft_id)
+        .first()
+    )
+    if draft is None:  # deleted since the list was read
+        raise NotFound("Draft not found.")
+    return draft
+
+
+def resend_uncertain(model_admin: admin.ModelAdmin, request, pairs) -> None:
+    """Queue again each `uncertain` draft of `pairs` (draft id, tenant id)
+    through `draft_send`; any other status is refused and left as it is."""
+    resent, refused = 0, 0
+    for draft_id, tenant_id in sorted(pairs):
+        try:
+            with tenant_scope(tenant_id):
+                draft = _locked_draft(draft_id)
+                if draft.status != Status.UNCERTAIN:
+                    raise ApplicationError(f"The item is {draft.status}, not uncertain.")
+                draft_send(draft=draft, actor=request.user, ip_address=client_address(request))
+            resent += 1
+        except ApplicationError:
+            refused += 1
+    if resent:
+        model_admin.message_user(request, f"Queued {resent} send(s) again.", messages.SUCCESS)
+    if refused:
+        model_admin.message_user(
+            request,
+            f"{refused} not resent (only an uncertain send is, and its account must be able to send).",
+            messages.WARNING,
+        )
+
 
 # What an operator sees of a draft: state and addressing, no bodies.
 DRAFT_FIELDS = (
@@ -41,7 +84,7 @@ class DraftAdmin(ReadOnlyOperatorAdmin):
     date_hierarchy = "created_at"
     fields = DRAFT_FIELDS
     readonly_fields = DRAFT_FIELDS
-    actions = ["cancel_sends"]
+    actions = ["cancel_sends", "resend"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).defer("text_body", "html_body")
@@ -52,16 +95,8 @@ class DraftAdmin(ReadOnlyOperatorAdmin):
         for draft_id, tenant_id in queryset.values_list("id", "tenant_id").order_by("id"):
             try:
                 with tenant_scope(tenant_id):
-                    # The row again on the runtime alias, locked, as the API takes it.
-                    draft = (
-                        Draft.objects.select_related("tenant")
-                        .select_for_update(of=("self",))
-                        .filter(id=draft_id)
-                        .first()
-                    )
-                    if draft is None:  # deleted since the list was read
-                        raise NotFound("Draft not found.")
-                    draft_cancel(draft=draft, actor=request.user)
+                    draft = _locked_draft(draft_id)
+                    draft_cancel(draft=draft, actor=request.user, ip_address=client_address(request))
                 cancelled += 1
             except ApplicationError:
                 refused += 1
@@ -73,6 +108,10 @@ class DraftAdmin(ReadOnlyOperatorAdmin):
                 f"{refused} could not be cancelled (not scheduled or queued, or gone).",
                 messages.WARNING,
             )
+
+    @admin.action(description="Resend the selected uncertain sends")
+    def resend(self, request, queryset):
+        resend_uncertain(self, request, queryset.values_list("id", "tenant_id"))
 
 
 @admin.register(SendQueueItem)
@@ -95,6 +134,7 @@ class SendQueueItemAdmin(ReadOnlyOperatorAdmin):
     search_fields = ["message_id", "envelope_from"]
     date_hierarchy = "created_at"
     ordering = ["-created_at", "-id"]  # the newest first, as the drafts
+    actions = ["resend"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).defer("draft__text_body", "draft__html_body")
@@ -102,3 +142,7 @@ class SendQueueItemAdmin(ReadOnlyOperatorAdmin):
     @admin.display(description="status", ordering="draft__status")
     def draft_status(self, item: SendQueueItem) -> str:
         return item.draft.status
+
+    @admin.action(description="Resend the selected uncertain sends")
+    def resend(self, request, queryset):
+        resend_uncertain(self, request, queryset.values_list("draft_id", "tenant_id"))

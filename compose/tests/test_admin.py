@@ -1,8 +1,13 @@
 """The operator's admin of drafts and the outbox: every tenant, no bodies,
-cancelling through the service."""
+cancelling and resending (an `uncertain` item) through the services."""
+
+import base64
+import json
 
 import pytest
+import redis
 from celery import current_app
+from django.conf import settings
 from django.test import Client
 
 from compose.models import Draft, SendQueueItem
@@ -105,3 +110,78 @@ def test_the_cancel_action_skips_a_draft_deleted_meanwhile(operator_client, tena
         assert Draft.objects.get(id=waiting.id).status == "cancelled"
     assert "Cancelled 1 send(s)." in said
     assert any("1 could not be cancelled" in message for message in said)
+
+
+def uncertain(draft: Draft, attempts: int = 3) -> SendQueueItem:
+    """An item whose last attempt's outcome is unknown (the connection went
+    after DATA): what the outbox leaves for a person to decide."""
+    item = queued(draft)
+    with tenant_scope(draft.tenant_id):
+        Draft.objects.filter(id=draft.id).update(status="uncertain")
+        SendQueueItem.objects.filter(id=item.id).update(attempts=attempts, phase="data", error="lost")
+    return item
+
+
+def broker_messages() -> list[dict]:
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    return [json.loads(raw) for raw in client.lrange("celery", 0, -1)]
+
+
+@pytest.fixture
+def resending_client(committed_db, blobs):
+    """An operator's client whose sends reach the real broker."""
+    client = Client()
+    client.force_login(UserFactory(username="operator", is_staff=True, is_superuser=True))
+    return client
+
+
+def test_resend_queues_an_uncertain_item_again_through_the_service(resending_client, tenant_a, tenant_b):
+    unsure = DraftFactory(account__tenant=tenant_b, subject="Unsure")
+    item = uncertain(unsure)
+    sent = DraftFactory(account__tenant=tenant_a, subject="Sent")
+    queued(sent)
+    with tenant_scope(tenant_a.id):
+        Draft.objects.filter(id=sent.id).update(status="sent")
+
+    response = resending_client.post(
+        "/admin/compose/sendqueueitem/", {"action": "resend", "_selected_action": [str(item.id)]}, follow=True
+    )
+
+    assert [str(m) for m in response.context["messages"]] == ["Queued 1 send(s) again."]
+    with tenant_scope(tenant_b.id):
+        assert Draft.objects.get(id=unsure.id).status == "queued"
+        again = SendQueueItem.objects.get(id=item.id)
+        [audit] = AuditLog.objects.filter(action="compose.send.queued", object_id=unsure.id)
+    # The same Message-ID, a fresh budget, the last outcome cleared.
+    assert again.message_id == "<q@example.com>" and again.attempts == 0 and again.phase == ""
+    assert audit.actor.username == "operator"
+    assert audit.changes["resend"] is True and audit.changes["previous_attempts"] == 3
+    [task] = broker_messages()
+    assert task["headers"]["task"] == "compose.tasks.send"
+    _, kwargs, _ = json.loads(base64.b64decode(task["body"]))
+    assert kwargs["draft_id"] == str(unsure.id) and kwargs["tenant_id"] == str(tenant_b.id)
+    assert '<td class="field-draft_status">queued</td>' in response.content.decode()
+
+    # Anything but an uncertain item is refused, left as it is.
+    with tenant_scope(tenant_a.id):
+        sent_item = SendQueueItem.objects.get(draft_id=sent.id)
+    response = resending_client.post(
+        "/admin/compose/sendqueueitem/",
+        {"action": "resend", "_selected_action": [str(sent_item.id)]},
+        follow=True,
+    )
+    [said] = [str(m) for m in response.context["messages"]]
+    assert said.startswith("1 not resent")
+    with tenant_scope(tenant_a.id):
+        assert Draft.objects.get(id=sent.id).status == "sent"
+    assert len(broker_messages()) == 1
+
+
+def test_resend_from_the_drafts_list(resending_client, tenant_a):
+    unsure = DraftFactory(account__tenant=tenant_a)
+    uncertain(unsure)
+
+    resending_client.post("/admin/compose/draft/", {"action": "resend", "_selected_action": [str(unsure.id)]})
+
+    with tenant_scope(tenant_a.id):
+        assert Draft.objects.get(id=unsure.id).status == "queued"
