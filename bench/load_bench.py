@@ -19,8 +19,8 @@ Not a timed test. One run:
 3. mints an access token for each of the 200 members (as logins would; the
    login limit, 5 a minute, is not what this measures) and writes a request
    list: each member's INBOX first page (80 %) and a search in the member's
-   own mail (20 %: a word of the everyday vocabulary, a mid-frequency
-   pseudo-word, or both), shuffled;
+   own mail (20 %, --search-share: a word of the everyday vocabulary, a
+   mid-frequency pseudo-word, or both), shuffled;
 4. runs `wrk --latency` (Debian's wrk), --connections connections for
    --duration seconds, with bench/load_bench.lua rotating the requests,
    users and tenants; prints requests per second, p50/p99 overall (wrk's)
@@ -66,7 +66,6 @@ import nginx_prefix  # noqa: E402
 import read_load  # noqa: E402
 import read_mailgen as mailgen  # noqa: E402
 
-SEARCH_SHARE = 0.2
 REDIS_URL = os.environ.get("LOAD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 log = read_load.log
 
@@ -142,7 +141,9 @@ def tokens(settings, accounts: int) -> list[tuple[int, int, str]]:
     return out
 
 
-def request_lines(members: list[tuple[int, int, str]], count: int, seed: int) -> tuple[list[str], int]:
+def request_lines(
+    members: list[tuple[int, int, str]], count: int, seed: int, search_share: float
+) -> tuple[list[str], int]:
     """`count` requests, shuffled: (lines, searches among them)."""
     rng = random.Random(seed)
     words = mailgen.Vocabulary().words
@@ -152,7 +153,7 @@ def request_lines(members: list[tuple[int, int, str]], count: int, seed: int) ->
     for i in range(count):
         t, a, token = members[i % len(members)]
         slug = read_load.TENANT_SLUGS[t]
-        if rng.random() < SEARCH_SHARE:
+        if rng.random() < search_share:
             searches += 1
             kind = rng.randrange(3)
             pseudo = words[rng.randrange(3_000, 20_000)]
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=60, help="seconds (60)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
     parser.add_argument("--requests", type=int, default=20_000, help="distinct requests in the rotation")
+    parser.add_argument("--search-share", type=float, default=0.2, help="searches among the requests (0.2)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     size = database_size(settings)
     members = tokens(settings, args.accounts)
-    lines, searches = request_lines(members, args.requests, args.seed)
+    lines, searches = request_lines(members, args.requests, args.seed, args.search_share)
 
     work = Path(tempfile.mkdtemp(prefix="load-bench-"))
     web = nginx = None
