@@ -257,7 +257,8 @@ need(s["dovecot"].get("depends_on", {}).get("postfix", {}).get("condition") == "
 need(s["nginx"]["environment"].get("NGINX_ENVSUBST_FILTER") == "^NGINX_", "nginx: envsubst of NGINX_* only")
 need(s["nginx"]["environment"].get("NGINX_UPSTREAM") == "web:8000", "nginx: upstream")
 mounts = {v["target"]: v for v in s["nginx"].get("volumes", [])}
-for target in ("/etc/nginx/nginx.conf", "/etc/nginx/templates", "/etc/nginx/snippets", "/etc/nginx/certs"):
+for target in ("/etc/nginx/nginx.conf", "/etc/nginx/templates", "/etc/nginx/snippets", "/etc/nginx/certs",
+               "/etc/nginx/conf.d/default.conf"):
     need(target in mounts and mounts[target].get("read_only"), f"nginx: {target} not mounted read-only")
 redis_password = "validate-placeholder-REDIS_PASSWORD"
 need(redis_password in " ".join(s["redis"]["command"]) or s["redis"]["environment"].get("REDIS_PASSWORD") == redis_password,
@@ -300,7 +301,9 @@ env_example() {
     local var rc=0
     while read -r var; do
         grep -Eq "^#? ?$var=" deploy/env.example || { echo "$var not in deploy/env.example"; rc=1; }
-    done < <(grep -ohE '[$][{][A-Z_][A-Z0-9_]*' docker-compose.yml docker-compose.override.yml | cut -c3- | sort -u)
+    # ${NAME} is compose's; $${NAME} is a literal $ for the container's shell.
+    done < <(grep -ohE '(^|[^$])[$][{][A-Z_][A-Z0-9_]*' docker-compose.yml docker-compose.override.yml |
+        sed 's/.*[$][{]//' | sort -u)
     return $rc
 }
 check "deploy/env.example documents every variable compose and the override read" env_example
