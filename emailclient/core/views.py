@@ -51,11 +51,17 @@ class _Cached:
     def get(self) -> Any:
         if time.monotonic() - self._at < self._seconds:
             return self._value
-        with self._lock:
+        # While one thread refreshes, the others answer with the last value
+        # (they wait only when there is none yet).
+        if not self._lock.acquire(blocking=self._at == float("-inf")):
+            return self._value
+        try:
             if time.monotonic() - self._at >= self._seconds:
                 self._value = self._compute()
                 self._at = time.monotonic()
             return self._value
+        finally:
+            self._lock.release()
 
     def clear(self) -> None:
         self._at = float("-inf")
