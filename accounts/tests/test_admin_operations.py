@@ -10,7 +10,9 @@ import json
 import pytest
 import redis
 from django.conf import settings
+from django.db import connections
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.models import EmailAccount
@@ -156,3 +158,22 @@ def test_disable_and_enable_go_through_the_service_audited(operator_client, oper
         assert AuditLog.objects.filter(action="account.update", object_id=ann.id).count() == 2
     with tenant_scope(ben.tenant_id):  # enabled already: no change, no entry
         assert not AuditLog.objects.filter(action="account.update", object_id=ben.id).exists()
+
+
+def test_the_list_reads_a_page_in_queries_that_do_not_grow_with_its_rows(operator_client, accounts, tenant_a):
+    def queries() -> int:
+        with (
+            CaptureQueriesContext(connections["default"]) as default,
+            CaptureQueriesContext(connections["admin"]) as operator_reads,
+        ):
+            assert operator_client.get(LIST).status_code == 200
+        return len(default) + len(operator_reads)
+
+    few = queries()
+    owner = accounts[0].user
+    for n in range(5):
+        account = EmailAccountFactory(tenant=tenant_a, user=owner, email_address=f"more{n}@a.example")
+        MessageFactory(folder=FolderFactory(account=account, name="INBOX", type="inbox"))
+        sync_status.sync_status_set(account.id, state=sync_status.QUEUED)
+
+    assert queries() == few
