@@ -58,6 +58,30 @@ def append_only_revoke(cursor, *, runtime_role: str) -> None:
             )
 
 
+# Monitoring views and function (core.0006) the admin role may read and run,
+# and nobody else (the default privileges grant every role all of them).
+MONITORING_VIEWS = ("pg_connection_stats", "pg_long_queries")
+MONITORING_FUNCTIONS = ("pg_table_bloat_status()",)
+
+
+def monitoring_grants(cursor, *, runtime_role: str, admin_role: str) -> None:
+    """SELECT on `MONITORING_VIEWS` and EXECUTE on `MONITORING_FUNCTIONS`
+    (those that exist) for the admin role only, not the runtime role or
+    PUBLIC. Run as their owner, by core.0006 and after a restore (whose
+    dump has no privileges)."""
+    runtime, admin = _quoted(runtime_role), _quoted(admin_role)
+    for view in MONITORING_VIEWS:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [view])
+        if cursor.fetchone()[0]:
+            cursor.execute(f"REVOKE ALL ON {_quoted(view)} FROM PUBLIC, {runtime}, {admin}")
+            cursor.execute(f"GRANT SELECT ON {_quoted(view)} TO {admin}")
+    for function in MONITORING_FUNCTIONS:
+        cursor.execute("SELECT to_regprocedure(%s) IS NOT NULL", [function])
+        if cursor.fetchone()[0]:
+            cursor.execute(f"REVOKE ALL ON FUNCTION {function} FROM PUBLIC, {runtime}")
+            cursor.execute(f"GRANT EXECUTE ON FUNCTION {function} TO {admin}")
+
+
 def _quoted(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 

@@ -18,6 +18,8 @@ the grants are `RunPython`; the objects themselves are plain SQL.
 from django.conf import settings
 from django.db import migrations
 
+from emailclient.core.dbsetup import monitoring_grants
+
 CREATE = [
     """
     CREATE VIEW pg_connection_stats AS
@@ -113,20 +115,14 @@ $$
 """
 
 
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def grant(apps, schema_editor):
-    runtime = _quoted(settings.DATABASES["default"]["USER"])
-    admin = _quoted(settings.DATABASES["admin"]["USER"])
+    # The same grants as a restore applies (the dump has none).
     with schema_editor.connection.cursor() as cursor:
-        for view in ("pg_connection_stats", "pg_long_queries"):
-            # The owner's default privileges gave both roles SELECT and DML.
-            cursor.execute(f"REVOKE ALL ON {view} FROM PUBLIC, {runtime}, {admin}")
-            cursor.execute(f"GRANT SELECT ON {view} TO {admin}")
-        cursor.execute(f"REVOKE ALL ON FUNCTION pg_table_bloat_status() FROM PUBLIC, {runtime}")
-        cursor.execute(f"GRANT EXECUTE ON FUNCTION pg_table_bloat_status() TO {admin}")
+        monitoring_grants(
+            cursor,
+            runtime_role=settings.DATABASES["default"]["USER"],
+            admin_role=settings.DATABASES["admin"]["USER"],
+        )
 
 
 def statements(apps, schema_editor):
