@@ -18,6 +18,7 @@ messages on the read benchmark's database).
 """
 
 import contextlib
+import logging
 import re
 import uuid
 from collections.abc import Generator
@@ -25,9 +26,12 @@ from dataclasses import dataclass, field
 
 from django.db import connection
 
+from emailclient.core.blob_lock import blob_gc_lock_try
 from emailclient.core.tenancy import tenant_scope
 
 from .blobs import BlobStore
+
+logger = logging.getLogger(__name__)
 
 # Every blob key a tenant's rows refer to, in byte order (the store's order:
 # keys are lowercase hex), duplicates included: the merge below skips them.
@@ -113,6 +117,19 @@ def blob_garbage_collect(
     folder in the store, or `tenant_ids`). With `dry_run`, count them only."""
     if not min_age >= MIN_AGE_HOURS * 3600:
         raise ValueError(f"the minimum age is at least {MIN_AGE_HOURS} hour(s)")
+    if dry_run:
+        return _blob_garbage_collect(store=store, min_age=min_age, dry_run=True, tenant_ids=tenant_ids)
+    # Not while a backup copies the blobs its snapshot names (core.blob_lock).
+    with connection.cursor() as cursor, blob_gc_lock_try(cursor) as taken:
+        if not taken:
+            logger.warning("blob garbage collection skipped: a backup is running")
+            return BlobGcReport(dry_run=False)
+        return _blob_garbage_collect(store=store, min_age=min_age, dry_run=False, tenant_ids=tenant_ids)
+
+
+def _blob_garbage_collect(
+    *, store: BlobStore, min_age: float, dry_run: bool, tenant_ids: list[uuid.UUID] | None
+) -> BlobGcReport:
     report = BlobGcReport(dry_run=dry_run)
     unused_since = store.now() - min_age
     for tenant_id in store.tenant_ids() if tenant_ids is None else tenant_ids:
