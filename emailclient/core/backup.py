@@ -13,7 +13,10 @@ filter; no `--enable-row-security`), from a snapshot exported by a
 REPEATABLE READ transaction that also counts each tenant's rows, so the
 manifest's counts are the dump's. The blob folder is read after the dump: a
 blob the dump's rows name was written before its row committed, so it is in
-the folder (unless `gcblobs` removed it meanwhile: do not run both at once).
+the folder; the blob garbage collection does not run meanwhile: the backup
+holds the advisory lock of `blob_lock` from before its snapshot to its last
+blob, and a garbage collection that finds it held skips its run. The dump is
+written to a private temporary folder (TMPDIR), never beside the archive.
 The archive is written to `<name>.partial`, created mode 0600 (never readable
 by others, whatever the umask), fsynced, and renamed to its name when whole.
 
@@ -36,7 +39,8 @@ blob folder left empty. Then pg_restore in three sections: the schema
 as the admin role, because FORCE ROW LEVEL SECURITY would filter even the
 owner's COPY; indexes, constraints and policies (post-data) as the owner.
 Grants come from the owner's default privileges; the append-only tables then
-lose UPDATE and DELETE for the runtime role again. Row-level security and its
+lose UPDATE and DELETE for the runtime role again, and the monitoring views
+and function (core.0006) are the admin role's only again. Row-level security and its
 policies are in the post-data section: a restore that stopped there would
 leave every tenant's rows readable to all, so the restore checks, as the
 runtime role, what the service checks at start-up
@@ -54,6 +58,7 @@ import secrets
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -68,7 +73,8 @@ from cryptography.hazmat.primitives import constant_time
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from .dbsetup import append_only_revoke
+from .blob_lock import blob_gc_lock_release, blob_gc_lock_wait
+from .dbsetup import append_only_revoke, monitoring_grants
 from .rls import database_security_problems
 
 logger = logging.getLogger(__name__)
@@ -345,6 +351,9 @@ def restore_database(*, source: Path, databases: dict) -> None:
         )
     with _connect(databases["owner"], autocommit=True) as conn, conn.cursor() as cursor:
         append_only_revoke(cursor, runtime_role=databases["default"]["USER"])
+        monitoring_grants(
+            cursor, runtime_role=databases["default"]["USER"], admin_role=databases["admin"]["USER"]
+        )
     restored_database_check(databases=databases)
 
 
@@ -424,20 +433,36 @@ def archive_create(
     *, output: Path, databases: dict, blob_root: Path, key: bytes | None = None
 ) -> BackupResult:
     """Write one archive of the database and the blob store to `output`
-    (see the module's docstring). `output` must not exist."""
+    (see the module's docstring). `output` must not exist.
+
+    The database dump is written first to a private (0700) temporary folder
+    of its own, in the system's temporary folder (TMPDIR), never beside the
+    archive: that folder needs room for the dump (about the database's size,
+    compressed). The blob garbage collection waits (skips its run) while a
+    backup runs (`blob_lock`)."""
     started = time.monotonic()
     output = Path(output)
     if output.exists():
         raise BackupError(f"{output} exists: a backup never overwrites an archive")
+    if not output.parent.is_dir():
+        raise BackupError(f"cannot write {output}: the folder {output.parent} does not exist")
     partial = output.with_name(output.name + ".partial")
-    dump = output.with_name(f".{output.name}.{secrets.token_hex(4)}.dump")
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise BackupError(f"{partial} exists: another backup is writing it (or died: remove it)") from None
+    except OSError as exc:
+        raise BackupError(f"cannot write {partial}: {exc.strerror}") from exc
+    raw = os.fdopen(fd, "wb")
+    dump_dir = Path(tempfile.mkdtemp(prefix="emailclient-backup-"))  # mode 0700
+    dump = dump_dir / _DUMP
     try:
-        with _connect_or_fail(databases["admin"]) as conn, conn.cursor() as cursor:
-            cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        with _connect_or_fail(databases["admin"], autocommit=True) as conn, conn.cursor() as cursor:
+            # Held until the last blob is copied (the connection's end frees it).
+            blob_gc_lock_wait(cursor)
+            conn.autocommit = False
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
             cursor.execute("SELECT pg_export_snapshot()")
             snapshot = cursor.fetchone()[0]  # type: ignore[index]
             backup_database(output=dump, databases=databases, snapshot=snapshot)
@@ -446,71 +471,26 @@ def archive_create(
             cursor.execute("SELECT id::text, slug FROM tenants ORDER BY id")
             slugs: dict[str, str] = dict(cursor.fetchall())
             conn.rollback()
-        with os.fdopen(fd, "wb") as raw:
-            encrypter = EncryptingWriter(raw, key) if key else None
-            sink: Any = encrypter or raw
-            with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                dump_digest = hashlib.sha256()
-                with open(dump, "rb") as handle:
-                    info = tar.gettarinfo(fileobj=handle, arcname=_DUMP)
-                    info.mode, info.uid, info.gid, info.uname, info.gname = 0o600, 0, 0, "", ""
-                    tar.addfile(info, _HashingReader(handle, dump_digest))
-                dump_size = info.size
-                os.unlink(dump)
-                blob_digest = hashlib.sha256()
-                blob_counts: dict[str, dict[str, int]] = {}
-                for tenant, shard, blob_key, path in _blob_files(blob_root):
-                    try:
-                        handle = open(path, "rb")  # noqa: SIM115
-                    except FileNotFoundError:  # removed by a garbage collection meanwhile
-                        continue
-                    with handle:
-                        stat = os.fstat(handle.fileno())
-                        name = f"blobs/{tenant}/{shard}/{blob_key}.gz"
-                        info = tarfile.TarInfo(name)
-                        info.size, info.mtime, info.mode = stat.st_size, int(stat.st_mtime), 0o600
-                        _blob_record(blob_digest, name, stat.st_size)
-                        tar.addfile(info, _HashingReader(handle, blob_digest))
-                    tenant_blobs = blob_counts.setdefault(tenant, {"blobs": 0, "bytes": 0})
-                    tenant_blobs["blobs"] += 1
-                    tenant_blobs["bytes"] += stat.st_size
-                manifest: dict[str, Any] = {
-                    "format": FORMAT_VERSION,
-                    "created": datetime.now(UTC).isoformat(),
-                    "app_version": os.environ.get("APP_VERSION", ""),
-                    "migrations": migrations,
-                    "tenants": {
-                        tenant: {
-                            "slug": slugs.get(tenant),
-                            "rows": rows,
-                            **blob_counts.get(tenant, {"blobs": 0, "bytes": 0}),
-                        }
-                        for tenant, rows in counts.items()
-                    },
-                    "database": {"member": _DUMP, "bytes": dump_size, "sha256": dump_digest.hexdigest()},
-                    "blobs": {
-                        "count": sum(c["blobs"] for c in blob_counts.values()),
-                        "bytes": sum(c["bytes"] for c in blob_counts.values()),
-                        "sha256": blob_digest.hexdigest(),
-                        "tenants_without_rows": sorted(set(blob_counts) - set(counts)),
-                    },
-                    "encrypted": key is not None,
-                }
-                data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-                info = tarfile.TarInfo(_MANIFEST)
-                info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
-                tar.addfile(info, _BytesReader(data))
-            if encrypter is not None:
-                encrypter.close()
-            raw.flush()
-            os.fsync(raw.fileno())
+            conn.autocommit = True
+            manifest = _archive_write(
+                raw=raw,
+                dump=dump,
+                blob_root=blob_root,
+                key=key,
+                counts=counts,
+                migrations=migrations,
+                slugs=slugs,
+            )
+            blob_gc_lock_release(cursor)
         os.rename(partial, output)
         _fsync_folder(output.parent)
     except BaseException:
-        for leftover in (partial, dump):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(leftover)
+        raw.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
         raise
+    finally:
+        shutil.rmtree(dump_dir, ignore_errors=True)
     return BackupResult(
         path=output,
         size=output.stat().st_size,
@@ -518,6 +498,80 @@ def archive_create(
         seconds=time.monotonic() - started,
         manifest=manifest,
     )
+
+
+def _archive_write(
+    *,
+    raw: BinaryIO,
+    dump: Path,
+    blob_root: Path,
+    key: bytes | None,
+    counts: dict,
+    migrations: list[str],
+    slugs: dict[str, str],
+) -> dict:
+    """The tar stream (encrypted with `key`) into `raw`, fsynced and closed; the manifest."""
+    with raw:
+        encrypter = EncryptingWriter(raw, key) if key else None
+        sink: Any = encrypter or raw
+        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            dump_digest = hashlib.sha256()
+            with open(dump, "rb") as handle:
+                info = tar.gettarinfo(fileobj=handle, arcname=_DUMP)
+                info.mode, info.uid, info.gid, info.uname, info.gname = 0o600, 0, 0, "", ""
+                tar.addfile(info, _HashingReader(handle, dump_digest))
+            dump_size = info.size
+            os.unlink(dump)
+            blob_digest = hashlib.sha256()
+            blob_counts: dict[str, dict[str, int]] = {}
+            for tenant, shard, blob_key, path in _blob_files(blob_root):
+                try:
+                    handle = open(path, "rb")  # noqa: SIM115
+                except FileNotFoundError:  # set aside and removed, or put back, meanwhile
+                    continue
+                with handle:
+                    stat = os.fstat(handle.fileno())
+                    name = f"blobs/{tenant}/{shard}/{blob_key}.gz"
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mtime, info.mode = stat.st_size, int(stat.st_mtime), 0o600
+                    _blob_record(blob_digest, name, stat.st_size)
+                    tar.addfile(info, _HashingReader(handle, blob_digest))
+                    # tarfile keeps every member written (~420 bytes each): not needed.
+                    tar.members.clear()  # type: ignore[attr-defined]
+                tenant_blobs = blob_counts.setdefault(tenant, {"blobs": 0, "bytes": 0})
+                tenant_blobs["blobs"] += 1
+                tenant_blobs["bytes"] += stat.st_size
+            manifest: dict[str, Any] = {
+                "format": FORMAT_VERSION,
+                "created": datetime.now(UTC).isoformat(),
+                "app_version": os.environ.get("APP_VERSION", ""),
+                "migrations": migrations,
+                "tenants": {
+                    tenant: {
+                        "slug": slugs.get(tenant),
+                        "rows": rows,
+                        **blob_counts.get(tenant, {"blobs": 0, "bytes": 0}),
+                    }
+                    for tenant, rows in counts.items()
+                },
+                "database": {"member": _DUMP, "bytes": dump_size, "sha256": dump_digest.hexdigest()},
+                "blobs": {
+                    "count": sum(c["blobs"] for c in blob_counts.values()),
+                    "bytes": sum(c["bytes"] for c in blob_counts.values()),
+                    "sha256": blob_digest.hexdigest(),
+                    "tenants_without_rows": sorted(set(blob_counts) - set(counts)),
+                },
+                "encrypted": key is not None,
+            }
+            data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+            info = tarfile.TarInfo(_MANIFEST)
+            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o600
+            tar.addfile(info, _BytesReader(data))
+        if encrypter is not None:
+            encrypter.close()
+        raw.flush()
+        os.fsync(raw.fileno())
+    return manifest
 
 
 class _BytesReader:
@@ -558,11 +612,19 @@ class RestoreResult:
 
 
 def archive_restore(
-    *, source: Path, databases: dict, blob_root: Path, key: bytes | None = None
+    *,
+    source: Path,
+    databases: dict,
+    blob_root: Path,
+    key: bytes | None = None,
+    known_migrations: set[str] | None = None,
+    force: bool = False,
 ) -> RestoreResult:
     """Restore an archive into the empty database and blob folder (see the
     module's docstring). A damaged, tampered, truncated or wrongly-keyed
-    archive is refused before the database or the blob folder is touched."""
+    archive is refused before the database or the blob folder is touched;
+    so is one from a newer version (migrations not in `known_migrations`,
+    this code's), unless `force`."""
     started = time.monotonic()
     source, blob_root = Path(source), Path(blob_root)
     if not source.is_file():
@@ -574,6 +636,13 @@ def archive_restore(
     staging.mkdir(mode=0o700)
     try:
         manifest = _archive_unpack(source=source, staging=staging, key=key)
+        newer = sorted(set(manifest["migrations"]) - known_migrations) if known_migrations is not None else []
+        if newer and not force:
+            raise BackupError(
+                f"the archive comes from a newer version: {len(newer)} migrations unknown to this code "
+                f"(e.g. {newer[0]}); restore it with that version or a newer one (or --force); "
+                "nothing was restored"
+            )
         # The unpacked files on disk, all at once (an fsync per blob took
         # most of a restore's time), before anything names them.
         os.sync()
@@ -631,6 +700,8 @@ def _archive_unpack(*, source: Path, staging: Path, key: bytes | None) -> dict:
                     if not member.isfile():
                         raise BackupError(f"the archive holds an unexpected entry {member.name!r}")
                     match = _BLOB_MEMBER.fullmatch(member.name)
+                    if match and match["shard"] != match["key"][:2]:
+                        match = None  # not where the blob store keeps that key
                     handle = tar.extractfile(member)
                     if handle is None:
                         raise BackupError(f"the archive's entry {member.name!r} cannot be read")
@@ -648,6 +719,8 @@ def _archive_unpack(*, source: Path, staging: Path, key: bytes | None) -> dict:
                         blob_count += 1
                     else:
                         raise BackupError(f"the archive holds an unexpected entry {member.name!r}")
+                    # tarfile keeps every member read (~420 bytes each): not needed.
+                    tar.members.clear()  # type: ignore[attr-defined]
         except tarfile.TarError as exc:
             raise BackupError(f"the archive is damaged or truncated ({exc})") from exc
         except (EOFError, json.JSONDecodeError) as exc:
@@ -677,7 +750,10 @@ def _archive_unpack(*, source: Path, staging: Path, key: bytes | None) -> dict:
 
 def _write_new(path: Path, handle: IO[bytes], digest: Any, mtime: float) -> int:
     written = 0
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise BackupError(f"the archive holds {path.name} twice: refused, nothing was restored") from None
     with os.fdopen(fd, "wb") as out:
         while chunk := handle.read(_COPY_CHUNK):
             digest.update(chunk)
@@ -690,26 +766,44 @@ def _write_new(path: Path, handle: IO[bytes], digest: Any, mtime: float) -> int:
 # --- Scheduled backups -------------------------------------------------------------
 
 
+# The names `scheduled_backup` writes: email-<UTC time, microseconds>Z.backup.
+_SCHEDULED_NAME = re.compile(r"email-\d{8}T\d{12}Z" + re.escape(ARCHIVE_SUFFIX))
+_SCHEDULED_PARTIAL = re.compile(_SCHEDULED_NAME.pattern + r"\.partial")
+
+
 def archives_listed(folder: Path) -> list[Path]:
-    """The complete archives in `folder` (named by `scheduled_backup`), oldest first."""
+    """The complete archives in `folder` named by `scheduled_backup` (and
+    no other file), oldest first (by the UTC time in the name)."""
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
         return []
-    return sorted(
-        folder / name for name in names if name.startswith("email-") and name.endswith(ARCHIVE_SUFFIX)
-    )
+    return sorted(folder / name for name in names if _SCHEDULED_NAME.fullmatch(name))
 
 
-def archives_prune(*, folder: Path, keep: int) -> list[Path]:
-    """Remove all but the newest `keep` complete archives; those removed."""
+def archives_prune(*, folder: Path, keep: int, written: Path | None = None) -> list[Path]:
+    """Remove all but the newest `keep` complete archives, never `written`
+    (the one just made); those removed."""
     if keep < 1:
-        raise BackupError("keep at least one archive")
-    archives = archives_listed(folder)
-    removed = archives[: max(0, len(archives) - keep)]
+        raise BackupError("keep at least one archive (BACKUP_KEEP >= 1)")
+    archives = [path for path in archives_listed(folder) if path != written]
+    kept = keep - 1 if written is not None else keep
+    removed = archives[: max(0, len(archives) - kept)]
     for path in removed:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+    return removed
+
+
+def partials_remove(folder: Path) -> list[Path]:
+    """Remove the `.partial` files of scheduled backups that were killed
+    (under the scheduled backup's lock: none is being written)."""
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        if _SCHEDULED_PARTIAL.fullmatch(name):
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+                removed.append(folder / name)
     return removed
 
 
@@ -724,10 +818,15 @@ def scheduled_backup(
 ) -> tuple[BackupResult, list[Path]]:
     """A new archive in `folder` named by its UTC time, then the oldest
     pruned to `keep`: only once the new one is complete (an error leaves
-    the old ones)."""
+    the old ones). Call it holding the folder's lock (core.tasks): the
+    partial archives of killed runs are removed first."""
+    if keep < 1:
+        raise BackupError("keep at least one archive (BACKUP_KEEP >= 1)")
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for leftover in partials_remove(folder):
+        logger.warning("scheduled backup: removed %s, left by a backup that was stopped", leftover.name)
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
     result = archive_create(
         output=folder / f"email-{stamp}{ARCHIVE_SUFFIX}", databases=databases, blob_root=blob_root, key=key
     )
-    return result, archives_prune(folder=folder, keep=keep)
+    return result, archives_prune(folder=folder, keep=keep, written=result.path)

@@ -9,6 +9,9 @@ import os
 import stat
 import subprocess
 import sys
+import tarfile
+import tempfile
+import time
 import uuid
 from email.message import EmailMessage
 from pathlib import Path
@@ -22,6 +25,7 @@ from django.db import connections
 
 from accounts.tests.factories import EmailAccountFactory
 from conftest import bearer_client
+from emailclient.core import backup as backup_module
 from emailclient.core.backup import (
     _HEADER_LEN,
     BackupError,
@@ -29,11 +33,13 @@ from emailclient.core.backup import (
     archive_restore,
     tenant_row_counts,
 )
+from emailclient.core.blob_lock import blob_gc_lock_release, blob_gc_lock_wait
 from emailclient.core.dbsetup import setup_database
 from emailclient.core.tasks import backup_scheduled_task
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.sync import account_sync
 from mailboxes.tests.conftest import devmail, imap, mail_settings  # noqa: F401 - fixtures
+from messages.blob_gc import blob_garbage_collect
 from messages.indexing import search_index_pending
 from messages.models import Attachment, Message
 
@@ -378,3 +384,129 @@ def test_the_beat_entry_exists_only_with_a_backup_folder():
         on.stdout.strip()
         == "('emailclient.core.tasks.backup_scheduled', '<crontab: 15 4 * * 0 (m/h/dM/MY/d)>')"
     )
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_a_scheduled_backup_into_a_folder_it_cannot_write_fails_with_a_clear_error(
+    committed_db, blobs, settings, tmp_path, caplog
+):
+    """E.g. a volume Docker made root's: an OSError, said as a BackupError and logged."""
+    (tmp_path / "not-a-folder").write_bytes(b"")
+    settings.BACKUP_DIR = tmp_path / "not-a-folder" / "backups"
+    settings.BACKUP_ENCRYPTION_KEY_FILE = None
+    with (
+        caplog.at_level("ERROR", logger="emailclient.core.tasks"),
+        pytest.raises(BackupError, match=r"cannot write in .*not-a-folder/backups: Not a directory"),
+    ):
+        backup_scheduled_task()
+    assert "scheduled backup failed: cannot write in" in caplog.text
+
+
+def test_tarfile_keeps_no_list_of_every_blob_written_or_read(
+    committed_db, blobs, tenant_a, tmp_path, monkeypatch
+):
+    """tarfile appends each member to `members` (~420 bytes a blob): 500,000
+    blobs held 222 MB. Both ways, the list stays at one or two entries."""
+    for number in range(300):
+        blobs.put(tenant_a.id, f"blob {number}".encode())
+    lengths: list[int] = []
+    addfile, next_member = tarfile.TarFile.addfile, tarfile.TarFile.next
+
+    def addfile_spy(self, *args, **kwargs):
+        lengths.append(len(self.members))
+        return addfile(self, *args, **kwargs)
+
+    def next_spy(self):
+        lengths.append(len(self.members))
+        return next_member(self)
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", addfile_spy)
+    monkeypatch.setattr(tarfile.TarFile, "next", next_spy)
+    archive = tmp_path / "many.backup"
+    result = archive_create(output=archive, databases=settings.DATABASES, blob_root=blobs.root)
+    assert result.blobs == 300
+    assert len(lengths) == 302 and max(lengths) <= 2
+    lengths.clear()
+    restored = archive_restore(source=archive, databases=_target(), blob_root=tmp_path / "restored")
+    assert restored.blobs == 300
+    assert len(lengths) >= 302 and max(lengths) <= 2
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_the_plain_dump_is_never_in_the_backup_folder_and_killed_runs_partials_go(
+    committed_db, blobs, tenant_a, settings, tmp_path, monkeypatch
+):
+    blobs.put(tenant_a.id, b"z" * 100)
+    settings.BACKUP_DIR = folder = tmp_path / "backups"
+    settings.BACKUP_KEEP = 3
+    settings.BACKUP_ENCRYPTION_KEY_FILE = None
+    folder.mkdir()
+    # A run killed (SIGKILL: no clean-up) left its partial archive; another file is not ours.
+    killed = folder / "email-20260101T023000123456Z.backup.partial"
+    killed.write_bytes(b"half an archive")
+    (folder / "notes.partial").write_bytes(b"the operator's")
+    seen = {}
+    dump_to = backup_module.backup_database
+
+    def dump_spy(*, output, **kwargs):
+        seen["folder"], seen["mode"] = output.parent, stat.S_IMODE(output.parent.stat().st_mode)
+        seen["backup folder"] = sorted(os.listdir(folder))
+        return dump_to(output=output, **kwargs)
+
+    monkeypatch.setattr(backup_module, "backup_database", dump_spy)
+    report = backup_scheduled_task()
+    assert report["result"] == "done"
+    assert seen["folder"].parent == Path(tempfile.gettempdir())
+    assert seen["mode"] == 0o700
+    assert seen["backup folder"] == [".lock", f"{report['archive']}.partial", "notes.partial"]
+    assert not seen["folder"].exists()  # removed with the dump
+    assert sorted(os.listdir(folder)) == [".lock", report["archive"], "notes.partial"]
+
+
+def _privileges(db: dict) -> dict:
+    roles = [settings.DATABASES[alias]["USER"] for alias in ("default", "admin", "owner")]
+    with _connect(db) as conn:
+        got = {}
+        for role in roles:
+            for view in ("pg_connection_stats", "pg_long_queries"):
+                got[role, view] = conn.execute(
+                    "SELECT has_table_privilege(%s, %s, 'SELECT'), has_table_privilege(%s, %s, 'INSERT'), "
+                    "has_table_privilege(%s, %s, 'DELETE')",
+                    [role, view] * 3,
+                ).fetchone()
+            got[role, "pg_table_bloat_status()"] = conn.execute(
+                "SELECT has_function_privilege(%s, 'pg_table_bloat_status()', 'EXECUTE')", [role]
+            ).fetchone()
+        got["acl"] = conn.execute(
+            "SELECT proacl IS NOT NULL FROM pg_proc WHERE proname = 'pg_table_bloat_status'"
+        ).fetchone()
+    return got
+
+
+def test_the_monitoring_views_grants_survive_a_round_trip(small_archive, tmp_path):
+    """core.0006: the monitoring views and function are the admin role's
+    only; the dump has no privileges, so the restore applies them again."""
+    before = _privileges(settings.DATABASES["admin"])
+    runtime = settings.DATABASES["default"]["USER"]
+    assert before[runtime, "pg_connection_stats"] == (False, False, False)
+    assert before[runtime, "pg_table_bloat_status()"] == (False,)
+    target = _target()
+    archive_restore(source=small_archive, databases=target, blob_root=tmp_path / "restored")
+    assert _privileges(target["admin"]) == before
+
+
+def test_blob_gc_deletes_nothing_while_a_backup_holds_the_lock(committed_db, blobs, tenant_a, caplog):
+    key = blobs.put(tenant_a.id, b"named by the backup's snapshot, deleted since")
+    then = time.time() - 2 * 24 * 3600
+    os.utime(blobs.path(tenant_a.id, key), (then, then))
+    with _connect(settings.DATABASES["admin"]) as backup_conn:
+        backup_conn.autocommit = True
+        blob_gc_lock_wait(backup_conn.cursor())  # what archive_create holds for its run
+        with caplog.at_level("WARNING", logger="messages.blob_gc"):
+            report = blob_garbage_collect(store=blobs, min_age=24 * 3600)
+        assert (report.removed, report.blobs) == (0, 0)
+        assert "blob garbage collection skipped: a backup is running" in caplog.text
+        assert blobs.path(tenant_a.id, key).exists()
+        blob_gc_lock_release(backup_conn.cursor())  # the backup is done
+    assert blob_garbage_collect(store=blobs, min_age=24 * 3600).removed == 1
+    assert not blobs.path(tenant_a.id, key).exists()
