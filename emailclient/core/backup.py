@@ -108,6 +108,11 @@ _SCRYPT = {"n": 2**15, "r": 8, "p": 1}
 _HEADER_LEN = len(_MAGIC) + 1 + 16 + 7 + 4 + 32
 
 
+def archive_encrypted(head: bytes) -> bool:
+    """Whether an archive starting with `head` is encrypted."""
+    return head.startswith(_MAGIC)
+
+
 def _derive(key: bytes, salt: bytes) -> tuple[bytes, bytes]:
     """(AES key, key check) from the operator's key and the archive's salt."""
     derived = Scrypt(salt=salt, length=64, **_SCRYPT).derive(key)
@@ -349,7 +354,7 @@ def restore_database(*, source: Path, databases: dict) -> None:
             ],
             env,
         )
-    with _connect(databases["owner"], autocommit=True) as conn, conn.cursor() as cursor:
+    with _connect_or_fail(databases["owner"], autocommit=True) as conn, conn.cursor() as cursor:
         append_only_revoke(cursor, runtime_role=databases["default"]["USER"])
         monitoring_grants(
             cursor, runtime_role=databases["default"]["USER"], admin_role=databases["admin"]["USER"]
@@ -367,7 +372,7 @@ def _database_empty_check(databases: dict) -> None:
 
 def restored_database_check(*, databases: dict) -> None:
     """BackupError unless the database isolates tenants for the runtime role."""
-    with _connect(databases["default"]) as conn, conn.cursor() as cursor:
+    with _connect_or_fail(databases["default"]) as conn, conn.cursor() as cursor:
         problems = database_security_problems(cursor)
     if problems:
         raise BackupError(
@@ -647,7 +652,7 @@ def archive_restore(
         # most of a restore's time), before anything names them.
         os.sync()
         restore_database(source=staging / _DUMP, databases=databases)
-        with _connect(databases["admin"]) as conn, conn.cursor() as cursor:
+        with _connect_or_fail(databases["admin"]) as conn, conn.cursor() as cursor:
             counts = tenant_row_counts(cursor)
         expected = {tenant: entry["rows"] for tenant, entry in manifest["tenants"].items()}
         if counts != expected:
@@ -727,10 +732,7 @@ def _archive_unpack(*, source: Path, staging: Path, key: bytes | None) -> dict:
             raise BackupError(f"the archive is damaged or truncated ({exc})") from exc
     if manifest is None:
         raise BackupError("the archive has no manifest: it is truncated or not a backup archive")
-    if manifest.get("format") != FORMAT_VERSION:
-        raise BackupError(
-            f"archive format {manifest.get('format')} is not {FORMAT_VERSION}: use a matching version"
-        )
+    _manifest_shape_check(manifest)
     problems = []
     if (dump_size, dump_digest.hexdigest()) != (
         manifest["database"]["bytes"],
@@ -746,6 +748,32 @@ def _archive_unpack(*, source: Path, staging: Path, key: bytes | None) -> dict:
             "the archive does not match its manifest: " + "; ".join(problems) + "; nothing was restored"
         )
     return manifest
+
+
+def _manifest_shape_check(manifest: Any) -> None:
+    """BackupError unless the manifest has the keys and types a restore reads."""
+    if not isinstance(manifest, dict):
+        raise BackupError("the archive's manifest is not a JSON object: not a backup archive")
+    if manifest.get("format") != FORMAT_VERSION:
+        raise BackupError(
+            f"archive format {manifest.get('format')} is not {FORMAT_VERSION}: use a matching version"
+        )
+    database, blobs, tenants = manifest.get("database"), manifest.get("blobs"), manifest.get("tenants")
+    shaped = (
+        isinstance(database, dict)
+        and isinstance(database.get("bytes"), int)
+        and isinstance(database.get("sha256"), str)
+        and isinstance(blobs, dict)
+        and isinstance(blobs.get("count"), int)
+        and isinstance(blobs.get("sha256"), str)
+        and isinstance(tenants, dict)
+        and all(isinstance(entry, dict) and isinstance(entry.get("rows"), dict) for entry in tenants.values())
+        and isinstance(manifest.get("migrations"), list)
+        and all(isinstance(name, str) for name in manifest["migrations"])
+        and isinstance(manifest.get("created"), str)
+    )
+    if not shaped:
+        raise BackupError("the archive's manifest lacks keys or has the wrong types: not restored")
 
 
 def _write_new(path: Path, handle: IO[bytes], digest: Any, mtime: float) -> int:

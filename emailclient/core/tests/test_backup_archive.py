@@ -3,8 +3,10 @@ round-tripped for two tenants with mail synced from a real Dovecot, and the
 refusals (a non-empty target, a tampered, truncated or wrongly-keyed archive)."""
 
 import contextlib
+import fcntl
 import hashlib
 import io
+import json
 import os
 import stat
 import subprocess
@@ -186,7 +188,16 @@ def test_two_tenants_synced_mail_round_trips_through_an_encrypted_archive(
     assert "encrypted): 2 tenants" in out.getvalue()
     assert stat.S_IMODE(archive.stat().st_mode) == 0o600
     assert archive.read_bytes().startswith(b"EMAILCLIENT-BACKUP\x00")
-    assert b"zeppelin" not in archive.read_bytes()
+    # pg_dump compresses, so a plaintext word proves nothing: the archive is
+    # no tar stream without the key, and no stored blob's bytes are in it.
+    assert not tarfile.is_tarfile(archive)
+    sealed = archive.read_bytes()
+    stored = [path.read_bytes() for path in Path(settings.BLOB_STORAGE_DIR).rglob("*.gz")]
+    assert len(stored) >= 4
+    assert not [blob for blob in stored if blob[10:42] in sealed]
+    plain = tmp_path / "plain.backup"
+    call_command("backup", str(plain), "--no-encrypt", stdout=io.StringIO())
+    assert all(blob[10:42] in plain.read_bytes() for blob in stored)  # the check can fail
     target = _target()
     restored_root = tmp_path / "restored-blobs"
 
@@ -510,3 +521,143 @@ def test_blob_gc_deletes_nothing_while_a_backup_holds_the_lock(committed_db, blo
         blob_gc_lock_release(backup_conn.cursor())  # the backup is done
     assert blob_garbage_collect(store=blobs, min_age=24 * 3600).removed == 1
     assert not blobs.path(tenant_a.id, key).exists()
+
+
+def _rewritten(archive: Path, out: Path, *, manifest_edit=None, entries=()) -> Path:
+    """A copy of an unencrypted archive with its manifest edited and `entries`
+    (TarInfo, bytes) added before it."""
+    with tarfile.open(archive, mode="r|") as source, tarfile.open(out, mode="w|") as tar:
+        for member in source:
+            data = source.extractfile(member).read()
+            if member.name == "manifest.json":
+                for info, content in entries:
+                    tar.addfile(info, io.BytesIO(content))
+                if manifest_edit is not None:
+                    manifest = json.loads(data)
+                    manifest_edit(manifest)
+                    data = json.dumps(manifest).encode()
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return out
+
+
+def _entry(name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE) -> tuple:
+    info = tarfile.TarInfo(name)
+    info.size, info.type = (len(data) if kind == tarfile.REGTYPE else 0), kind
+    if kind == tarfile.SYMTYPE:
+        info.linkname = "/etc/passwd"
+    return info, data
+
+
+def test_crafted_entries_and_bad_manifests_are_refused_before_the_database(small_archive, tmp_path):
+    target = _target()
+    root = tmp_path / "restored"
+    with tarfile.open(small_archive, mode="r|") as tar:
+        blob_name = next(member.name for member in tar if member.name.startswith("blobs/"))
+    tenant, shard, file = blob_name.split("/")[1:]
+    other_shard = "00" if shard != "00" else "01"
+    crafted = {
+        "blobs/../../escape.gz": _entry("blobs/../../escape.gz"),
+        "/etc/cron.d/x": _entry("/etc/cron.d/x"),
+        "a symlink": _entry(f"blobs/{tenant}/{shard}/{'e' * 64}.gz", kind=tarfile.SYMTYPE),
+        "another shard": _entry(f"blobs/{tenant}/{other_shard}/{file}"),
+    }
+    for label, entry in crafted.items():
+        bad = _rewritten(small_archive, tmp_path / "crafted.backup", entries=[entry])
+        with pytest.raises(BackupError, match="the archive holds an unexpected entry"):
+            archive_restore(source=bad, databases=target, blob_root=root)
+        assert not (tmp_path / "escape.gz").exists(), label
+    duplicate = _rewritten(
+        small_archive, tmp_path / "duplicate.backup", entries=[_entry(blob_name, b"again")]
+    )
+    with pytest.raises(BackupError, match=f"the archive holds {file} twice: refused, nothing was restored"):
+        archive_restore(source=duplicate, databases=target, blob_root=root)
+    as_list = tmp_path / "list.backup"
+    with tarfile.open(as_list, mode="w|") as tar:
+        info, data = _entry("manifest.json", b"[1, 2]")
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(BackupError, match="manifest is not a JSON object"):
+        archive_restore(source=as_list, databases=target, blob_root=root)
+    no_blobs = _rewritten(small_archive, tmp_path / "keys.backup", manifest_edit=lambda m: m.pop("blobs"))
+    with pytest.raises(BackupError, match="manifest lacks keys or has the wrong types"):
+        archive_restore(source=no_blobs, databases=target, blob_root=root)
+    assert _table_count(target["owner"]) == 0
+    assert os.listdir(root) == []
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_an_archive_from_a_newer_version_is_refused_unless_forced(small_archive, tenant_a, tmp_path):
+    newer = _rewritten(
+        small_archive,
+        tmp_path / "newer.backup",
+        manifest_edit=lambda m: m["migrations"].append("core.9999_from_the_future"),
+    )
+    target = _target()
+    root = tmp_path / "restored"
+    with _target_settings(target, root):
+        with pytest.raises(
+            CommandError, match=r"newer version: 1 migrations unknown .*core.9999_from_the_future"
+        ):
+            call_command("restore", str(newer))
+        assert _table_count(target["owner"]) == 0
+        out, err = io.StringIO(), io.StringIO()
+        call_command("restore", str(newer), "--force", stdout=out, stderr=err)
+    assert "Restored" in out.getvalue()
+    assert "The archive comes from a newer version: 1 migrations" in err.getvalue()
+    assert _counts(target["admin"])[str(tenant_a.id)]["email_accounts"] == 1
+
+
+def test_restored_row_counts_that_differ_from_the_manifest_are_refused(small_archive, tenant_a, tmp_path):
+    def more_accounts(manifest):
+        manifest["tenants"][str(tenant_a.id)]["rows"]["email_accounts"] = 2
+
+    lying = _rewritten(small_archive, tmp_path / "lying.backup", manifest_edit=more_accounts)
+    root = tmp_path / "restored"
+    with pytest.raises(BackupError, match=r"row counts differ from the manifest's \(.*/email_accounts\)"):
+        archive_restore(source=lying, databases=_target(), blob_root=root)
+    assert os.listdir(root) == []  # the blobs not moved into place
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_retention_prunes_only_our_archives_never_the_new_one_and_a_busy_run_waits(
+    committed_db, blobs, tenant_a, settings, tmp_path
+):
+    blobs.put(tenant_a.id, b"r" * 100)
+    settings.BACKUP_DIR = folder = tmp_path / "backups"
+    settings.BACKUP_ENCRYPTION_KEY_FILE = None
+    folder.mkdir()
+    ours = "email-20200101T000000000000Z.backup"
+    theirs = ["email-old.backup", "email-20200101T000000000000Z.backup.bak", "email-manual.backup"]
+    for name in [ours, *theirs]:
+        (folder / name).write_bytes(b"an archive")
+    settings.BACKUP_KEEP = 1
+    report = backup_scheduled_task()
+    assert report["pruned"] == [ours]
+    assert sorted(os.listdir(folder)) == sorted([".lock", report["archive"], *theirs])
+
+    settings.BACKUP_KEEP = 0
+    with pytest.raises(BackupError, match="keep at least one archive"):
+        backup_scheduled_task()
+    assert sorted(os.listdir(folder)) == sorted([".lock", report["archive"], *theirs])
+
+    settings.BACKUP_KEEP = 1
+    with open(folder / ".lock", "rb") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # another run's
+        assert backup_scheduled_task() == {"result": "busy"}
+    assert sorted(os.listdir(folder)) == sorted([".lock", report["archive"], *theirs])
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_the_backup_command_encrypts_with_the_settings_key_file_unless_told_not(
+    committed_db, blobs, tenant_a, settings, tmp_path
+):
+    blobs.put(tenant_a.id, b"k" * 100)
+    key_file = tmp_path / "backup.key"
+    key_file.write_bytes(KEY)
+    settings.BACKUP_ENCRYPTION_KEY_FILE = key_file
+    call_command("backup", str(tmp_path / "default.backup"), stdout=io.StringIO())
+    call_command("backup", str(tmp_path / "plain.backup"), "--no-encrypt", stdout=io.StringIO())
+    assert (tmp_path / "default.backup").read_bytes().startswith(b"EMAILCLIENT-BACKUP\x00")
+    assert tarfile.is_tarfile(tmp_path / "plain.backup")
+    with pytest.raises(CommandError, match="does not exist"):
+        call_command("backup", str(tmp_path / "nowhere" / "x.backup"), stdout=io.StringIO())

@@ -4,7 +4,13 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db.migrations.loader import MigrationLoader
 
-from emailclient.core.backup import BackupError, archive_restore, encryption_key_read, restore_database
+from emailclient.core.backup import (
+    BackupError,
+    archive_encrypted,
+    archive_restore,
+    encryption_key_read,
+    restore_database,
+)
 
 
 class Command(BaseCommand):
@@ -17,12 +23,28 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("file", type=Path)
-        parser.add_argument("--encrypt-key-file", type=Path, default=None)
+        parser.add_argument(
+            "--encrypt-key-file",
+            type=Path,
+            default=None,
+            help="the archive's key (default: BACKUP_ENCRYPTION_KEY_FILE, else BACKUP_ENCRYPTION_KEY)",
+        )
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="restore an archive from a newer version (migrations this code does not know)",
+        )
 
-    def handle(self, *args, file: Path, encrypt_key_file: Path | None, **options) -> None:
+    def handle(self, *args, file: Path, encrypt_key_file: Path | None, force: bool, **options) -> None:
         try:
             with open(file, "rb") as handle:
-                plain_dump = handle.read(5) == b"PGDMP"
+                head = handle.read(64)
+            plain_dump = head.startswith(b"PGDMP")
+        except OSError as exc:
+            raise CommandError(f"cannot read {file}: {exc.strerror}") from exc
+        loader = MigrationLoader(None, ignore_no_migrations=True)
+        known = {f"{app}.{name}" for app, name in loader.disk_migrations}
+        try:
             if plain_dump:
                 # A dump written by `backup` before archives: the database only.
                 restore_database(source=file, databases=settings.DATABASES)
@@ -31,12 +53,24 @@ class Command(BaseCommand):
                     "(no blobs in it: copy the blob folder back separately)."
                 )
                 return
-            key = encryption_key_read(key_file=encrypt_key_file)
+            # The settings' key is the default for encrypted archives only; a key
+            # given for a plain archive is refused (the wrong file?).
+            key = (
+                encryption_key_read(key_file=encrypt_key_file or settings.BACKUP_ENCRYPTION_KEY_FILE)
+                if encrypt_key_file or archive_encrypted(head)
+                else None
+            )
             result = archive_restore(
-                source=file, databases=settings.DATABASES, blob_root=settings.BLOB_STORAGE_DIR, key=key
+                source=file,
+                databases=settings.DATABASES,
+                blob_root=settings.BLOB_STORAGE_DIR,
+                key=key,
+                known_migrations=known,
+                force=force,
             )
         except OSError as exc:
-            raise CommandError(f"cannot read {file}: {exc.strerror}") from exc
+            # Disk full, permissions on the blob folder, ...: the path that failed.
+            raise CommandError(f"restore failed: {exc.filename or file}: {exc.strerror}") from exc
         except BackupError as exc:
             raise CommandError(str(exc)) from exc
         manifest = result.manifest
@@ -45,10 +79,8 @@ class Command(BaseCommand):
             f"{settings.BLOB_STORAGE_DIR}: {len(manifest['tenants'])} tenants, {result.blobs} blobs, "
             f"in {result.seconds:.1f} s."
         )
-        loader = MigrationLoader(None, ignore_no_migrations=True)
-        known = {f"{app}.{name}" for app, name in loader.disk_migrations}
         archived = set(manifest["migrations"])
-        if archived - known:
+        if archived - known:  # restored with --force
             self.stderr.write(
                 f"The archive comes from a newer version: {len(archived - known)} migrations unknown to this "
                 f"code (e.g. {sorted(archived - known)[0]}). Run that version or a newer one."
