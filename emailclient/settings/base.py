@@ -454,6 +454,24 @@ BACKUP_ENCRYPTION_KEY_FILE = (
 )
 # A backup of a big store takes longer than other tasks: 6 hours.
 BACKUP_TASK_TIME_LIMIT = env.int("BACKUP_TASK_TIME_LIMIT", default=6 * 3600)
+if BACKUP_KEEP < 1:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"BACKUP_KEEP={BACKUP_KEEP}: keep at least one archive (1 or more)")
+if BACKUP_TASK_TIME_LIMIT <= 300:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"BACKUP_TASK_TIME_LIMIT={BACKUP_TASK_TIME_LIMIT}: more than 300 seconds "
+        "(its soft limit is 300 s less)"
+    )
+if len(BACKUP_SCHEDULE.split()) != 5:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"BACKUP_SCHEDULE={BACKUP_SCHEDULE!r}: five crontab fields, minute hour day-of-month month "
+        "day-of-week (UTC), e.g. '30 2 * * *'"
+    )
 if BACKUP_DIR is not None:
     from celery.schedules import crontab
 

@@ -661,3 +661,25 @@ def test_the_backup_command_encrypts_with_the_settings_key_file_unless_told_not(
     assert tarfile.is_tarfile(tmp_path / "plain.backup")
     with pytest.raises(CommandError, match="does not exist"):
         call_command("backup", str(tmp_path / "nowhere" / "x.backup"), stdout=io.StringIO())
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("BACKUP_SCHEDULE", "30 2 * *", "BACKUP_SCHEDULE='30 2 * *': five crontab fields"),
+        ("BACKUP_TASK_TIME_LIMIT", "300", "BACKUP_TASK_TIME_LIMIT=300: more than 300 seconds"),
+        ("BACKUP_KEEP", "0", "BACKUP_KEEP=0: keep at least one archive"),
+    ],
+)
+def test_bad_backup_settings_are_refused_clearly_at_start(variable, value, message):
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "emailclient.settings.test", variable: value}
+    env["BACKUP_DIR"] = "/srv/backups"
+    run = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode != 0
+    assert f"django.core.exceptions.ImproperlyConfigured: {message}" in run.stderr
