@@ -497,6 +497,7 @@ class _Engine:
                     imap_uid=item.uid,
                     uidvalidity=folder.uidvalidity,
                     modseq=item.modseq,
+                    pop3_uidl=self.pop3_uidl(item.uid),
                     **flag_fields(item.flags),
                 )
             )
@@ -533,24 +534,24 @@ class _Engine:
                 copy_rows(Message, batch.messages)
                 copy_rows(Attachment, batch.attachments)
             if batch.rematched:
-                Message.objects.bulk_update(
-                    batch.rematched,
-                    [
-                        "imap_uid",
-                        "uidvalidity",
-                        "modseq",
-                        "flags",
-                        "is_read",
-                        "is_flagged",
-                        "is_draft",
-                        "is_answered",
-                    ],
-                )
+                Message.objects.bulk_update(batch.rematched, self.rematch_fields)
             if batch.quarantined:
                 QuarantinedMessage.objects.bulk_create(batch.quarantined, ignore_conflicts=True)
             advance_cursor(batch.folder_id, batch.next_uid)
         self.report.new += len(batch.messages) + len(batch.rematched)
         self.report.quarantined += len(batch.quarantined)
+
+    # What a row taken from the rematch pool gets of the message it now is.
+    rematch_fields: tuple[str, ...] = (
+        "imap_uid",
+        "uidvalidity",
+        "modseq",
+        "flags",
+        "is_read",
+        "is_flagged",
+        "is_draft",
+        "is_answered",
+    )
 
     def pop3_uidl(self, uid: int) -> str:
         """The message's POP3 unique id, for its row; none over IMAP."""

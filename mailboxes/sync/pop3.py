@@ -6,7 +6,7 @@ only each message's unique id (UIDL, RFC 1939) lasts from one session to
 the next. So each unique id is given a UID of our own, once, in
 `Pop3Uidl` (UNIQUE per folder both ways), committed before anything is
 downloaded; from there on the message is what the IMAP engine handles: a
-UID in a folder of UIDVALIDITY 1 whose cursor (`Folder.uidnext`) says every
+UID in a folder of UIDVALIDITY 0 whose cursor (`Folder.uidnext`) says every
 UID below it is stored or quarantined. The same code then fetches (RETR,
 pipelined), parses, writes blobs, commits rows by COPY with the cursor in
 one transaction, threads, quarantines, counts the quota and marks messages
@@ -20,32 +20,40 @@ in flight (`mailboxes.sync.engine._Engine`, which this subclasses):
   (`UNIQUE (tenant, folder, uidvalidity, imap_uid)`). Nothing is lost, nothing
   stored twice. The next UID to give is kept in `Folder.sync_token`, so a
   UID is never given twice either, whatever the server forgets.
-* A server without UIDL: each message's identity is made up from its header
-  (TOP n 0; RETR where TOP is refused): "~" and a hash of the header block,
-  which holds its Message-ID, Date and Received trace, so two deliveries
-  differ and a message keeps its identity from one session to the next; a
-  second identical header gets "#2" and so on. The account's sync status
-  says so (`SyncReport.notice`). Each sync reads every header again.
+* A server without UIDL: each message's identity is made up from its whole
+  content (RETR): "~" and its hash, so two messages with one header but
+  different bodies are two; a second byte-identical copy gets "#2" and so
+  on. The account's sync status says so (`SyncReport.notice`). Each sync
+  downloads every message again (without UIDL it is the only way to know).
+* The state (`Folder.sync_token`, JSON, `_state`): the next UID, the
+  mailbox's endpoint (protocol, host, port, user) and the identity mode.
+  Another endpoint, or an IMAP past (another UIDVALIDITY), drops every
+  `Pop3Uidl` row and starts a new epoch of UIDs (stored mail stays): the
+  unique ids of another mailbox name other messages. A server that gave
+  UIDL and now refuses it fails the sync (tried again), never switches.
 * Mail deleted on the server stays here: POP3 users delete on the server
   as a matter of course (or have it done: `pop3_leave_on_server` off), and
-  expect the copy they downloaded to stay. Its `Pop3Uidl` row goes, as it no
-  longer names anything; its `Message` keeps the unique id in `pop3_uidl`.
+  expect the copy they downloaded to stay. Its `Pop3Uidl` row goes once two
+  listings in a row lack it; its `Message` keeps the unique id in `pop3_uidl`.
 * Deleting on the server (`EmailAccount.pop3_leave_on_server` off): after
   the download's last commit, only messages below the cursor (committed with
-  their blobs fsynced, `_Engine.commit_batch`), not quarantined unfetched
-  (over the size limit: only the server has them), and, with
-  `pop3_delete_after_days`, first seen that many days ago; DELE, then QUIT,
-  which is when the server deletes (a broken connection deletes nothing).
+  their blobs fsynced, `_Engine.commit_batch`) with a stored row that is that
+  message (its `pop3_uidl` the unique id, its size the LIST size's, or a
+  quarantined source), and, with `pop3_delete_after_days`, stored that many
+  days ago; DELE, then QUIT, which is when the server deletes (a broken
+  connection deletes nothing).
 * Flags and moves are local: POP3 has neither, so they are never written
   back (`mailboxes.writeback` refuses POP3 accounts); the API says so
   (`server_sync` in the account and message representations).
 """
 
 import hashlib
+import json
 import logging
 from collections import Counter
 from datetime import timedelta
 from functools import partial
+from typing import Any, cast
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -57,19 +65,23 @@ from mailboxes.pop3 import Pop3Session
 from mailboxes.sync.config import server_config
 from mailboxes.sync.engine import Progress, SyncReport, _Engine
 from mailboxes.sync.pipeline import _BlobWriter, _Pipeline
-from mailboxes.sync.storage import _RematchPool
 from messages.blobs import BlobStore
 from messages.locks import account_sync_lock
-from messages.models import Folder, FolderType, Pop3Uidl, QuarantinedMessage
+from messages.models import Folder, FolderType, Message, Pop3Uidl, QuarantinedMessage
 
 logger = logging.getLogger(__name__)
 
 # The one UIDVALIDITY of a POP3 account's INBOX: its UIDs are ours, never renumbered.
-POP3_UIDVALIDITY = 1
+# 0, which no IMAP server gives (RFC 3501: nz-number), so the rows of an account that
+# was IMAP before never pass for POP3 ones. (It was 1: `_Pop3Engine.inbox` moves such rows.)
+POP3_UIDVALIDITY = 0
+_LEGACY_UIDVALIDITY = 1
 NO_UIDL_NOTICE = (
-    "The POP3 server does not support UIDL: messages are told apart by their Message-ID and a hash of "
-    "their header, and every sync reads each message's header again."
+    "The POP3 server does not support UIDL: messages are told apart by a hash of their whole "
+    "content, and every sync downloads each message again."
 )
+# The folder's identity mode (`_Pop3Engine.identities`), kept in its state.
+MODE_UIDL, MODE_DIGEST = "uidl", "digest"
 _UIDL_MAX = 70  # Pop3Uidl.uidl; RFC 1939 allows 70 characters
 
 
@@ -120,14 +132,17 @@ class _Pop3Engine(_Engine):
         super().__init__(account, store, progress)
         self.uidls: dict[int, str] = {}  # uid -> unique id, for the rows
 
+    # POP3 has no flags: a row taken over from an IMAP past keeps its read and flag state.
+    rematch_fields = ("imap_uid", "uidvalidity", "modseq", "pop3_uidl")
+
     def pop3_uidl(self, uid: int) -> str:
         return self.uidls.get(uid, "")
 
     def run_pop3(self, session: Pop3Session) -> None:
-        folder = self.inbox()
+        folder, state = self.inbox()
         sizes = session.listing()
-        identities = self.identities(session, sizes)
-        numbers = self.map_uids(folder, identities)  # uid -> message number
+        identities, mode = self.identities(session, sizes, state.get("mode"))
+        numbers = self.map_uids(folder, identities, mode)  # uid -> message number
         with self.scope():
             folder.refresh_from_db(fields=["uidnext", "sync_token"])
         cursor = folder.uidnext or 1
@@ -147,14 +162,16 @@ class _Pop3Engine(_Engine):
             if metas:
                 self.progress(folder.name, 0, len(metas))
                 fetcher = _Pop3Fetcher(session, numbers)
-                self.store_new(fetcher, folder, metas, _RematchPool(), total=len(metas))
+                # Rows an IMAP past left (another UIDVALIDITY) are taken by content or
+                # Message-ID rather than stored twice.
+                self.store_new(fetcher, folder, metas, self.rematch_pool(folder), total=len(metas))
             # Every UID given so far is handled, unless over quota.
-            next_uid = None if self.quota.exceeded else int(folder.sync_token or cursor)
-            state = FolderState(POP3_UIDVALIDITY, next_uid, len(sizes), None)
-            self.pipeline.submit(partial(self.finish_folder, folder, state))
+            next_uid = None if self.quota.exceeded else int(_state(folder.sync_token).get("next") or cursor)
+            folder_state = FolderState(POP3_UIDVALIDITY, next_uid, len(sizes), None)
+            self.pipeline.submit(partial(self.finish_folder, folder, folder_state))
         # Left the block: every batch is committed (or the error raised).
         self.report.folders = 1
-        marked = self.delete_stored(session, folder, numbers)
+        marked = self.delete_stored(session, folder, numbers, identities, sizes)
         if marked:
             session.commit()  # QUIT: the server deletes now, or raises and deletes nothing
             self.report.deleted_on_server = len(marked)
@@ -163,7 +180,17 @@ class _Pop3Engine(_Engine):
 
     # The folder and the identities -----------------------------------------------
 
-    def inbox(self) -> Folder:
+    def endpoint(self) -> str:
+        """What names the server's mailbox: another one may reuse its unique ids."""
+        account = self.account
+        parts = [account.protocol, account.hostname.strip().lower().rstrip("."), str(account.port)]
+        return hashlib.sha256("\0".join([*parts, account.username]).encode()).hexdigest()[:32]
+
+    def inbox(self) -> tuple[Folder, dict[str, Any]]:
+        """The INBOX and its POP3 state. The unique ids of another mailbox (the
+        account now names another protocol, host, port or user) or of another
+        protocol (an IMAP past) name nothing here: their `Pop3Uidl` rows go and
+        a new UID epoch starts past every UID given (the messages stay)."""
         with self.scope(), transaction.atomic():
             folder, _ = Folder.objects.get_or_create(
                 tenant_id=self.tenant_id,
@@ -171,18 +198,65 @@ class _Pop3Engine(_Engine):
                 name="INBOX",
                 defaults={"type": FolderType.INBOX, "uidvalidity": POP3_UIDVALIDITY},
             )
-            if folder.uidvalidity != POP3_UIDVALIDITY:
-                # Was an IMAP account's: its rows are not POP3's UIDs (they go at the end).
-                folder.uidvalidity, folder.uidnext, folder.highestmodseq = POP3_UIDVALIDITY, None, None
-                folder.save(update_fields=["uidvalidity", "uidnext", "highestmodseq", "updated_at"])
-        return folder
+            folder = Folder.objects.select_for_update().get(id=folder.id)
+            legacy = folder.sync_token.strip().isdigit()
+            state = _state(folder.sync_token)
+            if legacy and folder.uidvalidity == _LEGACY_UIDVALIDITY:
+                # Stored by POP3 under its former UIDVALIDITY (1): the same UIDs under 0.
+                Message.objects.filter(
+                    folder=folder, uidvalidity=_LEGACY_UIDVALIDITY, imap_uid__isnull=False
+                ).exclude(pop3_uidl="").update(uidvalidity=POP3_UIDVALIDITY)
+                QuarantinedMessage.objects.filter(folder=folder, uidvalidity=_LEGACY_UIDVALIDITY).update(
+                    uidvalidity=POP3_UIDVALIDITY
+                )
+                folder.uidvalidity = POP3_UIDVALIDITY
+                folder.save(update_fields=["uidvalidity", "updated_at"])
+            endpoint = self.endpoint()
+            other_protocol = folder.uidvalidity != POP3_UIDVALIDITY
+            other_mailbox = bool(state.get("endpoint")) and state["endpoint"] != endpoint
+            if other_protocol or other_mailbox:
+                logger.info(
+                    "account %s: a new POP3 epoch (%s)",
+                    self.account.id,
+                    "was another protocol's" if other_protocol else "another mailbox",
+                )
+                Pop3Uidl.objects.filter(folder=folder).delete()
+                state = {"next": self.first_free_uid(folder, state)}
+                if other_protocol:
+                    # Its rows are not POP3's UIDs: the rematch pool takes them or they go.
+                    folder.uidvalidity, folder.uidnext, folder.highestmodseq = POP3_UIDVALIDITY, None, None
+            if state.get("endpoint") != endpoint:
+                state["endpoint"] = endpoint
+            folder.sync_token = json.dumps(state)
+            folder.save(update_fields=["uidvalidity", "uidnext", "highestmodseq", "sync_token", "updated_at"])
+        return folder, state
 
-    def identities(self, session: Pop3Session, sizes: dict[int, int]) -> dict[int, str]:
-        """{message number: unique id} for every listed message."""
+    def first_free_uid(self, folder: Folder, state: dict[str, Any]) -> int:
+        """Past every UID ever given here under POP3's UIDVALIDITY."""
+        stored = [
+            model.objects.filter(folder=folder, uidvalidity=POP3_UIDVALIDITY)
+            .order_by("-imap_uid")
+            .values_list("imap_uid", flat=True)
+            .first()
+            for model in (Message, QuarantinedMessage)
+        ]
+        return max([int(state.get("next") or 1), *((uid or 0) + 1 for uid in stored)])
+
+    def identities(
+        self, session: Pop3Session, sizes: dict[int, int], mode: str | None
+    ) -> tuple[dict[int, str], str]:
+        """{message number: unique id} for every listed message, and the mode.
+        A server that gave UIDL (or says it has it) and now refuses it is a
+        temporary failure, never a switch to made-up identities (under which
+        every message would look new)."""
         uidls = session.uidl()
         if uidls is None:
+            if mode == MODE_UIDL or "UIDL" in session.capabilities:
+                raise MailServerError(
+                    f"{self.account.hostname} refused UIDL, which it gave before: tried again later"
+                )
             self.report.notice = NO_UIDL_NOTICE
-            return self.made_up_identities(session, sizes)
+            return self.made_up_identities(session, sizes), MODE_DIGEST
         if set(uidls) != set(sizes):
             raise ProtocolViolation(f"{self.account.hostname}: UIDL and LIST name different messages")
         identities: dict[int, str] = {}
@@ -190,23 +264,22 @@ class _Pop3Engine(_Engine):
         for number in sorted(uidls):
             uidl = uidls[number]
             if len(uidl) > _UIDL_MAX:  # RFC 1939 allows 70; a longer one by its hash
-                uidl = "#" + hashlib.sha256(uidl.encode()).hexdigest()
+                uidl = "#" + hashlib.sha256(uidl.encode("latin-1")).hexdigest()
             if uidl in seen:
                 raise ProtocolViolation(f"{self.account.hostname}: UIDL gives two messages the same id")
             seen.add(uidl)
             identities[number] = uidl
-        return identities
+        return identities, MODE_UIDL
 
     def made_up_identities(self, session: Pop3Session, sizes: dict[int, int]) -> dict[int, str]:
+        """Without UIDL only the whole message tells it from another (two with
+        one header differ in their body): the hash of each RETR, one message
+        in memory at a time; "#n" for the n-th byte-identical copy."""
         digests: dict[int, str] = {}
-        refused: list[int] = []
-        for number, header in session.headers(sorted(sizes)):
-            if header is None:
-                refused.append(number)
-            else:
-                digests[number] = _header_digest(header)
-        for number, raw in session.retrieve(refused):  # no TOP: the whole message
-            digests[number] = _header_digest((raw or b"").split(b"\r\n\r\n", 1)[0])
+        for number, raw in session.retrieve(sorted(sizes)):
+            if raw is None:
+                raise MailServerError(f"{self.account.hostname} refused RETR {number}: tried again later")
+            digests[number] = _content_digest(raw)
         counts: Counter[str] = Counter()
         identities: dict[int, str] = {}
         for number in sorted(digests):
@@ -215,20 +288,28 @@ class _Pop3Engine(_Engine):
             identities[number] = digest if counts[digest] == 1 else f"{digest}#{counts[digest]}"
         return identities
 
-    def map_uids(self, folder: Folder, identities: dict[int, str]) -> dict[int, int]:
+    def map_uids(self, folder: Folder, identities: dict[int, str], mode: str) -> dict[int, int]:
         """{uid: message number}: each unique id's UID, new ones given in
-        message order past every UID given before (`Folder.sync_token`),
-        committed before any download. Rows of unique ids the server no
-        longer lists go."""
+        message order past every UID given before (the state's "next"),
+        committed before any download. A row whose unique id the server did
+        not list is kept through one more listing (a server that forgot it
+        for one session finds it again), and goes when the next full listing
+        lacks it too. The identity mode is kept: a change of mode is a new epoch."""
         with self.scope(), transaction.atomic():
             locked = Folder.objects.select_for_update().get(id=folder.id)
+            state = _state(locked.sync_token)
+            if state.get("mode") not in (None, mode):
+                Pop3Uidl.objects.filter(folder=folder).delete()
+                state["missing"] = []
             known: dict[str, int] = dict(Pop3Uidl.objects.filter(folder=folder).values_list("uidl", "uid"))
             listed = set(identities.values())
-            gone = [uidl for uidl in known if uidl not in listed]
+            unlisted = [uidl for uidl in known if uidl not in listed]
+            missing_before = set(state.get("missing") or ())
+            gone = [uidl for uidl in unlisted if uidl in missing_before]
             for start in range(0, len(gone), 5000):
                 Pop3Uidl.objects.filter(folder=folder, uidl__in=gone[start : start + 5000]).delete()
             next_uid = max(
-                [int(locked.sync_token or 0), locked.uidnext or 1, *(uid + 1 for uid in known.values())]
+                [int(state.get("next") or 0), locked.uidnext or 1, *(uid + 1 for uid in known.values())]
             )
             new: list[Pop3Uidl] = []
             for number in sorted(identities):
@@ -238,30 +319,57 @@ class _Pop3Engine(_Engine):
                     new.append(Pop3Uidl(tenant_id=self.tenant_id, folder=folder, uidl=uidl, uid=next_uid))
                     next_uid += 1
             Pop3Uidl.objects.bulk_create(new, batch_size=5000)
-            Folder.objects.filter(id=folder.id).update(sync_token=str(next_uid), updated_at=timezone.now())
+            state.update(next=next_uid, mode=mode, missing=[u for u in unlisted if u not in missing_before])
+            token = json.dumps(state)
+            Folder.objects.filter(id=folder.id).update(sync_token=token, updated_at=timezone.now())
         return {known[uidl]: number for number, uidl in identities.items()}
 
     # Deleting on the server --------------------------------------------------------
 
-    def delete_stored(self, session: Pop3Session, folder: Folder, numbers: dict[int, int]) -> list[int]:
+    def delete_stored(
+        self,
+        session: Pop3Session,
+        folder: Folder,
+        numbers: dict[int, int],
+        identities: dict[int, str],
+        sizes: dict[int, int],
+    ) -> list[int]:
         """DELE the messages safely stored here, when the account says so;
-        the message numbers marked. QUIT (`commit`) deletes them."""
+        the message numbers marked. QUIT (`commit`) deletes them.
+
+        Only a message whose UID is below the cursor and has a stored row
+        that is this message: a `Message` whose `pop3_uidl` is this unique id,
+        or a quarantined source, of a size that agrees with the LIST size
+        (a mapping gone wrong never deletes mail not stored). With
+        `pop3_delete_after_days`, only rows stored that many days ago."""
         if self.account.pop3_leave_on_server:
             return []
         with self.scope():
             cursor = Folder.objects.filter(id=folder.id).values_list("uidnext", flat=True).get() or 1
-            stored = Pop3Uidl.objects.filter(folder=folder, uid__lt=cursor)
+            candidates = [uid for uid in numbers if uid < cursor]
             days = self.account.pop3_delete_after_days
-            if days:
-                stored = stored.filter(created_at__lte=timezone.now() - timedelta(days=days))
-            uids = set(stored.values_list("uid", flat=True))
-            # Quarantined without its source (over the size limit): only the server has it.
-            uids -= set(
-                QuarantinedMessage.objects.filter(
-                    folder=folder, uidvalidity=POP3_UIDVALIDITY, raw_blob_key=""
-                ).values_list("imap_uid", flat=True)
-            )
-        wanted = sorted(numbers[uid] for uid in uids if uid in numbers)
+            before = timezone.now() - timedelta(days=days) if days else None
+            safe: set[int] = set()
+            for chunk in _chunks(sorted(candidates), 5000):
+                messages = Message.objects.filter(
+                    folder=folder, uidvalidity=POP3_UIDVALIDITY, imap_uid__in=chunk
+                ).values_list("imap_uid", "pop3_uidl", "size_bytes", "created_at")
+                for uid, uidl, size, created_at in messages:
+                    number = numbers[cast(int, uid)]  # imap_uid__in: never NULL here
+                    if (
+                        uidl == identities[number]
+                        and _sizes_agree(size, sizes[number])
+                        and (before is None or created_at <= before)
+                    ):
+                        safe.add(cast(int, uid))
+                # Quarantined with its source; without it (over the size limit) only the server has it.
+                quarantined = QuarantinedMessage.objects.filter(
+                    folder=folder, uidvalidity=POP3_UIDVALIDITY, imap_uid__in=chunk
+                ).exclude(raw_blob_key="")
+                for uid, size, created_at in quarantined.values_list("imap_uid", "size_bytes", "created_at"):
+                    if _sizes_agree(size, sizes[numbers[uid]]) and (before is None or created_at <= before):
+                        safe.add(uid)
+        wanted = sorted(numbers[uid] for uid in safe)
         if not wanted:
             return []
         refused = set(session.delete(wanted))
@@ -272,7 +380,32 @@ class _Pop3Engine(_Engine):
         return [number for number in wanted if number not in refused]
 
 
-def _header_digest(header: bytes) -> str:
-    """'~' and the SHA-256 of a header block, whose Message-ID, Date and
-    Received lines tell one delivery from another (56 hex digits: room for '#n')."""
-    return "~" + hashlib.sha256(header.rstrip(b"\r\n")).hexdigest()[:56]
+def _state(token: str) -> dict[str, Any]:
+    """A POP3 INBOX's state (`Folder.sync_token`): {"next": the next UID to
+    give, "endpoint": whose mailbox, "mode": "uidl" or "digest", "missing":
+    unique ids the last listing lacked}. Once only the next UID, as digits."""
+    token = token.strip()
+    if not token:
+        return {}
+    if token.isdigit():
+        return {"next": int(token)}
+    try:
+        state = json.loads(token)
+    except ValueError:
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _sizes_agree(stored: int, listed: int) -> bool:
+    """A stored message is the listed one only if their sizes agree: equal, or
+    as far apart as a server counting bare LF line ends could make them."""
+    return abs(stored - listed) <= listed // 16 + 64
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _content_digest(raw: bytes) -> str:
+    """'~' and the SHA-256 of a whole message (56 hex digits: room for '#n')."""
+    return "~" + hashlib.sha256(raw).hexdigest()[:56]

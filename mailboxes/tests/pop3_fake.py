@@ -17,6 +17,7 @@ class FakePop3:
         stls: bool = False,
         apop: bool = False,
         drop_in_retr: int | None = None,
+        uidls: list[str] | None = None,
         user: str = "user",
         password: str = "secret",  # noqa: S107 - a test server's
     ) -> None:
@@ -25,6 +26,9 @@ class FakePop3:
         self.stls = stls
         self.apop = apop  # the greeting carries an APOP timestamp
         self.drop_in_retr = drop_in_retr  # message number whose RETR is cut off halfway
+        # The UIDL of each message, in order (sequential ones, as some servers give);
+        # by default one made from the message's content.
+        self.uidls = uidls
         self.user, self.password = user, password
         self.commands: list[str] = []
         fake = self
@@ -91,9 +95,8 @@ class FakePop3:
                 listing = "".join(f"{i} {len(m)}\r\n" for i, m in enumerate(self.messages, 1))
                 send(b"+OK\r\n" + multiline(listing.encode()))
             elif command == "UIDL" and self.uidl:
-                listing = "".join(
-                    f"{i} fake-{abs(hash(m)) % 10**12}\r\n" for i, m in enumerate(self.messages, 1)
-                )
+                ids = self.uidls or [f"fake-{abs(hash(m)) % 10**12}" for m in self.messages]
+                listing = "".join(f"{i} {uidl}\r\n" for i, uidl in enumerate(ids, 1))
                 send(b"+OK\r\n" + multiline(listing.encode()))
             elif command in ("RETR", "TOP") and 1 <= number <= len(self.messages):
                 message = self.messages[number - 1]
@@ -109,6 +112,8 @@ class FakePop3:
                 send(b"+OK\r\n")
             elif command == "QUIT":
                 self.messages = [m for i, m in enumerate(self.messages, 1) if i not in deleted]
+                if self.uidls:
+                    self.uidls = [u for i, u in enumerate(self.uidls, 1) if i not in deleted]
                 send(b"+OK bye\r\n")
                 return
             else:
