@@ -292,6 +292,19 @@ for name, target in (("postgres", "/var/lib/postgresql/data"), ("redis", "/data"
     need(any(v["type"] == "volume" and v["target"] == target for v in s[name].get("volumes", [])),
          f"{name}: no named volume at {target}")
 need({"pgdata", "redisdata", "blobs", "postfix-queue", "dovecot-mail"} <= set(c.get("volumes", {})), "named volumes")
+# An empty named volume copies the image's folder: one mounted under /data in
+# the app image must be pre-created there, owned by app (else root's: unwritable).
+app_image = open("deploy/Dockerfile").read()
+app_services = [name for name, svc in s.items()
+                if str(svc.get("build", {}).get("dockerfile", "")).endswith("deploy/Dockerfile")]
+need({"web", "worker"} <= set(app_services), f"app image services: {app_services}")
+for name in app_services:
+    svc = s[name]
+    for v in svc.get("volumes", []):
+        if v["type"] == "volume" and v["target"].startswith("/data/"):
+            need(f"install -d -o app -g app -m 0750 {v['target']}" in app_image
+                 or f"install -d -o app -g app -m 0700 {v['target']}" in app_image,
+                 f"{name}: volume at {v['target']} not pre-created for app in deploy/Dockerfile")
 print("\n".join(problems))
 sys.exit(1 if problems else 0)
 EOF
