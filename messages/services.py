@@ -282,7 +282,10 @@ def messages_delete(
 ) -> None:
     """Move to the account's Trash; messages already in Trash, or all of
     them with `permanent`, are deleted from the server for good (the rows
-    stay, `is_deleted`, until the server has expunged them)."""
+    stay, `is_deleted`, until the server has expunged them). An account
+    that does not write back (POP3) has nothing to expunge: its rows go at
+    once, and stop counting against the quota (its sync's unique-id mapping
+    and cursor keep it from being downloaded again)."""
     with transaction.atomic():
         account_change_lock(*(m.account_id for m in messages))
         trash = {
@@ -319,6 +322,9 @@ def messages_delete(
             [*trashed, *expunged],
             ["folder", "imap_uid", "uidvalidity", "is_deleted", "deleted_at", "updated_at"],
         )
+        local = [m.id for m in expunged if not _writes_back(m)]
+        if local:
+            Message.objects.filter(id__in=local).delete()
         counts.save()
         _audit(tenant, actor, "message.delete", audit, ip_address)
         _write_back_on_commit(tenant, [*trashed, *expunged])

@@ -490,3 +490,22 @@ def test_an_imap_account_turned_pop3_keeps_its_inbox_once(imap_account, mailbox,
     mailbox.append("INBOX", mail(3))
     assert sync(imap_account).new == 1
     assert len(stored(imap_account)) == 4
+
+
+@pytest.mark.django_db
+def test_a_pop3_message_deleted_permanently_is_gone_and_frees_the_quota(
+    mail_settings, tenant_a, user_a, client_a
+):
+    with FakePop3([mail(1), mail(2)]) as server:
+        account = fake_account(tenant_a, user_a, server)
+        assert sync(account).new == 2
+        first = stored(account)[0]
+        assert client_a.delete(f"/api/messages/{first.id}/?permanent=1").status_code == 204
+        account_write_back(tenant_id=account.tenant_id, account_id=account.id)
+        assert [m.subject for m in stored(account)] == ["hello 2"]
+        mail_settings.TENANT_MAX_MESSAGES = 2
+        assert sync(account).new == 0  # the mapping says it was stored: not downloaded again
+        server.messages = [*server.messages, mail(3)]
+        report = sync(account)
+    assert (report.new, report.over_quota) == (1, "")  # the deleted one no longer counts
+    assert [m.subject for m in stored(account)] == ["hello 2", "hello 3"]
