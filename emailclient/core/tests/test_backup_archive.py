@@ -683,3 +683,25 @@ def test_bad_backup_settings_are_refused_clearly_at_start(variable, value, messa
     )
     assert run.returncode != 0
     assert f"django.core.exceptions.ImproperlyConfigured: {message}" in run.stderr
+
+
+def test_the_snapshot_transaction_draws_no_server_warning(
+    committed_db, blobs, tenant_a, tmp_path, monkeypatch
+):
+    """A BEGIN inside psycopg's implicit transaction drew "there is already a
+    transaction in progress"; the isolation level is set on the connection."""
+    notices: list[str] = []
+    connect = backup_module._connect
+
+    def connect_spy(db, **kwargs):
+        conn = connect(db, **kwargs)
+        conn.add_notice_handler(lambda diag: notices.append(f"{diag.severity}: {diag.message_primary}"))
+        return conn
+
+    monkeypatch.setattr(backup_module, "_connect", connect_spy)
+    blobs.put(tenant_a.id, b"n" * 100)
+    result = archive_create(
+        output=tmp_path / "quiet.backup", databases=settings.DATABASES, blob_root=blobs.root
+    )
+    assert result.blobs == 1
+    assert notices == []
