@@ -15,7 +15,9 @@ socket whose reads are bounded by a timeout and a deadline):
   than `max_line` or a message larger than `max_literal` aborts;
 * AUTH PLAIN when the server lists it (RFC 5034), else USER/PASS; APOP on an
   unencrypted connection to a server that offers it (its greeting's
-  timestamp), so the password never crosses the network in clear there;
+  timestamp), so a passive listener never sees the password there (an
+  active attacker can strip the timestamp from the greeting and get
+  USER/PASS: only TLS protects against that);
 * RETR and DELE pipelined when the server says PIPELINING (RFC 2449).
 
 Errors are the IMAP side's (`MailServerError` and its subclasses), so the

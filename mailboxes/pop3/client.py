@@ -18,6 +18,9 @@ T = TypeVar("T")
 
 # The APOP timestamp in a greeting (RFC 1939 section 7: a msg-id).
 _TIMESTAMP = re.compile(rb"<[\x21-\x3d\x3f-\x7e]*>")
+# The most messages a LIST or UIDL answer may name (a mailbox of more is refused,
+# not read into memory without end): far beyond any real POP3 mailbox.
+MAX_LISTED = 1_000_000
 # Commands sent ahead of their answers when the server says PIPELINING.
 PIPELINE_WINDOW = 64
 # RFC 3206: a refusal with these codes is the server's state, not the credentials.
@@ -184,9 +187,10 @@ class Pop3Session:
         return text
 
     def _multiline(self) -> bytes:
-        """The body of a multi-line answer, dot-unstuffed, up to `max_literal`."""
-        lines: list[bytes] = []
-        total = 0
+        """The body of a multi-line answer, dot-unstuffed, up to `max_literal`:
+        one growing buffer (a bytes object per line cost ~30 times the data
+        for short lines)."""
+        body = bytearray()
         limit = self.config.max_literal
         readline = self._readline
         while True:
@@ -195,11 +199,10 @@ class Pop3Session:
                 if line in (b".\r\n", b".\n"):
                     break
                 line = line[1:]
-            total += len(line)
-            if total > limit:
+            if len(body) + len(line) > limit:
                 raise ProtocolViolation(f"server answer of over {limit} bytes")
-            lines.append(line)
-        return b"".join(lines)
+            body += line
+        return bytes(body)
 
     def _command(self, command: bytes) -> tuple[bool, bytes]:
         self._send(command + b"\r\n")
@@ -239,7 +242,8 @@ class Pop3Session:
         user, secret = username.encode(), password.encode()
         timestamp = _TIMESTAMP.search(greeting)
         if self.config.encryption == "none" and timestamp is not None:
-            # No TLS: APOP, so the password never crosses the network in clear.
+            # No TLS: APOP, so a passive listener never sees the password. An active
+            # attacker can strip the timestamp from the greeting and get USER/PASS.
             digest = hashlib.md5(timestamp.group(0) + secret, usedforsecurity=False).hexdigest()
             self._login_answer(self._command(b"APOP " + user + b" " + digest.encode()))
         elif "PLAIN" in self.capabilities.get("SASL", []):
@@ -270,10 +274,11 @@ class Pop3Session:
         self._send(b"LIST\r\n")
         self._expect_ok("LIST")
         sizes: dict[int, int] = {}
-        for line in self._multiline().split(b"\n"):
+        for line in io.BytesIO(self._multiline()):
             words = line.split()
             if len(words) >= 2:
                 sizes[_number(words[0])] = _number(words[1])
+                _check_listed(len(sizes))
         return sizes
 
     def uidl(self) -> dict[int, str] | None:
@@ -282,10 +287,12 @@ class Pop3Session:
         if not ok:
             return None
         uidls: dict[int, str] = {}
-        for line in self._multiline().split(b"\n"):
+        for line in io.BytesIO(self._multiline()):
             words = line.split()
             if len(words) >= 2:
-                uidls[_number(words[0])] = words[1].decode("ascii", "replace")
+                # latin-1: one character per byte, so two different ids never read as one.
+                uidls[_number(words[0])] = words[1].decode("latin-1")
+                _check_listed(len(uidls))
         return uidls
 
     def headers(self, numbers: Iterable[int]) -> Iterator[tuple[int, bytes | None]]:
@@ -317,6 +324,11 @@ class Pop3Session:
             self._expect_ok("QUIT (the messages marked for deletion stay on the server)")
         finally:
             self.close()
+
+
+def _check_listed(count: int) -> None:
+    if count > MAX_LISTED:
+        raise ProtocolViolation(f"the server lists over {MAX_LISTED} messages")
 
 
 def _number(word: bytes) -> int:

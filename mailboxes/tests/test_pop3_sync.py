@@ -509,3 +509,26 @@ def test_a_pop3_message_deleted_permanently_is_gone_and_frees_the_quota(
         report = sync(account)
     assert (report.new, report.over_quota) == (1, "")  # the deleted one no longer counts
     assert [m.subject for m in stored(account)] == ["hello 2", "hello 3"]
+
+
+@pytest.mark.django_db
+def test_non_ascii_uidls_stay_apart(mail_settings, tenant_a, user_a):
+    with FakePop3([mail(1), mail(2)], uidls=["\u00e9a", "\u00e8a"]) as server:
+        account = fake_account(tenant_a, user_a, server)
+        assert sync(account).new == 2
+    assert len({m.pop3_uidl for m in stored(account)}) == 2
+
+
+@pytest.mark.django_db
+def test_a_refused_uidl_after_it_worked_fails_the_sync_and_changes_nothing(mail_settings, tenant_a, user_a):
+    with FakePop3([mail(1), mail(2)]) as server:
+        account = fake_account(tenant_a, user_a, server)
+        assert sync(account).new == 2
+        server.uidl = False  # "-ERR" to UIDL, as a server in trouble answers
+        with pytest.raises(MailServerError, match="refused UIDL"):
+            sync(account)
+        server.uidl = True
+        assert sync(account).new == 0
+    assert len(stored(account)) == 2
+    with tenant_scope(account.tenant_id):
+        assert Pop3Uidl.objects.filter(folder__account=account).count() == 2
