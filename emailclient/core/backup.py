@@ -34,7 +34,8 @@ writes the dump and the blobs into a staging folder inside the blob folder
 (names checked: nothing outside it), hashing as it goes; the manifest's
 checksums and counts are compared before the database is touched, so a
 tampered, truncated or wrongly-keyed archive is refused with the database and
-blob folder left empty. Then pg_restore in three sections: the schema
+blob folder left empty; so is one whose manifest lists migrations this code
+does not have (a newer version's), unless forced. Then pg_restore in three sections: the schema
 (pre-data) as the owner, so the owner owns the tables again; the rows (data)
 as the admin role, because FORCE ROW LEVEL SECURITY would filter even the
 owner's COPY; indexes, constraints and policies (post-data) as the owner.

@@ -37,6 +37,8 @@ class Command(BaseCommand):
             )
         except BackupError as exc:
             raise CommandError(str(exc)) from exc
+        except OSError as exc:  # disk full, a blob folder it cannot read, ...
+            raise CommandError(f"backup failed: {exc.filename or file}: {exc.strerror}") from exc
         tenants = len(result.manifest["tenants"])
         self.stdout.write(
             f"Wrote {file} ({result.size} bytes{', encrypted' if key else ''}): {tenants} tenants, "
