@@ -24,6 +24,6 @@ Errors are the IMAP side's (`MailServerError` and its subclasses), so the
 sync task treats both protocols alike. Knows nothing of Django models.
 """
 
-from mailboxes.pop3.client import Pop3Error, Pop3Session
+from mailboxes.pop3.client import Oversized, Pop3Error, Pop3Session
 
-__all__ = ["Pop3Error", "Pop3Session"]
+__all__ = ["Oversized", "Pop3Error", "Pop3Session"]

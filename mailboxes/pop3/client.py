@@ -9,6 +9,7 @@ import re
 import socket
 import ssl
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 from mailboxes.imap.connection import Deadline, ServerConfig, _DeadlineSocketIO, resolve, ssl_context
@@ -29,6 +30,13 @@ _TEMPORARY = (b"[IN-USE]", b"[SYS/TEMP]", b"[LOGIN-DELAY]")
 
 class Pop3Error(MailServerError):
     """The server answered -ERR to a command that must succeed."""
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """A message over `max_literal`: read to its end and dropped (`retrieve`)."""
+
+    size: int
 
 
 def _text(data: bytes) -> str:
@@ -190,19 +198,34 @@ class Pop3Session:
         """The body of a multi-line answer, dot-unstuffed, up to `max_literal`:
         one growing buffer (a bytes object per line cost ~30 times the data
         for short lines)."""
+        body = self._read_multiline(skip_over_limit=False)
+        if isinstance(body, Oversized):  # not so: raised instead
+            raise ProtocolViolation(f"server answer of over {self.config.max_literal} bytes")
+        return body
+
+    def _read_multiline(self, *, skip_over_limit: bool) -> "bytes | Oversized":
+        """As `_multiline`; with `skip_over_limit`, an answer over `max_literal`
+        is read to its end and dropped (`Oversized`), the session going on."""
         body = bytearray()
         limit = self.config.max_literal
         readline = self._readline
+        skipped = 0
         while True:
             line = readline()
             if line[:1] == b".":
                 if line in (b".\r\n", b".\n"):
                     break
                 line = line[1:]
-            if len(body) + len(line) > limit:
-                raise ProtocolViolation(f"server answer of over {limit} bytes")
-            body += line
-        return bytes(body)
+            if skipped:
+                skipped += len(line)
+            elif len(body) + len(line) > limit:
+                if not skip_over_limit:
+                    raise ProtocolViolation(f"server answer of over {limit} bytes")
+                skipped = len(body) + len(line)
+                body = bytearray()
+            else:
+                body += line
+        return Oversized(skipped) if skipped else bytes(body)
 
     def _command(self, command: bytes) -> tuple[bool, bytes]:
         self._send(command + b"\r\n")
@@ -300,10 +323,15 @@ class Pop3Session:
         numbers = list(numbers)
         return zip(numbers, self._pipelined([b"TOP %d 0" % n for n in numbers], self._body), strict=True)
 
-    def retrieve(self, numbers: Iterable[int]) -> Iterator[tuple[int, bytes | None]]:
-        """Each message in full (RETR), or None where the server refuses it."""
+    def retrieve(self, numbers: Iterable[int]) -> Iterator[tuple[int, bytes | Oversized | None]]:
+        """Each message in full (RETR), or None where the server refuses it,
+        or `Oversized` where it is over `max_literal` (never held in memory)."""
         numbers = list(numbers)
-        return zip(numbers, self._pipelined([b"RETR %d" % n for n in numbers], self._body), strict=True)
+        return zip(numbers, self._pipelined([b"RETR %d" % n for n in numbers], self._message), strict=True)
+
+    def _message(self) -> bytes | Oversized | None:
+        ok, _ = self._response()
+        return self._read_multiline(skip_over_limit=True) if ok else None
 
     def _body(self) -> bytes | None:
         ok, _ = self._response()

@@ -61,10 +61,11 @@ from django.utils import timezone
 from accounts.models import EmailAccount
 from accounts.services import account_credentials
 from mailboxes.imap import FetchedMessage, FolderState, MailServerError, ProtocolViolation
-from mailboxes.pop3 import Pop3Session
+from mailboxes.pop3 import Oversized, Pop3Session
 from mailboxes.sync.config import server_config
 from mailboxes.sync.engine import Progress, SyncReport, _Engine
 from mailboxes.sync.pipeline import _BlobWriter, _Pipeline
+from mailboxes.sync.storage import _Batch, _RematchPool
 from messages.blobs import BlobStore
 from messages.locks import account_sync_lock
 from messages.models import Folder, FolderType, Message, Pop3Uidl, QuarantinedMessage
@@ -104,21 +105,43 @@ def pop3_account_sync(*, account: EmailAccount, store: BlobStore, progress: Prog
 
 class _Pop3Fetcher:
     """The face of a POP3 session that `_Engine.prepare_batch` uses: RETR by
-    our UIDs."""
+    our UIDs.
 
-    def __init__(self, session: Pop3Session, numbers: dict[int, int]) -> None:
+    The engine cuts batches by the LIST sizes; a server that lies about them
+    could fill memory with batch-count times `max_literal`. So a message far
+    over its LIST size (`_fits_listing`), or over `max_literal` (read to its
+    end, never held), is not kept: it is quarantined unfetched with the
+    reason (`refused`), and only the server holds it. What a batch holds
+    thus stays within about twice its byte budget."""
+
+    def __init__(self, session: Pop3Session, numbers: dict[int, int], sizes: dict[int, int]) -> None:
         self.session = session
         self.numbers = numbers  # uid -> message number in this session
+        self.sizes = sizes  # message number -> LIST size
         self.uids = {number: uid for uid, number in numbers.items()}
+        self.refused: dict[int, str] = {}  # uid -> why its message was not kept
 
     def fetch_full(self, uids: list[int]) -> dict[int, FetchedMessage]:
         fetched: dict[int, FetchedMessage] = {}
         for number, raw in self.session.retrieve([self.numbers[uid] for uid in uids]):
-            if raw is not None:
-                uid = self.uids[number]
-                fetched[uid] = FetchedMessage(
-                    uid=uid, flags=(), internal_date=None, size=len(raw), modseq=None, raw=raw
+            if raw is None:
+                continue
+            uid = self.uids[number]
+            listed = self.sizes[number]
+            if isinstance(raw, Oversized) or not _fits_listing(len(raw), listed):
+                size = raw.size if isinstance(raw, Oversized) else len(raw)
+                self.refused[uid] = (
+                    f"the server sent {size} bytes for a message it listed as {listed} bytes; not kept"
                 )
+                raw = None
+            fetched[uid] = FetchedMessage(
+                uid=uid,
+                flags=(),
+                internal_date=None,
+                size=listed if raw is None else len(raw),
+                modseq=None,
+                raw=raw,
+            )
         return fetched
 
     def uids_in(self, uids: list[int]) -> set[int]:
@@ -131,6 +154,7 @@ class _Pop3Engine(_Engine):
     def __init__(self, account: EmailAccount, store: BlobStore, progress: Progress | None) -> None:
         super().__init__(account, store, progress)
         self.uidls: dict[int, str] = {}  # uid -> unique id, for the rows
+        self.fetcher: _Pop3Fetcher | None = None
 
     # POP3 has no flags: a row taken over from an IMAP past keeps its read and flag state.
     rematch_fields = ("imap_uid", "uidvalidity", "modseq", "pop3_uidl")
@@ -161,7 +185,7 @@ class _Pop3Engine(_Engine):
         ):
             if metas:
                 self.progress(folder.name, 0, len(metas))
-                fetcher = _Pop3Fetcher(session, numbers)
+                fetcher = self.fetcher = _Pop3Fetcher(session, numbers, sizes)
                 # Rows an IMAP past left (another UIDVALIDITY) are taken by content or
                 # Message-ID rather than stored twice.
                 self.store_new(fetcher, folder, metas, self.rematch_pool(folder), total=len(metas))
@@ -177,6 +201,16 @@ class _Pop3Engine(_Engine):
             self.report.deleted_on_server = len(marked)
         else:
             session.close()  # nothing to commit; QUIT's answer would change nothing
+
+    def prepare_message(
+        self, batch: _Batch, folder: Folder, item: FetchedMessage, rematch: _RematchPool
+    ) -> None:
+        reason = self.fetcher.refused.pop(item.uid, None) if self.fetcher is not None else None
+        if reason is not None:
+            item.raw = None
+            batch.quarantine(self, folder, item, None, reason)
+            return
+        super().prepare_message(batch, folder, item, rematch)
 
     # The folder and the identities -----------------------------------------------
 
@@ -279,7 +313,8 @@ class _Pop3Engine(_Engine):
         for number, raw in session.retrieve(sorted(sizes)):
             if raw is None:
                 raise MailServerError(f"{self.account.hostname} refused RETR {number}: tried again later")
-            digests[number] = _content_digest(raw)
+            # One over max_literal is quarantined when fetched; its size stands for its content.
+            digests[number] = _content_digest(b"%d" % raw.size if isinstance(raw, Oversized) else raw)
         counts: Counter[str] = Counter()
         identities: dict[int, str] = {}
         for number in sorted(digests):
@@ -394,6 +429,12 @@ def _state(token: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return state if isinstance(state, dict) else {}
+
+
+def _fits_listing(received: int, listed: int) -> bool:
+    """A message may differ from its LIST size (line ends counted as LF),
+    never be far above it."""
+    return received <= 2 * listed + 64 * 1024
 
 
 def _sizes_agree(stored: int, listed: int) -> bool:

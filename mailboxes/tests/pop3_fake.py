@@ -18,6 +18,9 @@ class FakePop3:
         apop: bool = False,
         drop_in_retr: int | None = None,
         uidls: list[str] | None = None,
+        list_sizes: list[int] | None = None,
+        raw_answers: dict[int, bytes] | None = None,
+        refuse_retr: set[int] | None = None,
         user: str = "user",
         password: str = "secret",  # noqa: S107 - a test server's
     ) -> None:
@@ -29,6 +32,10 @@ class FakePop3:
         # The UIDL of each message, in order (sequential ones, as some servers give);
         # by default one made from the message's content.
         self.uidls = uidls
+        self.list_sizes = list_sizes  # what LIST says (a server lying about sizes)
+        # RETR n answered "+OK" and these bytes as they are (no dot-stuffing, no terminator added)
+        self.raw_answers = raw_answers or {}
+        self.refuse_retr = refuse_retr or set()  # RETR n answered -ERR
         self.user, self.password = user, password
         self.commands: list[str] = []
         fake = self
@@ -92,12 +99,17 @@ class FakePop3:
             elif not logged_in:
                 send(b"-ERR log in first\r\n")
             elif command == "LIST":
-                listing = "".join(f"{i} {len(m)}\r\n" for i, m in enumerate(self.messages, 1))
+                sizes = self.list_sizes or [len(m) for m in self.messages]
+                listing = "".join(f"{i} {size}\r\n" for i, size in enumerate(sizes, 1))
                 send(b"+OK\r\n" + multiline(listing.encode()))
             elif command == "UIDL" and self.uidl:
                 ids = self.uidls or [f"fake-{abs(hash(m)) % 10**12}" for m in self.messages]
                 listing = "".join(f"{i} {uidl}\r\n" for i, uidl in enumerate(ids, 1))
                 send(b"+OK\r\n" + multiline(listing.encode()))
+            elif command == "RETR" and number in self.refuse_retr:
+                send(b"-ERR [SYS/TEMP] cannot read it now\r\n")
+            elif command == "RETR" and number in self.raw_answers:
+                send(b"+OK\r\n" + self.raw_answers[number])
             elif command in ("RETR", "TOP") and 1 <= number <= len(self.messages):
                 message = self.messages[number - 1]
                 if command == "TOP":
