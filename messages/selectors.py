@@ -308,6 +308,8 @@ def access_message(
         _visible_messages_for_lookup(tenant=tenant, membership=membership)
         .select_related("folder")
         .defer(*SEARCH_ONLY_FIELDS)
+        # The account's protocol, for the representation's `server_sync` (no query more).
+        .annotate(account_protocol=F("account__protocol"))
     )
     if lock:
         messages = messages.select_for_update(of=("self",))

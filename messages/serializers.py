@@ -210,10 +210,12 @@ class MessageDetailSerializer(MessageListSerializer):
 
     @extend_schema_field(ServerSyncSerializer)
     def get_server_sync(self, message: Message | _DetailSource) -> dict[str, str]:
-        # A POP3 account's messages carry their server's unique id (`pop3_uidl`):
-        # known without loading the account.
-        pop3 = bool(getattr(message, "pop3_uidl", ""))
-        return server_sync(AccountProtocol.POP3 if pop3 else AccountProtocol.IMAP)
+        # The account's protocol (`access_message` annotates it; a message's
+        # `pop3_uidl` says where it came from, not what its account is now).
+        protocol = getattr(message, "account_protocol", None)
+        if protocol is None:
+            protocol = cast(Message, message).account.protocol
+        return server_sync(AccountProtocol(protocol))
 
     def get_raw_url(self, message: Message | _DetailSource) -> str:
         return self.context["request"].build_absolute_uri(reverse("message-source", args=[message.id]))

@@ -532,3 +532,72 @@ def test_a_refused_uidl_after_it_worked_fails_the_sync_and_changes_nothing(mail_
     assert len(stored(account)) == 2
     with tenant_scope(account.tenant_id):
         assert Pop3Uidl.objects.filter(folder__account=account).count() == 2
+
+
+# --- Hostile replies (the fake server) ----------------------------------------
+
+
+@pytest.mark.django_db
+def test_a_message_far_over_its_list_size_is_quarantined_not_kept(mail_settings, tenant_a, user_a):
+    mail_settings.MAIL_MAX_MESSAGE_BYTES = 50_000  # max_literal: 50,000 bytes + 1 MiB
+    huge = mail(2) + b"x" * 1_200_000 + b"\r\n"  # over max_literal: read to its end, dropped
+    liar = mail(3) + b"y" * 200_000 + b"\r\n"  # under it, but far over what LIST says
+    messages = [mail(1), huge, liar, mail(4)]
+    sizes = [len(mail(1)), 300, 300, len(mail(4))]
+    with FakePop3(messages, list_sizes=sizes) as server:
+        account = fake_account(tenant_a, user_a, server, pop3_leave_on_server=False)
+        report = sync(account)
+        assert (report.new, report.quarantined, report.deleted_on_server) == (2, 2, 2)
+        assert len(server.messages) == 2  # only the server holds those two
+    assert [m.subject for m in stored(account)] == ["hello 1", "hello 4"]
+    with tenant_scope(account.tenant_id):
+        reasons = sorted(
+            QuarantinedMessage.objects.filter(account=account).values_list("reason", "raw_blob_key")
+        )
+    assert all("listed as 300 bytes" in reason and key == "" for reason, key in reasons)
+
+
+@pytest.mark.django_db
+def test_an_err_in_the_middle_of_a_pipeline(mail_settings, tenant_a, user_a):
+    with FakePop3([mail(1), mail(2), mail(3)], refuse_retr={2}) as server:
+        account = fake_account(tenant_a, user_a, server, pop3_leave_on_server=False)
+        report = sync(account)
+        assert (report.new, report.quarantined, report.deleted_on_server) == (2, 1, 2)
+        assert server.messages == [mail(2)]  # the one not stored stays on the server
+    assert [m.subject for m in stored(account)] == ["hello 1", "hello 3"]
+
+
+@pytest.mark.django_db
+def test_a_lone_dot_inside_a_message_is_its_end(mail_settings, tenant_a, user_a):
+    # Not dot-stuffed: the message ends at the lone ".", the rest is not an answer.
+    unstuffed = b"Subject: cut\r\nMessage-ID: <cut@x>\r\n\r\nbefore\r\n.\r\nafter\r\n.\r\n"
+    with FakePop3([mail(1), mail(2)], raw_answers={1: unstuffed}) as server:
+        account = fake_account(tenant_a, user_a, server, pop3_leave_on_server=False)
+        with pytest.raises(ProtocolViolation):
+            sync(account)
+        assert "DELE" not in server.commands and len(server.messages) == 2
+
+
+@pytest.mark.django_db
+def test_a_message_without_its_terminator(mail_settings, tenant_a, user_a):
+    mail_settings.MAIL_READ_TIMEOUT = 1
+    with FakePop3([mail(1), mail(2)], raw_answers={2: mail(2)}) as server:  # no ".": the server waits
+        account = fake_account(tenant_a, user_a, server, pop3_leave_on_server=False)
+        started = time.monotonic()
+        with pytest.raises(MailServerError):
+            sync(account)
+        assert time.monotonic() - started < 10
+        assert "DELE" not in server.commands and len(server.messages) == 2
+
+
+@pytest.mark.django_db
+def test_server_sync_follows_the_account_protocol(mail_settings, tenant_a, user_a, client_a):
+    with FakePop3([mail(1)]) as server:
+        account = fake_account(tenant_a, user_a, server)
+        assert sync(account).new == 1
+    (message,) = stored(account)
+    detail = client_a.get(f"/api/messages/{message.id}/").json()
+    assert detail["server_sync"] == {"flags": "local", "moves": "local"}
+    update(account, protocol="imap")  # its messages keep their pop3_uidl, the account writes back now
+    detail = client_a.get(f"/api/messages/{message.id}/").json()
+    assert detail["server_sync"] == {"flags": "server", "moves": "server"}
