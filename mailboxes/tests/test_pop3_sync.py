@@ -601,3 +601,27 @@ def test_server_sync_follows_the_account_protocol(mail_settings, tenant_a, user_
     update(account, protocol="imap")  # its messages keep their pop3_uidl, the account writes back now
     detail = client_a.get(f"/api/messages/{message.id}/").json()
     assert detail["server_sync"] == {"flags": "server", "moves": "server"}
+
+
+def test_first_sync_with_real_commits_deletes_only_what_is_stored(
+    committed_db, pop3_account, mailbox, settings
+):
+    """With real commits, so the sync runs its blob writer and pipeline threads
+    as in production; leave-on-server off, several batches."""
+    settings.SYNC_BATCH_MESSAGES = 3
+    update(pop3_account, pop3_leave_on_server=False)
+    for n in range(8):
+        mailbox.append("INBOX", mail(n))
+
+    report = sync(pop3_account)
+
+    assert (report.new, report.quarantined, report.deleted_on_server) == (8, 0, 8)
+    rows = stored(pop3_account)
+    assert [m.subject for m in rows] == [f"hello {n}" for n in range(8)]
+    assert all(m.raw_blob_key and m.thread_id for m in rows)
+    assert server_count(mailbox) == 0
+    with tenant_scope(pop3_account.tenant_id):
+        folder = Folder.objects.get(account=pop3_account)
+        assert (folder.uidnext, folder.total_count) == (9, 8)
+    mailbox.append("INBOX", mail(8))
+    assert (sync(pop3_account).new, server_count(mailbox)) == (1, 0)
