@@ -153,10 +153,10 @@ class EmailAccountAdmin(OperatorModelAdmin):
         verb = "Enabled" if enabled else "Disabled"
         self.message_user(request, f"{verb} {changed} account(s).", messages.SUCCESS)
 
-    @admin.action(description="Disable the selected accounts (no sync, no sending)")
+    @admin.action(description="Disable the selected accounts (no sync, no sending)", permissions=["change"])
     def disable_accounts(self, request, queryset):
         self._set_enabled(request, queryset, enabled=False)
 
-    @admin.action(description="Enable the selected accounts")
+    @admin.action(description="Enable the selected accounts", permissions=["change"])
     def enable_accounts(self, request, queryset):
         self._set_enabled(request, queryset, enabled=True)

@@ -30,6 +30,14 @@ def _locked_draft(draft_id) -> Draft:
     return draft
 
 
+def may_send(request) -> bool:
+    """Cancelling and resending change a draft: the operator needs the
+    draft's change permission, which these read-only admins otherwise never
+    use (Django offers an action without `permissions=` to anyone who can
+    see the list)."""
+    return request.user.has_perm("compose.change_draft")
+
+
 def resend_uncertain(model_admin: admin.ModelAdmin, request, pairs) -> None:
     """Queue again each `uncertain` draft of `pairs` (draft id, tenant id)
     through `draft_send`; any other status is refused and left as it is."""
@@ -89,7 +97,13 @@ class DraftAdmin(ReadOnlyOperatorAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).defer("text_body", "html_body")
 
-    @admin.action(description="Cancel the selected scheduled or queued sends")
+    def has_cancel_permission(self, request) -> bool:
+        return may_send(request)
+
+    def has_resend_permission(self, request) -> bool:
+        return may_send(request)
+
+    @admin.action(description="Cancel the selected scheduled or queued sends", permissions=["cancel"])
     def cancel_sends(self, request, queryset):
         cancelled, refused = 0, 0
         for draft_id, tenant_id in queryset.values_list("id", "tenant_id").order_by("id"):
@@ -109,7 +123,7 @@ class DraftAdmin(ReadOnlyOperatorAdmin):
                 messages.WARNING,
             )
 
-    @admin.action(description="Resend the selected uncertain sends")
+    @admin.action(description="Resend the selected uncertain sends", permissions=["resend"])
     def resend(self, request, queryset):
         resend_uncertain(self, request, queryset.values_list("id", "tenant_id"))
 
@@ -143,6 +157,9 @@ class SendQueueItemAdmin(ReadOnlyOperatorAdmin):
     def draft_status(self, item: SendQueueItem) -> str:
         return item.draft.status
 
-    @admin.action(description="Resend the selected uncertain sends")
+    def has_resend_permission(self, request) -> bool:
+        return may_send(request)
+
+    @admin.action(description="Resend the selected uncertain sends", permissions=["resend"])
     def resend(self, request, queryset):
         resend_uncertain(self, request, queryset.values_list("draft_id", "tenant_id"))

@@ -122,7 +122,7 @@ class AccountAdmin(EmailAccountAdmin):
     def message_count(self, account: EmailAccount) -> int:
         return account.message_count  # type: ignore[attr-defined]
 
-    @admin.action(description="Sync the selected accounts now")
+    @admin.action(description="Sync the selected accounts now", permissions=["change"])
     def sync_now(self, request, queryset):
         """Each enabled account's sync queued (or joined) by `sync_request`,
         as `POST /api/sync/{id}` does; the task gets ids, never credentials."""

@@ -177,3 +177,32 @@ def test_the_list_reads_a_page_in_queries_that_do_not_grow_with_its_rows(operato
         sync_status.sync_status_set(account.id, state=sync_status.QUEUED)
 
     assert queries() == few
+
+
+@pytest.fixture
+def viewer_client(committed_db):
+    """A staff member who may only look at the accounts."""
+    from django.contrib.auth.models import Permission
+
+    viewer = UserFactory(username="viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_emailaccount"))
+    client = Client()
+    client.force_login(viewer)
+    return client
+
+
+def test_a_viewer_is_offered_no_action_and_a_forged_one_changes_nothing(viewer_client, accounts):
+    ann, _ = accounts
+
+    page = viewer_client.get(LIST)
+
+    assert page.status_code == 200 and "ann@a.example" in page.content.decode()
+    for action in ("sync_now", "disable_accounts", "enable_accounts"):
+        assert f'value="{action}"' not in page.content.decode()
+    for action in ("sync_now", "disable_accounts"):
+        viewer_client.post(LIST, {"action": action, "_selected_action": [str(ann.id)]})
+    with tenant_scope(ann.tenant_id):
+        assert EmailAccount.objects.get(id=ann.id).is_enabled is True
+        assert not AuditLog.objects.filter(object_id=ann.id, action="account.update").exists()
+    assert broker_messages() == []
+    assert sync_status.sync_status_get(ann.id)["state"] == "idle"

@@ -185,3 +185,44 @@ def test_resend_from_the_drafts_list(resending_client, tenant_a):
 
     with tenant_scope(tenant_a.id):
         assert Draft.objects.get(id=unsure.id).status == "queued"
+
+
+@pytest.fixture
+def viewer_client(committed_db, blobs):
+    """A staff member who may only look at drafts and the outbox."""
+    from django.contrib.auth.models import Permission
+
+    viewer = UserFactory(username="viewer", is_staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(codename__in=["view_draft", "view_sendqueueitem"]))
+    client = Client()
+    client.force_login(viewer)
+    return client
+
+
+def test_a_viewer_is_offered_no_action_and_a_forged_one_changes_nothing(viewer_client, tenant_a):
+    unsure, waiting = DraftFactory(account__tenant=tenant_a), DraftFactory(account__tenant=tenant_a)
+    item = uncertain(unsure)
+    queued(waiting)
+
+    for url, actions in (
+        ("/admin/compose/draft/", ("cancel_sends", "resend")),
+        ("/admin/compose/sendqueueitem/", ("resend",)),
+    ):
+        page = viewer_client.get(url)
+        assert page.status_code == 200
+        for action in actions:
+            assert f'value="{action}"' not in page.content.decode()
+
+    viewer_client.post("/admin/compose/draft/", {"action": "resend", "_selected_action": [str(unsure.id)]})
+    viewer_client.post(
+        "/admin/compose/sendqueueitem/", {"action": "resend", "_selected_action": [str(item.id)]}
+    )
+    viewer_client.post(
+        "/admin/compose/draft/", {"action": "cancel_sends", "_selected_action": [str(waiting.id)]}
+    )
+
+    with tenant_scope(tenant_a.id):
+        assert Draft.objects.get(id=unsure.id).status == "uncertain"
+        assert Draft.objects.get(id=waiting.id).status == "queued"
+        assert not AuditLog.objects.filter(action__startswith="compose.send").exists()
+    assert broker_messages() == []
