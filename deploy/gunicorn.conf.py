@@ -65,11 +65,28 @@ access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
 
 
 # Prometheus multiprocess mode (emailclient.core.metrics): each worker writes its
-# counts to PROMETHEUS_MULTIPROC_DIR; a dead worker's live-gauge files are
-# marked so a scrape stops adding them. The directory must be empty when
-# gunicorn starts (a tmpfs, or emptied by the entrypoint).
+# counts to PROMETHEUS_MULTIPROC_DIR; a dead worker's counter and histogram
+# files are added into aggregate files and deleted (emailclient.core.metrics_files:
+# recycled workers otherwise leave two files each, slowing every scrape and
+# filling the tmpfs). The directory must be empty when gunicorn starts (a tmpfs,
+# or emptied by the entrypoint).
 def child_exit(server, worker):
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # set by compose (web), not by .env
-        from prometheus_client import multiprocess
+        _metrics_files().process_files_merge(worker.pid)
 
-        multiprocess.mark_process_dead(worker.pid)
+
+def _metrics_files():
+    # Loaded by its path: importing the `emailclient` package would load Celery
+    # and the metrics in the arbiter (and give it files of its own).
+    import importlib.util
+    import sys
+
+    module = sys.modules.get("_emailclient_metrics_files")
+    if module is None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = os.path.join(here, os.pardir, "emailclient", "core", "metrics_files.py")
+        spec = importlib.util.spec_from_file_location("_emailclient_metrics_files", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["_emailclient_metrics_files"] = module
+    return module

@@ -10,7 +10,10 @@ Two kinds:
   PROMETHEUS_MULTIPROC_DIR set (it must be, in production, before the
   process starts), each writes its values to files there, and a scrape
   adds them up (prometheus-client's multiprocess mode). Gunicorn's
-  `child_exit` hook (deploy/gunicorn.conf.py) marks a dead worker's files.
+  `child_exit` hook (deploy/gunicorn.conf.py) and a Celery pool child's
+  end add a dead process's counts into aggregate files and delete its own
+  (`metrics_files`), so the directory does not grow with recycled workers.
+  Nothing is counted while METRICS_ENABLED is off.
 - Read at scrape time from the database and the broker, cached for
   METRICS_CACHE_SECONDS so a scrape every few seconds costs one set of
   queries: sends by outcome and the outbox's depth (email_drafts), blob
@@ -41,7 +44,13 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import REGISTRY, Collector
 
+from .metrics_files import multiproc_dir_ensure, process_files_merge
+
 logger = logging.getLogger(__name__)
+
+# Before the first metric: one over a missing directory raises FileNotFoundError
+# (in every process, at import); created here, or a clear RuntimeError.
+multiproc_dir_ensure()
 
 PREFIX = "emailclient"
 SYNC_TASK = "mailboxes.tasks.sync_account"
@@ -78,6 +87,8 @@ SYNC_FAILURES = Counter(
 
 
 def request_observed(*, method: str, route: str, status: int, seconds: float) -> None:
+    if not settings.METRICS_ENABLED:
+        return  # nothing written (in multiprocess mode, no files for nothing)
     method = method if method in _METHODS else "other"
     HTTP_REQUESTS.labels(route=route, method=method, status=str(status)).inc()
     HTTP_LATENCY.labels(route=route, method=method).observe(seconds)
@@ -120,6 +131,14 @@ def _sync_ended(
     match = _NEW_MESSAGES.search(str(retval.get("summary", "")))
     if match:
         SYNC_MESSAGES.inc(int(match.group(1)))
+
+
+@signals.worker_process_shutdown.connect(weak=False)
+def _pool_child_files_merge(**kwargs: Any) -> None:
+    """A Celery pool child ending (max_tasks_per_child, autoscale) adds its
+    counts to the aggregate files and deletes its own (metrics_files)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        process_files_merge(os.getpid())
 
 
 # --- Read at scrape time ----------------------------------------------------------------

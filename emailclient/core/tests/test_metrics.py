@@ -253,3 +253,113 @@ def test_a_sync_against_dovecot_counts_its_run_duration_and_messages(imap_accoun
     assert value("emailclient_sync_runs_total", {"result": "ok"}) == runs + 1
     assert value("emailclient_sync_duration_seconds_count") == durations + 1
     assert value("emailclient_sync_messages_total") == stored + 5
+
+
+# --- Multiprocess files -------------------------------------------------------------
+
+_CHILD = """
+import os, sys
+from prometheus_client import Counter, Histogram
+c = Counter("t_requests", "r", ["route"])
+h = Histogram("t_latency", "l", buckets=(0.1, 1.0))
+for _ in range(int(sys.argv[1])):
+    c.labels(route="a").inc()
+    h.observe(0.5)
+print(os.getpid())
+"""
+
+
+def _child(directory, count: int) -> int:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(count)],
+        env={**__import__("os").environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.strip())
+
+
+def _multiprocess_samples(directory) -> dict:
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(directory))
+    found = {}
+    for family in registry.collect():
+        for s in family.samples:
+            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return found
+
+
+def test_a_dead_process_files_are_merged_and_deleted(tmp_path):
+    from emailclient.core.metrics_files import orphans_merge, process_files_merge
+
+    pids = [_child(tmp_path, n) for n in (3, 4, 5)]
+    before = _multiprocess_samples(tmp_path)
+    assert before[("t_requests_total", (("route", "a"),))] == 12
+    assert len(list(tmp_path.glob("*_[0-9]*.db"))) == 6
+
+    assert process_files_merge(pids[0], str(tmp_path)) == 2
+    assert process_files_merge(pids[0], str(tmp_path)) == 0  # twice: nothing more
+    assert orphans_merge(str(tmp_path)) == 4
+    names = sorted(p.name for p in tmp_path.glob("*.db"))
+    assert names == ["counter_aggregate.db", "histogram_aggregate.db"]
+    assert _multiprocess_samples(tmp_path) == before
+    after = _multiprocess_samples(tmp_path)
+    assert after[("t_latency_bucket", (("le", "1.0"),))] == 12
+    assert after[("t_latency_count", ())] == 12
+
+    # More processes come and go: still two files, sums right.
+    for n in (1, 2):
+        process_files_merge(_child(tmp_path, n), str(tmp_path))
+    assert len(list(tmp_path.glob("*.db"))) == 2
+    assert _multiprocess_samples(tmp_path)[("t_requests_total", (("route", "a"),))] == 15
+
+
+def test_gunicorn_child_exit_merges_the_worker_files(tmp_path, monkeypatch):
+    import importlib.util
+    import types
+    from pathlib import Path
+
+    conf = Path(settings.BASE_DIR) / "deploy" / "gunicorn.conf.py"
+    spec = importlib.util.spec_from_file_location("gunicorn_conf_under_test", conf)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    pid = _child(tmp_path, 2)
+    module.child_exit(None, types.SimpleNamespace(pid=pid))
+    assert sorted(p.name for p in tmp_path.glob("*.db")) == ["counter_aggregate.db", "histogram_aggregate.db"]
+
+
+_ENSURE = "from emailclient.core.metrics_files import multiproc_dir_ensure as e; e()\n"
+
+
+def test_a_missing_multiprocess_directory_is_created(tmp_path):
+    import subprocess
+    import sys
+
+    directory = tmp_path / "not" / "there"
+    subprocess.run(
+        [sys.executable, "-c", _ENSURE + _CHILD, "1"],
+        env={**__import__("os").environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+        check=True,
+        capture_output=True,
+        cwd=settings.BASE_DIR,
+    )
+    assert directory.is_dir()
+    assert len(list(directory.glob("counter_*.db"))) == 1
+
+
+def test_nothing_is_observed_while_metrics_are_off(settings):
+    settings.METRICS_ENABLED = False
+    labels = {"route": "off-route", "method": "GET", "status": "200"}
+    before = REGISTRY.get_sample_value("emailclient_http_requests_total", labels)
+    metrics.request_observed(method="GET", route="off-route", status=200, seconds=0.1)
+    assert REGISTRY.get_sample_value("emailclient_http_requests_total", labels) == before
+    settings.METRICS_ENABLED = True
+    metrics.request_observed(method="GET", route="off-route", status=200, seconds=0.1)
+    assert REGISTRY.get_sample_value("emailclient_http_requests_total", labels) == (before or 0) + 1
