@@ -56,6 +56,7 @@ from functools import partial
 from typing import Any, cast
 
 from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from accounts.models import EmailAccount
@@ -155,6 +156,7 @@ class _Pop3Engine(_Engine):
         super().__init__(account, store, progress)
         self.uidls: dict[int, str] = {}  # uid -> unique id, for the rows
         self.fetcher: _Pop3Fetcher | None = None
+        self.new_epoch = False  # this sync dropped the unique-id mapping (`inbox`, `map_uids`)
 
     # POP3 has no flags: a row taken over from an IMAP past keeps its read and flag state.
     rematch_fields = ("imap_uid", "uidvalidity", "modseq", "pop3_uidl")
@@ -212,6 +214,25 @@ class _Pop3Engine(_Engine):
             return
         super().prepare_message(batch, folder, item, rematch)
 
+    def rematch_pool(self, folder: Folder) -> _RematchPool:
+        """Rows of an IMAP past (`_Engine.rematch_pool`); in a new epoch also
+        the POP3 rows no unique id names any more (the same mailbox under a
+        new host name, a server that gained UIDL): a message listed again is
+        given its new UID in its old row, not stored twice."""
+        pool = super().rematch_pool(folder)
+        if not self.new_epoch:
+            return pool
+        with self.scope():
+            mapped = Pop3Uidl.objects.filter(folder=folder, uid=OuterRef("imap_uid"))
+            rows = (
+                Message.objects.filter(folder=folder, uidvalidity=POP3_UIDVALIDITY)
+                .exclude(Exists(mapped))
+                .values_list("id", "content_hash", "message_id")
+            )
+            for row_id, content_hash, message_id in rows.iterator(chunk_size=5000):
+                pool.add(row_id, content_hash, message_id)
+        return pool
+
     # The folder and the identities -----------------------------------------------
 
     def endpoint(self) -> str:
@@ -249,6 +270,7 @@ class _Pop3Engine(_Engine):
             other_protocol = folder.uidvalidity != POP3_UIDVALIDITY
             other_mailbox = bool(state.get("endpoint")) and state["endpoint"] != endpoint
             if other_protocol or other_mailbox:
+                self.new_epoch = True
                 logger.info(
                     "account %s: a new POP3 epoch (%s)",
                     self.account.id,
@@ -334,6 +356,7 @@ class _Pop3Engine(_Engine):
             locked = Folder.objects.select_for_update().get(id=folder.id)
             state = _state(locked.sync_token)
             if state.get("mode") not in (None, mode):
+                self.new_epoch = True
                 Pop3Uidl.objects.filter(folder=folder).delete()
                 state["missing"] = []
             known: dict[str, int] = dict(Pop3Uidl.objects.filter(folder=folder).values_list("uidl", "uid"))

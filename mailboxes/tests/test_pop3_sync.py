@@ -625,3 +625,18 @@ def test_first_sync_with_real_commits_deletes_only_what_is_stored(
         assert (folder.uidnext, folder.total_count) == (9, 8)
     mailbox.append("INBOX", mail(8))
     assert (sync(pop3_account).new, server_count(mailbox)) == (1, 0)
+
+
+@pytest.mark.django_db
+def test_the_same_mailbox_under_a_new_name_is_not_stored_twice(mail_settings, tenant_a, user_a):
+    with FakePop3([mail(1), mail(2)], uidls=["1", "2"]) as server:
+        account = fake_account(tenant_a, user_a, server)
+        assert sync(account).new == 2
+        before = {m.id for m in stored(account)}
+        # Another endpoint (here: the user name's case) naming the same mailbox.
+        update(account, username="User")
+        server.user = "User"
+        sync(account)
+    rows = stored(account)
+    assert {m.id for m in rows} == before
+    assert len({m.imap_uid for m in rows}) == 2 and min(m.imap_uid for m in rows) >= 3
