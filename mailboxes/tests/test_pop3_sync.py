@@ -640,3 +640,21 @@ def test_the_same_mailbox_under_a_new_name_is_not_stored_twice(mail_settings, te
     rows = stored(account)
     assert {m.id for m in rows} == before
     assert len({m.imap_uid for m in rows}) == 2 and min(m.imap_uid for m in rows) >= 3
+
+
+@pytest.mark.django_db
+def test_rows_stored_under_the_former_pop3_uidvalidity_are_moved_not_fetched_again(
+    mail_settings, tenant_a, user_a
+):
+    with FakePop3([mail(1), mail(2)]) as server:
+        account = fake_account(tenant_a, user_a, server)
+        assert sync(account).new == 2
+        before = {m.id for m in stored(account)}
+        with tenant_scope(account.tenant_id):  # as the first POP3 engine left them
+            Folder.objects.filter(account=account).update(uidvalidity=1, sync_token="3")
+            Message.objects.filter(account=account).update(uidvalidity=1)
+        report = sync(account)
+    assert (report.new, report.expunged) == (0, 0)
+    rows = stored(account)
+    assert {m.id for m in rows} == before
+    assert {m.uidvalidity for m in rows} == {0}
