@@ -18,14 +18,15 @@ from .services import draft_cancel, draft_send
 
 def _locked_draft(draft_id) -> Draft:
     """The draft again on the runtime alias, locked, as the API takes it
-    (in the caller's tenant scope)."""
+    (in the caller's tenant scope); one the user deleted is gone, as the
+    API says (its removal may still be on its way)."""
     draft = (
         Draft.objects.select_related("tenant", "account")
         .select_for_update(of=("self",))
-        .filter(id=draft_id)
+        .filter(id=draft_id, is_deleted=False)
         .first()
     )
-    if draft is None:  # deleted since the list was read
+    if draft is None:  # deleted, or removed since the list was read
         raise NotFound("Draft not found.")
     return draft
 

@@ -226,3 +226,46 @@ def test_a_viewer_is_offered_no_action_and_a_forged_one_changes_nothing(viewer_c
         assert Draft.objects.get(id=waiting.id).status == "queued"
         assert not AuditLog.objects.filter(action__startswith="compose.send").exists()
     assert broker_messages() == []
+
+
+def test_resend_refuses_what_is_not_uncertain_or_deleted(resending_client, tenant_a):
+    """A draft never sent, a failed one and an uncertain one its user
+    deleted: draft_send would take the first two (a resend of a failed
+    item is the user's to make) and the third; the action refuses them."""
+    plain, failed, deleted = (DraftFactory(account__tenant=tenant_a) for _ in range(3))
+    items = [queued(plain), queued(failed), uncertain(deleted)]
+    with tenant_scope(tenant_a.id):
+        Draft.objects.filter(id=plain.id).update(status="draft")
+        Draft.objects.filter(id=failed.id).update(status="failed")
+        Draft.objects.filter(id=deleted.id).update(is_deleted=True)
+
+    response = resending_client.post(
+        "/admin/compose/sendqueueitem/",
+        {"action": "resend", "_selected_action": [str(item.id) for item in items]},
+        follow=True,
+    )
+
+    [said] = [str(m) for m in response.context["messages"]]
+    assert said.startswith("3 not resent")
+    with tenant_scope(tenant_a.id):
+        statuses = dict(Draft.objects.values_list("id", "status"))
+        assert not AuditLog.objects.filter(action="compose.send.queued").exists()
+    assert statuses == {plain.id: "draft", failed.id: "failed", deleted.id: "uncertain"}
+    assert broker_messages() == []
+
+
+def test_cancel_refuses_a_deleted_draft(operator_client, tenant_a):
+    gone = DraftFactory(account__tenant=tenant_a)
+    queued(gone)
+    with tenant_scope(tenant_a.id):
+        Draft.objects.filter(id=gone.id).update(is_deleted=True)
+
+    response = operator_client.post(
+        "/admin/compose/draft/", {"action": "cancel_sends", "_selected_action": [str(gone.id)]}, follow=True
+    )
+
+    assert [str(m) for m in response.context["messages"]] == [
+        "1 could not be cancelled (not scheduled or queued, or gone)."
+    ]
+    with tenant_scope(tenant_a.id):
+        assert Draft.objects.get(id=gone.id).status == "queued"
