@@ -112,16 +112,28 @@ class EmailAccountAdmin(OperatorModelAdmin):
 
     def save_model(self, request, obj, form, change):
         data = _service_data(form.cleaned_data)
+        ip_address = client_address(request)
         if change:
-            account_update(account=self._as_runtime(obj), actor=request.user, data=data, verify=False)
+            account_update(
+                account=self._as_runtime(obj),
+                actor=request.user,
+                data=data,
+                ip_address=ip_address,
+                verify=False,
+            )
         else:
             account = account_create(
-                tenant=obj.tenant, user=obj.user, data=data, actor=request.user, verify=False
+                tenant=obj.tenant,
+                user=obj.user,
+                data=data,
+                actor=request.user,
+                ip_address=ip_address,
+                verify=False,
             )
             obj.pk = account.pk
 
     def delete_model(self, request, obj):
-        account_delete(account=self._as_runtime(obj), actor=request.user)
+        account_delete(account=self._as_runtime(obj), actor=request.user, ip_address=client_address(request))
 
     def delete_queryset(self, request, queryset):
         for account in queryset.select_related("tenant"):

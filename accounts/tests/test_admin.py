@@ -78,3 +78,29 @@ def test_admin_edit_refuses_a_control_character_and_keeps_the_password(operator_
         assert "\n" not in account_credentials(account=account).password
     # The same form with a clean password is saved.
     assert operator_client.post(url, {**form, "password": "new password"}).status_code == 302
+
+
+def test_admin_create_edit_and_delete_are_audited_with_the_client_address(operator_client, tenant_b):
+    from emailclient.core.models import AuditLog
+
+    owner = UserFactory(username="owner-audited")
+    assert (
+        operator_client.post(
+            "/admin/accounts/emailaccount/add/", _form(tenant=tenant_b.id, user=owner.id)
+        ).status_code
+        == 302
+    )
+    with tenant_scope(tenant_b.id):
+        account = EmailAccount.objects.get(email_address="made@b.example")
+    url = f"/admin/accounts/emailaccount/{account.id}/"
+    form = _form(account_name="Renamed", password="")
+    assert operator_client.post(url + "change/", form).status_code == 302
+    assert operator_client.post(url + "delete/", {"post": "yes"}).status_code == 302
+
+    with tenant_scope(tenant_b.id):
+        entries = dict(AuditLog.objects.filter(object_id=account.id).values_list("action", "ip_address"))
+    assert entries == {
+        "account.create": "127.0.0.1",
+        "account.update": "127.0.0.1",
+        "account.delete": "127.0.0.1",
+    }
