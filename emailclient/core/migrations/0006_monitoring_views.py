@@ -7,7 +7,8 @@ emailclient.core.admin_monitoring) and not by the runtime role. And
 
 The views read pg_stat_activity as the role that queries them: a role sees
 the state, times and query text of other roles' sessions only if it is a
-member of `pg_read_all_stats` (granted by a superuser: `setupdb`, or by hand);
+member of `pg_read_all_stats` (granted by a superuser, by hand: `GRANT
+pg_read_all_stats TO <admin role>`; `setupdb` does not grant it);
 without it the admin role sees every session counted, but the times and text
 of its own sessions only.
 

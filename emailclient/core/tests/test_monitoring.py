@@ -104,8 +104,47 @@ def test_pg_stat_statements_was_tried_and_never_failed_the_migration():
 @pytest.fixture
 def staff_client():
     client = Client()
-    client.force_login(UserFactory(username="operator", is_staff=True))
+    client.force_login(UserFactory(username="operator", is_staff=True, is_superuser=True))
     return client
+
+
+def _conninfo(alias):
+    import psycopg
+
+    settings_dict = connections[alias].settings_dict
+    return psycopg.conninfo.make_conninfo(
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"],
+        dbname=settings_dict["NAME"],
+        user=settings_dict["USER"],
+        password=settings_dict["PASSWORD"] or None,
+    )
+
+
+def test_a_staff_user_who_is_not_superuser_is_refused():
+    client = Client()
+    client.force_login(UserFactory(username="staff-only", is_staff=True))
+    assert client.get("/admin/monitoring/").status_code == 403
+
+
+def test_rows_of_another_role_are_masked():
+    """The masking itself (the server hides another role's text too unless
+    the admin role is in pg_read_all_stats, as an operator may grant)."""
+    from emailclient.core.admin_monitoring import _masked_rows
+
+    columns = ["pid", "username", "query"]
+    rows = [(1, "runtime", "UPDATE t SET token = 'eyJ.secret'"), (2, "admin", "SELECT 'mine'")]
+    assert _masked_rows(columns, rows, "admin") == [(1, "runtime", "UPDATE"), (2, "admin", "SELECT 'mine'")]
+    assert _masked_rows(["query"], [("SELECT 'x'",)], "admin") == [("SELECT",)]
+
+
+def test_query_masked():
+    from emailclient.core.admin_monitoring import HIDDEN, query_masked
+
+    assert query_masked("  /* c */ update email_drafts SET subject = 'x'") == "UPDATE"
+    assert query_masked("-- note\nSELECT 1") == "SELECT"
+    assert query_masked("") == HIDDEN
+    assert query_masked(None) == HIDDEN
 
 
 def test_the_admin_page_shows_each_object(staff_client):
