@@ -1,3 +1,4 @@
+import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -5,13 +6,27 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
-from django.db import connections
+from django.core.cache import cache
+from django.db import OperationalError, connections, transaction
 from django.template.defaultfilters import filesizeformat
+from django.utils.html import format_html
 
 from .admin_base import OPERATOR_DB, OperatorModelAdmin, ReadOnlyOperatorAdmin
+from .exceptions import is_statement_timeout
 from .limits import TENANT_LIMIT_SETTINGS
 from .models import AuditLog, Tenant, TenantMembership
 from .services import tenant_member_add, tenant_member_remove
+
+logger = logging.getLogger(__name__)
+
+# The usage query's statement_timeout: a page of tenants holding millions of
+# messages each may take longer, and the page is shown without their counts
+# rather than not at all.
+USAGE_TIMEOUT_MS = 3_000
+# How long a tenant's counted usage is reused: the list is for a glance, and
+# counting a big tenant's messages is an index scan of all its rows.
+USAGE_CACHE_SECONDS = 60
+NOT_COUNTED = "Not counted: it took longer than {:g} s. Try again in a minute."
 
 
 @dataclass(frozen=True)
@@ -42,14 +57,38 @@ WHERE t.id = ANY(%s::uuid[])
 """
 
 
-def tenant_usage(tenant_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, TenantUsage]:
-    """Accounts, messages and stored bytes of each tenant, in one query."""
-    ids = [str(tenant_id) for tenant_id in tenant_ids]
-    if not ids:
+def _usage_key(tenant_id: uuid.UUID) -> str:
+    return f"admin:tenant-usage:{tenant_id}"
+
+
+def _usage_count(ids: list[str]) -> dict[uuid.UUID, TenantUsage]:
+    """The tenants' usage in one query under USAGE_TIMEOUT_MS; none of
+    them if PostgreSQL cancels it (logged)."""
+    try:
+        with transaction.atomic(using=OPERATOR_DB), connections[OPERATOR_DB].cursor() as cursor:
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(USAGE_TIMEOUT_MS)])
+            cursor.execute(_USAGE_SQL, [ids])
+            rows = cursor.fetchall()
+    except OperationalError as exc:
+        if not is_statement_timeout(exc):
+            raise
+        logger.warning("tenant usage of %d tenant(s) not counted in %d ms", len(ids), USAGE_TIMEOUT_MS)
         return {}
-    with connections[OPERATOR_DB].cursor() as cursor:
-        cursor.execute(_USAGE_SQL, [ids])
-        return {row[0]: TenantUsage(int(row[1]), int(row[2]), int(row[3])) for row in cursor.fetchall()}
+    return {row[0]: TenantUsage(int(row[1]), int(row[2]), int(row[3])) for row in rows}
+
+
+def tenant_usage(tenant_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, TenantUsage]:
+    """Accounts, messages and stored bytes of each tenant: those counted in
+    the last USAGE_CACHE_SECONDS from Redis, the others in one query. A
+    tenant missing from the answer was not counted in time."""
+    keys = {_usage_key(tenant_id): tenant_id for tenant_id in tenant_ids}
+    usage = {keys[key]: found for key, found in cache.get_many(list(keys)).items()}
+    missing = [str(tenant_id) for tenant_id in keys.values() if tenant_id not in usage]
+    if not missing:
+        return usage
+    counted = _usage_count(missing)
+    cache.set_many({_usage_key(tenant_id): n for tenant_id, n in counted.items()}, USAGE_CACHE_SECONDS)
+    return usage | counted
 
 
 class _UsageChangeList(ChangeList):
@@ -58,15 +97,17 @@ class _UsageChangeList(ChangeList):
         self.result_list = list(self.result_list)
         usage = tenant_usage(tenant.id for tenant in self.result_list)
         for tenant in self.result_list:
-            tenant.usage = usage.get(tenant.id, TenantUsage())
+            tenant.usage = usage.get(tenant.id)
 
 
-def _usage_of(tenant: Tenant) -> TenantUsage:
-    usage = getattr(tenant, "usage", None)
-    if usage is None:
-        usage = tenant_usage([tenant.id]).get(tenant.id, TenantUsage())
-        tenant.usage = usage  # type: ignore[attr-defined]
-    return usage
+def _usage_of(tenant: Tenant) -> TenantUsage | None:
+    if not hasattr(tenant, "usage"):
+        tenant.usage = tenant_usage([tenant.id]).get(tenant.id)  # type: ignore[attr-defined]
+    return tenant.usage  # type: ignore[attr-defined]
+
+
+def _not_counted() -> str:
+    return format_html('<span title="{}">—</span>', NOT_COUNTED.format(USAGE_TIMEOUT_MS / 1000))
 
 
 @admin.register(Tenant)
@@ -108,16 +149,19 @@ class TenantAdmin(admin.ModelAdmin):
         return [*fieldsets, ("Usage", {"fields": ["accounts", "messages", "stored"]})]
 
     @admin.display(description="accounts")
-    def accounts(self, tenant: Tenant) -> int:
-        return _usage_of(tenant).accounts
+    def accounts(self, tenant: Tenant) -> int | str:
+        usage = _usage_of(tenant)
+        return _not_counted() if usage is None else usage.accounts
 
     @admin.display(description="messages")
-    def messages(self, tenant: Tenant) -> int:
-        return _usage_of(tenant).messages
+    def messages(self, tenant: Tenant) -> int | str:
+        usage = _usage_of(tenant)
+        return _not_counted() if usage is None else usage.messages
 
     @admin.display(description="stored")
     def stored(self, tenant: Tenant) -> str:
-        return filesizeformat(_usage_of(tenant).stored_bytes)
+        usage = _usage_of(tenant)
+        return _not_counted() if usage is None else filesizeformat(usage.stored_bytes)
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         """Each limit's help says what an empty field means now: the
