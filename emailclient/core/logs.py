@@ -64,27 +64,37 @@ class ContextFilter(logging.Filter):
 # test in core/tests/test_logs.py runs real flows and greps for them). These
 # catch what a library or a careless message might still put in a line.
 REDACTED = "[redacted]"
+# A key whose value is a secret: one of these words anywhere in its name
+# (`smtp_password`, `refresh_token`, `HTTP_COOKIE`), or any `*_key` /
+# `*-keys` (`secret_key`, `CREDENTIAL_ENCRYPTION_KEYS`).
 _SENSITIVE_NAMES = (
-    r"(?:password|passwd|pwd|passphrase|secret|token|refresh"
-    r"|api[_-]?key|sessionid|csrftoken|cookie|signature)"
+    r"(?:[\w-]*(?:password|passwd|pwd|passphrase|secret|token|refresh"
+    r"|api[_-]?key|sessionid|csrftoken|cookie|signature)[\w-]*|[\w-]+[_-]keys?)"
 )
+# A value: quoted whole (spaces, escaped quotes and a bytes prefix included;
+# an unclosed quote to the end of the line), else up to a separator.
+_VALUE = r"""(?:b?(['"])(?:\\.|(?!\2)[^\n])*\2?|[^\s&;,'"})]+)"""
+# No `\b` before a header's name: `HTTP_AUTHORIZATION` has none after its `_`.
+_NAME_START = r"(?<![A-Za-z0-9])"
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Bearer xxx / Basic xxx, in a header dump or a repr.
     (
-        re.compile(r"(?i)\b(authorization|proxy-authorization)(['\"]?\s*[:=]\s*['\"]?)(\w+\s+)?[^\s'\",}]+"),
+        re.compile(
+            rf"(?i){_NAME_START}(authorization|proxy-authorization)(['\"]?\s*[:=]\s*['\"]?)(\w+\s+)?[^\s'\",}}]+"
+        ),
         r"\1\2\3" + REDACTED,
     ),
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
     # Cookie headers carry session ids whole.
-    (re.compile(r"(?i)\b((?:set-)?cookie['\"]?\s*[:=]\s*['\"]?)[^\n'\"]+"), r"\1" + REDACTED),
+    (re.compile(rf"(?i){_NAME_START}((?:set-)?cookie['\"]?\s*[:=]\s*['\"]?)[^\n'\"]+"), r"\1" + REDACTED),
     # JSON Web Tokens, wherever they are: three base64url parts, the first a header.
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), REDACTED),
+    # A URL's user information: scheme://user:password@host.
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:]*:)[^\s/]*@"), r"\1" + REDACTED + "@"),
     # key=value and "key": "value" (query strings, form bodies, reprs, JSON).
     (
-        re.compile(
-            rf"(?i)([?&;\s,{{(]|^)(['\"]?[\w-]*{_SENSITIVE_NAMES}['\"]?\s*[=:]\s*)(['\"]?)[^\s&;,'\"}})]+"
-        ),
-        r"\1\2\3" + REDACTED,
+        re.compile(rf"(?i)(?<![\w-])(['\"]?{_SENSITIVE_NAMES}['\"]?\s*[=:]\s*){_VALUE}"),
+        r"\1\2" + REDACTED + r"\2",
     ),
     # IMAP LOGIN user password / AUTHENTICATE PLAIN <base64>.
     (re.compile(r"(?i)\b(LOGIN\s+\S+\s+)\S+"), r"\1" + REDACTED),

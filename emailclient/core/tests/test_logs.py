@@ -91,6 +91,25 @@ def test_a_json_line_carries_the_fields_and_the_context():
         ("Cookie: sessionid=abcdef123456; csrftoken=zzz", "abcdef123456"),
         ("b'LOGIN user1 mail-pass-123'", "mail-pass-123"),
         ("AUTH PLAIN AHVzZXIAcGFzcw==", "AHVzZXIAcGFzcw=="),
+        # Quoted values with spaces, whole.
+        ('connect(password="correct horse battery")', "horse battery"),
+        ("{'password': 'correct horse battery', 'user': 'a'}", "horse battery"),
+        ('{"smtp_password": "with \\" quote and spaces"}', "quote and spaces"),
+        # Bytes, as a value and as a whole line.
+        ("{'password': b'bytes-pass-1 x'}", "bytes-pass-1"),
+        ("sent b'password=bytes-pass-2'", "bytes-pass-2"),
+        # Keys by another name.
+        ("secret_key='dj-secret-key-value'", "dj-secret-key-value"),
+        ("CREDENTIAL_ENCRYPTION_KEYS=aTZSGkJ2R0GCPtz7xWjaQRJ", "aTZSGkJ2R0GCPtz7xWjaQRJ"),
+        ("{'encryption_key': 'enc-key-value-9'}", "enc-key-value-9"),
+        ("signing-key: sig-key-value-3", "sig-key-value-3"),
+        # A WSGI environ's header names.
+        ("{'HTTP_AUTHORIZATION': 'Token tok-value-123456'}", "tok-value-123456"),
+        ("{'HTTP_COOKIE': 'theme=cookie-value-77'}", "cookie-value-77"),
+        # A URL's user information.
+        ("connecting to imap://user1:url-pass-1@mail.example.com:993/INBOX", "url-pass-1"),
+        ("broker redis://:url-pass-2@127.0.0.1:6379/0", "url-pass-2"),
+        ("imap://someone@example.com:url-p@ss-3@mail.example.com", "url-p@ss-3"),
     ],
 )
 def test_the_redaction_filter_removes_known_secret_shapes(text, secret):
@@ -109,8 +128,16 @@ def test_the_redaction_filter_removes_known_secret_shapes(text, secret):
     assert logs.REDACTED in capture.text()
 
 
-def test_the_redaction_keeps_ordinary_lines():
-    assert logs.redact("GET /api/messages/5 200 in 3 ms") == "GET /api/messages/5 200 in 3 ms"
+@pytest.mark.parametrize(
+    "line",
+    [
+        "GET /api/messages/5 200 in 3 ms",
+        "connecting to imaps://mail.example.com:993/INBOX",
+        "sync of 'INBOX': 12 new, uidvalidity=1, monkey=3",
+    ],
+)
+def test_the_redaction_keeps_ordinary_lines(line):
+    assert logs.redact(line) == line
 
 
 def test_log_format_must_be_json_or_text():
