@@ -476,6 +476,29 @@ postfix_config() {
 }
 check "postconf -c: deploy/postfix main.cf and master.cf, no warning; relay only" postfix_config
 check "doveconf -n -c deploy/dovecot/dovecot.conf" doveconf -n -c deploy/dovecot/dovecot.conf
+# The homes must be in the mail volume, and the volume's top must belong to
+# the mail user (the image's vmail owns /srv/mail; compose chowns a volume
+# made before): elsewhere, Debian's root:mail /var/mail, a first login
+# cannot create the mailbox.
+dovecot_mail_volume() {
+    local conf home location target
+    conf=$(doveconf -n -c deploy/dovecot/dovecot.conf)
+    home=$(sed -n 's/^ *args = .*home=\([^ ]*\).*/\1/p' <<<"$conf")
+    location=$(sed -n 's/^mail_location = //p' <<<"$conf")
+    target=$("$PY" -c 'import json, sys
+volumes = json.load(open(sys.argv[1]))["services"]["dovecot"]["volumes"]
+print(" ".join(v["target"] for v in volumes if v["source"] == "dovecot-mail"))' "$WORK/compose.json")
+    echo "userdb home=$home mail_location=$location volume at $target"
+    [[ $target == /srv/mail ]] || { echo "the dovecot-mail volume is not at /srv/mail (vmail's in the image)"; return 1; }
+    [[ $home == "$target"/* ]] || { echo "the homes are not in the volume"; return 1; }
+    [[ $location == maildir:~/* ]] || { echo "mail_location is not in the home"; return 1; }
+    grep -Eq '^mail_uid = vmail$' <<<"$conf" || { echo "mail_uid is not vmail"; return 1; }
+    "$PY" -c 'import json, sys
+command = " ".join(json.load(open(sys.argv[1]))["services"]["dovecot"]["command"])
+sys.exit(0 if "chown vmail:vmail /srv/mail && exec /usr/sbin/dovecot -F" in command else f"command: {command}")' \
+        "$WORK/compose.json"
+}
+check "Dovecot: homes in the dovecot-mail volume at /srv/mail, owned by vmail (mail_uid)" dovecot_mail_volume
 
 # --- rehearsal of the image build and roles, outside Docker --------------------------
 section "build and run rehearsal (working-tree copy, build-only settings)"
