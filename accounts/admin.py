@@ -93,7 +93,7 @@ class EmailAccountAdmin(OperatorModelAdmin):
         "last_sync_at",
         "is_deleted",
     ]
-    list_filter = ["protocol", "is_enabled", "is_sync_enabled", "is_deleted", "tenant"]
+    list_filter = ["tenant", "protocol", "is_enabled", "is_sync_enabled", "is_deleted"]
     actions = ["disable_accounts", "enable_accounts"]
     list_select_related = ["tenant", "user"]
     search_fields = ["email_address", "account_name", "hostname"]

@@ -105,6 +105,16 @@ def test_the_list_filters_by_sync_state_and_tenant(operator_client, accounts, te
     assert listed(f"?tenant__id__exact={tenant_b.id}&sync_state=running") == set()
 
 
+def test_the_list_filters_by_tenant_first_and_by_the_known_sync_states_only(operator_client, accounts):
+    filters = operator_client.get(LIST).context["cl"].filter_specs
+
+    assert [spec.title for spec in filters[:2]] == ["tenant", "sync state"]
+    assert [value for value, _ in filters[1].lookup_choices] == [*sync_status.STATES, "disabled"]
+    # Any other state is refused before an account or a status is read.
+    response = operator_client.get(LIST + "?sync_state=anything")
+    assert response.status_code == 302 and response.url.endswith("?e=1")
+
+
 def test_sync_now_queues_a_sync_with_ids_only(operator_client, accounts, tenant_b):
     ann, ben = accounts
     off = EmailAccountFactory(tenant=tenant_b, user=ben.user, email_address="off@b.example", is_enabled=False)
