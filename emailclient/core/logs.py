@@ -108,17 +108,28 @@ def redact(text: str) -> str:
     return text
 
 
+MALFORMED_NOTE = " [malformed log call: its arguments are not shown]"
+
+
+def message_of(record: logging.LogRecord) -> str:
+    """The record's message. A call whose arguments do not fit its template
+    (one too many or too few, a missing key) becomes the template with a
+    note, its arguments dropped: the standard handler's report of that error
+    prints them to stderr, and they may be anything the caller held."""
+    try:
+        return record.getMessage()
+    except Exception:
+        record.msg, record.args = f"{record.msg}{MALFORMED_NOTE}", None
+        return record.msg
+
+
 class RedactFilter(logging.Filter):
     """Replaces a record's message (and its exception text) by their redacted
     forms. The arguments are merged into the message first, so that a secret
     passed as `%s` argument is seen."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed call: leave it to the formatter to report
-            return True
-        record.msg, record.args = redact(message), None
+        record.msg, record.args = redact(message_of(record)), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -138,7 +149,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message_of(record),
         }
         for name in (*CONTEXT_FIELDS, *EXTRA_FIELDS):
             value = getattr(record, name, None)
@@ -161,6 +172,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        message_of(record)  # a malformed call's arguments dropped before Formatter reads them
         line = super().format(record)
         request_id = getattr(record, "request_id", None)
         return line if request_id is None else f"{line} [request {request_id}]"

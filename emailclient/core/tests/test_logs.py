@@ -128,6 +128,37 @@ def test_the_redaction_filter_removes_known_secret_shapes(text, secret):
     assert logs.REDACTED in capture.text()
 
 
+@pytest.mark.parametrize("formatter", [logs.JsonFormatter, logs.TextFormatter])
+@pytest.mark.parametrize("redacted", [True, False])
+def test_a_malformed_call_logs_its_template_never_its_arguments(formatter, redacted, capsys):
+    """The standard handler reports a call whose arguments do not fit its
+    template by printing the arguments to stderr: a secret passed there."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter())
+    handler.addFilter(logs.ContextFilter())
+    if redacted:
+        handler.addFilter(logs.RedactFilter())
+    logger = logging.getLogger("test.malformed")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.error("signed in %s", "alice", "Arg-Secret-1")  # one argument too many
+        logger.error("signed in %s with %s", "Arg-Secret-2")  # one too few
+        logger.error("account %(id)s", {"name": "Arg-Secret-3"})  # a missing key
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    written, errors = stream.getvalue(), capsys.readouterr().err
+    for secret in ("Arg-Secret-1", "Arg-Secret-2", "Arg-Secret-3"):
+        assert secret not in written and secret not in errors
+    assert "Logging error" not in errors
+    lines = written.splitlines()
+    assert len(lines) == 3
+    for line, template in zip(lines, ("signed in %s", "signed in %s with %s", "account %(id)s"), strict=True):
+        assert template in line and "malformed log call" in line
+
+
 @pytest.mark.parametrize(
     "line",
     [
