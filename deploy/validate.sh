@@ -461,9 +461,18 @@ nginx_rules() {
     grep -qF "X-Forwarded-For \$proxy_add_x_forwarded_for" deploy/nginx/snippets/proxy_headers.inc ||
         { echo "X-Forwarded-For is not appended to"; rc=1; }
     grep -q 'return 301 https://' $f || { echo "no redirect to HTTPS"; rc=1; }
+    # Each header Django sets too is hidden from the upstream: one copy each.
+    local header
+    for header in Strict-Transport-Security X-Content-Type-Options X-Frame-Options Referrer-Policy; do
+        if ! grep -q "^add_header $header " deploy/nginx/snippets/security_headers.inc ||
+            ! grep -q "^proxy_hide_header $header;" deploy/nginx/snippets/security_headers.inc; then
+            echo "$header: not added by nginx with Django's copy hidden"
+            rc=1
+        fi
+    done
     return $rc
 }
-check "nginx: the seeds' limits, TLS 1.2/1.3, X-Forwarded-For appended, 80 -> 443" nginx_rules
+check "nginx: the seeds' limits, TLS 1.2/1.3, X-Forwarded-For appended, 80 -> 443, headers once" nginx_rules
 postfix_config() {
     local dir=$WORK/postfix out
     mkdir -p "$dir"

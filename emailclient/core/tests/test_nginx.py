@@ -72,9 +72,18 @@ def stack(django_db_setup, tmp_path_factory):
     """gunicorn and nginx in front of it; yields the ports and the CA file."""
     work = tmp_path_factory.mktemp("nginx")
     web_port, http_port, https_port = _free_port(), _free_port(), _free_port()
+    # The test settings with production's proxy and HSTS settings
+    # (emailclient/settings/production.py), so that Django sees HTTPS through
+    # X-Forwarded-Proto and adds the headers it adds in production.
+    (work / "nginx_test_settings.py").write_text(
+        "from emailclient.settings.test import *  # noqa: F403\n"
+        'SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")\n'
+        "SECURE_HSTS_SECONDS = 60 * 60 * 24 * 30\n"
+    )
     env = {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": "emailclient.settings.test",
+        "DJANGO_SETTINGS_MODULE": "nginx_test_settings",
+        "PYTHONPATH": os.pathsep.join([str(work), *filter(None, [os.environ.get("PYTHONPATH")])]),
         "TEST_DATABASE_NAME": settings.DATABASES["default"]["NAME"],
         "TEST_REDIS_URL": settings.CACHES["default"]["LOCATION"],
         "TRUSTED_PROXY_HOPS": "1",
@@ -252,6 +261,31 @@ def test_tls_1_2_and_1_3_only_security_headers_and_gzip(stack):
     assert headers["X-Frame-Options"] == "DENY"
     assert headers["Strict-Transport-Security"].startswith("max-age=63072000")
     assert "Server" not in headers or headers["Server"] == "nginx"  # no version
+
+
+def test_each_security_header_once_on_an_api_answer(stack):
+    """Django sets HSTS, nosniff, X-Frame-Options and Referrer-Policy too;
+    nginx hides the upstream's, so a client sees nginx's, once each."""
+    conn = _connection(stack, "127.0.0.11")
+    try:
+        conn.request("GET", "/api/messages/")
+        response = conn.getresponse()
+        response.read()
+    finally:
+        conn.close()
+    headers = response.getheaders()
+    names = [name.lower() for name, _ in headers]
+
+    assert response.status == 401  # Django's answer, passed through
+    for name in (
+        "strict-transport-security",
+        "x-content-type-options",
+        "x-frame-options",
+        "referrer-policy",
+        "content-security-policy",
+    ):
+        assert names.count(name) == 1, (name, headers)
+    assert response.getheader("Strict-Transport-Security") == "max-age=63072000; includeSubDomains"
 
 
 def test_the_body_limit_is_the_upload_limit_plus_framing(stack):
