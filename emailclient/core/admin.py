@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
 from django.core.cache import cache
 from django.db import OperationalError, connections, transaction
+from django.db.models import Q
 from django.template.defaultfilters import filesizeformat
 from django.utils.html import format_html
 
@@ -195,34 +196,46 @@ class TenantMembershipAdmin(OperatorModelAdmin):
             self.delete_model(request, membership)
 
 
-class ActorFilter(admin.RelatedOnlyFieldListFilter):
-    """The log's actors only: their ids read first, through the admin alias
-    (the log's), then the users through the default one (Django's own
-    filter makes one query of the two, across aliases, which it refuses)."""
+class ActorFilter(admin.RelatedFieldListFilter):
+    """Who may have acted, not who did: the operators (staff users), and,
+    once the list is narrowed to a tenant, its members. Read from the users
+    and memberships, never from the audit log, whose actors only a scan of
+    all its rows would list. Anyone else is found by their exact username
+    (the search box)."""
 
     def field_choices(self, field, request, model_admin):
-        ids = model_admin.get_queryset(request).order_by().values_list(self.field_path, flat=True)
+        actors = Q(is_staff=True)
+        tenant_id = _uuid_or_none(request.GET.get("tenant__id__exact", ""))
+        if tenant_id is not None:
+            # Through the admin alias (memberships are under RLS), then the
+            # users through the default one: one query of the two would
+            # cross aliases, which Django refuses.
+            members = TenantMembership.objects.using(OPERATOR_DB).filter(tenant_id=tenant_id)
+            actors |= Q(pk__in=list(members.values_list("user_id", flat=True)))
         ordering = self.field_admin_ordering(field, request, model_admin)
-        return field.get_choices(
-            include_blank=False,
-            limit_choices_to={"pk__in": [pk for pk in ids.distinct() if pk is not None]},
-            ordering=ordering,
-        )
+        return field.get_choices(include_blank=False, limit_choices_to=actors, ordering=ordering)
+
+
+def _uuid_or_none(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
 
 
 @admin.register(AuditLog)
 class AuditLogAdmin(ReadOnlyOperatorAdmin):
-    """Read-only (no add, change or delete): filtered by action, object
-    type, actor, tenant and date (the sidebar's ranges, or the date
-    hierarchy's year, month and day); searched by object id, action or the
-    actor's exact username."""
+    """Read-only (no add, change or delete): filtered by tenant, action,
+    object type, actor (the tenant chosen first offers its members) and date
+    (the sidebar's ranges, or the date hierarchy's year, month and day);
+    searched by object id, action or the actor's exact username."""
 
     list_display = ["created_at", "tenant", "actor", "action", "object_type", "object_id", "ip_address"]
     list_filter = [
+        "tenant",
         "action",
         "object_type",
         ("actor", ActorFilter),
-        "tenant",
         "created_at",
     ]
     list_select_related = ["tenant", "actor"]
