@@ -331,6 +331,28 @@ def test_missing_tenant_header_is_a_400(user_a):
     response = bearer_client(user_a).get(URL)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "tenant_required"
+    assert response.json()["error"]["fields"] == {"X-Tenant-ID": ["This header is required."]}
+
+
+def test_missing_tenant_in_the_browsable_api_is_a_400_page(user_a):
+    """The browsable API's renderer checks the permissions again to draw its
+    forms and catches DRF's exceptions only: the missing tenant was a 500."""
+    from django.test import RequestFactory
+    from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
+    from rest_framework.test import force_authenticate
+
+    from accounts.views import AccountViewSet
+
+    view = AccountViewSet.as_view(
+        {"get": "list", "post": "create"}, renderer_classes=[JSONRenderer, BrowsableAPIRenderer]
+    )
+    request = RequestFactory().get(URL, HTTP_ACCEPT="text/html")
+    request.tenant = None  # what the tenant middleware leaves when none is named
+    force_authenticate(request, user_a)
+    response = view(request).render()
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/html")
+    assert b"X-Tenant-ID" in response.content
 
 
 def test_anonymous_is_a_401(tenant_a, api_client, django_assert_num_queries):

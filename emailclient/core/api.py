@@ -14,10 +14,7 @@ class HasTenant(permissions.BasePermission):
 
     def has_permission(self, request, view) -> bool:
         if getattr(request._request, "tenant", None) is None:
-            raise TenantRequired(
-                "Name the tenant with the X-Tenant-ID header (slug or id).",
-                fields={"X-Tenant-ID": ["This header is required."]},
-            )
+            raise TenantRequired()
         return True
 
 

@@ -41,8 +41,19 @@ class NotFound(ApplicationError):
     code = "not_found"
 
 
-class TenantRequired(ApplicationError):
-    code = "tenant_required"
+class TenantRequired(drf_exceptions.APIException):
+    """No tenant named (HasTenant). A DRF exception, not an ApplicationError:
+    it is raised by a permission check, which the browsable API's renderer
+    repeats to draw its forms, catching DRF's exceptions only (anything else
+    turned the page into a 500)."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "tenant_required"
+    default_detail = (
+        "Name the tenant with the X-Tenant-ID header (slug or id), or use the path "
+        "/api/v1/{tenant}/email_client/..."
+    )
+    fields = {"X-Tenant-ID": ["This header is required."]}
 
 
 class Conflict(ApplicationError):
@@ -115,5 +126,9 @@ def exception_handler(exc, context):
             headers["Retry-After"] = str(int(exc.wait))
         code = exc.get_codes()
         code = code if isinstance(code, str) else exc.default_code
-        return Response(error_body(code, _detail_text(exc.detail)), status=exc.status_code, headers=headers)
+        return Response(
+            error_body(code, _detail_text(exc.detail), getattr(exc, "fields", None)),
+            status=exc.status_code,
+            headers=headers,
+        )
     return None

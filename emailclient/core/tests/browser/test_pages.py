@@ -91,6 +91,13 @@ def test_browsable_api(dev_server, site, visit):
     visit.shot("compose")
     visit.check()
 
+    # A path without the tenant (a browser sends no X-Tenant-ID): a 400 page
+    # that says how to name one (it was a 500: the renderer's form check).
+    response = page.goto(visit.origin + "/api/accounts/")
+    assert response.status == 400
+    expect(page.locator(".response-info")).to_contain_text("/api/v1/{tenant}/email_client/")
+    visit.shot("tenant-required")
+
 
 def test_api_docs(dev_server, site, visit):
     check_docs(visit(dev_server))
