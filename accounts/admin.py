@@ -41,10 +41,25 @@ class EmailAccountForm(forms.ModelForm):
         widget=forms.PasswordInput,
         help_text="Leave empty to keep the current one.",
     )
+    # The API's bounds (the database's CHECK allows up to 36500 too, but a
+    # refusal there would be a 500 rather than a form error).
+    pop3_delete_after_days = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=36500,
+        label="Delete on the server after (days)",
+        help_text="POP3 accounts only, with the above off: delete a message on the server only this many "
+        "days after it was first downloaded. Empty: as soon as it is stored here.",
+    )
 
     class Meta:
         model = EmailAccount
         fields = ["tenant", "user", *WRITABLE_FIELDS]
+        labels = {"pop3_leave_on_server": "Leave mail on the server"}
+        help_texts = {
+            "pop3_leave_on_server": "POP3 accounts only (an IMAP account's mail stays on its server). "
+            "Off: each message is deleted on the server once it is stored here.",
+        }
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -98,6 +113,36 @@ class EmailAccountAdmin(OperatorModelAdmin):
     list_select_related = ["tenant", "user"]
     search_fields = ["email_address", "account_name", "hostname"]
     readonly_fields = ["last_sync_at", "is_syncing", "last_sync_error", "is_deleted", "deleted_at"]
+    # Every field of the form must be in one of these, or the admin leaves it out.
+    fieldsets = [
+        (None, {"fields": ["tenant", "user", "account_name", "email_address", "is_enabled"]}),
+        ("Incoming mail", {"fields": ["protocol", "hostname", "port", "encryption", "username", "password"]}),
+        (
+            "Sending (SMTP)",
+            {
+                "fields": [
+                    "smtp_hostname",
+                    "smtp_port",
+                    "smtp_encryption",
+                    "smtp_username",
+                    "smtp_password",
+                    "save_sent_copy",
+                ]
+            },
+        ),
+        (
+            "POP3",
+            {
+                "fields": ["pop3_leave_on_server", "pop3_delete_after_days"],
+                "description": "Used by POP3 accounts only; an IMAP account ignores them.",
+            },
+        ),
+        (
+            "Sync",
+            {"fields": ["is_sync_enabled", "sync_interval", "last_sync_at", "is_syncing", "last_sync_error"]},
+        ),
+        ("Deletion", {"fields": ["is_deleted", "deleted_at"]}),
+    ]
 
     def get_readonly_fields(self, request, obj=None):
         # Moving an account to another tenant or user is not an edit.

@@ -104,3 +104,38 @@ def test_admin_create_edit_and_delete_are_audited_with_the_client_address(operat
         "account.update": "127.0.0.1",
         "account.delete": "127.0.0.1",
     }
+
+
+def test_admin_form_shows_and_saves_the_pop3_fields_in_their_own_section(operator_client, tenant_a):
+    account = EmailAccountFactory(tenant=tenant_a, protocol="pop3", port=995, hostname="pop.a.example")
+    url = f"/admin/accounts/emailaccount/{account.id}/change/"
+
+    response = operator_client.get(url)
+
+    sections = {fieldset.name: list(fieldset.fields) for fieldset in response.context["adminform"]}
+    assert sections["POP3"] == ["pop3_leave_on_server", "pop3_delete_after_days"]
+    page = response.content.decode()
+    assert 'name="pop3_leave_on_server"' in page and 'name="pop3_delete_after_days"' in page
+    assert "Used by POP3 accounts only" in page and "POP3 accounts only" in page
+    # No field of the form is left out of the sections (the admin would drop it).
+    shown = {name for fields in sections.values() for name in fields}
+    assert set(response.context["adminform"].form.fields) <= shown
+
+    form = _form(
+        protocol="pop3",
+        hostname="pop.a.example",
+        port=995,
+        email_address=account.email_address,
+        username=account.username,
+        password="",
+        pop3_delete_after_days=7,
+    )  # the leave-on-server box not ticked: off
+    assert operator_client.post(url, form).status_code == 302
+    with tenant_scope(tenant_a.id):
+        account = EmailAccount.objects.get(pk=account.pk)
+    assert (account.pop3_leave_on_server, account.pop3_delete_after_days) == (False, 7)
+    # The API's bounds: a form error, not the database's refusal.
+    for days in (0, 36501):
+        response = operator_client.post(url, {**form, "pop3_delete_after_days": days})
+        assert response.status_code == 200
+        assert list(response.context["adminform"].form.errors) == ["pop3_delete_after_days"]
