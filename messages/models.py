@@ -388,9 +388,24 @@ class Pop3Uidl(TenantModel):
     """A message on a POP3 server, by its unique id, and the UID the sync gave
     it in the account's INBOX (`mailboxes.sync.pop3`): POP3 mail goes through
     the IMAP pipeline, cursor, quarantine and in-flight marks under these
-    UIDs. `uidl` is the server's UIDL, or without one a made-up identity
-    ("~" and a hash of the Message-ID and the header). A row is kept while
-    the server lists its message; `created_at` is when it was first seen."""
+    UIDs, in a folder of UIDVALIDITY 0 (which no IMAP server gives). A row is
+    committed before its message is downloaded, and a UID is never given
+    twice: the next one is kept in the folder's `sync_token`.
+
+    `uidl` depends on the identity mode the folder's state records: the
+    server's UIDL ("#" and its hash if over 70 characters), or, from a server
+    without UIDL, "~" and a hash of the whole message ("#2", "#3"...
+    appended for byte-identical copies). A row whose unique id the server stops listing
+    goes once two listings in a row lack it; its `Message` stays, naming the
+    id in `pop3_uidl`. Another endpoint (protocol, host, port, user), an IMAP
+    past or another identity mode starts a new epoch: every row goes and new
+    UIDs are given past all earlier ones, while the stored messages no row
+    names any more form the rematch pool, so the same message listed again
+    gets its new UID in its old row rather than being stored twice.
+
+    `created_at` is when the unique id was mapped in this epoch; deleting on
+    the server after `pop3_delete_after_days` counts from the stored
+    message's (or quarantined one's) `created_at`, not from this row's."""
 
     folder = models.ForeignKey(Folder, on_delete=models.CASCADE, related_name="+", db_index=False)
     uidl = models.CharField(max_length=70)
