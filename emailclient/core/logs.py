@@ -130,6 +130,10 @@ class RedactFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg, record.args = redact(message_of(record)), None
+        for name in EXTRA_FIELDS:  # the path: a decoded %3F puts a query string in it
+            value = getattr(record, name, None)
+            if isinstance(value, str):
+                setattr(record, name, redact(value))
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -164,18 +168,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+# What could end a line or drive a terminal: C0 and C1 controls (a tab
+# aside), DEL and Unicode's line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(text: str) -> str:
+    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
 class TextFormatter(logging.Formatter):
-    """Development's one line: time, level, logger, the request id when there
-    is one, and the message."""
+    """Development's one line: time, level, logger, the message and the
+    request id when there is one. The message's control characters are
+    escaped (a path's decoded %0A would start a forged line); a traceback
+    follows on lines of its own, indented, so that every line at the margin
+    is a record's."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        message_of(record)  # a malformed call's arguments dropped before Formatter reads them
-        line = super().format(record)
+        record.message = message_of(record)
+        record.asctime = self.formatTime(record, self.datefmt)
+        line = _escaped(self.formatMessage(record))
         request_id = getattr(record, "request_id", None)
-        return line if request_id is None else f"{line} [request {request_id}]"
+        if request_id is not None:
+            line = f"{line} [request {_escaped(str(request_id))}]"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        for text in (record.exc_text, record.stack_info and self.formatStack(record.stack_info)):
+            if text:
+                line += "".join(f"\n    {_escaped(part)}" for part in text.split("\n"))
+        return line
 
 
 def logging_config(*, log_format: str, level: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import re
 import time
 import uuid
 
@@ -221,6 +222,56 @@ def test_the_access_line_names_route_status_tenant_and_user(client_a, tenant_a, 
     assert line["tenant"] == str(tenant_a.id) and line["user"] == str(user_a.pk)
     assert line["duration_ms"] >= 0
     assert "secret-search" not in captured.text()
+
+
+@pytest.mark.django_db
+def test_a_text_line_cannot_be_forged_through_the_path(api_client, captured):
+    """The path is decoded: %0A is a newline in it, and in the access line's
+    message. The text format escapes it; a traceback's lines are indented."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.TextFormatter())
+    handler.addFilter(logs.ContextFilter())
+    handler.addFilter(logs.RedactFilter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    forged = "2030-01-01 00:00:00,000 INFO emailclient.request GET /forged 200"
+    try:
+        response = api_client.get(f"/nowhere%0A{forged}%0D%1B[2J", HTTP_X_REQUEST_ID="req-forge")
+        try:
+            raise ValueError(f"bad\n{forged}")
+        except ValueError:
+            logging.getLogger("test.forge").exception("failed on\n%s", forged)
+    finally:
+        root.removeHandler(handler)
+    assert response.status_code == 404
+    lines = stream.getvalue().splitlines()
+    starts = [line for line in lines if not line.startswith(" ")]
+    assert starts and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ", line) for line in starts)
+    assert not any(line.startswith("2030-") for line in lines)
+    assert "\x1b" not in stream.getvalue()
+    [access] = [line for line in lines if " INFO emailclient.request GET /nowhere" in line]
+    assert f"GET /nowhere\\n{forged}\\r\\x1b[2J 404 [request req-forge]" in access
+    assert any(line.startswith("    ValueError: bad") for line in lines)
+
+
+@pytest.mark.django_db
+def test_the_access_lines_path_is_redacted(api_client, captured):
+    """%3F is a '?' in the decoded path: a token there is no query string."""
+    capture = Captured(redacted=True)
+    root = logging.getLogger()
+    root.addHandler(capture.handler)
+    try:
+        api_client.get("/api/files/x%3Ftoken%3Dpath-secret-1")
+        api_client.get("/api/files/y;password=path-secret-2")
+    finally:
+        root.removeHandler(capture.handler)
+    access = [line for line in capture.lines() if line["logger"] == "emailclient.request"]
+    assert [line["path"] for line in access] == [
+        f"/api/files/x?token={logs.REDACTED}",
+        f"/api/files/y;password={logs.REDACTED}",
+    ]
+    assert "path-secret" not in capture.text()
 
 
 JSON_WORKER = celery_worker.SCRIPT.replace(
