@@ -252,6 +252,11 @@ def account_settings_verify(
     `user` in `tenant`) or `account_update` of `account` with `data` would,
     changing nothing: for a form that shows the refusal on its fields before
     it saves (with `verify=False` then)."""
+    if account is not None:
+        data = _with_default_port(account, data)
+        # Never the stored password to a server it has not been sent to; a
+        # refusal the form shows, with or without trying the servers.
+        _require_secret_for_new_endpoint(account, data)
     if not settings.ACCOUNT_VERIFY_ON_SAVE:
         return
     if account is None:
@@ -260,9 +265,6 @@ def account_settings_verify(
         candidate = EmailAccount(tenant=tenant, user=user)
         incoming, outgoing = True, True
     else:
-        data = _with_default_port(account, data)
-        # Never the stored password to a server it has not been sent to.
-        _require_secret_for_new_endpoint(account, data)
         candidate = copy.copy(account)
         incoming, outgoing = _servers_to_verify(account, data)
     _apply(candidate, data)

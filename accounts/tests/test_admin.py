@@ -80,6 +80,24 @@ def test_admin_edit_refuses_a_control_character_and_keeps_the_password(operator_
     assert operator_client.post(url, {**form, "password": "new password"}).status_code == 302
 
 
+def test_admin_edit_of_the_server_without_the_password_is_a_form_error(operator_client, tenant_a, settings):
+    """Whether or not the servers are tried on save, a new endpoint needs the
+    password again: a form error (it was a 500 with verification off)."""
+    settings.ACCOUNT_VERIFY_ON_SAVE = False
+    account = EmailAccountFactory(tenant=tenant_a, hostname="imap.a.example")
+    url = f"/admin/accounts/emailaccount/{account.id}/change/"
+    form = _form(
+        email_address=account.email_address, username=account.username, hostname="evil.example", password=""
+    )
+
+    response = operator_client.post(url, form)
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors == {"password": ["Required when hostname changes."]}
+    with tenant_scope(tenant_a.id):
+        assert EmailAccount.objects.get(pk=account.pk).hostname == "imap.a.example"
+
+
 def test_admin_create_edit_and_delete_are_audited_with_the_client_address(operator_client, tenant_b):
     from emailclient.core.models import AuditLog
 
