@@ -3,7 +3,7 @@ import threading
 import time
 from typing import Any
 
-import redis
+from celery.utils.imports import symbol_by_name
 from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
@@ -11,6 +11,7 @@ from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
+from .cache import redis_client
 from .exceptions import error_response
 
 logger = logging.getLogger(__name__)
@@ -22,11 +23,9 @@ def _check_database() -> None:
 
 
 def _check_redis() -> None:
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        client.ping()
-    finally:
-        client.close()
+    # The cache's shared client (REDIS_URL, its 2 s connect timeout): a
+    # connection from its pool, not a new one per check.
+    redis_client().ping()
 
 
 CHECKS = {"database": _check_database, "redis": _check_redis}
@@ -82,8 +81,9 @@ def _celery_workers() -> dict:
 celery_workers = _Cached(_celery_workers, seconds=5.0)
 
 # The age of the oldest overdue periodic sync: an enabled account sync whose
-# next run (its last run, or its start, plus its interval) is past. Beat down
-# (or its scheduler stuck) shows here as an age that keeps growing.
+# next run (its last run, or its start, plus its interval) is past by more
+# than the grace. Beat down (or its scheduler stuck) shows here as an age
+# that keeps growing.
 _OVERDUE_SQL = """
 SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(due)), 0)
 FROM (
@@ -101,10 +101,21 @@ WHERE due < now() - make_interval(secs => %s)
 """
 
 
+def overdue_grace() -> float:
+    """Seconds past its time before a periodic sync counts as overdue. Beat
+    writes a run's `last_run_at` back to the database only on its scheduler's
+    next sync of the schedule (`sync_every`: 180 s for django-celery-beat's
+    DatabaseScheduler): until then a sync that ran on time looks due. So the
+    scheduler's period (CELERY_BEAT_SCHEDULER's class), plus
+    HEALTH_SYNC_OVERDUE_GRACE for beat's loop and a busy database."""
+    scheduler = symbol_by_name(settings.CELERY_BEAT_SCHEDULER)
+    return float(scheduler.sync_every) + settings.HEALTH_SYNC_OVERDUE_GRACE
+
+
 def _periodic_sync() -> dict:
     try:
         with connection.cursor() as cursor:
-            cursor.execute(_OVERDUE_SQL, ["mailboxes.tasks.sync_account", settings.HEALTH_SYNC_OVERDUE_GRACE])
+            cursor.execute(_OVERDUE_SQL, ["mailboxes.tasks.sync_account", overdue_grace()])
             overdue, age = cursor.fetchone()
     except Exception:
         logger.warning("health: the periodic syncs could not be read", exc_info=True)
@@ -134,13 +145,19 @@ def _checks() -> dict[str, str]:
     return checks
 
 
+# /health and /health/ready answer from one run of the checks every 2 s a
+# process: a flood of probes costs the database and Redis one query each
+# per interval, and an outage shows at most 2 s late.
+health_checks = _Cached(_checks, seconds=2.0)
+
+
 @require_GET
 def health(request):
-    """200 when PostgreSQL and Redis answer, else 503 naming the failing
-    check; besides, for the operator, the Celery workers that answered a ping
+    """200 when PostgreSQL and Redis answer (checked at most every 2 s),
+    else 503 naming the failing check; besides, for the operator, the Celery workers that answered a ping
     and the oldest overdue periodic sync (both cached a few seconds, neither
     part of the status). No authentication; reveals no detail of errors."""
-    checks = _checks()
+    checks = health_checks.get()
     healthy = all(result == "ok" for result in checks.values())
     body = {
         "status": "healthy" if healthy else "unhealthy",
@@ -156,7 +173,7 @@ def health(request):
 def health_ready(request):
     """For the load balancer: may this process take requests? PostgreSQL and
     Redis answer (not Celery: sending and syncing wait in the queue)."""
-    checks = _checks()
+    checks = health_checks.get()
     ready = all(result == "ok" for result in checks.values())
     return JsonResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks}, status=200 if ready else 503

@@ -524,7 +524,8 @@ METRICS_WORKER_PORT = env.int("METRICS_WORKER_PORT", default=0)
 METRICS_CACHE_SECONDS = env.float("METRICS_CACHE_SECONDS", default=15.0)
 METRICS_CELERY_QUEUES = env.list("METRICS_CELERY_QUEUES", default=["celery"])
 # /health pings the Celery workers (cached 5 s a process) and waits this long
-# for their answers; a periodic sync counts as overdue this many seconds
-# after its time.
+# for their answers; a periodic sync counts as overdue HEALTH_SYNC_OVERDUE_GRACE
+# seconds after its time plus beat's write-back period (the scheduler's
+# sync_every, 180 s: until then a run is not in the database), so 240 s.
 HEALTH_CELERY_PING_TIMEOUT = env.float("HEALTH_CELERY_PING_TIMEOUT", default=1.0)
 HEALTH_SYNC_OVERDUE_GRACE = env.int("HEALTH_SYNC_OVERDUE_GRACE", default=60)

@@ -1,6 +1,15 @@
 import pytest
 from django.db import connection, connections
 
+from emailclient.core import views
+
+
+@pytest.fixture(autouse=True)
+def _fresh_checks():
+    views.health_checks.clear()
+    yield
+    views.health_checks.clear()
+
 
 @pytest.mark.django_db
 def test_health_reports_database_and_redis(api_client):
@@ -18,7 +27,8 @@ def test_health_reports_database_and_redis(api_client):
 
 @pytest.mark.django_db
 def test_health_is_503_naming_redis_when_it_is_down(api_client, settings):
-    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    down = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": down}}
     response = api_client.get("/health")
     assert response.status_code == 503
     assert response.json()["status"] == "unhealthy"

@@ -7,18 +7,28 @@ import pytest
 from celery import current_app
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
+from django_celery_beat.schedulers import DatabaseScheduler
 
 from emailclient.core import views
+from emailclient.core.cache import redis_client
 from emailclient.core.tests.celery_worker import CeleryWorker
+
+DOWN = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 
 
 @pytest.fixture(autouse=True)
 def _fresh_health_caches():
-    views.celery_workers.clear()
-    views.periodic_sync.clear()
+    for cached in (views.health_checks, views.celery_workers, views.periodic_sync):
+        cached.clear()
     yield
-    views.celery_workers.clear()
-    views.periodic_sync.clear()
+    for cached in (views.health_checks, views.celery_workers, views.periodic_sync):
+        cached.clear()
+
+
+class QuickSyncScheduler(DatabaseScheduler):
+    """Writes its runs back every 10 s (django-celery-beat's: 180 s)."""
+
+    sync_every = 10
 
 
 def test_health_reports_a_running_worker(api_client, committed_db, tmp_path):
@@ -86,6 +96,25 @@ def test_health_reports_the_oldest_overdue_periodic_sync(api_client):
 
 
 @pytest.mark.django_db
+def test_a_sync_beat_ran_but_has_not_written_back_is_not_overdue(api_client, settings):
+    """Beat writes a run's last_run_at to the database only on its next sync
+    of the schedule (every 180 s): until then a sync that ran looks due."""
+    every, _ = IntervalSchedule.objects.get_or_create(every=300, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(
+        name="ran-not-written",
+        task="mailboxes.tasks.sync_account",
+        interval=every,
+        last_run_at=timezone.now() - timedelta(seconds=500),  # due 200 s ago
+    )
+    assert api_client.get("/health").json()["periodic_sync"] == {"overdue": 0, "oldest_overdue_seconds": 0}
+    # The grace follows the scheduler's write-back period, plus HEALTH_SYNC_OVERDUE_GRACE.
+    settings.CELERY_BEAT_SCHEDULER = f"{__name__}:QuickSyncScheduler"
+    views.periodic_sync.clear()
+    report = api_client.get("/health").json()["periodic_sync"]
+    assert report["overdue"] == 1 and 195 <= report["oldest_overdue_seconds"] <= 215
+
+
+@pytest.mark.django_db
 def test_nothing_overdue(api_client):
     assert api_client.get("/health").json()["periodic_sync"] == {"overdue": 0, "oldest_overdue_seconds": 0}
 
@@ -95,10 +124,39 @@ def test_ready_checks_database_and_redis(api_client, settings):
     response = api_client.get("/health/ready")
     assert response.status_code == 200
     assert response.json() == {"status": "ready", "checks": {"database": "ok", "redis": "ok"}}
-    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "LOCATION": DOWN}}
+    views.health_checks.clear()
     response = api_client.get("/health/ready")
     assert response.status_code == 503
     assert response.json() == {"status": "not_ready", "checks": {"database": "ok", "redis": "failing"}}
+
+
+@pytest.mark.django_db
+def test_a_flood_of_health_checks_reads_the_database_once_and_opens_no_redis_connection(
+    api_client, settings, monkeypatch
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from redis.connection import Connection
+
+    connects = []  # sockets opened to Redis
+    real_connect = Connection._connect
+
+    def counting_connect(self):
+        connects.append(1)
+        return real_connect(self)
+
+    settings.HEALTH_CELERY_PING_TIMEOUT = 0.2
+    # Read before: the Celery ping's own broker connections are not counted.
+    views.celery_workers.get()
+    views.periodic_sync.get()
+    redis_client().ping()  # the shared client's connection, if not yet made
+    monkeypatch.setattr(Connection, "_connect", counting_connect)
+    with CaptureQueriesContext(connection) as queries:
+        for path in ["/health/ready", "/health"] * 10:
+            assert api_client.get(path).status_code == 200
+    assert [query["sql"] for query in queries].count("SELECT 1") == 1
+    assert connects == []
 
 
 def test_live_does_no_io(api_client, settings):
