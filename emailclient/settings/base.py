@@ -5,6 +5,7 @@ Everything that differs between machines comes from environment variables
 the README's Configuration section; keep the two in step.
 """
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
@@ -517,7 +518,21 @@ LOGGING = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)
 # metrics on METRICS_WORKER_PORT (0: not served).
 METRICS_ENABLED = env.bool("METRICS_ENABLED", default=False)
 METRICS_TOKEN = env("METRICS_TOKEN", default="")
-METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
+# Comma-separated, spaces allowed ("10.0.0.0/8, 127.0.0.1"); an entry that is
+# no address or network stops the start (checked here, not on every scrape).
+METRICS_ALLOWED_NETWORKS = [
+    entry.strip() for entry in env.list("METRICS_ALLOWED_NETWORKS", default=[]) if entry.strip()
+]
+for _network in METRICS_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            f"METRICS_ALLOWED_NETWORKS: {_network!r} is not an IP address or network "
+            "(comma-separated CIDRs or addresses, e.g. '10.0.0.0/8, 127.0.0.1')"
+        ) from None
 METRICS_WORKER_PORT = env.int("METRICS_WORKER_PORT", default=0)
 # The gauges read from the database and the broker at scrape time are kept
 # this many seconds (one set of queries per interval, whatever the scrapers).

@@ -85,6 +85,45 @@ def test_the_network_allow_list(client, enabled):
     assert scrape(client).status_code == 200
 
 
+_NETWORKS_PROBE = (
+    "import django; django.setup(); from django.conf import settings; "
+    "from emailclient.core.metrics import access_allowed; "
+    "print(settings.METRICS_ALLOWED_NETWORKS, access_allowed(authorization=None, client='127.0.0.1'))"
+)
+
+
+def _settings_with_networks(value: str):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", _NETWORKS_PROBE],
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "emailclient.settings.test",
+            "METRICS_ALLOWED_NETWORKS": value,
+        },
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_allowed_networks_may_have_spaces_after_the_commas():
+    done = _settings_with_networks("10.0.0.0/8, 127.0.0.1 ,::1/128")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['10.0.0.0/8', '127.0.0.1', '::1/128'] True"
+
+
+def test_an_invalid_allowed_network_stops_the_start_naming_it():
+    done = _settings_with_networks("10.0.0.0/8, 10.0.0.300/32")
+    assert done.returncode != 0
+    assert "ImproperlyConfigured" in done.stderr
+    assert "METRICS_ALLOWED_NETWORKS" in done.stderr and "'10.0.0.300/32'" in done.stderr
+
+
 def test_metrics_are_not_in_the_tenant_api(client, enabled):
     assert client.get("/api/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code in (401, 404)
 
