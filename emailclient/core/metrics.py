@@ -19,7 +19,10 @@ Two kinds:
   queries: sends by outcome and the outbox's depth (email_drafts), blob
   bytes by tenant (a SUM over the stored rows, not a walk of the disk), and
   the Celery queues' depth (LLEN on the broker). The database reads go
-  through the admin alias (BYPASSRLS): they count across tenants.
+  through the admin alias (BYPASSRLS): they count across tenants. Their
+  cache is shared by every process (Redis), one process reading at a time,
+  and each statement is cut off after METRICS_STATEMENT_TIMEOUT: a
+  slow sum leaves the database's gauges out of that scrape, logged.
 
 The web's metrics are served by the web at `/metrics`; the worker's by a
 small HTTP server in the worker's main process on METRICS_WORKER_PORT
@@ -156,6 +159,54 @@ LEFT JOIN (SELECT tenant_id, sum(size_bytes) AS bytes FROM email_draft_attachmen
 ORDER BY t.slug
 """
 OUTBOX_STATUSES = ("scheduled", "queued", "sending")
+# The database's values, shared by every process through Redis (the default
+# cache), and the mark of the one process reading them anew.
+SHARED_KEY = "metrics:scrape:database"
+READING_KEY = "metrics:scrape:database:reading"
+
+
+def _database_read() -> dict[str, Any]:
+    """Sends by status and blob bytes by tenant, each statement cut off after
+    METRICS_STATEMENT_TIMEOUT seconds: a scrape must not wait on a big
+    table's sum or a lock (the error leaves the gauges out, `_guarded`)."""
+    from django.db import connections, transaction
+
+    timeout_ms = max(1, round(settings.METRICS_STATEMENT_TIMEOUT * 1000))
+    with transaction.atomic(using="admin"), connections["admin"].cursor() as cursor:
+        cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(timeout_ms)])  # SET LOCAL
+        cursor.execute(_OUTCOMES_SQL)
+        by_status = dict(cursor.fetchall())
+        cursor.execute(_BLOB_BYTES_SQL)
+        blob_bytes = [(slug, int(total)) for slug, total in cursor.fetchall()]
+    return {"at": time.time(), "by_status": by_status, "blob_bytes": blob_bytes}
+
+
+def database_values() -> dict[str, Any]:
+    """The database's values, read at most once per METRICS_CACHE_SECONDS by
+    all the processes together: younger ones come from Redis; older ones
+    are read by the process that marks itself the reader, the others
+    answering with the last ones meanwhile (N scrapers, or N gunicorn
+    workers, do not each sum the tables). Without Redis, each reads."""
+    from django.core.cache import cache
+
+    try:
+        shared = cache.get(SHARED_KEY)
+        if shared is not None and time.time() - shared["at"] < settings.METRICS_CACHE_SECONDS:
+            return shared
+        reading = settings.METRICS_STATEMENT_TIMEOUT * 2 + 5  # two statements, then the mark expires
+        claimed = cache.add(READING_KEY, os.getpid(), timeout=reading)
+    except Exception:
+        logger.warning("metrics: the shared cache is not reachable; reading the database", exc_info=True)
+        return _database_read()
+    if not claimed and shared is not None:
+        return shared
+    try:
+        values = _database_read()
+        cache.set(SHARED_KEY, values, timeout=settings.METRICS_CACHE_SECONDS + 60)
+    finally:
+        if claimed:
+            cache.delete(READING_KEY)
+    return values
 
 
 class ScrapeTimeCollector(Collector):
@@ -190,13 +241,8 @@ class ScrapeTimeCollector(Collector):
         return [*metrics, up]
 
     def _database(self) -> list[Metric]:
-        from django.db import connections
-
-        with connections["admin"].cursor() as cursor:
-            cursor.execute(_OUTCOMES_SQL)
-            by_status = dict(cursor.fetchall())
-            cursor.execute(_BLOB_BYTES_SQL)
-            blob_bytes = cursor.fetchall()
+        values = database_values()
+        by_status, blob_bytes = values["by_status"], values["blob_bytes"]
         sends = GaugeMetricFamily(
             f"{PREFIX}_sends",
             "Messages handed to the outbox, by status now (sent, failed, uncertain, cancelled, ...).",
@@ -214,7 +260,7 @@ class ScrapeTimeCollector(Collector):
             labels=["tenant"],
         )
         for slug, total in blob_bytes:
-            blobs.add_metric([slug], int(total))
+            blobs.add_metric([slug], total)
         return [sends, outbox, blobs]
 
     def _broker(self) -> list[Metric]:

@@ -535,8 +535,12 @@ for _network in METRICS_ALLOWED_NETWORKS:
         ) from None
 METRICS_WORKER_PORT = env.int("METRICS_WORKER_PORT", default=0)
 # The gauges read from the database and the broker at scrape time are kept
-# this many seconds (one set of queries per interval, whatever the scrapers).
+# this many seconds (one set of queries per interval, whatever the scrapers;
+# the database's shared by every process through Redis).
 METRICS_CACHE_SECONDS = env.float("METRICS_CACHE_SECONDS", default=15.0)
+# Each of those database statements is cancelled after this many seconds
+# (its gauges are then left out of the scrape, and logged).
+METRICS_STATEMENT_TIMEOUT = env.float("METRICS_STATEMENT_TIMEOUT", default=5.0)
 METRICS_CELERY_QUEUES = env.list("METRICS_CELERY_QUEUES", default=["celery"])
 # /health pings the Celery workers (cached 5 s a process) and waits this long
 # for their answers; a periodic sync counts as overdue HEALTH_SYNC_OVERDUE_GRACE

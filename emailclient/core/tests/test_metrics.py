@@ -199,6 +199,73 @@ def test_scrape_time_values_are_cached(client, enabled, committed_db, tenant_a):
     assert third[("emailclient_sends", (("outcome", "sent"),))] == 2
 
 
+def test_the_database_values_are_shared_by_the_processes(enabled, committed_db, tenant_a):
+    """Two collectors, as in two gunicorn workers: the second takes the
+    first's values from Redis and sends no query."""
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    enabled.METRICS_CACHE_SECONDS = 60
+    DraftFactory(account__tenant=tenant_a, status="sent")
+    first = {family.name: family for family in metrics.ScrapeTimeCollector().collect()}
+    DraftFactory(account__tenant=tenant_a, status="sent")
+    with CaptureQueriesContext(connections["admin"]) as queries:
+        second = {family.name: family for family in metrics.ScrapeTimeCollector().collect()}
+    assert len(queries) == 0
+    sent = [
+        [sample.value for sample in read["emailclient_sends"].samples if sample.labels["outcome"] == "sent"]
+        for read in (first, second)
+    ]
+    assert sent == [[1], [1]]
+
+
+def test_while_one_process_reads_the_others_answer_with_the_last_values(enabled, committed_db, tenant_a):
+    from django.core.cache import cache
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    DraftFactory(account__tenant=tenant_a, status="sent")
+    assert metrics.database_values()["by_status"] == {"sent": 1}
+    DraftFactory(account__tenant=tenant_a, status="sent")
+    assert cache.add(metrics.READING_KEY, 1, timeout=30)  # another process reads them now
+    with CaptureQueriesContext(connections["admin"]) as queries:
+        assert metrics.database_values()["by_status"] == {"sent": 1}  # stale, not read again
+    assert len(queries) == 0
+    cache.delete(metrics.READING_KEY)
+    assert metrics.database_values()["by_status"] == {"sent": 2}
+
+
+def test_a_scrape_waits_no_longer_than_the_statement_timeout(client, enabled, committed_db, caplog):
+    """A table locked (a migration, a VACUUM FULL) or a sum too slow: the
+    statement is cancelled, the database's gauges are left out, logged."""
+    import threading
+
+    import psycopg
+    from django.db import connections
+
+    enabled.METRICS_STATEMENT_TIMEOUT = 0.3
+    owner = connections["owner"].settings_dict
+    locker = psycopg.connect(host=owner["HOST"], port=owner["PORT"], dbname=owner["NAME"], user=owner["USER"])
+    locker.execute("LOCK TABLE email_drafts IN ACCESS EXCLUSIVE MODE")
+    release = threading.Timer(8, locker.commit)
+    release.start()
+    try:
+        started = time.monotonic()
+        response = scrape(client)
+        elapsed = time.monotonic() - started
+    finally:
+        release.cancel()
+        locker.commit()
+        locker.close()
+    assert response.status_code == 200
+    assert elapsed < 5
+    found = samples(response.content.decode())
+    assert found[("emailclient_scrape_source_up", (("source", "database"),))] == 0
+    assert found[("emailclient_scrape_source_up", (("source", "broker"),))] == 1
+    assert not any(name == "emailclient_sends" for name, _ in found)
+    assert any("metrics: reading the database failed" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.django_db
 def test_a_broker_that_does_not_answer_is_reported_not_a_500(client, enabled):
     enabled.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
