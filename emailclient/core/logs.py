@@ -15,6 +15,7 @@ import contextvars
 import json
 import logging
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,14 @@ _context: dict[str, contextvars.ContextVar[str | None]] = {
 
 # What a request's or a task's log line may add through `extra=`.
 EXTRA_FIELDS = ("method", "path", "route", "status", "duration_ms")
+
+# A request's tenant and user are known only once it is authenticated: by the
+# tenant middleware before the view, by DRF or the session inside it. The
+# request sets a reader of them, asked when a record is made while they are
+# unset, so that every line after the authentication names them.
+_reader: contextvars.ContextVar[Callable[[], dict[str, str | None]] | None] = contextvars.ContextVar(
+    "log_reader", default=None
+)
 
 
 def context_set(**values: Any) -> dict[str, contextvars.Token[str | None]]:
@@ -49,13 +58,33 @@ def context_get(name: str) -> str | None:
     return _context[name].get()
 
 
+def context_reader_set(
+    reader: Callable[[], dict[str, str | None]],
+) -> contextvars.Token[Callable[[], dict[str, str | None]] | None]:
+    """Set the reader of fields known later (a request's tenant and user)."""
+    return _reader.set(reader)
+
+
+def context_reader_reset(token: contextvars.Token[Callable[[], dict[str, str | None]] | None]) -> None:
+    try:
+        _reader.reset(token)
+    except ValueError:  # set in another context: clear it
+        _reader.set(None)
+
+
 class ContextFilter(logging.Filter):
     """Adds the current request's or task's fields to each record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        read: dict[str, str | None] | None = None
         for name, var in _context.items():
             if getattr(record, name, None) is None:
-                setattr(record, name, var.get())
+                value = var.get()
+                reader = _reader.get()
+                if value is None and reader is not None:
+                    read = reader() if read is None else read
+                    value = read.get(name)
+                setattr(record, name, value)
         return True
 
 

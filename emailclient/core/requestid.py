@@ -5,8 +5,10 @@ when it is a sane one (1-128 characters of letters, digits and `-_.:@+=/`),
 else makes one (32 hex digits); it is returned in the response's
 `X-Request-ID`, set in the log context for the request's lines, and ends the
 request with one access line: method, path (never the query string: it holds
-signed URLs' tokens and searches), route, status and duration, with tenant
-and user. It also counts the request in the metrics (`metrics.py`).
+signed URLs' tokens and searches), route, status and duration. The tenant
+and user are on every line made once the request is authenticated (the
+tenant middleware's, or DRF's or the session's inside the view), the access
+line's included. It also counts the request in the metrics (`metrics.py`).
 
 A task queued while a request runs carries the id in its message headers
 (`before_task_publish`); the worker puts it, with the task's name, id,
@@ -22,7 +24,7 @@ from typing import Any
 
 from celery import signals
 
-from .logs import context_get, context_reset, context_set
+from .logs import context_get, context_reader_reset, context_reader_set, context_reset, context_set
 
 logger = logging.getLogger("emailclient.request")
 
@@ -64,6 +66,13 @@ def _user_of(request: Any) -> str | None:
     return None
 
 
+def _context_of(request: Any) -> dict[str, str | None]:
+    """The request's tenant and user as far as they are known now: asked
+    by the log context for each record (`logs.context_reader_set`)."""
+    tenant = getattr(request, "tenant", None)
+    return {"tenant": None if tenant is None else str(tenant.id), "user": _user_of(request)}
+
+
 class RequestIdMiddleware:
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
@@ -74,6 +83,7 @@ class RequestIdMiddleware:
         request_id = request_id_from(request.META.get(META_HEADER))
         request.request_id = request_id
         tokens = context_set(request_id=request_id, tenant=None, user=None)
+        reader = context_reader_set(lambda: _context_of(request))
         started = time.perf_counter()
         try:
             response = self.get_response(request)
@@ -86,8 +96,6 @@ class RequestIdMiddleware:
         finally:
             duration = time.perf_counter() - started
             route = route_of(request)
-            tenant = getattr(request, "tenant", None)
-            context_set(tenant=None if tenant is None else tenant.id, user=_user_of(request))
             if route != "metrics":
                 metrics.request_observed(method=request.method, route=route, status=status, seconds=duration)
             logger.info(
@@ -103,6 +111,7 @@ class RequestIdMiddleware:
                     "duration_ms": round(duration * 1000, 1),
                 },
             )
+            context_reader_reset(reader)
             context_reset(tokens)
 
 

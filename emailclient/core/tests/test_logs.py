@@ -274,6 +274,48 @@ def test_the_access_lines_path_is_redacted(api_client, captured):
     assert "path-secret" not in capture.text()
 
 
+@pytest.mark.django_db
+def test_a_line_logged_inside_the_view_names_tenant_and_user(
+    client_a, tenant_a, user_a, captured, monkeypatch
+):
+    from accounts import views as account_views
+
+    real_list = account_views.account_list
+
+    def logging_list(**kwargs):
+        logging.getLogger("test.in_view").info("listing accounts")
+        return real_list(**kwargs)
+
+    monkeypatch.setattr(account_views, "account_list", logging_list)
+    assert client_a.get("/api/accounts/", HTTP_X_REQUEST_ID="req-in-view").status_code == 200
+    [line] = [entry for entry in captured.lines() if entry["logger"] == "test.in_view"]
+    assert line["request_id"] == "req-in-view"
+    assert line["tenant"] == str(tenant_a.id) and line["user"] == str(user_a.pk)
+    assert logs.context_get("tenant") is None and logs.context_get("user") is None  # after the request
+
+
+@pytest.mark.django_db(databases=["default", "admin"])
+def test_a_line_logged_inside_an_admin_view_names_the_session_user(captured, monkeypatch):
+    from django.test import Client
+
+    from emailclient.core import admin_monitoring
+    from emailclient.core.tests.factories import UserFactory
+
+    real_tables = admin_monitoring.monitoring_tables
+
+    def logging_tables():
+        logging.getLogger("test.in_view").info("reading the monitoring tables")
+        return real_tables()
+
+    monkeypatch.setattr(admin_monitoring, "monitoring_tables", logging_tables)
+    operator = UserFactory(username="operator", is_staff=True, is_superuser=True)
+    client = Client()
+    client.force_login(operator)
+    assert client.get("/admin/monitoring/").status_code == 200
+    [line] = [entry for entry in captured.lines() if entry["logger"] == "test.in_view"]
+    assert line["user"] == str(operator.pk) and "tenant" not in line
+
+
 JSON_WORKER = celery_worker.SCRIPT.replace(
     "from emailclient.celery import app\n",
     "import logging.config\n"
