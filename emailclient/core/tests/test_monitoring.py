@@ -182,6 +182,14 @@ def test_the_admin_index_links_to_it(staff_client):
     assert 'href="/admin/monitoring/"' in staff_client.get("/admin/").content.decode()
 
 
+def test_the_admin_index_shows_a_staff_user_who_is_not_superuser_no_link():
+    client = Client()
+    client.force_login(UserFactory(username="staff-only", is_staff=True))
+    page = client.get("/admin/")
+    assert page.status_code == 200
+    assert "/admin/monitoring/" not in page.content.decode()
+
+
 def test_the_page_is_for_staff_only():
     anonymous = Client().get("/admin/monitoring/")
     assert anonymous.status_code == 302 and "/admin/login/" in anonymous["Location"]
