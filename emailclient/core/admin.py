@@ -303,3 +303,7 @@ class AuditLogAdmin(ReadOnlyOperatorAdmin):
     ]
     list_select_related = ["tenant", "actor"]
     search_fields = ["object_id", "action", "=actor__username"]
+    # A filtered page counts its own rows only: not the whole log's total
+    # ("n results (N total)"), nor each filter choice's rows ("Show counts").
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
