@@ -190,7 +190,7 @@ def database_values() -> dict[str, Any]:
     from django.core.cache import cache
 
     try:
-        shared = cache.get(SHARED_KEY)
+        shared: dict[str, Any] | None = cache.get(SHARED_KEY)
         if shared is not None and time.time() - shared["at"] < settings.METRICS_CACHE_SECONDS:
             return shared
         reading = settings.METRICS_STATEMENT_TIMEOUT * 2 + 5  # two statements, then the mark expires
