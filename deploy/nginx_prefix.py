@@ -56,12 +56,16 @@ def build(
     upstream: str,
     http_port: int,
     https_port: int,
+    public_http_port: int | None = None,
+    public_https_port: int | None = None,
     server_name: str = "_",
     cert_dir: Path | None = None,
     extra_conf: dict[str, str] | None = None,
 ) -> list[str]:
     """Fill `prefix` and return the command that runs nginx in the foreground
-    on it (add `-t` to only test the configuration)."""
+    on it (add `-t` to only test the configuration). The public ports, what
+    clients use, are the ports nginx listens on unless given (compose
+    publishes 80 and 443 on others)."""
     prefix = prefix.resolve()
     (prefix / "conf.d").mkdir(parents=True, exist_ok=True)
     shutil.copy(NGINX_DIR / "nginx.conf", prefix / "nginx.conf")
@@ -75,6 +79,8 @@ def build(
         "NGINX_UPSTREAM": upstream,
         "NGINX_HTTP_PORT": str(http_port),
         "NGINX_HTTPS_PORT": str(https_port),
+        "NGINX_PUBLIC_HTTP_PORT": str(public_http_port or http_port),
+        "NGINX_PUBLIC_HTTPS_PORT": str(public_https_port or https_port),
         "NGINX_CERT_DIR": str(cert_dir.resolve()),
     }
     (prefix / "conf.d" / "emailclient.conf").write_text(render(TEMPLATE.read_text(), values))
@@ -101,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", default="127.0.0.1:8000")
     parser.add_argument("--http-port", type=int, default=8080)
     parser.add_argument("--https-port", type=int, default=8443)
+    parser.add_argument("--public-http-port", type=int)
+    parser.add_argument("--public-https-port", type=int)
     parser.add_argument("--cert-dir", type=Path)
     args = parser.parse_args(argv)
     command = build(
@@ -108,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         upstream=args.upstream,
         http_port=args.http_port,
         https_port=args.https_port,
+        public_http_port=args.public_http_port,
+        public_https_port=args.public_https_port,
         cert_dir=args.cert_dir,
     )
     print(" ".join(f"'{c}'" if " " in c else c for c in command))

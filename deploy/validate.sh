@@ -452,6 +452,30 @@ nginx_config() {
     eval "$command -t"
 }
 check "nginx -t: deploy/nginx (nginx.conf, template, snippets) with TLS" nginx_config
+# HTTPS published on another port than 443: compose hands the published
+# ports to the template, whose redirect and the Host given to Django keep
+# them (emailclient/core/tests/test_nginx.py follows both for real).
+public_ports() {
+    local command
+    printf 'PUBLIC_HTTP_PORT=8080\nPUBLIC_HTTPS_PORT=8443\n' | cat "$full_env" - >"$WORK/ports.env"
+    compose "$WORK/ports.env" config --format json | "$PY" -c 'import json, sys
+nginx = json.load(sys.stdin)["services"]["nginx"]
+env = nginx["environment"]
+published = sorted((str(p["published"]), p["target"]) for p in nginx["ports"])
+print(env.get("NGINX_PUBLIC_HTTP_PORT"), env.get("NGINX_PUBLIC_HTTPS_PORT"), published)
+sys.exit(env.get("NGINX_PUBLIC_HTTP_PORT") != "8080" or env.get("NGINX_PUBLIC_HTTPS_PORT") != "8443"
+         or published != [("8080", 80), ("8443", 443)])' || return 1
+    # shellcheck disable=SC2016
+    grep -qF 'return 301 https://$emailclient_https_host$request_uri;' \
+        deploy/nginx/templates/emailclient.conf.template || { echo "the redirect drops the port"; return 1; }
+    # shellcheck disable=SC2016
+    grep -qxF 'proxy_set_header Host $emailclient_public_host;' deploy/nginx/snippets/proxy_headers.inc ||
+        { echo "the Host given to Django drops the port"; return 1; }
+    command=$("$PY" deploy/nginx_prefix.py "$WORK/nginx-ports" --upstream 127.0.0.1:8000 --http-port 80 \
+        --https-port 443 --public-http-port 8080 --public-https-port 8443)
+    eval "$command -t"
+}
+check "nginx: PUBLIC_HTTP(S)_PORT reach the template; redirect and Host keep them; nginx -t" public_ports
 nginx_rules() {
     local f=deploy/nginx/templates/emailclient.conf.template rc=0
     grep -q 'zone=api:[0-9]*m rate=100r/s;' $f || { echo "API limit is not 100r/s"; rc=1; }

@@ -230,11 +230,62 @@ def test_sends_are_limited_to_50_a_minute_with_a_burst_of_10(stack):
     assert _request(stack, "POST", "/api/compose/draft", source="127.0.0.6")[0] == 401
 
 
-def test_plain_http_redirects_to_https(stack):
+def test_plain_http_redirects_to_https_on_its_published_port(stack):
+    """Here nginx's ports are what clients use (compose may publish HTTPS on
+    another port than 443: PUBLIC_HTTPS_PORT); the redirect keeps it."""
     status, headers, _ = _request(stack, "GET", "/api/messages/?page=2", scheme="http", source="127.0.0.7")
 
     assert status == 301
+    assert headers["Location"] == f"https://127.0.0.1:{stack['https']}/api/messages/?page=2"
+
+
+def test_the_redirect_names_no_port_when_https_is_published_on_443(tmp_path):
+    http_port = _free_port()
+    command = _prefix_module().build(
+        tmp_path / "prefix",
+        upstream="127.0.0.1:9",  # never reached: port 80 only redirects
+        http_port=http_port,
+        https_port=_free_port(),
+        public_http_port=80,
+        public_https_port=443,
+    )
+    log = tmp_path / "nginx.log"
+    nginx = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        _wait_port(http_port, nginx, log)
+
+        status, headers, _ = _request({"http": http_port}, "GET", "/api/messages/?page=2", scheme="http")
+    finally:
+        _stop(nginx)
+
+    assert status == 301
     assert headers["Location"] == "https://127.0.0.1/api/messages/?page=2"
+
+
+def test_the_service_builds_its_links_with_the_published_port(stack, committed_db):
+    """The Host nginx passes on carries the port the client used, so the
+    API's absolute links (and Django's CSRF origin check) name that address,
+    not one on 443."""
+    from rest_framework_simplejwt.tokens import RefreshToken
+
+    from accounts.tests.factories import EmailAccountFactory
+    from emailclient.core.tests.factories import MembershipFactory, TenantFactory, UserFactory
+
+    tenant = TenantFactory(slug="nginx-port")
+    user = UserFactory(username="nginx-port-user")
+    MembershipFactory(tenant=tenant, user=user, role="member")
+    EmailAccountFactory.create_batch(2, tenant=tenant, user=user)
+    headers = {
+        "Authorization": f"Bearer {RefreshToken.for_user(user).access_token}",
+        "X-Tenant-ID": "nginx-port",
+    }
+
+    status, _, data = _request(
+        stack, "GET", "/api/accounts/?page_size=1", headers=headers, source="127.0.0.12"
+    )
+
+    assert status == 200, data
+    assert json.loads(data)["next"].startswith(f"https://127.0.0.1:{stack['https']}/api/accounts/?")
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
