@@ -44,13 +44,16 @@ DRAFT_COPY_MAX_RETRIES = 8
     time_limit=SEND_TIME_LIMIT,
     soft_time_limit=SEND_TIME_LIMIT - 60,
 )
-def send_task(tenant_id: str, draft_id: str, account_id: str | None = None) -> dict[str, str]:
+def send_task(
+    tenant_id: str, draft_id: str, account_id: str | None = None, helper: int | None = None
+) -> dict[str, str]:
     """Deliver a queued draft once, and the account's other due items (see
     `compose.outbox`)."""
     outcome = outbox_send(
         tenant_id=uuid.UUID(tenant_id),
         draft_id=uuid.UUID(draft_id),
         account_id=uuid.UUID(account_id) if account_id else None,
+        helper=helper,
     )
     return {"result": outcome}
 

@@ -492,6 +492,39 @@ def test_a_task_finding_the_send_lock_held_leaves_the_item(smtp_account, smtp_se
 
 
 @pytest.mark.django_db
+def test_a_run_whose_draft_a_helper_holds_drains_the_accounts_other_items_and_hands_over(
+    smtp_account, smtp_server, broker
+):
+    """The run that holds the account's drain mark finds its own draft held
+    (a helper took it in its batch): it sends the account's other due items
+    and hands over, instead of leaving the mark set with nobody draining."""
+    from django.core.cache import cache
+    from django.db import connections
+
+    from compose.outbox import SEND_LOCK_CLASS, _drain_mark, _lock_key
+
+    ids = {"tenant_id": smtp_account.tenant_id, "account_id": smtp_account.id}
+    held, *others = [queue_message(smtp_account, subject=f"B{n}") for n in range(3)]
+    assert send_request(draft_id=held.id, **ids) is True
+    broker.delete("celery")
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [SEND_LOCK_CLASS, _lock_key(held.id)])
+            assert cursor.fetchone()[0]
+        outcome = outbox_send(draft_id=held.id, **ids)
+    finally:
+        other.close()
+
+    assert outcome == "busy"
+    assert [state(d)[0].status for d in (held, *others)] == [Status.QUEUED, Status.SENT, Status.SENT]
+    assert sorted(d.data.count(b"Subject: B") for d in smtp_server.deliveries) == [1, 1]
+    # Handed over: the held item, still due, has a task, and the mark is the new task's.
+    assert [task["draft_id"] for task, _ in broker_sends()] == [str(held.id)]
+    assert cache.get(_drain_mark(smtp_account.id)) is not None
+
+
+@pytest.mark.django_db
 def test_a_sending_item_whose_worker_died_before_the_body_is_sent_again(smtp_account, smtp_server):
     draft = queue_message(smtp_account)
     with tenant_scope(draft.tenant_id):
@@ -971,12 +1004,13 @@ def test_a_run_that_sends_nothing_hands_the_accounts_due_items_to_a_new_task(
 
 
 @pytest.mark.django_db
-def test_a_batchs_sent_copies_go_in_one_write_to_a_server_with_literal_plus(
+def test_a_batchs_sent_copies_go_in_one_command_to_a_server_with_literal_plus_and_multiappend(
     synced_account, smtp_server, mailbox, monkeypatch
 ):
-    """Dovecot takes non-synchronising literals: the APPENDs of a batch are
-    written at once and their replies read after (one round trip, not two
-    a message); each copy is there once, seen, dated when it was sent."""
+    """Dovecot takes non-synchronising literals and MULTIAPPEND: the copies
+    of a batch are one APPEND command, written at once (one round trip and
+    one transaction of the mailbox, not one a message); each copy is there
+    once, seen, dated when it was sent."""
     import imaplib
 
     writes = []
@@ -991,7 +1025,8 @@ def test_a_batchs_sent_copies_go_in_one_write_to_a_server_with_literal_plus(
 
     assert send(drafts[0]) == Status.SENT
 
-    assert [w.count(b" APPEND ") for w in writes if b" APPEND " in w] == [5]  # the task's own one too
+    # One write, one MULTIAPPEND command carrying the five (the task's own one too).
+    assert [(w.count(b" APPEND "), w.count(b"(\\Seen)")) for w in writes if b" APPEND " in w] == [(1, 5)]
     assert [state(d)[1].sent_copy for d in drafts] == ["appended"] * 5
     mailbox.select_folder("Sent", readonly=True)
     fetched = mailbox.fetch(
@@ -1005,6 +1040,36 @@ def test_a_batchs_sent_copies_go_in_one_write_to_a_server_with_literal_plus(
     assert {v[b"INTERNALDATE"].astimezone(timezone.get_current_timezone()) for v in fetched.values()} <= {
         t.astimezone(timezone.get_current_timezone()) for t in sent_at
     }
+
+
+@pytest.mark.django_db
+def test_a_multiappend_the_server_refuses_goes_again_one_append_each_and_only_the_bad_copy_fails(
+    synced_account, mailbox, monkeypatch
+):
+    """MULTIAPPEND is all or nothing: Dovecot refuses the whole command for
+    one message it will not save (here an empty one). The others are then
+    appended one by one; the refused one is failed with the server's reply."""
+    from compose import outbox
+    from messages.blobs import BlobStore
+
+    drafts = [queue_message(synced_account, subject=f"M{n}") for n in range(3)]
+    items = [state(d)[1] for d in drafts]
+    get = BlobStore.get
+    monkeypatch.setattr(
+        BlobStore, "get", lambda self, t, key: b"" if key == items[1].raw_blob_key else get(self, t, key)
+    )
+
+    outcomes = outbox._sent_copies_store(items, synced_account, look_first=False)
+
+    assert outcomes[items[0].id] == outcomes[items[2].id] == ("appended", "")
+    state_1, error_1 = outcomes[items[1].id]
+    assert state_1 == "failed" and error_1.startswith("NO ") and "zero byte" in error_1
+    mailbox.select_folder("Sent", readonly=True)
+    fetched = mailbox.fetch(mailbox.search(["ALL"]), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+    assert sorted(v[b"BODY[HEADER.FIELDS (SUBJECT)]"].strip() for v in fetched.values()) == [
+        b"Subject: M0",
+        b"Subject: M2",
+    ]
 
 
 @pytest.mark.django_db
@@ -1038,11 +1103,41 @@ def test_a_backlog_of_more_than_a_batch_gets_one_helper_task_and_each_item_is_se
     [(helper, _headers)] = broker_sends()
     assert helper["account_id"] == str(smtp_account.id)
     assert helper["draft_id"] == str(drafts[3].id)
+    assert helper["helper"] == 0
     # This run got to everything first; the helper, arriving late, sends nothing again.
     assert [state(d)[0].status for d in drafts] == [Status.SENT] * 7
     ids = {"tenant_id": smtp_account.tenant_id, "account_id": smtp_account.id}
-    assert outbox_send(draft_id=drafts[3].id, **ids) == Status.SENT
+    assert outbox_send(draft_id=drafts[3].id, helper=0, **ids) == Status.SENT
     assert sorted(d.data.count(b"Subject: H") for d in smtp_server.deliveries) == [1] * 7
+
+
+@pytest.mark.django_db
+def test_a_helper_frees_its_slot_when_it_ends_and_leaves_the_accounts_drain_mark(
+    smtp_account, smtp_server, broker, monkeypatch
+):
+    """A long backlog gets a helper for each of its runs, not one for the
+    first run only; and a helper's end does not open the account to a third
+    drain while the run that holds the mark goes on."""
+    from django.core.cache import cache
+
+    from compose import outbox
+
+    monkeypatch.setattr(outbox, "DRAIN_BATCH", 2)
+    ids = {"tenant_id": smtp_account.tenant_id, "account_id": smtp_account.id}
+    drafts = [queue_message(smtp_account, subject=f"F{n}") for n in range(4)]
+    assert send_request(draft_id=drafts[0].id, **ids) is True  # the mark: a run is queued
+    broker.delete("celery")
+    outbox._drain_helper(smtp_account.tenant_id, smtp_account.id, drafts[3].id)
+    outbox._drain_helper(smtp_account.tenant_id, smtp_account.id, drafts[2].id)
+    assert [(task["draft_id"], task["helper"]) for task, _ in broker_sends()] == [(str(drafts[3].id), 0)]
+
+    assert outbox_send(draft_id=drafts[3].id, helper=0, **ids) == Status.SENT
+
+    assert [state(d)[0].status for d in drafts] == [Status.SENT] * 4
+    assert cache.get(outbox._drain_mark(smtp_account.id)) is not None  # the first run's, still queued
+    broker.delete("celery")
+    outbox._drain_helper(smtp_account.tenant_id, smtp_account.id, drafts[2].id)
+    assert [(task["draft_id"], task["helper"]) for task, _ in broker_sends()] == [(str(drafts[2].id), 0)]
 
 
 # --- What a drained message costs ---------------------------------------------------------
