@@ -251,28 +251,30 @@ def send_request(*, tenant_id: uuid.UUID, draft_id: uuid.UUID, account_id: uuid.
     return True
 
 
-def _drain_handoff(tenant_id: uuid.UUID, account_id: uuid.UUID, *, look_again: bool) -> None:
+def _drain_handoff(tenant_id: uuid.UUID, account_id: uuid.UUID, *, look_again: bool) -> bool:
     """The end of a send task's run: clear the account's drain mark, then
     look again. An item queued while the mark was set (its request queued no
     task) and not sent by this run gets a task now, unless a request after
     the clear queued one. A run that stopped on an unwell server or account
     (`look_again` False) leaves the rest to the next request or to the
-    dispatcher (`DISPATCH_GRACE` later), not to a task straight away."""
+    dispatcher (`DISPATCH_GRACE` later), not to a task straight away.
+    True when items were left to another run."""
     try:
         cache.delete(_drain_mark(account_id))
     except Exception:
         logger.warning("drain mark of account %s not cleared", account_id, exc_info=True)
-        return
-    if look_again:
-        _drain_look_again(tenant_id, account_id)
+        return False
+    return look_again and _drain_look_again(tenant_id, account_id)
 
 
-def _drain_look_again(tenant_id: uuid.UUID, account_id: uuid.UUID) -> None:
+def _drain_look_again(tenant_id: uuid.UUID, account_id: uuid.UUID) -> bool:
     """A task for the account's oldest due item, unless a run holds the
-    account's drain mark (it sends it, or hands over when it ends)."""
+    account's drain mark (it sends it, or hands over when it ends). Whether
+    an item is due."""
     due = _due_of_account(tenant_id, account_id, exclude=[], limit=1)
     if due:
         send_request(tenant_id=tenant_id, draft_id=due[0], account_id=account_id)
+    return bool(due)
 
 
 # --- The send -------------------------------------------------------------------
@@ -484,30 +486,44 @@ def outbox_send(
     `helper` (`_drain_helper`): the run drains beside the one holding the
     mark, which it leaves alone; it frees its helper slot when it ends, so
     the next batch of a long backlog gets a helper again, and asks for a
-    run if items are left and no run holds the mark any more."""
-    if helper is not None and account_id is not None:
-        healthy = True
-        try:
-            status, _account_id, healthy = _send_and_drain(tenant_id, draft_id, account_id, helper=True)
-            return status
-        finally:
+    run if items are left and no run holds the mark any more.
+
+    The sync that stores the Sent copies (`_sync_after_send`) is asked for
+    by the run that leaves nothing due behind it (or stops on an unwell
+    server): a backlog of thousands syncs once, after its last run, instead
+    of once a run with each sync taking the CPU the drain needs."""
+    try:
+        run = _send_and_drain(tenant_id, draft_id, account_id, helper=helper is not None)
+    finally:
+        if helper is not None and account_id is not None:
             try:
                 cache.delete(_helper_mark(account_id, helper))
             except Exception:  # the mark's timeout frees it
                 logger.warning("helper slot of account %s not freed", account_id, exc_info=True)
-            if healthy:
-                _drain_look_again(tenant_id, account_id)
-    status, account_id, healthy = _send_and_drain(tenant_id, draft_id, account_id, helper=False)
-    if account_id is not None:
-        _drain_handoff(tenant_id, account_id, look_again=healthy)
-    return status
+    handed_over = False  # items are left, for a run that syncs after them
+    if run.account_id is not None and helper is None:
+        handed_over = _drain_handoff(tenant_id, run.account_id, look_again=run.healthy)
+    elif run.account_id is not None and run.healthy:
+        handed_over = _drain_look_again(tenant_id, run.account_id)
+    if run.sent_from is not None and not handed_over:
+        _sync_after_send(run.sent_from)
+    return run.status
+
+
+@dataclass
+class _Run:
+    """What a run of `_send_and_drain` did."""
+
+    status: str = MISSING
+    account_id: uuid.UUID | None = None
+    healthy: bool = True  # the server and the account stayed well
+    sent_from: EmailAccount | None = None  # the account, if the run sent a message
 
 
 def _send_and_drain(
     tenant_id: uuid.UUID, draft_id: uuid.UUID, account_id: uuid.UUID | None, *, helper: bool
-) -> tuple[str, uuid.UUID | None, bool]:
-    """`outbox_send` but the hand-over: (status, the account, whether the
-    server and the account stayed well)."""
+) -> _Run:
+    """`outbox_send` but the hand-over and the sync after it."""
     with draft_send_lock(draft_id) as held:
         first: list[_Attempt] = []
         if held:
@@ -515,19 +531,25 @@ def _send_and_drain(
             if isinstance(claimed, str):
                 if claimed == Status.SENT:
                     _after_sent(tenant_id, [draft_id], resumed=True)
-                return claimed, account_id, True
+                return _Run(status=claimed, account_id=account_id)
             first, account_id = [claimed], claimed.account_id
         elif helper or account_id is None:
-            return BUSY, account_id, True
-        outcome = _drain(tenant_id, account_id, looked_at=[draft_id], first=first)
-    return (_status_of(tenant_id, draft_id) if held else BUSY), account_id, outcome == Status.SENT
+            return _Run(status=BUSY, account_id=account_id)
+        outcome, sent_from = _drain(tenant_id, account_id, looked_at=[draft_id], first=first)
+    return _Run(
+        status=_status_of(tenant_id, draft_id) if held else BUSY,
+        account_id=account_id,
+        healthy=outcome == Status.SENT,
+        sent_from=sent_from,
+    )
 
 
 def _drain(
     tenant_id: uuid.UUID, account_id: uuid.UUID, *, looked_at: list[uuid.UUID], first: list["_Attempt"]
-) -> str:
+) -> tuple[str, EmailAccount | None]:
     """Send the account's due items over one SMTP session, a batch at a
-    time (`first`, claimed already, with the first); the last batch's outcome."""
+    time (`first`, claimed already, with the first): the last batch's
+    outcome, and the account if a message was sent."""
     deadline = time.monotonic() + DRAIN_SECONDS
     with _Sender(tenant_id, account_id) as sender:
         while True:
@@ -544,9 +566,7 @@ def _drain(
                 or time.monotonic() >= deadline
             ):
                 break
-        if sender.sent_any and sender.account is not None:
-            _sync_after_send(sender.account)  # once for the run, not once a batch
-    return outcome
+    return outcome, sender.account if sender.sent_any else None
 
 
 def _drain_helper(tenant_id: uuid.UUID, account_id: uuid.UUID, draft_id: uuid.UUID) -> None:

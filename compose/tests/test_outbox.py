@@ -1089,6 +1089,36 @@ def test_a_drain_asks_for_one_sync_at_its_end_not_one_a_batch(smtp_account, smtp
 
 
 @pytest.mark.django_db
+def test_a_run_that_hands_items_over_leaves_the_sync_to_the_run_that_sends_the_last(
+    smtp_account, smtp_server, broker, monkeypatch
+):
+    """A backlog longer than a run syncs once, after its last run: a sync
+    per run took the CPU the drain needed."""
+    from compose import outbox
+    from mailboxes import services as mailbox_services
+
+    syncs = []
+    monkeypatch.setattr(mailbox_services, "sync_request", lambda **kwargs: syncs.append(kwargs["account"].id))
+    monkeypatch.setattr(outbox, "DRAIN_BATCH", 2)
+    monkeypatch.setattr(outbox, "DRAIN_LIMIT", 2)
+    monkeypatch.setattr(outbox, "DRAIN_HELPERS", 0)
+    ids = {"tenant_id": smtp_account.tenant_id, "account_id": smtp_account.id}
+    drafts = [queue_message(smtp_account, subject=f"L{n}") for n in range(5)]
+
+    assert outbox_send(draft_id=drafts[0].id, **ids) == Status.SENT
+
+    assert [state(d)[0].status for d in drafts] == [Status.SENT] * 3 + [Status.QUEUED] * 2
+    [(task, _headers)] = broker_sends()
+    assert task["draft_id"] == str(drafts[3].id)
+    assert syncs == []
+
+    assert outbox_send(draft_id=drafts[3].id, **ids) == Status.SENT
+
+    assert [state(d)[0].status for d in drafts] == [Status.SENT] * 5
+    assert syncs == [smtp_account.id]
+
+
+@pytest.mark.django_db
 def test_a_backlog_of_more_than_a_batch_gets_one_helper_task_and_each_item_is_sent_once(
     smtp_account, smtp_server, broker, monkeypatch
 ):
