@@ -1043,6 +1043,57 @@ def test_a_batchs_sent_copies_go_in_one_command_to_a_server_with_literal_plus_an
 
 
 @pytest.mark.django_db
+def test_a_drains_sent_copies_go_over_one_imap_session_each_batch_answered_after_the_next_is_sent(
+    synced_account, smtp_server, mailbox, monkeypatch
+):
+    """The server saves a batch's copies while the next batch is sent: a
+    batch's MULTIAPPEND is answered only after the next batch's messages
+    went, and the whole drain logs in to IMAP once."""
+    import imaplib
+
+    from compose import outbox
+    from mailboxes.imap import session as imap_session_module
+
+    monkeypatch.setattr(outbox, "DRAIN_BATCH", 2)
+    events = []  # (what, messages delivered over SMTP by then)
+    logins = []
+    send_bytes, tagged = imaplib.IMAP4.send, imaplib.IMAP4._get_tagged_response
+    appends = set()
+
+    def recorded_send(self, data):
+        if b" APPEND " in bytes(data):
+            appends.add(bytes(data).split(b" ", 1)[0])
+            copies = bytes(data).count(b"(\\Seen)")
+            events.append((f"append {copies}", len(smtp_server.deliveries)))
+        return send_bytes(self, data)
+
+    def recorded_tagged(self, tag, *args, **kwargs):
+        result = tagged(self, tag, *args, **kwargs)
+        if tag in appends:
+            events.append((f"answer {result[0]}", len(smtp_server.deliveries)))
+        return result
+
+    init = imap_session_module.ImapSession.__init__
+
+    def counted_init(self, *args, **kwargs):
+        logins.append(1)
+        return init(self, *args, **kwargs)
+
+    monkeypatch.setattr(imaplib.IMAP4, "send", recorded_send)
+    monkeypatch.setattr(imaplib.IMAP4, "_get_tagged_response", recorded_tagged)
+    monkeypatch.setattr(imap_session_module.ImapSession, "__init__", counted_init)
+    drafts = [queue_message(synced_account, subject=f"D{n}") for n in range(5)]
+
+    assert send(drafts[0]) == Status.SENT
+
+    assert [state(d)[1].sent_copy for d in drafts] == ["appended"] * 5
+    assert len(logins) == 1
+    # Batches of 3 (the task's own draft and two) and 2.
+    assert events == [("append 3", 3), ("answer OK", 5), ("append 2", 5), ("answer OK", 5)]
+    assert len(sent_folder_messages(mailbox)) == 5
+
+
+@pytest.mark.django_db
 def test_a_multiappend_the_server_refuses_goes_again_one_append_each_and_only_the_bad_copy_fails(
     synced_account, mailbox, monkeypatch
 ):
