@@ -473,9 +473,10 @@ def outbox_send(
     claimed under its own advisory lock exactly as its own task would: a
     queue of a thousand messages is a few connections, not a thousand. Their
     own tasks, if any, arriving later, find them sent and do nothing. They go
-    in batches of `DRAIN_BATCH`: after each, the batch's Sent copies go over
-    one IMAP session while its send locks are still held (no other delivery
-    of a task appends one again), then the locks are released. A batch cut
+    in batches of `DRAIN_BATCH`: after each, the batch's Sent copies are
+    written over the run's IMAP session and answered while the next batch
+    is sent (`_SentCopies`), its send locks held until then (no other
+    delivery of a task appends one again), then released. A batch cut
     short by an error still gets its copies; a copy never made (the worker
     died) is made by the dispatcher's next round (`outbox_dispatch_due`).
 
