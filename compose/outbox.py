@@ -71,6 +71,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import current_app
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, connection, transaction
@@ -144,6 +145,8 @@ DRAIN_BATCH = 50
 # or one running, clears it when it ends; this bounds a mark left by a task
 # that never ran (the dispatcher sends its items `DISPATCH_GRACE` later).
 DRAIN_MARK_SECONDS = int(DRAIN_SECONDS) + 60
+# How long a sync after sending stays owed by a backlog's runs (`_sync_owed`).
+SYNC_OWED_SECONDS = 3600
 # Tasks draining one account's backlog beside the one its sends asked for
 # (`_drain_helper`): while one waits for the SMTP server, the database or
 # IMAP, another works. Each holds an SMTP connection of the account.
@@ -208,16 +211,20 @@ def send_enqueue(
     countdown: float | None = None,
     account_id: uuid.UUID | None = None,
     helper: int | None = None,
+    drain: str | None = None,
 ) -> None:
     """Queue the send task of a draft (ids only: no body, no credential).
     Call it after the commit that made the draft due. `helper`: the task
     drains beside another, in this helper slot of the account
-    (`_drain_helper`)."""
+    (`_drain_helper`); `drain`: the task holds the account's drain mark,
+    this token (`send_request`)."""
     kwargs: dict[str, Any] = {"tenant_id": str(tenant_id), "draft_id": str(draft_id)}
     if account_id is not None:
         kwargs["account_id"] = str(account_id)
     if helper is not None:
         kwargs["helper"] = helper
+    if drain is not None:
+        kwargs["drain"] = drain
     current_app.send_task("compose.tasks.send", kwargs=kwargs, countdown=countdown)
 
 
@@ -235,15 +242,17 @@ def send_request(*, tenant_id: uuid.UUID, draft_id: uuid.UUID, account_id: uuid.
     (the account's drain mark, in the cache): that one sends this draft too,
     or hands over to a new task when it ends (`_drain_handoff`). True when
     a task was queued. A queue of a thousand sends is a few tasks, not a
-    thousand that each find their item sent."""
+    thousand that each find their item sent. The mark holds a token that
+    only the task queued here carries: the one run that hands it over."""
     mark = _drain_mark(account_id)
+    token = uuid.uuid4().hex
     try:
-        if not cache.add(mark, 1, DRAIN_MARK_SECONDS):
+        if not cache.add(mark, token, DRAIN_MARK_SECONDS):
             return False
     except Exception:
         logger.warning("drain mark of account %s not read: a task of its own", account_id, exc_info=True)
     try:
-        send_enqueue(tenant_id=tenant_id, draft_id=draft_id, account_id=account_id)
+        send_enqueue(tenant_id=tenant_id, draft_id=draft_id, account_id=account_id, drain=token)
     except BaseException:
         with contextlib.suppress(Exception):
             cache.delete(mark)  # the next request tries again
@@ -251,16 +260,19 @@ def send_request(*, tenant_id: uuid.UUID, draft_id: uuid.UUID, account_id: uuid.
     return True
 
 
-def _drain_handoff(tenant_id: uuid.UUID, account_id: uuid.UUID, *, look_again: bool) -> bool:
-    """The end of a send task's run: clear the account's drain mark, then
-    look again. An item queued while the mark was set (its request queued no
-    task) and not sent by this run gets a task now, unless a request after
-    the clear queued one. A run that stopped on an unwell server or account
-    (`look_again` False) leaves the rest to the next request or to the
-    dispatcher (`DISPATCH_GRACE` later), not to a task straight away.
+def _drain_handoff(tenant_id: uuid.UUID, account_id: uuid.UUID, *, look_again: bool, token: str) -> bool:
+    """The end of the run holding the account's drain mark (`token`): clear
+    the mark (unless it is another run's by now), then look again. An item
+    queued while the mark was set (its request queued no task) and not sent
+    by this run gets a task now, unless a request after the clear queued
+    one. A run that stopped on an unwell server or account (`look_again`
+    False) leaves the rest to the next request or to the dispatcher
+    (`DISPATCH_GRACE` later), not to a task straight away.
     True when items were left to another run."""
+    mark = _drain_mark(account_id)
     try:
-        cache.delete(_drain_mark(account_id))
+        if cache.get(mark) == token:
+            cache.delete(mark)
     except Exception:
         logger.warning("drain mark of account %s not cleared", account_id, exc_info=True)
         return False
@@ -464,6 +476,7 @@ def outbox_send(
     draft_id: uuid.UUID,
     account_id: uuid.UUID | None = None,
     helper: int | None = None,
+    drain: str | None = None,
 ) -> str:
     """Deliver the draft's frozen message if it is due, at most once; returns
     the status it is left in (or `busy`, `missing`, `not_due`).
@@ -480,35 +493,74 @@ def outbox_send(
     short by an error still gets its copies; a copy never made (the worker
     died) is made by the dispatcher's next round (`outbox_dispatch_due`).
 
-    `account_id` (the draft's, given by `send_request`): the run ends with
-    the hand-over of the account's drain mark (`_drain_handoff`). Another
-    worker holding this draft (`busy`) may be a helper, which hands nothing
-    over: such a run drains the account's other due items all the same.
-    `helper` (`_drain_helper`): the run drains beside the one holding the
-    mark, which it leaves alone; it frees its helper slot when it ends, so
-    the next batch of a long backlog gets a helper again, and asks for a
-    run if items are left and no run holds the mark any more.
+    `drain` (the token of the account's drain mark, given by
+    `send_request`): the run ends with the hand-over of the mark
+    (`_drain_handoff`). Another worker holding this draft (`busy`) may be a
+    helper, which hands nothing over: such a run drains the account's other
+    due items all the same. Any other run (a helper, the dispatcher's, a
+    retry's) leaves the mark alone and, another worker holding its draft,
+    returns `busy`; when it ends it asks for a run if items are left and no
+    run holds the mark any more. `helper` (`_drain_helper`): the run frees
+    its helper slot when it ends, so the next batch of a long backlog gets a
+    helper again.
 
     The sync that stores the Sent copies (`_sync_after_send`) is asked for
     by the run that leaves nothing due behind it (or stops on an unwell
     server): a backlog of thousands syncs once, after its last run, instead
-    of once a run with each sync taking the CPU the drain needs."""
+    of once a run with each sync taking the CPU the drain needs. A run that
+    hands items over leaves the sync owed (`_sync_owed`); the run that ends
+    the backlog asks for it even if it sent nothing itself."""
     try:
-        run = _send_and_drain(tenant_id, draft_id, account_id, helper=helper is not None)
+        run = _send_and_drain(tenant_id, draft_id, account_id, drains_busy=drain is not None)
     finally:
         if helper is not None and account_id is not None:
             try:
                 cache.delete(_helper_mark(account_id, helper))
             except Exception:  # the mark's timeout frees it
                 logger.warning("helper slot of account %s not freed", account_id, exc_info=True)
-    handed_over = False  # items are left, for a run that syncs after them
-    if run.account_id is not None and helper is None:
-        handed_over = _drain_handoff(tenant_id, run.account_id, look_again=run.healthy)
-    elif run.account_id is not None and run.healthy:
-        handed_over = _drain_look_again(tenant_id, run.account_id)
-    if run.sent_from is not None and not handed_over:
-        _sync_after_send(run.sent_from)
+    if run.account_id is None:
+        return run.status
+    if drain is not None:
+        handed_over = _drain_handoff(tenant_id, run.account_id, look_again=run.healthy, token=drain)
+    else:
+        handed_over = run.healthy and _drain_look_again(tenant_id, run.account_id)
+    _sync_owed(tenant_id, run.account_id, sent_from=run.sent_from, handed_over=handed_over)
     return run.status
+
+
+def _sync_owed_mark(account_id: uuid.UUID) -> str:
+    return f"compose:sync-owed:{account_id}"
+
+
+def _sync_owed(
+    tenant_id: uuid.UUID, account_id: uuid.UUID, *, sent_from: EmailAccount | None, handed_over: bool
+) -> None:
+    """The sync after sending, at the end of a run: owed (marked in the
+    cache) while items are left to another run; else asked for, if this run
+    sent a message or an earlier run of the backlog left it owed. The mark
+    outlives a run that never ends by `SYNC_OWED_SECONDS`; the periodic sync
+    stores those copies then."""
+    mark = _sync_owed_mark(account_id)
+    if handed_over:
+        if sent_from is not None:
+            try:
+                cache.set(mark, 1, SYNC_OWED_SECONDS)
+                return
+            except Exception:
+                logger.warning("sync of account %s not marked owed: asked for now", account_id, exc_info=True)
+        else:
+            return
+    try:
+        owed = cache.get(mark) is not None
+        if owed:
+            cache.delete(mark)
+    except Exception:
+        owed = True  # when in doubt, a sync too many
+    if sent_from is None and owed:
+        with tenant_scope(tenant_id):
+            sent_from = EmailAccount.objects.filter(id=account_id).first()
+    if sent_from is not None:
+        _sync_after_send(sent_from)
 
 
 @dataclass
@@ -522,7 +574,7 @@ class _Run:
 
 
 def _send_and_drain(
-    tenant_id: uuid.UUID, draft_id: uuid.UUID, account_id: uuid.UUID | None, *, helper: bool
+    tenant_id: uuid.UUID, draft_id: uuid.UUID, account_id: uuid.UUID | None, *, drains_busy: bool
 ) -> _Run:
     """`outbox_send` but the hand-over and the sync after it."""
     with draft_send_lock(draft_id) as held:
@@ -534,7 +586,7 @@ def _send_and_drain(
                     _after_sent(tenant_id, [draft_id], resumed=True)
                 return _Run(status=claimed, account_id=account_id)
             first, account_id = [claimed], claimed.account_id
-        elif helper or account_id is None:
+        elif not drains_busy or account_id is None:
             return _Run(status=BUSY, account_id=account_id)
         outcome, sent_from = _drain(tenant_id, account_id, looked_at=[draft_id], first=first)
     return _Run(
@@ -665,6 +717,7 @@ def _due_of_account(
                 | Q(status=Status.SCHEDULED, send_at__lte=now),
                 account_id=account_id,
                 is_deleted=False,
+                outbox__isnull=False,  # `_claim` refuses an item without one: never due
             )
             .exclude(id__in=exclude)
             .order_by("created_at", "id")
@@ -1272,6 +1325,9 @@ class _SentCopies:
                 return True
             outcomes = _sent_copies_store(items, items[0].account, look_first=False)
             _sent_copies_record(self.tenant_id, items, outcomes)
+        except SoftTimeLimitExceeded:
+            self._drop()
+            raise
         except Exception as exc:
             self._drop()
             # The dispatcher makes the copies of `sent` items without one
@@ -1307,6 +1363,9 @@ class _SentCopies:
             if large:
                 _sent_copies_pipelined(session, self.folder, large, outcomes)
             _sent_copies_record(self.tenant_id, items, outcomes)
+        except SoftTimeLimitExceeded:
+            self._drop()
+            raise
         except Exception as exc:
             self._drop()
             logger.warning("Sent copies of %d message(s) not recorded: %s", len(items), exc)
@@ -1326,6 +1385,10 @@ class _SentCopies:
             self._opened = True
             if not account.save_sent_copy or account.protocol != "imap":
                 return None
+            try:  # the tenant deactivated or the owner removed since the run began
+                account_for_sync(tenant_id=account.tenant_id, account_id=account.id)
+            except (AccountNotSyncable, EmailAccount.DoesNotExist):
+                return None  # `_sent_copies_store` records why
             with tenant_scope(account.tenant_id):
                 folder = (
                     Folder.objects.filter(account=account, type=FolderType.SENT)

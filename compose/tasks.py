@@ -45,7 +45,11 @@ DRAFT_COPY_MAX_RETRIES = 8
     soft_time_limit=SEND_TIME_LIMIT - 60,
 )
 def send_task(
-    tenant_id: str, draft_id: str, account_id: str | None = None, helper: int | None = None
+    tenant_id: str,
+    draft_id: str,
+    account_id: str | None = None,
+    helper: int | None = None,
+    drain: str | None = None,
 ) -> dict[str, str]:
     """Deliver a queued draft once, and the account's other due items (see
     `compose.outbox`)."""
@@ -54,6 +58,7 @@ def send_task(
         draft_id=uuid.UUID(draft_id),
         account_id=uuid.UUID(account_id) if account_id else None,
         helper=helper,
+        drain=drain,
     )
     return {"result": outcome}
 

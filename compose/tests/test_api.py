@@ -803,13 +803,14 @@ def test_send_freezes_the_message_and_queues_it(
     assert item["message_id"].startswith("<") and item["message_id"].endswith("@example.com>")
     assert item["outbox"]["attempts"] == 0 and item["outbox"]["recipients"] == []
     assert item["sent_message"] is None
-    assert tasks == [
-        (
-            "compose.tasks.send",
-            {"tenant_id": str(draft.tenant_id), "draft_id": str(draft.id), "account_id": str(account_a.id)},
-            {"countdown": None},
-        )
-    ]
+    [(name, kwargs, options)] = tasks
+    token = kwargs.pop("drain")  # the account's drain mark: this task hands it over
+    assert (name, kwargs, options) == (
+        "compose.tasks.send",
+        {"tenant_id": str(draft.tenant_id), "draft_id": str(draft.id), "account_id": str(account_a.id)},
+        {"countdown": None},
+    )
+    assert len(token) == 32
     queued = outbox_of(draft.id, account_a.tenant)
     assert queued.recipients == ["rita@example.com", "hidden@example.com"]
     assert queued.envelope_from == "alice@example.com"

@@ -506,13 +506,17 @@ def test_a_run_whose_draft_a_helper_holds_drains_the_accounts_other_items_and_ha
     ids = {"tenant_id": smtp_account.tenant_id, "account_id": smtp_account.id}
     held, *others = [queue_message(smtp_account, subject=f"B{n}") for n in range(3)]
     assert send_request(draft_id=held.id, **ids) is True
+    [(task, _headers)] = broker_sends()
     broker.delete("celery")
     other = connections.create_connection("default")
     try:
         with other.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [SEND_LOCK_CLASS, _lock_key(held.id)])
             assert cursor.fetchone()[0]
-        outcome = outbox_send(draft_id=held.id, **ids)
+        # Any other run (the dispatcher's) finding its draft held leaves the rest alone.
+        assert outbox_send(draft_id=held.id, **ids) == "busy"
+        assert [state(d)[0].status for d in (held, *others)] == [Status.QUEUED] * 3
+        outcome = outbox_send(draft_id=held.id, drain=task["drain"], **ids)
     finally:
         other.close()
 
@@ -794,7 +798,9 @@ def test_end_to_end_a_message_sent_through_the_api(
 
     # What the worker gets from the broker: ids only; run it as the worker would.
     [(task, _headers)] = broker_sends()
-    assert set(task) <= {"args", "tenant_id", "draft_id", "account_id"} and item_id in json.dumps(task)
+    assert set(task) == {"args", "tenant_id", "draft_id", "account_id", "drain"} and item_id in json.dumps(
+        task
+    )
     args, kwargs = task.pop("args"), task
     assert send_task.apply(args=args, kwargs=kwargs).get() == {"result": "sent"}
 
@@ -974,7 +980,7 @@ def test_sends_queued_while_a_drain_task_is_queued_get_no_task_and_are_sent_by_i
     [(task, _headers)] = broker_sends()
     assert task["draft_id"] == str(first.id) and task["account_id"] == str(smtp_account.id)
 
-    assert outbox_send(draft_id=first.id, **ids) == Status.SENT
+    assert outbox_send(draft_id=first.id, drain=task["drain"], **ids) == Status.SENT
 
     assert [state(d)[0].status for d in (first, second)] == [Status.SENT] * 2
     assert len(smtp_server.deliveries) == 2
@@ -995,9 +1001,10 @@ def test_a_run_that_sends_nothing_hands_the_accounts_due_items_to_a_new_task(
     assert send_request(draft_id=waiting.id, **ids) is False  # the queued task will see it
     with tenant_scope(cancelled.tenant_id):
         draft_cancel(draft=Draft.objects.select_for_update().get(id=cancelled.id), actor=user_a)
+    [(task, _headers)] = broker_sends()
     broker.delete("celery")
 
-    assert outbox_send(draft_id=cancelled.id, **ids) == Status.CANCELLED
+    assert outbox_send(draft_id=cancelled.id, drain=task["drain"], **ids) == Status.CANCELLED
 
     assert [task["draft_id"] for task, _ in broker_sends()] == [str(waiting.id)]
     assert state(waiting)[0].status == Status.QUEUED and smtp_server.deliveries == []
@@ -1083,14 +1090,62 @@ def test_a_drains_sent_copies_go_over_one_imap_session_each_batch_answered_after
     monkeypatch.setattr(imaplib.IMAP4, "_get_tagged_response", recorded_tagged)
     monkeypatch.setattr(imap_session_module.ImapSession, "__init__", counted_init)
     drafts = [queue_message(synced_account, subject=f"D{n}") for n in range(5)]
+    # While the second batch is sent, the first one's copies are in flight:
+    # its send locks are still held (no other task may append them).
+    held_during = []
+    send_batch = outbox._send_batch
+
+    def spied(sender, attempts, sent, **kwargs):
+        held_during.append(outbox._send_locks_held([d.id for d in drafts[:3]]))
+        return send_batch(sender, attempts, sent, **kwargs)
+
+    monkeypatch.setattr(outbox, "_send_batch", spied)
 
     assert send(drafts[0]) == Status.SENT
+
+    assert held_during[1] == {d.id for d in drafts[:3]}
+    assert outbox._send_locks_held([d.id for d in drafts]) == set()  # all released at the end
 
     assert [state(d)[1].sent_copy for d in drafts] == ["appended"] * 5
     assert len(logins) == 1
     # Batches of 3 (the task's own draft and two) and 2.
     assert events == [("append 3", 3), ("answer OK", 5), ("append 2", 5), ("answer OK", 5)]
     assert len(sent_folder_messages(mailbox)) == 5
+
+
+@pytest.mark.django_db
+def test_a_drains_multiappend_the_server_refuses_goes_again_one_append_each(
+    synced_account, smtp_server, mailbox, monkeypatch
+):
+    """The drain's copies in flight (`_SentCopies`): a batch's MULTIAPPEND
+    refused for one message the server will not save gets the others
+    appended one by one, and only that one failed."""
+    from compose import outbox
+    from messages.blobs import BlobStore
+
+    monkeypatch.setattr(outbox, "DRAIN_BATCH", 2)
+    drafts = [queue_message(synced_account, subject=f"E{n}") for n in range(4)]
+    bad_key = state(drafts[1])[1].raw_blob_key
+    reads = []
+    get = BlobStore.get
+
+    def get_once_whole(self, tenant_id, key):
+        reads.append(key)
+        # Delivered whole over SMTP; empty when read again for its Sent copy.
+        return b"" if key == bad_key and reads.count(key) > 1 else get(self, tenant_id, key)
+
+    monkeypatch.setattr(BlobStore, "get", get_once_whole)
+
+    assert send(drafts[0]) == Status.SENT
+
+    assert [state(d)[0].status for d in drafts] == [Status.SENT] * 4
+    copies = [state(d)[1] for d in drafts]
+    assert [c.sent_copy for c in copies] == ["appended", "failed", "appended", "appended"]
+    assert "zero byte" in copies[1].error
+    mailbox.select_folder("Sent", readonly=True)
+    fetched = mailbox.fetch(mailbox.search(["ALL"]), ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+    subjects = [v[b"BODY[HEADER.FIELDS (SUBJECT)]"].strip() for v in fetched.values()]
+    assert sorted(subjects) == [b"Subject: E0", b"Subject: E2", b"Subject: E3"]
 
 
 @pytest.mark.django_db
@@ -1166,6 +1221,33 @@ def test_a_run_that_hands_items_over_leaves_the_sync_to_the_run_that_sends_the_l
     assert outbox_send(draft_id=drafts[3].id, **ids) == Status.SENT
 
     assert [state(d)[0].status for d in drafts] == [Status.SENT] * 5
+    assert syncs == [smtp_account.id]
+
+
+@pytest.mark.django_db
+def test_the_sync_a_run_left_owed_is_asked_for_by_the_next_even_if_it_sends_nothing(
+    smtp_account, smtp_server, broker, monkeypatch, user_a
+):
+    from compose import outbox
+    from compose.services import draft_cancel
+    from mailboxes import services as mailbox_services
+
+    syncs = []
+    monkeypatch.setattr(mailbox_services, "sync_request", lambda **kwargs: syncs.append(kwargs["account"].id))
+    monkeypatch.setattr(outbox, "DRAIN_BATCH", 2)
+    monkeypatch.setattr(outbox, "DRAIN_LIMIT", 2)
+    monkeypatch.setattr(outbox, "DRAIN_HELPERS", 0)
+    ids = {"tenant_id": smtp_account.tenant_id, "account_id": smtp_account.id}
+    drafts = [queue_message(smtp_account, subject=f"O{n}") for n in range(4)]
+    assert outbox_send(draft_id=drafts[0].id, **ids) == Status.SENT
+    [(task, _headers)] = broker_sends()
+    assert task["draft_id"] == str(drafts[3].id) and syncs == []
+    # The item handed over is cancelled before its task runs.
+    with tenant_scope(smtp_account.tenant_id):
+        draft_cancel(draft=Draft.objects.select_for_update().get(id=drafts[3].id), actor=user_a)
+
+    assert outbox_send(draft_id=drafts[3].id, drain=task["drain"], **ids) == Status.CANCELLED
+
     assert syncs == [smtp_account.id]
 
 
