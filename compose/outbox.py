@@ -1150,30 +1150,7 @@ def _sent_copies_store(
             name = folder or special_folder_name(session, SPECIAL_USE[FolderType.SENT])
             if name is None:
                 return {item.id: ("failed", "the account has no Sent folder") for item in items}
-            if look_first:
-                session.client.select_folder(name)
-            elif session.client.has_capability("LITERAL+"):
-                _sent_copies_pipelined(session, name, items, outcomes)
-                return outcomes
-            for item in items:
-                if look_first and message_id_uids(session, item.message_id):
-                    outcomes[item.id] = ("appended", "")
-                    continue
-                try:
-                    data = default_store().get(item.tenant_id, item.raw_blob_key)
-                    session.client.append(
-                        name, data, flags=[b"\\Seen"], msg_time=item.sent_at or timezone.now()
-                    )
-                except (BlobNotFound, IMAPClientError) as exc:
-                    # This message only (the server said NO, its bytes are
-                    # gone): the others go on. IMAPClientAbortError, a lost
-                    # connection, is not one of these.
-                    if isinstance(exc, IMAPClientAbortError):
-                        raise
-                    logger.warning("Sent copy of draft %s not stored: %s", item.draft_id, exc)
-                    outcomes[item.id] = ("failed", str(exc)[:500] or type(exc).__name__)
-                    continue
-                outcomes[item.id] = ("appended", "")
+            _sent_copies_append(session, name, items, outcomes, look_first=look_first)
     except Exception as exc:
         # The session failed (no connection, no login): the copies not made
         # yet are recorded as failed, with the reason.
@@ -1182,6 +1159,41 @@ def _sent_copies_store(
         for item in items:
             outcomes.setdefault(item.id, ("failed", error))
     return outcomes
+
+
+def _sent_copies_append(
+    session: ImapSession,
+    folder: str,
+    items: list[SendQueueItem],
+    outcomes: dict[uuid.UUID, tuple[str, str]],
+    *,
+    look_first: bool,
+) -> None:
+    """`_sent_copies_store`'s appends over a session: pipelined where the
+    server takes it, else one APPEND at a time. A lost connection raises,
+    leaving the rest to the caller."""
+    if look_first:
+        session.client.select_folder(folder)
+    elif session.client.has_capability("LITERAL+"):
+        _sent_copies_pipelined(session, folder, items, outcomes)
+        return
+    for item in items:
+        if look_first and message_id_uids(session, item.message_id):
+            outcomes[item.id] = ("appended", "")
+            continue
+        try:
+            data = default_store().get(item.tenant_id, item.raw_blob_key)
+            session.client.append(folder, data, flags=[b"\\Seen"], msg_time=item.sent_at or timezone.now())
+        except (BlobNotFound, IMAPClientError) as exc:
+            # This message only (the server said NO, its bytes are gone):
+            # the others go on. IMAPClientAbortError, a lost connection, is
+            # not one of these.
+            if isinstance(exc, IMAPClientAbortError):
+                raise
+            logger.warning("Sent copy of draft %s not stored: %s", item.draft_id, exc)
+            outcomes[item.id] = ("failed", str(exc)[:500] or type(exc).__name__)
+            continue
+        outcomes[item.id] = ("appended", "")
 
 
 # The Sent copies of a batch go to a server that takes non-synchronising
@@ -1287,10 +1299,10 @@ class _SentCopies:
     (`finish`): the server saves them while the next batch is sent, where
     the drain waited for it (~90 ms a batch of 50, a fifth of its time).
     The batch's send locks are held until then (`finish` releases them), so
-    no other delivery of a task appends these copies meanwhile. An account
-    that keeps no copy, a server without LITERAL+ and MULTIAPPEND, or no
-    Sent folder found: each batch's copies are made at once, as
-    `_after_sent` makes them. Copies written and never answered (the
+    no other delivery of a task appends these copies meanwhile. A server
+    without LITERAL+ and MULTIAPPEND: each batch's copies are made at once,
+    over the run's session. An account that keeps no copy, or no session or
+    Sent folder: as `_after_sent` makes them. Copies written and never answered (the
     connection or the worker died) stay unrecorded: the dispatcher makes
     them later, looking for each first."""
 
@@ -1298,6 +1310,7 @@ class _SentCopies:
         self.tenant_id = tenant_id
         self.session: ImapSession | None = None
         self.folder = ""
+        self.multiappend = False
         self._stack = contextlib.ExitStack()
         self._opened = False
         # The batch in flight: its commands (tag, items), the messages too
@@ -1319,11 +1332,15 @@ class _SentCopies:
             if not items:
                 return False
             session = self._open(items[0].account)
-            if session is not None:
+            if session is not None and self.multiappend:
                 self._commands, self._large, self._outcomes = self._write(session, items)
                 self._items, self._keys = items, keys
                 return True
-            outcomes = _sent_copies_store(items, items[0].account, look_first=False)
+            if session is not None:  # over the run's session, answered now
+                outcomes: dict[uuid.UUID, tuple[str, str]] = {}
+                _sent_copies_append(session, self.folder, items, outcomes, look_first=False)
+            else:
+                outcomes = _sent_copies_store(items, items[0].account, look_first=False)
             _sent_copies_record(self.tenant_id, items, outcomes)
         except SoftTimeLimitExceeded:
             self._drop()
@@ -1403,11 +1420,12 @@ class _SentCopies:
                 self._drop()
                 logger.warning("Sent copies from account %s: no IMAP session: %s", account.id, exc)
                 return None
-            client = session.client
-            if folder and client.has_capability("LITERAL+") and client.has_capability("MULTIAPPEND"):
+            if folder:
                 self.session, self.folder = session, folder
+                client = session.client
+                self.multiappend = client.has_capability("LITERAL+") and client.has_capability("MULTIAPPEND")
             else:
-                self._drop()
+                self._drop()  # `_sent_copies_store` records why
         return self.session
 
     def _write(

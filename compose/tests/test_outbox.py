@@ -1114,6 +1114,47 @@ def test_a_drains_sent_copies_go_over_one_imap_session_each_batch_answered_after
 
 
 @pytest.mark.django_db
+def test_a_drain_to_a_server_without_multiappend_appends_one_each_over_one_session(
+    synced_account, smtp_server, mailbox, monkeypatch
+):
+    """Gmail, say, has no MULTIAPPEND: each copy is its own APPEND, answered
+    at once, and the run still logs in to IMAP once, not once a batch."""
+    import imaplib
+
+    from imapclient import IMAPClient
+
+    from compose import outbox
+    from mailboxes.imap import session as imap_session_module
+
+    monkeypatch.setattr(outbox, "DRAIN_BATCH", 2)
+    has_capability = IMAPClient.has_capability
+    monkeypatch.setattr(
+        IMAPClient, "has_capability", lambda self, c: c.upper() != "MULTIAPPEND" and has_capability(self, c)
+    )
+    logins, appends = [], []
+    init, send_bytes = imap_session_module.ImapSession.__init__, imaplib.IMAP4.send
+
+    def counted_init(self, *args, **kwargs):
+        logins.append(1)
+        return init(self, *args, **kwargs)
+
+    def recorded_send(self, data):
+        appends.append(bytes(data).count(b" APPEND "))
+        return send_bytes(self, data)
+
+    monkeypatch.setattr(imap_session_module.ImapSession, "__init__", counted_init)
+    monkeypatch.setattr(imaplib.IMAP4, "send", recorded_send)
+    drafts = [queue_message(synced_account, subject=f"G{n}") for n in range(5)]
+
+    assert send(drafts[0]) == Status.SENT
+
+    assert [state(d)[1].sent_copy for d in drafts] == ["appended"] * 5
+    assert len(logins) == 1
+    assert sum(appends) == 5  # one APPEND command a copy (pipelined, LITERAL+)
+    assert len(sent_folder_messages(mailbox)) == 5
+
+
+@pytest.mark.django_db
 def test_a_drains_multiappend_the_server_refuses_goes_again_one_append_each(
     synced_account, smtp_server, mailbox, monkeypatch
 ):
