@@ -263,6 +263,10 @@ for target in ("/etc/nginx/nginx.conf", "/etc/nginx/templates", "/etc/nginx/snip
 redis_password = "validate-placeholder-REDIS_PASSWORD"
 need(redis_password in " ".join(s["redis"]["command"]) or s["redis"]["environment"].get("REDIS_PASSWORD") == redis_password,
      "redis: no password")
+redis_command = " ".join(s["redis"]["command"])
+need("--maxmemory-policy noeviction" in redis_command and "--maxmemory " in redis_command
+     and s["redis"]["environment"].get("REDIS_MAXMEMORY") == "640mb",
+     "redis: maxmemory (640mb by default) with noeviction, so the broker is never evicted")
 app = ("migrate", "web", "worker", "beat")
 for name in app:
     svc = s[name]
