@@ -1212,68 +1212,125 @@ def _sent_copies_pipelined(
     folder: str,
     items: list[SendQueueItem],
     outcomes: dict[uuid.UUID, tuple[str, str]],
-    *,
-    multiappend: bool = True,
 ) -> None:
-    """`_sent_copies_store`'s appends, pipelined: a chunk's MULTIAPPEND is
-    all or nothing; refused, its messages go again one APPEND each, whose
-    own tagged reply decides each outcome ("appended", or "failed" with the
-    server's NO), so one message the server will not take costs the others
-    nothing. A lost connection raises, leaving the rest to the caller."""
-    client = session.client
-    imap = client._imap
-    mailbox = client._normalise_folder(folder)
-    multiappend = multiappend and client.has_capability("MULTIAPPEND")
+    """`_sent_copies_store`'s appends to a server with LITERAL+: as
+    MULTIAPPEND commands where it has them (`_multiappend_write`, answered
+    at once), else one pipelined APPEND each. A lost connection raises,
+    leaving the rest to the caller."""
+    try:
+        if session.client.has_capability("MULTIAPPEND"):
+            outcomes.update(_multiappend_finish(session, folder, _multiappend_write(session, folder, items)))
+        else:
+            _sent_copies_one_each(session, folder, items, outcomes)
+    except (imaplib.IMAP4.abort, OSError) as exc:
+        raise IMAPClientAbortError(str(exc)) from exc
+
+
+def _copies_bytes(
+    items: list[SendQueueItem], outcomes: dict[uuid.UUID, tuple[str, str]]
+) -> Iterator[tuple[SendQueueItem, bytes]]:
+    """Each item with its stored bytes; one whose bytes are gone is failed."""
     store = default_store()
-
-    def refusal(kind: str, data: list[Any]) -> str:
-        reply = b" ".join(d for d in data if isinstance(d, bytes)).decode(errors="replace")
-        return f"{kind} {reply}"[:500]
-
-    def one_command(chunk: list[tuple[uuid.UUID, bytes, bytes]]) -> bool:
-        tag = imap._new_tag()
-        payload = bytearray(b"%s APPEND %s" % (tag, mailbox))
-        for _item_id, when, data in chunk:
-            payload += b' (\\Seen) "%s" {%d+}\r\n' % (when, len(data)) + data
-        imap.send(bytes(payload + b"\r\n"))
-        kind, reply = imap._get_tagged_response(tag)
-        if kind == "OK":
-            outcomes.update((item_id, ("appended", "")) for item_id, _when, _data in chunk)
-            return True
-        logger.info(
-            "MULTIAPPEND of %d Sent copies refused (%s): one at a time", len(chunk), refusal(kind, reply)
-        )
-        return False
-
-    def flush(chunk: list[tuple[uuid.UUID, bytes, bytes]]) -> None:
-        if not chunk:
-            return
-        try:
-            if multiappend and len(chunk) > 1 and one_command(chunk):
-                return
-            payload = bytearray()
-            tags = []
-            for item_id, when, data in chunk:
-                tag = imap._new_tag()
-                payload += b'%s APPEND %s (\\Seen) "%s" {%d+}\r\n' % (tag, mailbox, when, len(data))
-                payload += data + b"\r\n"
-                tags.append((item_id, tag))
-            imap.send(bytes(payload))
-            for item_id, tag in tags:
-                kind, reply = imap._get_tagged_response(tag)
-                outcomes[item_id] = ("appended", "") if kind == "OK" else ("failed", refusal(kind, reply))
-        except (imaplib.IMAP4.abort, OSError) as exc:
-            raise IMAPClientAbortError(str(exc)) from exc
-
-    chunk: list[tuple[uuid.UUID, bytes, bytes]] = []
-    size = 0
     for item in items:
         try:
-            data = store.get(item.tenant_id, item.raw_blob_key)
+            yield item, store.get(item.tenant_id, item.raw_blob_key)
         except BlobNotFound as exc:
             logger.warning("Sent copy of draft %s not stored: %s", item.draft_id, exc)
             outcomes[item.id] = ("failed", str(exc)[:500] or type(exc).__name__)
+
+
+def _copy_literal(item: SendQueueItem, data: bytes) -> bytes:
+    """One message of an APPEND: seen, dated when it was sent, a
+    non-synchronising literal (LITERAL+)."""
+    when = datetime_to_INTERNALDATE(item.sent_at or timezone.now()).encode()
+    return b' (\\Seen) "%s" {%d+}\r\n' % (when, len(data)) + data
+
+
+def _refusal(kind: str, data: list[Any]) -> str:
+    reply = b" ".join(d for d in data if isinstance(d, bytes)).decode(errors="replace")
+    return f"{kind} {reply}"[:500]
+
+
+@dataclass
+class _Appends:
+    """MULTIAPPEND commands written and not answered yet."""
+
+    commands: list[tuple[bytes, list[SendQueueItem]]]  # (tag, its messages)
+    large: list[SendQueueItem]  # over APPEND_PIPELINE_BYTES: alone, once answered
+    outcomes: dict[uuid.UUID, tuple[str, str]]  # known already (bytes gone)
+
+
+def _multiappend_write(session: ImapSession, folder: str, items: list[SendQueueItem]) -> _Appends:
+    """Write the items' copies as MULTIAPPEND commands of up to
+    APPEND_PIPELINE_BYTES each, without waiting for the answers."""
+    imap = session.client._imap
+    mailbox = session.client._normalise_folder(folder)
+    appends = _Appends(commands=[], large=[], outcomes={})
+    chunk: list[SendQueueItem] = []
+    payload = bytearray()
+
+    def send() -> None:
+        tag = imap._new_tag()
+        imap.send(b"%s APPEND %s%s\r\n" % (tag, mailbox, payload))
+        appends.commands.append((tag, chunk))
+
+    for item, data in _copies_bytes(items, appends.outcomes):
+        if len(data) > APPEND_PIPELINE_BYTES:
+            appends.large.append(item)
             continue
+        if chunk and len(payload) + len(data) > APPEND_PIPELINE_BYTES:
+            send()
+            chunk, payload = [], bytearray()
+        payload += _copy_literal(item, data)
+        chunk.append(item)
+    if chunk:
+        send()
+    return appends
+
+
+def _multiappend_finish(
+    session: ImapSession, folder: str, appends: _Appends
+) -> dict[uuid.UUID, tuple[str, str]]:
+    """Read the answers of `_multiappend_write`'s commands: the outcome of
+    each copy. A command is all or nothing; refused (one message the server
+    will not save), its messages go again one APPEND each, whose own answer
+    decides each, so that one costs the others nothing."""
+    outcomes = dict(appends.outcomes)
+    for tag, chunk in appends.commands:
+        kind, reply = session.client._imap._get_tagged_response(tag)
+        if kind == "OK":
+            outcomes.update((item.id, ("appended", "")) for item in chunk)
+        else:
+            logger.info(
+                "MULTIAPPEND of %d Sent copies refused (%s): one at a time", len(chunk), _refusal(kind, reply)
+            )
+            _sent_copies_one_each(session, folder, chunk, outcomes)
+    _sent_copies_one_each(session, folder, appends.large, outcomes)
+    return outcomes
+
+
+def _sent_copies_one_each(
+    session: ImapSession,
+    folder: str,
+    items: list[SendQueueItem],
+    outcomes: dict[uuid.UUID, tuple[str, str]],
+) -> None:
+    """One APPEND a copy, written up to APPEND_PIPELINE_BYTES at a time
+    (LITERAL+) and each decided by its own answer ("appended", or "failed"
+    with the server's NO); a larger message goes alone."""
+    client = session.client
+    imap = client._imap
+    mailbox = client._normalise_folder(folder)
+    pending: list[tuple[uuid.UUID, bytes]] = []
+    payload = bytearray()
+
+    def flush() -> None:
+        imap.send(bytes(payload))
+        for item_id, tag in pending:
+            kind, reply = imap._get_tagged_response(tag)
+            outcomes[item_id] = ("appended", "") if kind == "OK" else ("failed", _refusal(kind, reply))
+
+    for item, data in _copies_bytes(items, outcomes):
         if len(data) > APPEND_PIPELINE_BYTES:
             try:
                 client.append(folder, data, flags=[b"\\Seen"], msg_time=item.sent_at or timezone.now())
@@ -1284,12 +1341,14 @@ def _sent_copies_pipelined(
             else:
                 outcomes[item.id] = ("appended", "")
             continue
-        if chunk and size + len(data) > APPEND_PIPELINE_BYTES:
-            flush(chunk)
-            chunk, size = [], 0
-        chunk.append((item.id, datetime_to_INTERNALDATE(item.sent_at or timezone.now()).encode(), data))
-        size += len(data)
-    flush(chunk)
+        if pending and len(payload) + len(data) > APPEND_PIPELINE_BYTES:
+            flush()
+            pending, payload = [], bytearray()
+        tag = imap._new_tag()
+        payload += b"%s APPEND %s%s\r\n" % (tag, mailbox, _copy_literal(item, data))
+        pending.append((item.id, tag))
+    if pending:
+        flush()
 
 
 class _SentCopies:
@@ -1302,9 +1361,9 @@ class _SentCopies:
     no other delivery of a task appends these copies meanwhile. A server
     without LITERAL+ and MULTIAPPEND: each batch's copies are made at once,
     over the run's session. An account that keeps no copy, or no session or
-    Sent folder: as `_after_sent` makes them. Copies written and never answered (the
-    connection or the worker died) stay unrecorded: the dispatcher makes
-    them later, looking for each first."""
+    Sent folder: as `_after_sent` makes them. Copies written and never
+    answered (the connection or the worker died) stay unrecorded: the
+    dispatcher makes them later, looking for each first."""
 
     def __init__(self, tenant_id: uuid.UUID):
         self.tenant_id = tenant_id
@@ -1313,12 +1372,9 @@ class _SentCopies:
         self.multiappend = False
         self._stack = contextlib.ExitStack()
         self._opened = False
-        # The batch in flight: its commands (tag, items), the messages too
-        # large for one, its outcomes so far and its send locks.
-        self._commands: list[tuple[bytes, list[SendQueueItem]]] = []
-        self._large: list[SendQueueItem] = []
+        # The batch in flight: its items, commands and send locks.
         self._items: list[SendQueueItem] = []
-        self._outcomes: dict[uuid.UUID, tuple[str, str]] = {}
+        self._appends = _Appends(commands=[], large=[], outcomes={})
         self._keys: list[int] = []
 
     def start(self, draft_ids: list[uuid.UUID], keys: list[int]) -> bool:
@@ -1327,13 +1383,15 @@ class _SentCopies:
         done (or given up) already, the locks are the caller's."""
         if not draft_ids:
             return False
-        try:
+        # Given up, the dispatcher makes the copies of `sent` items without
+        # one (looking for each first: some may have been written).
+        with self._giving_up("Sent copies of %d message(s) not stored: %s", len(draft_ids)):
             items = _sent_items(self.tenant_id, draft_ids)
             if not items:
                 return False
             session = self._open(items[0].account)
             if session is not None and self.multiappend:
-                self._commands, self._large, self._outcomes = self._write(session, items)
+                self._appends = _multiappend_write(session, self.folder, items)
                 self._items, self._keys = items, keys
                 return True
             if session is not None:  # over the run's session, answered now
@@ -1342,14 +1400,6 @@ class _SentCopies:
             else:
                 outcomes = _sent_copies_store(items, items[0].account, look_first=False)
             _sent_copies_record(self.tenant_id, items, outcomes)
-        except SoftTimeLimitExceeded:
-            self._drop()
-            raise
-        except Exception as exc:
-            self._drop()
-            # The dispatcher makes the copies of `sent` items without one
-            # (looking for each first: some may have been written).
-            logger.warning("Sent copies of %d message(s) not stored: %s", len(draft_ids), exc)
         return False
 
     def finish(self) -> None:
@@ -1357,35 +1407,15 @@ class _SentCopies:
         release its send locks."""
         if not self._items:
             return
-        items, keys, outcomes = self._items, self._keys, self._outcomes
-        commands, large = self._commands, self._large
-        self._items, self._keys, self._outcomes, self._commands, self._large = [], [], {}, [], []
+        items, keys, appends = self._items, self._keys, self._appends
+        self._items, self._keys = [], []
         try:
-            session = self.session
-            if session is None:
-                raise IMAPClientAbortError("the IMAP session is gone")
-            imap = session.client._imap
-            for tag, chunk in commands:
-                kind, reply = imap._get_tagged_response(tag)
-                if kind == "OK":
-                    outcomes.update((item.id, ("appended", "")) for item in chunk)
-                else:
-                    logger.info(
-                        "MULTIAPPEND of %d Sent copies refused (%s %s): one at a time",
-                        len(chunk),
-                        kind,
-                        reply,
-                    )
-                    _sent_copies_pipelined(session, self.folder, chunk, outcomes, multiappend=False)
-            if large:
-                _sent_copies_pipelined(session, self.folder, large, outcomes)
-            _sent_copies_record(self.tenant_id, items, outcomes)
-        except SoftTimeLimitExceeded:
-            self._drop()
-            raise
-        except Exception as exc:
-            self._drop()
-            logger.warning("Sent copies of %d message(s) not recorded: %s", len(items), exc)
+            with self._giving_up("Sent copies of %d message(s) not recorded: %s", len(items)):
+                if self.session is None:
+                    raise IMAPClientAbortError("the IMAP session is gone")
+                _sent_copies_record(
+                    self.tenant_id, items, _multiappend_finish(self.session, self.folder, appends)
+                )
         finally:
             _send_locks_release(keys)
 
@@ -1394,6 +1424,19 @@ class _SentCopies:
             self.finish()
         finally:
             self._drop()
+
+    @contextlib.contextmanager
+    def _giving_up(self, message: str, count: int) -> Iterator[None]:
+        """A failure of the copies drops the session and is logged, not
+        raised: the sending goes on. The soft time limit still ends the run."""
+        try:
+            yield
+        except SoftTimeLimitExceeded:
+            self._drop()
+            raise
+        except Exception as exc:
+            self._drop()
+            logger.warning(message, count, exc)
 
     def _open(self, account: EmailAccount) -> ImapSession | None:
         """The run's session, opened at its first batch; None when this
@@ -1427,49 +1470,6 @@ class _SentCopies:
             else:
                 self._drop()  # `_sent_copies_store` records why
         return self.session
-
-    def _write(
-        self, session: ImapSession, items: list[SendQueueItem]
-    ) -> tuple[
-        list[tuple[bytes, list[SendQueueItem]]], list[SendQueueItem], dict[uuid.UUID, tuple[str, str]]
-    ]:
-        """Write the items' MULTIAPPEND commands without waiting for the
-        answers: (the commands' tags and items, the messages too large for
-        one, the outcomes known already)."""
-        client = session.client
-        imap = client._imap
-        mailbox = client._normalise_folder(self.folder)
-        store = default_store()
-        commands: list[tuple[bytes, list[SendQueueItem]]] = []
-        large: list[SendQueueItem] = []
-        outcomes: dict[uuid.UUID, tuple[str, str]] = {}
-        chunk: list[SendQueueItem] = []
-        payload = bytearray()
-
-        def send() -> None:
-            tag = imap._new_tag()
-            imap.send(b"%s APPEND %s%s\r\n" % (tag, mailbox, payload))
-            commands.append((tag, chunk))
-
-        for item in items:
-            try:
-                data = store.get(item.tenant_id, item.raw_blob_key)
-            except BlobNotFound as exc:
-                logger.warning("Sent copy of draft %s not stored: %s", item.draft_id, exc)
-                outcomes[item.id] = ("failed", str(exc)[:500] or type(exc).__name__)
-                continue
-            if len(data) > APPEND_PIPELINE_BYTES:
-                large.append(item)  # alone, once the answers are read
-                continue
-            if chunk and len(payload) + len(data) > APPEND_PIPELINE_BYTES:
-                send()
-                chunk, payload = [], bytearray()
-            when = datetime_to_INTERNALDATE(item.sent_at or timezone.now()).encode()
-            payload += b' (\\Seen) "%s" {%d+}\r\n' % (when, len(data)) + data
-            chunk.append(item)
-        if chunk:
-            send()
-        return commands, large, outcomes
 
     def _drop(self) -> None:
         self.session = None

@@ -161,6 +161,53 @@ def broker():
 
 
 @pytest.fixture
+def imap_logins(monkeypatch) -> list[int]:
+    """One entry per IMAP session opened (a login) while the test runs."""
+    from mailboxes.imap import session as imap_session_module
+
+    logins: list[int] = []
+    init = imap_session_module.ImapSession.__init__
+
+    def counted(self, *args, **kwargs):
+        logins.append(1)
+        return init(self, *args, **kwargs)
+
+    monkeypatch.setattr(imap_session_module.ImapSession, "__init__", counted)
+    return logins
+
+
+@pytest.fixture
+def imap_writes(monkeypatch) -> list[bytes]:
+    """Each write of the IMAP clients to their server while the test runs."""
+    import imaplib
+
+    writes: list[bytes] = []
+    send_bytes = imaplib.IMAP4.send
+
+    def recorded(self, data):
+        writes.append(bytes(data))
+        return send_bytes(self, data)
+
+    monkeypatch.setattr(imaplib.IMAP4, "send", recorded)
+    return writes
+
+
+@pytest.fixture
+def short_runs(monkeypatch) -> list:
+    """Runs of two batches of two, no helper; the syncs asked for after
+    sending (the accounts' ids), instead of queued."""
+    from compose import outbox
+    from mailboxes import services as mailbox_services
+
+    syncs: list = []
+    monkeypatch.setattr(mailbox_services, "sync_request", lambda **kwargs: syncs.append(kwargs["account"].id))
+    monkeypatch.setattr(outbox, "DRAIN_BATCH", 2)
+    monkeypatch.setattr(outbox, "DRAIN_LIMIT", 2)
+    monkeypatch.setattr(outbox, "DRAIN_HELPERS", 0)
+    return syncs
+
+
+@pytest.fixture
 def synced_account(smtp_account):
     """The account after a first sync: its folders (Sent, Drafts) known."""
     account_sync_run(tenant_id=smtp_account.tenant_id, account_id=smtp_account.id, index_inline=True)
@@ -1012,28 +1059,18 @@ def test_a_run_that_sends_nothing_hands_the_accounts_due_items_to_a_new_task(
 
 @pytest.mark.django_db
 def test_a_batchs_sent_copies_go_in_one_command_to_a_server_with_literal_plus_and_multiappend(
-    synced_account, smtp_server, mailbox, monkeypatch
+    synced_account, smtp_server, mailbox, imap_writes
 ):
     """Dovecot takes non-synchronising literals and MULTIAPPEND: the copies
     of a batch are one APPEND command, written at once (one round trip and
     one transaction of the mailbox, not one a message); each copy is there
     once, seen, dated when it was sent."""
-    import imaplib
-
-    writes = []
-    send_bytes = imaplib.IMAP4.send
-
-    def recorded(self, data):
-        writes.append(bytes(data))
-        return send_bytes(self, data)
-
-    monkeypatch.setattr(imaplib.IMAP4, "send", recorded)
     drafts = [queue_message(synced_account, subject=f"P{n}") for n in range(5)]
 
     assert send(drafts[0]) == Status.SENT
 
     # One write, one MULTIAPPEND command carrying the five (the task's own one too).
-    assert [(w.count(b" APPEND "), w.count(b"(\\Seen)")) for w in writes if b" APPEND " in w] == [(1, 5)]
+    assert [(w.count(b" APPEND "), w.count(b"(\\Seen)")) for w in imap_writes if b" APPEND " in w] == [(1, 5)]
     assert [state(d)[1].sent_copy for d in drafts] == ["appended"] * 5
     mailbox.select_folder("Sent", readonly=True)
     fetched = mailbox.fetch(
@@ -1051,7 +1088,7 @@ def test_a_batchs_sent_copies_go_in_one_command_to_a_server_with_literal_plus_an
 
 @pytest.mark.django_db
 def test_a_drains_sent_copies_go_over_one_imap_session_each_batch_answered_after_the_next_is_sent(
-    synced_account, smtp_server, mailbox, monkeypatch
+    synced_account, smtp_server, mailbox, monkeypatch, imap_logins
 ):
     """The server saves a batch's copies while the next batch is sent: a
     batch's MULTIAPPEND is answered only after the next batch's messages
@@ -1059,11 +1096,9 @@ def test_a_drains_sent_copies_go_over_one_imap_session_each_batch_answered_after
     import imaplib
 
     from compose import outbox
-    from mailboxes.imap import session as imap_session_module
 
     monkeypatch.setattr(outbox, "DRAIN_BATCH", 2)
     events = []  # (what, messages delivered over SMTP by then)
-    logins = []
     send_bytes, tagged = imaplib.IMAP4.send, imaplib.IMAP4._get_tagged_response
     appends = set()
 
@@ -1080,15 +1115,8 @@ def test_a_drains_sent_copies_go_over_one_imap_session_each_batch_answered_after
             events.append((f"answer {result[0]}", len(smtp_server.deliveries)))
         return result
 
-    init = imap_session_module.ImapSession.__init__
-
-    def counted_init(self, *args, **kwargs):
-        logins.append(1)
-        return init(self, *args, **kwargs)
-
     monkeypatch.setattr(imaplib.IMAP4, "send", recorded_send)
     monkeypatch.setattr(imaplib.IMAP4, "_get_tagged_response", recorded_tagged)
-    monkeypatch.setattr(imap_session_module.ImapSession, "__init__", counted_init)
     drafts = [queue_message(synced_account, subject=f"D{n}") for n in range(5)]
     # While the second batch is sent, the first one's copies are in flight:
     # its send locks are still held (no other task may append them).
@@ -1107,7 +1135,7 @@ def test_a_drains_sent_copies_go_over_one_imap_session_each_batch_answered_after
     assert outbox._send_locks_held([d.id for d in drafts]) == set()  # all released at the end
 
     assert [state(d)[1].sent_copy for d in drafts] == ["appended"] * 5
-    assert len(logins) == 1
+    assert len(imap_logins) == 1
     # Batches of 3 (the task's own draft and two) and 2.
     assert events == [("append 3", 3), ("answer OK", 5), ("append 2", 5), ("answer OK", 5)]
     assert len(sent_folder_messages(mailbox)) == 5
@@ -1115,42 +1143,26 @@ def test_a_drains_sent_copies_go_over_one_imap_session_each_batch_answered_after
 
 @pytest.mark.django_db
 def test_a_drain_to_a_server_without_multiappend_appends_one_each_over_one_session(
-    synced_account, smtp_server, mailbox, monkeypatch
+    synced_account, smtp_server, mailbox, monkeypatch, imap_logins, imap_writes
 ):
     """Gmail, say, has no MULTIAPPEND: each copy is its own APPEND, answered
     at once, and the run still logs in to IMAP once, not once a batch."""
-    import imaplib
-
     from imapclient import IMAPClient
 
     from compose import outbox
-    from mailboxes.imap import session as imap_session_module
 
     monkeypatch.setattr(outbox, "DRAIN_BATCH", 2)
     has_capability = IMAPClient.has_capability
     monkeypatch.setattr(
         IMAPClient, "has_capability", lambda self, c: c.upper() != "MULTIAPPEND" and has_capability(self, c)
     )
-    logins, appends = [], []
-    init, send_bytes = imap_session_module.ImapSession.__init__, imaplib.IMAP4.send
-
-    def counted_init(self, *args, **kwargs):
-        logins.append(1)
-        return init(self, *args, **kwargs)
-
-    def recorded_send(self, data):
-        appends.append(bytes(data).count(b" APPEND "))
-        return send_bytes(self, data)
-
-    monkeypatch.setattr(imap_session_module.ImapSession, "__init__", counted_init)
-    monkeypatch.setattr(imaplib.IMAP4, "send", recorded_send)
     drafts = [queue_message(synced_account, subject=f"G{n}") for n in range(5)]
 
     assert send(drafts[0]) == Status.SENT
 
     assert [state(d)[1].sent_copy for d in drafts] == ["appended"] * 5
-    assert len(logins) == 1
-    assert sum(appends) == 5  # one APPEND command a copy (pipelined, LITERAL+)
+    assert len(imap_logins) == 1
+    assert sum(w.count(b" APPEND ") for w in imap_writes) == 5  # one APPEND command a copy (LITERAL+)
     assert len(sent_folder_messages(mailbox)) == 5
 
 
@@ -1237,18 +1249,11 @@ def test_a_drain_asks_for_one_sync_at_its_end_not_one_a_batch(smtp_account, smtp
 
 @pytest.mark.django_db
 def test_a_run_that_hands_items_over_leaves_the_sync_to_the_run_that_sends_the_last(
-    smtp_account, smtp_server, broker, monkeypatch
+    smtp_account, smtp_server, broker, short_runs
 ):
     """A backlog longer than a run syncs once, after its last run: a sync
     per run took the CPU the drain needed."""
-    from compose import outbox
-    from mailboxes import services as mailbox_services
-
-    syncs = []
-    monkeypatch.setattr(mailbox_services, "sync_request", lambda **kwargs: syncs.append(kwargs["account"].id))
-    monkeypatch.setattr(outbox, "DRAIN_BATCH", 2)
-    monkeypatch.setattr(outbox, "DRAIN_LIMIT", 2)
-    monkeypatch.setattr(outbox, "DRAIN_HELPERS", 0)
+    syncs = short_runs
     ids = {"tenant_id": smtp_account.tenant_id, "account_id": smtp_account.id}
     drafts = [queue_message(smtp_account, subject=f"L{n}") for n in range(5)]
 
@@ -1267,17 +1272,11 @@ def test_a_run_that_hands_items_over_leaves_the_sync_to_the_run_that_sends_the_l
 
 @pytest.mark.django_db
 def test_the_sync_a_run_left_owed_is_asked_for_by_the_next_even_if_it_sends_nothing(
-    smtp_account, smtp_server, broker, monkeypatch, user_a
+    smtp_account, smtp_server, broker, short_runs, user_a
 ):
-    from compose import outbox
     from compose.services import draft_cancel
-    from mailboxes import services as mailbox_services
 
-    syncs = []
-    monkeypatch.setattr(mailbox_services, "sync_request", lambda **kwargs: syncs.append(kwargs["account"].id))
-    monkeypatch.setattr(outbox, "DRAIN_BATCH", 2)
-    monkeypatch.setattr(outbox, "DRAIN_LIMIT", 2)
-    monkeypatch.setattr(outbox, "DRAIN_HELPERS", 0)
+    syncs = short_runs
     ids = {"tenant_id": smtp_account.tenant_id, "account_id": smtp_account.id}
     drafts = [queue_message(smtp_account, subject=f"O{n}") for n in range(4)]
     assert outbox_send(draft_id=drafts[0].id, **ids) == Status.SENT
