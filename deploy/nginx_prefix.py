@@ -1,7 +1,7 @@
 """Run deploy/nginx/ outside Docker: a throwaway nginx prefix holding the very
 files the nginx container gets, its template rendered as the image renders it.
 
-    python3 deploy/nginx_prefix.py PREFIX --upstream 127.0.0.1:8000 \
+    python3 deploy/nginx_prefix.py PREFIX --upstream 127.0.0.1:8000 [--resolver 127.0.0.11] \
         --http-port 8080 --https-port 8443      # prints the nginx command line
 
 Used by deploy/validate.sh (`nginx -t`), emailclient/core/tests/test_nginx.py
@@ -54,6 +54,8 @@ def build(
     prefix: Path,
     *,
     upstream: str,
+    resolver: str = "127.0.0.1",
+    resolver_valid: str = "10s",
     http_port: int,
     https_port: int,
     public_http_port: int | None = None,
@@ -63,7 +65,8 @@ def build(
     extra_conf: dict[str, str] | None = None,
 ) -> list[str]:
     """Fill `prefix` and return the command that runs nginx in the foreground
-    on it (add `-t` to only test the configuration). The public ports, what
+    on it (add `-t` to only test the configuration). `resolver` names the
+    upstream's host when it is not an address. The public ports, what
     clients use, are the ports nginx listens on unless given (compose
     publishes 80 and 443 on others)."""
     prefix = prefix.resolve()
@@ -77,6 +80,8 @@ def build(
     values = {
         "NGINX_SERVER_NAME": server_name,
         "NGINX_UPSTREAM": upstream,
+        "NGINX_RESOLVER": resolver,
+        "NGINX_RESOLVER_VALID": resolver_valid,
         "NGINX_HTTP_PORT": str(http_port),
         "NGINX_HTTPS_PORT": str(https_port),
         "NGINX_PUBLIC_HTTP_PORT": str(public_http_port or http_port),
@@ -105,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("prefix", type=Path)
     parser.add_argument("--upstream", default="127.0.0.1:8000")
+    parser.add_argument("--resolver", default="127.0.0.1", help="DNS server for the upstream's name")
     parser.add_argument("--http-port", type=int, default=8080)
     parser.add_argument("--https-port", type=int, default=8443)
     parser.add_argument("--public-http-port", type=int)
@@ -114,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     command = build(
         args.prefix,
         upstream=args.upstream,
+        resolver=args.resolver,
         http_port=args.http_port,
         https_port=args.https_port,
         public_http_port=args.public_http_port,

@@ -256,6 +256,7 @@ need(s["dovecot"].get("depends_on", {}).get("postfix", {}).get("condition") == "
      "dovecot: postfix healthy")
 need(s["nginx"]["environment"].get("NGINX_ENVSUBST_FILTER") == "^NGINX_", "nginx: envsubst of NGINX_* only")
 need(s["nginx"]["environment"].get("NGINX_UPSTREAM") == "web:8000", "nginx: upstream")
+need(s["nginx"]["environment"].get("NGINX_RESOLVER") == "127.0.0.11", "nginx: resolves web through Docker's DNS")
 mounts = {v["target"]: v for v in s["nginx"].get("volumes", [])}
 for target in ("/etc/nginx/nginx.conf", "/etc/nginx/templates", "/etc/nginx/snippets", "/etc/nginx/certs",
                "/etc/nginx/conf.d/default.conf"):
@@ -452,10 +453,11 @@ section "nginx, Postfix, Dovecot"
 # emailclient/core/tests/test_nginx.py (make test).
 nginx_config() {
     local command
-    command=$("$PY" deploy/nginx_prefix.py "$WORK/nginx" --upstream 127.0.0.1:8000 --http-port 80 --https-port 443)
+    command=$("$PY" deploy/nginx_prefix.py "$WORK/nginx" --upstream web:8000 --resolver 127.0.0.11 \
+        --http-port 80 --https-port 443)
     eval "$command -t"
 }
-check "nginx -t: deploy/nginx (nginx.conf, template, snippets) with TLS" nginx_config
+check "nginx -t: deploy/nginx (nginx.conf, template, snippets) with TLS, the stack's upstream" nginx_config
 # HTTPS published on another port than 443: compose hands the published
 # ports to the template, whose redirect and the Host given to Django keep
 # them (emailclient/core/tests/test_nginx.py follows both for real).

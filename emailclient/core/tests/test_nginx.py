@@ -12,6 +12,7 @@ Skipped only where nginx is not installed; .ci/run installs it.
 
 import concurrent.futures
 import http.client
+import http.server
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from importlib import util
 from pathlib import Path
@@ -260,6 +262,86 @@ def test_the_redirect_names_no_port_when_https_is_published_on_443(tmp_path):
 
     assert status == 301
     assert headers["Location"] == "https://127.0.0.1/api/messages/?page=2"
+
+
+class _OneNameDns:
+    """A DNS server on loopback that answers every A question with one
+    address, which the test changes: Docker's DNS naming `web` before and
+    after the container is recreated."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                query, client = self.sock.recvfrom(512)
+            except OSError:  # closed
+                return
+            end = query.index(b"\0", 12) + 5  # the question: name, type, class
+            is_a = query[end - 4 : end - 2] == b"\0\1"
+            header = query[:2] + b"\x81\x80" + b"\0\1" + (b"\0\1" if is_a else b"\0\0") + b"\0\0\0\0"
+            answer = b"\xc0\x0c\0\1\0\1\0\0\0\1\0\4" + socket.inet_aton(self.address) if is_a else b""
+            self.sock.sendto(header + query[12:end] + answer, client)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _backend(address: str, port: int, name: bytes) -> http.server.ThreadingHTTPServer:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(name)))
+            self.end_headers()
+            self.wfile.write(name)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer((address, port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_web_container_recreated_at_a_new_address_is_reached_without_restarting_nginx(tmp_path):
+    """compose names gunicorn `web`; recreating the container (a new image,
+    a scale change) gives it a new address. nginx asks the DNS again once an
+    answer is NGINX_RESOLVER_VALID old, so it follows; an upstream{} block
+    looked the name up once, at start."""
+    port, http_port = _free_port(), _free_port()
+    old, new = _backend("127.0.0.1", port, b"old web"), _backend("127.0.0.2", port, b"new web")
+    dns = _OneNameDns("127.0.0.1")
+    command = _prefix_module().build(
+        tmp_path / "prefix",
+        upstream=f"web.stack.test:{port}",
+        resolver=f"127.0.0.1:{dns.port}",
+        resolver_valid="1s",
+        http_port=http_port,
+        https_port=_free_port(),
+    )
+    log = tmp_path / "nginx.log"
+    nginx = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        _wait_port(http_port, nginx, log)
+        before = _request({"http": http_port}, "GET", "/health", scheme="http")
+
+        dns.address = "127.0.0.2"
+        time.sleep(1.5)
+        after = _request({"http": http_port}, "GET", "/health", scheme="http")
+    finally:
+        _stop(nginx)
+        dns.close()
+        old.shutdown()
+        new.shutdown()
+
+    assert (before[0], before[2]) == (200, b"old web")
+    assert (after[0], after[2]) == (200, b"new web")
 
 
 def test_the_service_builds_its_links_with_the_published_port(stack, committed_db):
