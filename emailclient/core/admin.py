@@ -15,7 +15,7 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.html import format_html
 
-from .admin_base import OPERATOR_DB, OperatorModelAdmin, ReadOnlyOperatorAdmin
+from .admin_base import OPERATOR_DB, EstimatedCountPaginator, OperatorModelAdmin, ReadOnlyOperatorAdmin
 from .audit import AUDIT_ACTIONS, AUDIT_OBJECT_TYPES
 from .exceptions import is_statement_timeout
 from .limits import TENANT_LIMIT_SETTINGS
@@ -307,3 +307,5 @@ class AuditLogAdmin(ReadOnlyOperatorAdmin):
     # ("n results (N total)"), nor each filter choice's rows ("Show counts").
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
+    # The whole log's page: an estimated count, rows from idx_audit_created_id.
+    paginator = EstimatedCountPaginator

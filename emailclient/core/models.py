@@ -144,6 +144,9 @@ class AuditLog(TenantModel):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["tenant", "-created_at"], name="idx_audit_tenant_created"),
+            # The admin's page of the whole log, newest first (its order ends
+            # with the primary key), read without sorting the log.
+            models.Index(fields=["-created_at", "-id"], name="idx_audit_created_id"),
             models.Index(fields=["object_type", "object_id"], name="idx_audit_object"),
             BrinIndex(fields=["created_at"], name="brin_audit_created"),
         ]
