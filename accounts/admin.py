@@ -5,6 +5,7 @@ from emailclient.core.admin_base import OperatorModelAdmin
 from emailclient.core.clientaddr import client_address
 from emailclient.core.exceptions import ApplicationError
 from emailclient.core.tenancy import tenant_scope
+from emailclient.core.validators import validate_hostname
 
 from .models import EmailAccount
 from .services import (
@@ -67,6 +68,15 @@ class EmailAccountForm(forms.ModelForm):
         for name in CREDENTIAL_FIELDS:
             if name in self.fields:
                 self.fields[name].validators.append(validate_no_control_characters)
+
+    # The API's host names (HostnameField): stored lower-case, ASCII (IDNA),
+    # without a trailing dot, so a server is one name however it was typed.
+    def clean_hostname(self) -> str:
+        return validate_hostname(self.cleaned_data["hostname"])
+
+    def clean_smtp_hostname(self) -> str:
+        value = self.cleaned_data.get("smtp_hostname", "")
+        return validate_hostname(value) if value else value
 
     def clean(self):
         cleaned = super().clean()

@@ -24,8 +24,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 
 from emailclient.core.cache import redis_client
+from emailclient.core.validators import validate_hostname
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,16 @@ def _client():  # redis-py, of the cache's Redis
     return redis_client()
 
 
+def _host_name(host: str) -> str:
+    """One name per server however it was typed: the API and the admin store
+    host names normalised (lower-case, IDNA, no trailing dot), and a row
+    saved before they did is normalised here the same way."""
+    try:
+        return validate_hostname(host)
+    except ValidationError:
+        return host.strip().lower().rstrip(".")
+
+
 def _key(kind: str, name: str) -> str:
     return cache.make_key(f"sync:slots:{kind}:{name}")
 
@@ -86,7 +98,7 @@ class SlotRequest:
     host_limit: int
 
     def redis_keys(self) -> list[str]:
-        return [_key("tenant", str(self.tenant_id)), _key("host", self.host.lower().rstrip("."))]
+        return [_key("tenant", str(self.tenant_id)), _key("host", _host_name(self.host))]
 
     def limits(self) -> list[int]:
         return [self.tenant_limit, self.host_limit]

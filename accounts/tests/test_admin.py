@@ -157,3 +157,26 @@ def test_admin_form_shows_and_saves_the_pop3_fields_in_their_own_section(operato
         response = operator_client.post(url, {**form, "pop3_delete_after_days": days})
         assert response.status_code == 200
         assert list(response.context["adminform"].form.errors) == ["pop3_delete_after_days"]
+
+
+def test_admin_stores_host_names_as_the_api_does_and_refuses_bad_ones(operator_client, tenant_b):
+    owner = UserFactory(username="owner-hosts")
+    form = _form(
+        tenant=tenant_b.id,
+        user=owner.id,
+        hostname=" IMAP.Bücher.example. ",
+        smtp_hostname="SMTP.B.Example.",
+        smtp_encryption="tls",
+        smtp_port=465,
+    )
+
+    assert operator_client.post("/admin/accounts/emailaccount/add/", form).status_code == 302
+    with tenant_scope(tenant_b.id):
+        account = EmailAccount.objects.get(email_address="made@b.example")
+    assert (account.hostname, account.smtp_hostname) == ("imap.xn--bcher-kva.example", "smtp.b.example")
+
+    url = f"/admin/accounts/emailaccount/{account.id}/change/"
+    for field, bad in (("hostname", "imap b.example"), ("smtp_hostname", "-smtp.b.example")):
+        response = operator_client.post(url, {**form, "password": "", field: bad})
+        assert response.status_code == 200
+        assert response.context["adminform"].form.errors == {field: ["Enter a valid host name."]}

@@ -67,6 +67,20 @@ def test_a_host_is_shared_by_every_tenant():
     assert slots_in_use(request=other_tenant) == (0, 1)
 
 
+@pytest.mark.parametrize(
+    ("typed", "again"),
+    [
+        ("Mail.Exämple.COM.", "mail.xn--exmple-cua.com"),  # IDNA, case, trailing dot
+        (" imap.example.org", "IMAP.EXAMPLE.ORG"),
+        ("[2001:DB8::1]", "2001:db8:0::1"),
+    ],
+)
+def test_a_host_is_one_server_however_its_name_was_typed(typed, again):
+    assert slots_acquire(request=_request(host_limit=1, host=typed), holder="a") == ""
+    refused = slots_acquire(request=_request(host_limit=1, host=again), holder="b")
+    assert "SYNC_MAX_CONCURRENT_PER_HOST" in refused
+
+
 def test_a_killed_holder_does_not_keep_its_slot():
     request = _request(tenant_limit=1)
     assert slots_acquire(request=request, holder="killed", lease=1.0) == ""  # never released
