@@ -1,29 +1,43 @@
+import dataclasses
 from typing import TYPE_CHECKING
 
 from django.apps import AppConfig
+from django.conf import settings
 
 if TYPE_CHECKING:
     from accounts.models import EmailAccount
 
 
-def smtp_account_verify(*, account: "EmailAccount", incoming: bool, outgoing: bool) -> dict[str, list[str]]:
+def smtp_account_verify(
+    *, account: "EmailAccount", incoming: bool, outgoing: bool, seconds: float
+) -> dict[str, list[str]]:
     """Connect, secure and log in to `account`'s SMTP server as a send would
-    (`compose.smtp.smtp_check`), then QUIT. The errors by field of the account
-    form; {} when the server took the login or the account sends nothing."""
+    (`compose.smtp.smtp_check`) within `seconds`, then QUIT. The errors by
+    field of the account form; {} when the server took the login or the
+    account sends nothing."""
     from accounts.services import account_credentials
     from compose.smtp import AuthenticationFailed, InsecureServer, SmtpError, smtp_check, smtp_config
 
     if not outgoing or not account.smtp_hostname:
         return {}
+    config = smtp_config(account)
+    config = dataclasses.replace(
+        config,
+        connect_deadline=min(config.connect_deadline or seconds, seconds),
+        read_timeout=min(config.read_timeout, seconds),  # the QUIT after the login
+    )
     try:
-        smtp_check(smtp_config(account), account_credentials(account=account, smtp=True))
+        smtp_check(config, account_credentials(account=account, smtp=True))
     except AuthenticationFailed as exc:
         return {"smtp_password": [str(exc)]}
     except InsecureServer as exc:
         return {"smtp_encryption": [str(exc)]}
     except SmtpError as exc:
         port = isinstance(exc.__cause__, ConnectionRefusedError) or str(exc).startswith("port ")
-        return {"smtp_port" if port else "smtp_hostname": [str(exc)]}
+        message = str(exc)
+        if seconds < settings.SMTP_CONNECTION_DEADLINE:
+            message = message.replace("SMTP_CONNECTION_DEADLINE", "ACCOUNT_VERIFY_DEADLINE")
+        return {"smtp_port" if port else "smtp_hostname": [message]}
     return {}
 
 

@@ -2,16 +2,19 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from django.apps import AppConfig
+from django.conf import settings
 
 if TYPE_CHECKING:
     from accounts.models import EmailAccount
 
 
-def imap_account_verify(*, account: "EmailAccount", incoming: bool, outgoing: bool) -> dict[str, list[str]]:
+def imap_account_verify(
+    *, account: "EmailAccount", incoming: bool, outgoing: bool, seconds: float
+) -> dict[str, list[str]]:
     """Log in to `account`'s IMAP or POP3 server as the sync would (same
     address and port policy, TLS or STARTTLS/STLS, MAIL_CONNECTION_DEADLINE),
-    then LOGOUT or close. The errors by field of the account form; {} when the
-    server took the login."""
+    then LOGOUT or close, all within `seconds`. The errors by field of the
+    account form; {} when the server took the login."""
     from accounts.services import account_credentials
     from mailboxes.imap import ImapSession
     from mailboxes.imap.errors import (
@@ -27,8 +30,15 @@ def imap_account_verify(*, account: "EmailAccount", incoming: bool, outgoing: bo
     if not incoming or account.protocol not in ("imap", "pop3"):
         return {}
     config = server_config(account)
-    # The login within the connection deadline; LOGOUT gets 10 s more, not a sync's.
-    config = dataclasses.replace(config, session_deadline=(config.connect_deadline or 60.0) + 10.0)
+    # The login within the connection deadline, the whole session (LOGOUT
+    # too) within what the verification has left.
+    connect = min(config.connect_deadline or seconds, seconds)
+    config = dataclasses.replace(
+        config,
+        connect_deadline=connect,
+        session_deadline=seconds,
+        read_timeout=min(config.read_timeout, seconds),
+    )
     credentials = account_credentials(account=account)
     session = ImapSession if account.protocol == "imap" else Pop3Session
     try:
@@ -41,6 +51,10 @@ def imap_account_verify(*, account: "EmailAccount", incoming: bool, outgoing: bo
     except AddressNotAllowed as exc:
         return {"port" if str(exc).startswith("port ") else "hostname": [str(exc)]}
     except DeadlineExceeded as exc:
+        if seconds < settings.MAIL_CONNECTION_DEADLINE:  # the verification's time ran out first
+            budget = settings.ACCOUNT_VERIFY_DEADLINE
+            message = f"{account.hostname}: not logged in within {budget:g} s (ACCOUNT_VERIFY_DEADLINE)"
+            return {"hostname": [message]}
         return {"hostname": [str(exc)]}
     except MailServerError as exc:
         refused = isinstance(exc.__cause__, ConnectionRefusedError)

@@ -7,13 +7,11 @@ every worker. A sync that cannot get both is queued again a little later
 (`mailboxes.tasks`): it never waits on a worker, so one tenant's backlog, or a
 host that answers slowly, cannot occupy every worker.
 
-Each semaphore is a sorted set: a member per holder (the sync's task id),
-scored with the time its lease ends. Taking and releasing are one Lua script
-each, so both slots are taken together or not at all. A holder renews its
-lease while it runs (a thread, every third of the lease); a worker killed
-without a word stops renewing and its slot is free once the lease ends, at
-most `LEASE_SECONDS` later. Time is Redis's own clock, the same for every
-worker.
+The semaphores are `emailclient.core.semaphores` (a holder per sync task
+id; both slots taken together or not at all). A holder renews its lease
+while it runs (a thread, every third of the lease); a worker killed without a
+word stops renewing and its slot is free once the lease ends, at most
+`LEASE_SECONDS` later.
 """
 
 import logging
@@ -23,55 +21,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
 
-from emailclient.core.cache import redis_client
+from emailclient.core.semaphores import (
+    semaphore_key,
+    semaphores_acquire,
+    semaphores_in_use,
+    semaphores_release,
+    semaphores_renew,
+)
 from emailclient.core.validators import validate_hostname
 
 logger = logging.getLogger(__name__)
 
 # How long a slot outlives its holder's last renewal.
 LEASE_SECONDS = 60.0
-
-# KEYS: the semaphores. ARGV: lease (s), holder, then one limit per key.
-# Returns 0 when every slot was taken, else the (1-based) index of the first
-# full semaphore (nothing taken then).
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local lease = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  if not redis.call('ZSCORE', key, ARGV[2]) then
-    if redis.call('ZCARD', key) >= tonumber(ARGV[2 + i]) then
-      return i
-    end
-  end
-end
-for _, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now + lease, ARGV[2])
-  redis.call('EXPIRE', key, math.ceil(lease) * 2)
-end
-return 0
-"""
-
-# KEYS: the semaphores. ARGV: lease (s), holder. Extends the holder's lease
-# where it still holds a slot; returns how many it still holds.
-_RENEW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local held = 0
-for _, key in ipairs(KEYS) do
-  held = held + redis.call('ZADD', key, 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[2])
-  redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[1])) * 2)
-end
-return held
-"""
-
-
-def _client():  # redis-py, of the cache's Redis
-    return redis_client()
 
 
 def _host_name(host: str) -> str:
@@ -85,7 +49,7 @@ def _host_name(host: str) -> str:
 
 
 def _key(kind: str, name: str) -> str:
-    return cache.make_key(f"sync:slots:{kind}:{name}")
+    return semaphore_key(f"sync:slots:{kind}:{name}")
 
 
 @dataclass(frozen=True)
@@ -113,30 +77,22 @@ class SlotRequest:
 def slots_acquire(*, request: SlotRequest, holder: str, lease: float = LEASE_SECONDS) -> str:
     """Take both slots for `holder`, or neither. Returns "" when taken, else
     what the sync waits for. Taking slots already held renews them."""
-    full = int(_client().eval(_ACQUIRE, 2, *request.redis_keys(), lease, holder, *request.limits()))
+    full = semaphores_acquire(keys=request.redis_keys(), limits=request.limits(), holder=holder, lease=lease)
     return request.describe(full) if full else ""
 
 
 def slots_renew(*, request: SlotRequest, holder: str, lease: float = LEASE_SECONDS) -> int:
-    return int(_client().eval(_RENEW, 2, *request.redis_keys(), lease, holder))
+    return semaphores_renew(keys=request.redis_keys(), holder=holder, lease=lease)
 
 
 def slots_release(*, request: SlotRequest, holder: str) -> None:
-    client = _client()
-    for key in request.redis_keys():
-        client.zrem(key, holder)
+    semaphores_release(keys=request.redis_keys(), holder=holder)
 
 
 def slots_in_use(*, request: SlotRequest) -> tuple[int, int]:
     """Slots held now (leases not yet ended) of the tenant and of the host."""
-    client = _client()
-    seconds, micros = client.time()
-    now = seconds + micros / 1_000_000
-    tenant_key, host_key = request.redis_keys()
-    return (
-        int(client.zcount(tenant_key, now, "+inf")),
-        int(client.zcount(host_key, now, "+inf")),
-    )
+    tenant, host = semaphores_in_use(keys=request.redis_keys())
+    return tenant, host
 
 
 @contextmanager

@@ -8,6 +8,7 @@ calls, which run on the runtime alias inside the row's tenant scope.
 from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db import connections
+from django.db.models import QuerySet
 from django.utils.functional import cached_property
 
 OPERATOR_DB = "admin"
@@ -27,7 +28,7 @@ class EstimatedCountPaginator(Paginator):
     @cached_property
     def count(self) -> int:
         queryset = self.object_list
-        if not queryset.query.where:
+        if isinstance(queryset, QuerySet) and not queryset.query.where:
             with connections[queryset.db].cursor() as cursor:
                 cursor.execute(
                     "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 class ApplicationError(Exception):
     status_code: int = status.HTTP_400_BAD_REQUEST
     code = "error"
+    retry_after: int | None = None  # seconds, sent as Retry-After (a 429, a 503)
 
     def __init__(self, message: str, *, fields: dict[str, Any] | None = None, code: str | None = None):
         super().__init__(message)
@@ -96,7 +97,11 @@ def exception_handler(exc, context):
             headers={"Retry-After": "5"},
         )
     if isinstance(exc, ApplicationError):
-        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
+        return Response(
+            error_body(exc.code, exc.message, exc.fields),
+            status=exc.status_code,
+            headers={"Retry-After": str(exc.retry_after)} if exc.retry_after else None,
+        )
     if isinstance(exc, DjangoValidationError):
         exc = drf_exceptions.ValidationError(as_serializer_error(exc))
     if isinstance(exc, Ratelimited):

@@ -376,6 +376,24 @@ MAIL_CONNECTION_DEADLINE = env.float("MAIL_CONNECTION_DEADLINE", default=60.0)
 # account pointed at a tarpit or with a wrong password is stored to be retried
 # by every sync. False only for tests on fake hosts.
 ACCOUNT_VERIFY_ON_SAVE = env.bool("ACCOUNT_VERIFY_ON_SAVE", default=True)
+# The request that saves the account waits for those logins, on a web thread:
+# at most ACCOUNT_VERIFY_DEADLINE seconds for both servers together (the
+# incoming login, then SMTP's in what is left; a real server needs a second or
+# two), and at most so many at once per account owner and per tenant, counted
+# in Redis across the web processes (429 beyond). So a user pointing accounts
+# at a tarpit holds two web threads 20 s, never the whole pool for minutes.
+ACCOUNT_VERIFY_DEADLINE = env.float("ACCOUNT_VERIFY_DEADLINE", default=20.0)
+ACCOUNT_VERIFY_MAX_CONCURRENT_PER_USER = env.int("ACCOUNT_VERIFY_MAX_CONCURRENT_PER_USER", default=2)
+ACCOUNT_VERIFY_MAX_CONCURRENT_PER_TENANT = env.int("ACCOUNT_VERIFY_MAX_CONCURRENT_PER_TENANT", default=4)
+for _name in (
+    "ACCOUNT_VERIFY_DEADLINE",
+    "ACCOUNT_VERIFY_MAX_CONCURRENT_PER_USER",
+    "ACCOUNT_VERIFY_MAX_CONCURRENT_PER_TENANT",
+):
+    if globals()[_name] <= 0:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(f"{_name}={globals()[_name]}: must be more than 0")
 # Seconds one sync (or write-back run) may talk to its server in all. 1,800:
 # half the task's hard time limit, so it ends cleanly long before Celery kills
 # it; 10,000 messages take ~25 s here (bench/), so only mailboxes of several

@@ -13,6 +13,12 @@ from accounts.models import EmailAccount
 from accounts.services import account_credentials
 from accounts.tests.factories import EmailAccountFactory
 from compose.tests.conftest import SMTP_PASSWORD, SMTP_USER, smtp_server, smtp_sink  # noqa: F401
+from emailclient.core.semaphores import (
+    semaphore_key,
+    semaphores_acquire,
+    semaphores_in_use,
+    semaphores_release,
+)
 from emailclient.core.tenancy import tenant_scope
 from emailclient.core.tests.factories import UserFactory
 from mailboxes.tests.conftest import PASSWORD
@@ -118,6 +124,74 @@ def test_a_tarpit_that_never_greets_is_a_400_within_the_connection_deadline(
     assert "MAIL_CONNECTION_DEADLINE" in fields["hostname"][0]
     assert took < 3.0
     assert _saved(tenant_a) == 0
+
+
+@pytest.mark.django_db
+def test_tarpits_for_both_servers_hold_the_request_at_most_the_verification_deadline(
+    verifying, devmail, mail_user, client_a, tenant_a
+):
+    """The connection deadlines (60 s each) would hold a web thread two
+    minutes; the verification has ACCOUNT_VERIFY_DEADLINE for both."""
+    verifying.MAIL_CONNECTION_DEADLINE = 60.0
+    verifying.SMTP_CONNECTION_DEADLINE = 60.0
+    verifying.ACCOUNT_VERIFY_DEADLINE = 1.5
+    with socket.socket() as imap_tarpit, socket.socket() as smtp_tarpit:
+        for tarpit in (imap_tarpit, smtp_tarpit):
+            tarpit.bind(("127.0.0.1", 0))
+            tarpit.listen(8)
+        data = _account(
+            devmail,
+            mail_user,
+            port=imap_tarpit.getsockname()[1],
+            smtp_hostname="127.0.0.1",
+            smtp_port=smtp_tarpit.getsockname()[1],
+            smtp_encryption="starttls",
+            smtp_username=SMTP_USER,
+            smtp_password=SMTP_PASSWORD,
+        )
+        started = time.monotonic()
+        response = client_a.post(URL, data, format="json")
+        took = time.monotonic() - started
+
+    assert response.status_code == 400
+    fields = response.json()["error"]["fields"]
+    assert list(fields) == ["hostname", "smtp_hostname"]
+    assert fields["hostname"] == ["127.0.0.1: not logged in within 1.5 s (ACCOUNT_VERIFY_DEADLINE)"]
+    assert fields["smtp_hostname"] == [
+        "Not tried: the servers took the whole 1.5 s of ACCOUNT_VERIFY_DEADLINE."
+    ]
+    assert took < 3.0
+    assert _saved(tenant_a) == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("cap", ["user", "tenant"])
+def test_more_verifications_at_once_than_allowed_is_a_429_and_the_slot_is_given_back(
+    verifying, devmail, mail_user, client_a, tenant_a, user_a, cap
+):
+    """Another of this owner's (or tenant's) accounts is being checked,
+    holding the only slot: no server is tried; once it is done, one is."""
+    verifying.ACCOUNT_VERIFY_MAX_CONCURRENT_PER_USER = 1 if cap == "user" else 5
+    verifying.ACCOUNT_VERIFY_MAX_CONCURRENT_PER_TENANT = 1 if cap == "tenant" else 5
+    owner = user_a.id if cap == "user" else "another-member"
+    keys = [semaphore_key(f"accounts:verify:{cap}:{owner if cap == 'user' else tenant_a.id}")]
+    assert semaphores_acquire(keys=keys, limits=[1], holder="running", lease=30) == 0
+
+    busy = client_a.post(URL, _account(devmail, mail_user), format="json")
+    semaphores_release(keys=keys, holder="running")
+    done = client_a.post(URL, _account(devmail, mail_user), format="json")
+
+    assert busy.status_code == 429
+    assert busy["Retry-After"] == "5"
+    error = busy.json()["error"]
+    assert error["code"] == "verifications_busy"
+    setting = f"ACCOUNT_VERIFY_MAX_CONCURRENT_PER_{cap.upper()}"
+    assert setting in error["message"]
+    assert done.status_code == 201, done.json()
+    assert _saved(tenant_a) == 1
+    user_key = semaphore_key(f"accounts:verify:user:{user_a.id}")
+    tenant_key = semaphore_key(f"accounts:verify:tenant:{tenant_a.id}")
+    assert semaphores_in_use(keys=[user_key, tenant_key]) == [0, 0]
 
 
 @pytest.mark.django_db
