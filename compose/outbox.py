@@ -60,9 +60,11 @@ copy was never recorded (the task makes it, looking for it first).
 """
 
 import contextlib
+import functools
 import imaplib
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -79,12 +81,15 @@ from django.db.models import F, Q
 from django.utils import timezone
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from imapclient.imapclient import datetime_to_INTERNALDATE
+from redis.exceptions import RedisError
 
 from accounts.models import EmailAccount
 from accounts.selectors import AccountNotSyncable, account_for_sync
 from accounts.services import account_credentials
+from emailclient.core.limits import tenant_limit
 from emailclient.core.models import Tenant
 from emailclient.core.retry import backoff_countdown
+from emailclient.core.semaphores import semaphore_key, semaphores_acquire, semaphores_held
 from emailclient.core.services import audit_log_record_many
 from emailclient.core.tenancy import SETTING, tenant_scope
 from mailboxes.imap import ImapSession
@@ -110,6 +115,7 @@ logger = logging.getLogger(__name__)
 
 # Outcomes of `outbox_send()`, besides the statuses it leaves an item in.
 BUSY = "busy"  # another worker holds the draft: it is sending it now
+WAITING = "waiting"  # the tenant's sending runs are all taken: it comes back later
 MISSING = "missing"
 NOT_DUE = "not_due"
 
@@ -151,6 +157,12 @@ SYNC_OWED_SECONDS = 3600
 # (`_drain_helper`): while one waits for the SMTP server, the database or
 # IMAP, another works. Each holds an SMTP connection of the account.
 DRAIN_HELPERS = 1
+# A run finding its tenant's sending runs all taken (`outbox_send_in_turn`)
+# comes back this much later, plus up to as much again (so the waiting ones
+# do not all come back at once); a run's slot outlives a dead worker by the
+# lease at most.
+SEND_SLOT_WAIT_SECONDS = 5.0
+SEND_SLOT_LEASE_SECONDS = 60.0
 
 
 def _lock_key(draft_id: uuid.UUID) -> int:
@@ -514,10 +526,7 @@ def outbox_send(
         run = _send_and_drain(tenant_id, draft_id, account_id, drains_busy=drain is not None)
     finally:
         if helper is not None and account_id is not None:
-            try:
-                cache.delete(_helper_mark(account_id, helper))
-            except Exception:  # the mark's timeout frees it
-                logger.warning("helper slot of account %s not freed", account_id, exc_info=True)
+            _helper_free(account_id, helper)
     if run.account_id is None:
         return run.status
     if drain is not None:
@@ -526,6 +535,67 @@ def outbox_send(
         handed_over = run.healthy and _drain_look_again(tenant_id, run.account_id)
     _sync_owed(tenant_id, run.account_id, sent_from=run.sent_from, handed_over=handed_over)
     return run.status
+
+
+def outbox_send_in_turn(
+    *,
+    tenant_id: uuid.UUID,
+    draft_id: uuid.UUID,
+    account_id: uuid.UUID | None = None,
+    helper: int | None = None,
+    drain: str | None = None,
+) -> str:
+    """`outbox_send` within the tenant's share of the workers: at most its
+    `max_concurrent_sends` runs at once, counted across the workers
+    (`emailclient.core.semaphores`), so a tenant whose accounts point at a
+    slow or tarpit SMTP server holds that many workers, not all of them.
+
+    Without a free slot the run does not wait on its worker (`waiting`): a
+    helper just ends (the run it helps goes on); the run holding the
+    account's drain mark keeps the mark alive and is queued again
+    `SEND_SLOT_WAIT_SECONDS` later; any other leaves its draft to the
+    account's drain (`send_request`), so an account with a thousand items
+    waits as one task, not a thousand. Redis away: the run goes on, uncounted."""
+    keys = [semaphore_key(f"compose:sends:tenant:{tenant_id}")]
+    holder = uuid.uuid4().hex
+    limit = tenant_limit(Tenant.objects.filter(id=tenant_id).first(), "max_concurrent_sends")
+    send = functools.partial(
+        outbox_send, tenant_id=tenant_id, draft_id=draft_id, account_id=account_id, helper=helper, drain=drain
+    )
+    try:
+        full = semaphores_acquire(keys=keys, limits=[limit], holder=holder, lease=SEND_SLOT_LEASE_SECONDS)
+    except RedisError:
+        logger.warning(
+            "sending runs of tenant %s not counted: Redis is unreachable", tenant_id, exc_info=True
+        )
+        return send()
+    if not full:
+        with semaphores_held(keys=keys, holder=holder, lease=SEND_SLOT_LEASE_SECONDS):
+            return send()
+    if helper is not None and account_id is not None:
+        _helper_free(account_id, helper)
+    elif account_id is not None and drain is None:
+        send_request(tenant_id=tenant_id, draft_id=draft_id, account_id=account_id)
+    else:
+        if drain is not None and account_id is not None:
+            with contextlib.suppress(Exception):  # else the dispatcher queues its items
+                if cache.get(_drain_mark(account_id)) == drain:
+                    cache.touch(_drain_mark(account_id), DRAIN_MARK_SECONDS)
+        send_enqueue(
+            tenant_id=tenant_id,
+            draft_id=draft_id,
+            account_id=account_id,
+            drain=drain,
+            countdown=SEND_SLOT_WAIT_SECONDS * (1 + random.random()),  # noqa: S311 (a spread, no secret)
+        )
+    return WAITING
+
+
+def _helper_free(account_id: uuid.UUID, helper: int) -> None:
+    try:
+        cache.delete(_helper_mark(account_id, helper))
+    except Exception:  # the mark's timeout frees it
+        logger.warning("helper slot of account %s not freed", account_id, exc_info=True)
 
 
 def _sync_owed_mark(account_id: uuid.UUID) -> str:

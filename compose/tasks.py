@@ -24,7 +24,7 @@ from messages.locks import SyncAlreadyRunning
 
 from .drafts_folder import draft_copy_sync
 from .idempotency import idempotency_keys_purge
-from .outbox import outbox_dispatch_due, outbox_send
+from .outbox import outbox_dispatch_due, outbox_send_in_turn
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +51,9 @@ def send_task(
     helper: int | None = None,
     drain: str | None = None,
 ) -> dict[str, str]:
-    """Deliver a queued draft once, and the account's other due items (see
-    `compose.outbox`)."""
-    outcome = outbox_send(
+    """Deliver a queued draft once, and the account's other due items, in
+    the tenant's turn (see `compose.outbox`)."""
+    outcome = outbox_send_in_turn(
         tenant_id=uuid.UUID(tenant_id),
         draft_id=uuid.UUID(draft_id),
         account_id=uuid.UUID(account_id) if account_id else None,

@@ -14,11 +14,8 @@ word stops renewing and its slot is free once the lease ends, at most
 `LEASE_SECONDS` later.
 """
 
-import logging
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
@@ -26,13 +23,12 @@ from django.core.exceptions import ValidationError
 from emailclient.core.semaphores import (
     semaphore_key,
     semaphores_acquire,
+    semaphores_held,
     semaphores_in_use,
     semaphores_release,
     semaphores_renew,
 )
 from emailclient.core.validators import validate_hostname
-
-logger = logging.getLogger(__name__)
 
 # How long a slot outlives its holder's last renewal.
 LEASE_SECONDS = 60.0
@@ -95,23 +91,6 @@ def slots_in_use(*, request: SlotRequest) -> tuple[int, int]:
     return tenant, host
 
 
-@contextmanager
-def slots_held(*, request: SlotRequest, holder: str, lease: float = LEASE_SECONDS) -> Iterator[None]:
+def slots_held(*, request: SlotRequest, holder: str, lease: float = LEASE_SECONDS) -> AbstractContextManager[None]:
     """Keep the slots `holder` took renewed for the block, release them after."""
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(lease / 3):
-            try:
-                slots_renew(request=request, holder=holder, lease=lease)
-            except Exception:  # Redis away a moment: the lease covers two misses
-                logger.warning("could not renew the sync slots of %s", holder, exc_info=True)
-
-    thread = threading.Thread(target=renew, name="sync-slots", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        slots_release(request=request, holder=holder)
+    return semaphores_held(keys=request.redis_keys(), holder=holder, lease=lease)

@@ -130,6 +130,7 @@ class TenantAdmin(admin.ModelAdmin):
             {
                 "fields": [
                     "max_concurrent_syncs",
+                    "max_concurrent_sends",
                     "api_rate_limit_user",
                     "api_rate_limit_tenant",
                     "api_rate_limit_search",

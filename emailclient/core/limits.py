@@ -25,6 +25,7 @@ TENANT_LIMIT_SETTINGS = {
     "max_messages": "TENANT_MAX_MESSAGES",
     # Fair sharing of the workers.
     "max_concurrent_syncs": "SYNC_MAX_CONCURRENT_PER_TENANT",
+    "max_concurrent_sends": "SEND_MAX_CONCURRENT_PER_TENANT",
     # Throttles, django-ratelimit's syntax ("600/m").
     "api_rate_limit_user": "API_RATE_LIMIT_USER",
     "api_rate_limit_tenant": "API_RATE_LIMIT_TENANT",

@@ -58,6 +58,9 @@ class Tenant(BaseModel):
     max_concurrent_syncs = models.PositiveSmallIntegerField(
         "syncs at once", null=True, blank=True, help_text=_DEFAULT
     )
+    max_concurrent_sends = models.PositiveSmallIntegerField(
+        "sending runs at once", null=True, blank=True, help_text=_DEFAULT
+    )
     api_rate_limit_user = _rate_field("API requests per user")
     api_rate_limit_tenant = _rate_field("API requests per tenant")
     api_rate_limit_search = _rate_field("searches per user")

@@ -8,11 +8,16 @@ the sync's fair shares (`mailboxes.sync_slots`) and the account
 verifications a user or a tenant may run at once (`accounts.verification`).
 """
 
-from collections.abc import Sequence
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from django.core.cache import cache
 
 from .cache import redis_client
+
+logger = logging.getLogger(__name__)
 
 # KEYS: the semaphores. ARGV: lease (s), holder, then one limit per key.
 # Returns 0 when every slot was taken, else the (1-based) index of the first
@@ -79,3 +84,26 @@ def semaphores_in_use(*, keys: Sequence[str]) -> list[int]:
     seconds, micros = client.time()
     now = seconds + micros / 1_000_000
     return [int(client.zcount(key, now, "+inf")) for key in keys]
+
+
+@contextmanager
+def semaphores_held(*, keys: Sequence[str], holder: str, lease: float) -> Iterator[None]:
+    """Keep the slots `holder` took renewed for the block (a thread, every
+    third of the lease), and release them after."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lease / 3):
+            try:
+                semaphores_renew(keys=keys, holder=holder, lease=lease)
+            except Exception:  # Redis away a moment: the lease covers two misses
+                logger.warning("could not renew the slots of %s", holder, exc_info=True)
+
+    thread = threading.Thread(target=renew, name="semaphores", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        semaphores_release(keys=keys, holder=holder)

@@ -347,6 +347,12 @@ TENANT_MAX_ACCOUNTS_PER_USER = env.int("TENANT_MAX_ACCOUNTS_PER_USER", default=N
 TENANT_MAX_STORED_BYTES = env.int("TENANT_MAX_STORED_BYTES", default=None)
 TENANT_MAX_MESSAGES = env.int("TENANT_MAX_MESSAGES", default=None)
 SYNC_MAX_CONCURRENT_PER_TENANT = env.int("SYNC_MAX_CONCURRENT_PER_TENANT", default=2)
+# Sending runs (compose.tasks.send: one account's due messages over one SMTP
+# connection) of one tenant at once across the workers; one more waits off
+# the workers (queued again a few seconds later). 2: a backlog's run and its
+# helper, so one account sends at full speed while a tenant's hundred
+# accounts pointed at a tarpit SMTP server hold two workers, not all.
+SEND_MAX_CONCURRENT_PER_TENANT = env.int("SEND_MAX_CONCURRENT_PER_TENANT", default=2)
 # API throttles (emailclient.core.throttling), measured with one client paging
 # a 3,000-message folder one request at a time (in-process, this 2-core VM):
 # 1,150 pages a minute at page_size 50, 590 at 200, 970 message details a

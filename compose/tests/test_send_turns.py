@@ -1,0 +1,227 @@
+"""A tenant's share of the workers for sending (`outbox_send_in_turn`): at
+most its `max_concurrent_sends` runs at once across the workers. A run
+without a free slot never waits on its worker: it comes back later, or
+leaves its draft to the account's drain, and another tenant's sends go on.
+Against the real Redis, PostgreSQL and SMTP sink."""
+
+import base64
+import json
+import time
+
+import pytest
+import redis
+from django.conf import settings
+from django.core.cache import cache
+
+from accounts.tests.factories import EmailAccountFactory
+from compose.models import Status
+from compose.outbox import WAITING, _drain_mark, _helper_mark, outbox_send_in_turn, send_request
+from compose.tests.conftest import SMTP_PASSWORD, SMTP_USER
+from compose.tests.test_outbox import queue_message, state
+from emailclient.core.cache import redis_client
+from emailclient.core.crypto import encrypt_secret
+from emailclient.core.models import Tenant
+from emailclient.core.semaphores import (
+    semaphore_key,
+    semaphores_acquire,
+    semaphores_in_use,
+    semaphores_release,
+)
+from emailclient.core.tests.celery_worker import CeleryWorker
+from emailclient.core.tests.factories import MembershipFactory, UserFactory
+from mailboxes.tests.tarpit import Tarpit
+
+
+@pytest.fixture
+def broker():
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.delete("celery")
+    return client
+
+
+def sends_queued(broker) -> list[tuple[dict, dict]]:
+    """compose.tasks.send messages on the broker: (kwargs, headers)."""
+    found = []
+    for raw in broker.lrange("celery", 0, -1):
+        message = json.loads(raw)
+        if message["headers"]["task"] == "compose.tasks.send":
+            _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+            found.append((kwargs, message["headers"]))
+    return found
+
+
+def slots_key(tenant) -> str:
+    return semaphore_key(f"compose:sends:tenant:{tenant.id}")
+
+
+@pytest.fixture
+def tenant_a_busy(tenant_a):
+    """Tenant A may send in one run at once, and another worker runs it."""
+    tenant_a.max_concurrent_sends = 1
+    tenant_a.save(update_fields=["max_concurrent_sends"])
+    keys = [slots_key(tenant_a)]
+    assert semaphores_acquire(keys=keys, limits=[1], holder="another-run", lease=30) == 0
+    yield keys
+    semaphores_release(keys=keys, holder="another-run")
+
+
+@pytest.fixture
+def account_b(smtp_server, tenant_b, user_b):
+    return EmailAccountFactory(
+        tenant=tenant_b,
+        user=user_b,
+        email_address="bob@b.example",
+        hostname="127.0.0.1",
+        smtp_hostname="127.0.0.1",
+        smtp_port=smtp_server.port("starttls"),
+        smtp_encryption="starttls",
+        smtp_username=SMTP_USER,
+        smtp_password_encrypted=encrypt_secret(SMTP_PASSWORD),
+        save_sent_copy=False,
+    )
+
+
+def run(draft, **kwargs) -> str:
+    return outbox_send_in_turn(tenant_id=draft.tenant_id, draft_id=draft.id, **kwargs)
+
+
+@pytest.mark.django_db
+def test_a_drain_run_without_a_slot_comes_back_later_with_its_mark(
+    smtp_account, smtp_server, broker, tenant_a_busy
+):
+    draft = queue_message(smtp_account)
+    cache.set(_drain_mark(smtp_account.id), "token-1", 30)
+
+    outcome = run(draft, account_id=smtp_account.id, drain="token-1")
+
+    assert outcome == WAITING
+    assert smtp_server.deliveries == []
+    assert state(draft)[0].status == Status.QUEUED
+    [(kwargs, headers)] = sends_queued(broker)
+    assert kwargs == {
+        "tenant_id": str(smtp_account.tenant_id),
+        "draft_id": str(draft.id),
+        "account_id": str(smtp_account.id),
+        "drain": "token-1",
+    }
+    assert headers["eta"] is not None  # later, not at once
+    # The mark stays the run's, renewed: no other main run is queued meanwhile.
+    assert cache.get(_drain_mark(smtp_account.id)) == "token-1"
+    assert redis_client().ttl(cache.make_key(_drain_mark(smtp_account.id))) > 60
+
+
+@pytest.mark.django_db
+def test_a_run_of_its_own_without_a_slot_leaves_its_draft_to_the_accounts_drain(
+    smtp_account, smtp_server, broker, tenant_a_busy
+):
+    drafts = [queue_message(smtp_account, subject=f"n{n}") for n in range(3)]
+
+    outcomes = [run(draft, account_id=smtp_account.id) for draft in drafts]
+
+    assert outcomes == [WAITING] * 3
+    assert smtp_server.deliveries == []
+    # One task drains the account (the first draft's), holding its mark; the
+    # other two drafts found the mark and queued nothing.
+    [(kwargs, _)] = sends_queued(broker)
+    assert kwargs["draft_id"] == str(drafts[0].id)
+    assert kwargs["drain"] == cache.get(_drain_mark(smtp_account.id))
+
+
+@pytest.mark.django_db
+def test_a_helper_without_a_slot_ends_and_frees_its_helper_slot(smtp_account, broker, tenant_a_busy):
+    draft = queue_message(smtp_account)
+    cache.set(_helper_mark(smtp_account.id, 0), 1, 30)
+
+    assert run(draft, account_id=smtp_account.id, helper=0) == WAITING
+
+    assert sends_queued(broker) == []
+    assert cache.get(_helper_mark(smtp_account.id, 0)) is None
+
+
+@pytest.mark.django_db
+def test_another_tenants_sends_go_on_and_a_freed_slot_is_taken(
+    smtp_account, account_b, smtp_server, tenant_a, tenant_a_busy, broker
+):
+    waiting = queue_message(smtp_account, subject="from A")
+    other = queue_message(account_b, subject="from B")
+
+    assert run(other, account_id=account_b.id) == Status.SENT
+    assert run(waiting, account_id=smtp_account.id) == WAITING
+    semaphores_release(keys=tenant_a_busy, holder="another-run")
+    assert run(waiting, account_id=smtp_account.id) == Status.SENT
+
+    assert [d.data.split(b"Subject: ")[1].split(b"\r\n")[0] for d in smtp_server.deliveries] == [
+        b"from B",
+        b"from A",
+    ]
+    # Each run gave its slot back.
+    assert semaphores_in_use(keys=[slots_key(tenant_a)]) == [0]
+
+
+# --- Through a real worker -------------------------------------------------------------
+
+
+@pytest.fixture
+def worker(tmp_path, mail_settings, broker):
+    overrides = {
+        "BLOB_STORAGE_DIR": str(mail_settings.BLOB_STORAGE_DIR),
+        "MAIL_TLS_CA_FILE": str(mail_settings.MAIL_TLS_CA_FILE),
+        "SMTP_CONNECTION_DEADLINE": 2.0,
+    }
+    started = CeleryWorker(tmp_path, "send-turns", overrides, concurrency=2, redeliver_after=None)
+    started.wait_ready()
+    yield started.output
+    started.kill()
+
+
+def test_a_tarpit_tenant_does_not_hold_up_another_tenants_sends(
+    committed_db, smtp_server, tenant_a, account_b, worker
+):
+    """Tenant A's three accounts send through an SMTP server that trickles
+    its greeting (each run holds its worker to the 2 s connection deadline);
+    their sends are queued before tenant B's. Two workers, A's share one:
+    B's message goes at once, A's runs one after another."""
+    Tenant.objects.filter(id=tenant_a.id).update(max_concurrent_sends=1)
+    tarpit = Tarpit(mode="greeting", interval=0.2, give_up_after=30)
+    slow = []
+    for n in range(3):
+        user = UserFactory(username=f"tarpit-sender-{n}")
+        MembershipFactory(tenant=tenant_a, user=user)
+        slow.append(
+            EmailAccountFactory(
+                tenant=tenant_a,
+                user=user,
+                email_address=f"slow{n}@a.example",
+                hostname="127.0.0.1",
+                smtp_hostname="127.0.0.1",
+                smtp_port=tarpit.port,
+                smtp_encryption="starttls",
+                smtp_username=SMTP_USER,
+                smtp_password_encrypted=encrypt_secret(SMTP_PASSWORD),
+            )
+        )
+    waiting = [queue_message(account) for account in slow]
+    other = queue_message(account_b)
+
+    started = time.monotonic()
+    for draft in [*waiting, other]:
+        send_request(tenant_id=draft.tenant_id, draft_id=draft.id, account_id=draft.account_id)
+    other_sent_at = None
+    while time.monotonic() < started + 30:
+        if other_sent_at is None and state(other)[0].status == Status.SENT:
+            other_sent_at = time.monotonic() - started
+        tried = [state(d) for d in waiting]
+        if other_sent_at is not None and all(i.attempts == 1 and d.status != "sending" for d, i in tried):
+            break
+        time.sleep(0.05)
+    waited_out_at = time.monotonic() - started
+    tarpit.close()
+
+    assert other_sent_at is not None and other_sent_at < 1.5, (other_sent_at, worker())
+    assert len(smtp_server.deliveries) == 1
+    for draft in waiting:  # each tried once, stopped at the deadline, to be retried later
+        fresh, item = state(draft)
+        assert (fresh.status, item.attempts) == (Status.QUEUED, 1), (fresh.status, item.error, worker())
+        assert "SMTP_CONNECTION_DEADLINE" in item.error
+    assert waited_out_at >= 3 * 2  # never two of A's runs at once
+    assert tarpit.connections == 3
