@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 
 from emailclient.core.admin_base import OperatorModelAdmin
 from emailclient.core.clientaddr import client_address
@@ -25,6 +26,13 @@ def _service_data(cleaned: dict) -> dict:
     """The form's values as the services take them: an empty password keeps the stored one."""
     data = {f: cleaned[f] for f in (*WRITABLE_FIELDS, *SECRET_FIELDS) if f in cleaned}
     return {k: v for k, v in data.items() if not (k in SECRET_FIELDS and not v)}
+
+
+def _same_host(stored: str, normalised: str) -> bool:
+    try:
+        return validate_hostname(stored) == normalised
+    except ValidationError:
+        return False
 
 
 class EmailAccountForm(forms.ModelForm):
@@ -72,11 +80,22 @@ class EmailAccountForm(forms.ModelForm):
     # The API's host names (HostnameField): stored lower-case, ASCII (IDNA),
     # without a trailing dot, so a server is one name however it was typed.
     def clean_hostname(self) -> str:
-        return validate_hostname(self.cleaned_data["hostname"])
+        return self._host_name("hostname")
 
     def clean_smtp_hostname(self) -> str:
-        value = self.cleaned_data.get("smtp_hostname", "")
-        return validate_hostname(value) if value else value
+        return self._host_name("smtp_hostname")
+
+    def _host_name(self, field: str) -> str:
+        value = self.cleaned_data.get(field, "")
+        if not value:
+            return value
+        normalised = validate_hostname(value)
+        # A name stored as typed (before the admin normalised it) that means
+        # the same server is kept: not a new server to send the password to.
+        stored = getattr(self.instance, field, "") if not self.instance._state.adding else ""
+        if stored and stored != normalised and _same_host(stored, normalised):
+            return stored
+        return normalised
 
     def clean(self):
         cleaned = super().clean()

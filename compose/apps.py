@@ -1,4 +1,5 @@
 import dataclasses
+import time
 from typing import TYPE_CHECKING
 
 from django.apps import AppConfig
@@ -20,14 +21,11 @@ def smtp_account_verify(
 
     if not outgoing or not account.smtp_hostname:
         return {}
+    ends = time.monotonic() + seconds
     config = smtp_config(account)
-    config = dataclasses.replace(
-        config,
-        connect_deadline=min(config.connect_deadline or seconds, seconds),
-        read_timeout=min(config.read_timeout, seconds),  # the QUIT after the login
-    )
+    config = dataclasses.replace(config, connect_deadline=min(config.connect_deadline or seconds, seconds))
     try:
-        smtp_check(config, account_credentials(account=account, smtp=True))
+        smtp_check(config, account_credentials(account=account, smtp=True), ends=ends)
     except AuthenticationFailed as exc:
         return {"smtp_password": [str(exc)]}
     except InsecureServer as exc:
@@ -35,8 +33,10 @@ def smtp_account_verify(
     except SmtpError as exc:
         port = isinstance(exc.__cause__, ConnectionRefusedError) or str(exc).startswith("port ")
         message = str(exc)
-        if seconds < settings.SMTP_CONNECTION_DEADLINE:
-            message = message.replace("SMTP_CONNECTION_DEADLINE", "ACCOUNT_VERIFY_DEADLINE")
+        if "(SMTP_CONNECTION_DEADLINE)" in message and seconds < settings.SMTP_CONNECTION_DEADLINE:
+            # The verification's time ran out first.
+            budget = settings.ACCOUNT_VERIFY_DEADLINE
+            message = f"{account.smtp_hostname}: not logged in within {budget:g} s (ACCOUNT_VERIFY_DEADLINE)"
         return {"smtp_port" if port else "smtp_hostname": [message]}
     return {}
 

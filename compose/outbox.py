@@ -67,7 +67,8 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -489,9 +490,12 @@ def outbox_send(
     account_id: uuid.UUID | None = None,
     helper: int | None = None,
     drain: str | None = None,
+    turn: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> str:
     """Deliver the draft's frozen message if it is due, at most once; returns
-    the status it is left in (or `busy`, `missing`, `not_due`).
+    the status it is left in (or `busy`, `missing`, `not_due`). `turn`: held
+    while the run sends, and given back before it hands over, so the run it
+    hands over to, or a new helper, finds it free (`outbox_send_in_turn`).
 
     Then, over the same SMTP connection, the other due items of the same
     account (up to `DRAIN_LIMIT`, until `DRAIN_SECONDS` have passed), each
@@ -523,7 +527,8 @@ def outbox_send(
     hands items over leaves the sync owed (`_sync_owed`); the run that ends
     the backlog asks for it even if it sent nothing itself."""
     try:
-        run = _send_and_drain(tenant_id, draft_id, account_id, drains_busy=drain is not None)
+        with turn():
+            run = _send_and_drain(tenant_id, draft_id, account_id, drains_busy=drain is not None)
     finally:
         if helper is not None and account_id is not None:
             _helper_free(account_id, helper)
@@ -546,16 +551,14 @@ def outbox_send_in_turn(
     drain: str | None = None,
 ) -> str:
     """`outbox_send` within the tenant's share of the workers: at most its
-    `max_concurrent_sends` runs at once, counted across the workers
+    `max_concurrent_sends` runs send at once, counted across the workers
     (`emailclient.core.semaphores`), so a tenant whose accounts point at a
     slow or tarpit SMTP server holds that many workers, not all of them.
+    The slot is held while the run sends, and given back before it hands
+    over (`outbox_send`'s `turn`).
 
-    Without a free slot the run does not wait on its worker (`waiting`): a
-    helper just ends (the run it helps goes on); the run holding the
-    account's drain mark keeps the mark alive and is queued again
-    `SEND_SLOT_WAIT_SECONDS` later; any other leaves its draft to the
-    account's drain (`send_request`), so an account with a thousand items
-    waits as one task, not a thousand. Redis away: the run goes on, uncounted."""
+    Without a free slot the run does not wait on its worker (`waiting`,
+    `_wait_for_turn`). Redis away: the run goes on, uncounted."""
     keys = [semaphore_key(f"compose:sends:tenant:{tenant_id}")]
     holder = uuid.uuid4().hex
     limit = tenant_limit(Tenant.objects.filter(id=tenant_id).first(), "max_concurrent_sends")
@@ -565,29 +568,62 @@ def outbox_send_in_turn(
     try:
         full = semaphores_acquire(keys=keys, limits=[limit], holder=holder, lease=SEND_SLOT_LEASE_SECONDS)
     except RedisError:
-        logger.warning(
-            "sending runs of tenant %s not counted: Redis is unreachable", tenant_id, exc_info=True
-        )
+        logger.warning("sending runs of tenant %s not counted: Redis away", tenant_id, exc_info=True)
         return send()
-    if not full:
-        with semaphores_held(keys=keys, holder=holder, lease=SEND_SLOT_LEASE_SECONDS):
-            return send()
+    if full:
+        return _wait_for_turn(tenant_id, draft_id, account_id=account_id, helper=helper, drain=drain)
+    return send(turn=lambda: semaphores_held(keys=keys, holder=holder, lease=SEND_SLOT_LEASE_SECONDS))
+
+
+def _wait_for_turn(
+    tenant_id: uuid.UUID,
+    draft_id: uuid.UUID,
+    *,
+    account_id: uuid.UUID | None,
+    helper: int | None,
+    drain: str | None,
+) -> str:
+    """A run that found its tenant's slots taken: a helper ends (the run it
+    helps goes on); a due draft of a run of its own (a retry's, a scheduled
+    send's, the dispatcher's) is left to its account's drain
+    (`send_request`), so an account's thousand waiting items are one task
+    coming back, not a thousand; the drain run itself keeps its mark alive
+    and comes back `SEND_SLOT_WAIT_SECONDS` later, and so does a run with
+    other work (a send a dead worker left, a Sent copy to make); a draft
+    with nothing left to do ends here."""
     if helper is not None and account_id is not None:
         _helper_free(account_id, helper)
-    elif account_id is not None and drain is None:
-        send_request(tenant_id=tenant_id, draft_id=draft_id, account_id=account_id)
-    else:
-        if drain is not None and account_id is not None:
-            with contextlib.suppress(Exception):  # else the dispatcher queues its items
-                if cache.get(_drain_mark(account_id)) == drain:
-                    cache.touch(_drain_mark(account_id), DRAIN_MARK_SECONDS)
-        send_enqueue(
-            tenant_id=tenant_id,
-            draft_id=draft_id,
-            account_id=account_id,
-            drain=drain,
-            countdown=SEND_SLOT_WAIT_SECONDS * (1 + random.random()),  # noqa: S311 (a spread, no secret)
-        )
+        return WAITING
+    if drain is None:
+        with tenant_scope(tenant_id):
+            found = (
+                Draft.objects.filter(id=draft_id, is_deleted=False)
+                .values_list("status", "account_id", "outbox__sent_copy")
+                .first()
+            )
+            due = Draft.objects.filter(_due(timezone.now()), id=draft_id).exists()
+        if found is None:
+            return MISSING
+        status, account_id, sent_copy = found
+        if due:
+            send_request(tenant_id=tenant_id, draft_id=draft_id, account_id=account_id)
+            return WAITING
+        if not (
+            status in (Status.QUEUED, Status.SCHEDULED, Status.SENDING)
+            or (status == Status.SENT and not sent_copy)
+        ):
+            return status
+    elif account_id is not None:
+        with contextlib.suppress(Exception):  # else the dispatcher queues its items
+            if cache.get(_drain_mark(account_id)) == drain:
+                cache.touch(_drain_mark(account_id), DRAIN_MARK_SECONDS)
+    send_enqueue(
+        tenant_id=tenant_id,
+        draft_id=draft_id,
+        account_id=account_id,
+        drain=drain,
+        countdown=SEND_SLOT_WAIT_SECONDS * (1 + random.random()),  # noqa: S311 (a spread, no secret)
+    )
     return WAITING
 
 
@@ -774,6 +810,18 @@ def _status_of(tenant_id: uuid.UUID, draft_id: uuid.UUID) -> str:
         return str(Draft.objects.filter(id=draft_id).values_list("status", flat=True).first() or MISSING)
 
 
+def _due(now: datetime) -> Q:
+    """Drafts due to be sent at `now`."""
+    return (
+        Q(status=Status.QUEUED)
+        & (Q(outbox__next_attempt_at__isnull=True) | Q(outbox__next_attempt_at__lte=now))
+        | Q(status=Status.SCHEDULED, send_at__lte=now)
+    ) & Q(
+        is_deleted=False,
+        outbox__isnull=False,  # `_claim` refuses an item without one: never due
+    )
+
+
 def _due_of_account(
     tenant_id: uuid.UUID, account_id: uuid.UUID, *, exclude: list[uuid.UUID], limit: int
 ) -> list[uuid.UUID]:
@@ -781,14 +829,7 @@ def _due_of_account(
     now = timezone.now()
     with tenant_scope(tenant_id):
         return list(
-            Draft.objects.filter(
-                Q(status=Status.QUEUED)
-                & (Q(outbox__next_attempt_at__isnull=True) | Q(outbox__next_attempt_at__lte=now))
-                | Q(status=Status.SCHEDULED, send_at__lte=now),
-                account_id=account_id,
-                is_deleted=False,
-                outbox__isnull=False,  # `_claim` refuses an item without one: never due
-            )
+            Draft.objects.filter(_due(now), account_id=account_id)
             .exclude(id__in=exclude)
             .order_by("created_at", "id")
             .values_list("id", flat=True)[:limit]

@@ -422,8 +422,8 @@ def _authenticate(client: _Client, credentials: Credentials, where: str) -> None
     raise AuthenticationFailed(f"{where} refused the login: {reply}", reply)
 
 
-def _quit(client: _Client) -> None:
-    client.deadline = Deadline(_CLOSING_SECONDS, "no answer to QUIT in time")
+def _quit(client: _Client, seconds: float = _CLOSING_SECONDS) -> None:
+    client.deadline = Deadline(seconds, "no answer to QUIT in time")
     with contextlib.suppress(smtplib.SMTPException, OSError):  # the message is out; nothing to save
         client.quit()
     client.close()
@@ -675,10 +675,13 @@ class _StaleConnection(Exception):
     """A kept connection turned out closed before anything of the message went."""
 
 
-def smtp_check(config: ServerConfig, credentials: Credentials | None) -> None:
+def smtp_check(config: ServerConfig, credentials: Credentials | None, *, ends: float | None = None) -> None:
     """Connect, secure, log in and quit: raises as `message_deliver` would,
-    for checking an account's SMTP settings."""
-    _quit(_connect(config, credentials))
+    for checking an account's SMTP settings. `ends` (time.monotonic()): the
+    QUIT waits for its answer until then at most."""
+    client = _connect(config, credentials)
+    left = _CLOSING_SECONDS if ends is None else max(0.1, min(_CLOSING_SECONDS, ends - time.monotonic()))
+    _quit(client, left)
 
 
 def smtp_config(account: EmailAccount) -> ServerConfig:

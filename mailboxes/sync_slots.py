@@ -91,6 +91,8 @@ def slots_in_use(*, request: SlotRequest) -> tuple[int, int]:
     return tenant, host
 
 
-def slots_held(*, request: SlotRequest, holder: str, lease: float = LEASE_SECONDS) -> AbstractContextManager[None]:
+def slots_held(
+    *, request: SlotRequest, holder: str, lease: float = LEASE_SECONDS
+) -> AbstractContextManager[None]:
     """Keep the slots `holder` took renewed for the block, release them after."""
     return semaphores_held(keys=request.redis_keys(), holder=holder, lease=lease)

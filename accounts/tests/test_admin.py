@@ -180,3 +180,27 @@ def test_admin_stores_host_names_as_the_api_does_and_refuses_bad_ones(operator_c
         response = operator_client.post(url, {**form, "password": "", field: bad})
         assert response.status_code == 200
         assert response.context["adminform"].form.errors == {field: ["Enter a valid host name."]}
+
+
+def test_admin_edit_of_an_account_whose_host_was_stored_as_typed_needs_no_password(operator_client, tenant_a):
+    """Saved before the admin normalised names: the same server, not a new
+    one that the stored password would be sent to."""
+    account = EmailAccountFactory(
+        tenant=tenant_a, hostname="IMAP.A.Example.", email_address="typed@a.example"
+    )
+    form = _form(
+        hostname="IMAP.A.Example.",
+        email_address="typed@a.example",
+        username=account.username,
+        port=account.port,
+        encryption=account.encryption,
+        password="",
+        account_name="Renamed",
+    )
+
+    response = operator_client.post(f"/admin/accounts/emailaccount/{account.id}/change/", form)
+
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    with tenant_scope(tenant_a.id):
+        account = EmailAccount.objects.get(pk=account.pk)
+    assert (account.account_name, account.hostname) == ("Renamed", "IMAP.A.Example.")

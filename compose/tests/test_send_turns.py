@@ -16,6 +16,7 @@ from django.core.cache import cache
 from accounts.tests.factories import EmailAccountFactory
 from compose.models import Status
 from compose.outbox import WAITING, _drain_mark, _helper_mark, outbox_send_in_turn, send_request
+from compose.tasks import send_task
 from compose.tests.conftest import SMTP_PASSWORD, SMTP_USER
 from compose.tests.test_outbox import queue_message, state
 from emailclient.core.cache import redis_client
@@ -125,6 +126,75 @@ def test_a_run_of_its_own_without_a_slot_leaves_its_draft_to_the_accounts_drain(
     [(kwargs, _)] = sends_queued(broker)
     assert kwargs["draft_id"] == str(drafts[0].id)
     assert kwargs["drain"] == cache.get(_drain_mark(smtp_account.id))
+
+
+@pytest.mark.django_db
+def test_a_retry_without_its_account_named_is_left_to_the_accounts_drain_too(
+    smtp_account, smtp_server, broker, tenant_a_busy
+):
+    drafts = [queue_message(smtp_account, subject=f"n{n}") for n in range(2)]
+
+    assert [run(draft) for draft in drafts] == [WAITING, WAITING]  # no account_id, as a retry's task
+
+    [(kwargs, _)] = sends_queued(broker)
+    assert (kwargs["draft_id"], kwargs["account_id"]) == (str(drafts[0].id), str(smtp_account.id))
+    assert kwargs["drain"] == cache.get(_drain_mark(smtp_account.id))
+
+
+@pytest.mark.django_db
+def test_a_send_a_dead_worker_left_comes_back_later_even_while_the_account_drains(
+    smtp_account, smtp_server, broker, tenant_a_busy
+):
+    """The drain sends due items only: a `sending` item (its worker died)
+    needs its own run, so it is not folded into the drain."""
+    draft = queue_message(smtp_account, status=Status.SENDING)
+    cache.set(_drain_mark(smtp_account.id), "someone-elses", 30)
+
+    assert run(draft, account_id=smtp_account.id) == WAITING
+
+    [(kwargs, headers)] = sends_queued(broker)
+    assert kwargs["draft_id"] == str(draft.id) and "drain" not in kwargs
+    assert headers["eta"] is not None
+
+
+@pytest.mark.django_db
+def test_a_cancelled_draft_waits_for_nothing(smtp_account, broker, tenant_a_busy):
+    draft = queue_message(smtp_account, status=Status.CANCELLED)
+
+    assert run(draft, account_id=smtp_account.id) == Status.CANCELLED
+    assert sends_queued(broker) == []
+
+
+@pytest.mark.django_db
+def test_a_run_gives_its_slot_back_before_it_hands_over(
+    smtp_account, smtp_server, broker, tenant_a, monkeypatch
+):
+    """With one slot, the run it hands over to (queued at its end) finds the
+    slot free, instead of waiting 5-10 s for it."""
+    from compose import outbox
+
+    tenant_a.max_concurrent_sends = 1
+    tenant_a.save(update_fields=["max_concurrent_sends"])
+    monkeypatch.setattr(outbox, "DRAIN_BATCH", 2)
+    monkeypatch.setattr(outbox, "DRAIN_LIMIT", 2)
+    monkeypatch.setattr(outbox, "DRAIN_HELPERS", 0)
+    in_use_when_queued = []
+    enqueue = outbox.send_enqueue
+
+    def observed(**kwargs):
+        in_use_when_queued.append(semaphores_in_use(keys=[slots_key(tenant_a)])[0])
+        return enqueue(**kwargs)
+
+    monkeypatch.setattr(outbox, "send_enqueue", observed)
+    drafts = [queue_message(smtp_account, subject=f"n{n}") for n in range(4)]
+    cache.set(_drain_mark(smtp_account.id), "token-1", 30)
+
+    assert run(drafts[0], account_id=smtp_account.id, drain="token-1") == Status.SENT
+    [(successor, _)] = sends_queued(broker)
+    assert in_use_when_queued == [0]
+    assert send_task.apply(kwargs=successor).get() == {"result": Status.SENT}
+
+    assert len(smtp_server.deliveries) == 4
 
 
 @pytest.mark.django_db

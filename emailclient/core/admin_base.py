@@ -15,7 +15,7 @@ OPERATOR_DB = "admin"
 
 
 class EstimatedCountPaginator(Paginator):
-    """Pages of a list that only grows (the audit log, the outbox). Unfiltered,
+    """Pages of a list that only grows (the audit log). Unfiltered,
     its count is PostgreSQL's estimate of the table's rows (pg_class.reltuples,
     kept by autovacuum) once that is past `estimate_from`: an exact count
     reads every row on every view of the first page. A filtered list, or a

@@ -10,6 +10,7 @@ from typing import Self, TypeVar
 
 from django.conf import settings
 from django.contrib.postgres.indexes import BrinIndex
+from django.core.validators import MinValueValidator
 from django.db import models
 
 from .limits import validate_rate
@@ -58,8 +59,9 @@ class Tenant(BaseModel):
     max_concurrent_syncs = models.PositiveSmallIntegerField(
         "syncs at once", null=True, blank=True, help_text=_DEFAULT
     )
+    # At least 1: a run without a slot comes back until it gets one.
     max_concurrent_sends = models.PositiveSmallIntegerField(
-        "sending runs at once", null=True, blank=True, help_text=_DEFAULT
+        "sending runs at once", null=True, blank=True, help_text=_DEFAULT, validators=[MinValueValidator(1)]
     )
     api_rate_limit_user = _rate_field("API requests per user")
     api_rate_limit_tenant = _rate_field("API requests per tenant")

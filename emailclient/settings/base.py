@@ -353,6 +353,13 @@ SYNC_MAX_CONCURRENT_PER_TENANT = env.int("SYNC_MAX_CONCURRENT_PER_TENANT", defau
 # helper, so one account sends at full speed while a tenant's hundred
 # accounts pointed at a tarpit SMTP server hold two workers, not all.
 SEND_MAX_CONCURRENT_PER_TENANT = env.int("SEND_MAX_CONCURRENT_PER_TENANT", default=2)
+if SEND_MAX_CONCURRENT_PER_TENANT < 1:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(
+        f"SEND_MAX_CONCURRENT_PER_TENANT={SEND_MAX_CONCURRENT_PER_TENANT}: 1 or more (a run without a slot "
+        "comes back until it gets one)"
+    )
 # API throttles (emailclient.core.throttling), measured with one client paging
 # a 3,000-message folder one request at a time (in-process, this 2-core VM):
 # 1,150 pages a minute at page_size 50, 590 at 200, 970 message details a
@@ -391,15 +398,15 @@ ACCOUNT_VERIFY_ON_SAVE = env.bool("ACCOUNT_VERIFY_ON_SAVE", default=True)
 ACCOUNT_VERIFY_DEADLINE = env.float("ACCOUNT_VERIFY_DEADLINE", default=20.0)
 ACCOUNT_VERIFY_MAX_CONCURRENT_PER_USER = env.int("ACCOUNT_VERIFY_MAX_CONCURRENT_PER_USER", default=2)
 ACCOUNT_VERIFY_MAX_CONCURRENT_PER_TENANT = env.int("ACCOUNT_VERIFY_MAX_CONCURRENT_PER_TENANT", default=4)
-for _name in (
-    "ACCOUNT_VERIFY_DEADLINE",
-    "ACCOUNT_VERIFY_MAX_CONCURRENT_PER_USER",
-    "ACCOUNT_VERIFY_MAX_CONCURRENT_PER_TENANT",
+for _name, _least in (
+    ("ACCOUNT_VERIFY_DEADLINE", 1),  # less leaves no time to connect, secure and log in
+    ("ACCOUNT_VERIFY_MAX_CONCURRENT_PER_USER", 1),
+    ("ACCOUNT_VERIFY_MAX_CONCURRENT_PER_TENANT", 1),
 ):
-    if globals()[_name] <= 0:
+    if globals()[_name] < _least:
         from django.core.exceptions import ImproperlyConfigured
 
-        raise ImproperlyConfigured(f"{_name}={globals()[_name]}: must be more than 0")
+        raise ImproperlyConfigured(f"{_name}={globals()[_name]}: must be {_least} or more")
 # Seconds one sync (or write-back run) may talk to its server in all. 1,800:
 # half the task's hard time limit, so it ends cleanly long before Celery kills
 # it; 10,000 messages take ~25 s here (bench/), so only mailboxes of several

@@ -165,6 +165,36 @@ def test_tarpits_for_both_servers_hold_the_request_at_most_the_verification_dead
 
 
 @pytest.mark.django_db
+def test_an_smtp_tarpit_gets_what_the_incoming_login_left_of_the_deadline(
+    verifying, devmail, mail_user, client_a, tenant_a
+):
+    verifying.SMTP_CONNECTION_DEADLINE = 60.0
+    verifying.ACCOUNT_VERIFY_DEADLINE = 3.0
+    with socket.socket() as smtp_tarpit:
+        smtp_tarpit.bind(("127.0.0.1", 0))
+        smtp_tarpit.listen(8)
+        data = _account(
+            devmail,
+            mail_user,
+            smtp_hostname="127.0.0.1",
+            smtp_port=smtp_tarpit.getsockname()[1],
+            smtp_encryption="starttls",
+            smtp_username=SMTP_USER,
+            smtp_password=SMTP_PASSWORD,
+        )
+        started = time.monotonic()
+        response = client_a.post(URL, data, format="json")
+        took = time.monotonic() - started
+
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"] == {
+        "smtp_hostname": ["127.0.0.1: not logged in within 3 s (ACCOUNT_VERIFY_DEADLINE)"]
+    }
+    assert took < 4.5
+    assert _saved(tenant_a) == 0
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("cap", ["user", "tenant"])
 def test_more_verifications_at_once_than_allowed_is_a_429_and_the_slot_is_given_back(
     verifying, devmail, mail_user, client_a, tenant_a, user_a, cap
