@@ -42,8 +42,9 @@ timeout = _env_int("GUNICORN_TIMEOUT", 30)
 # Time in-flight requests get to finish on SIGTERM. Docker kills after its
 # stop_grace_period (10s unless set; docker-compose.yml gives web 30s).
 graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 25)
-# Idle keep-alive to the reverse proxy; keep it above the proxy's own idle
-# timeout towards upstreams, or the proxy may reuse a closing connection.
+# Idle keep-alive to clients that keep connections (the stack's nginx opens
+# one per request, deploy/nginx); a proxy that reuses them must close its own
+# idle ones sooner, or it may reuse a connection gunicorn is closing.
 keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
 
 # Recycle workers now and then to bound slow leaks; the jitter keeps them from

@@ -218,7 +218,7 @@ done
 compose "$full_env" --profile mail config --format json >"$WORK/compose.json"
 structure() {
     "$PY" - "$WORK/compose.json" <<'EOF'
-import json, sys
+import json, re, sys
 c = json.load(open(sys.argv[1]))
 s = c["services"]
 problems = []
@@ -257,6 +257,8 @@ need(s["dovecot"].get("depends_on", {}).get("postfix", {}).get("condition") == "
 need(s["nginx"]["environment"].get("NGINX_ENVSUBST_FILTER") == "^NGINX_", "nginx: envsubst of NGINX_* only")
 need(s["nginx"]["environment"].get("NGINX_UPSTREAM") == "web:8000", "nginx: upstream")
 need(s["nginx"]["environment"].get("NGINX_RESOLVER") == "127.0.0.11", "nginx: resolves web through Docker's DNS")
+need(re.fullmatch(r"[0-9]+[smh]?", s["nginx"]["environment"].get("NGINX_RESOLVER_VALID", "")) is not None,
+     "nginx: NGINX_RESOLVER_VALID (how long a DNS answer is kept) is not a time")
 mounts = {v["target"]: v for v in s["nginx"].get("volumes", [])}
 for target in ("/etc/nginx/nginx.conf", "/etc/nginx/templates", "/etc/nginx/snippets", "/etc/nginx/certs",
                "/etc/nginx/conf.d/default.conf"):
