@@ -1,6 +1,9 @@
 """The outbox: each queued message delivered once, its outcome recorded.
 
-`outbox_send()` is what the send task runs for one draft:
+The send task runs `outbox_send_in_turn()`: `outbox_send()` while it holds
+one of its tenant's sending slots (`max_concurrent_sends`, across the
+workers), or, when they are all taken, it comes back later without holding
+the worker (`_wait_for_turn`). `outbox_send()` for one draft:
 
 1. It takes a session advisory lock on the draft (`draft_send_lock`, the
    two-key form under its own class id, apart from the accounts' locks).
