@@ -161,11 +161,10 @@ SYNC_OWED_SECONDS = 3600
 # (`_drain_helper`): while one waits for the SMTP server, the database or
 # IMAP, another works. Each holds an SMTP connection of the account.
 DRAIN_HELPERS = 1
-# A run finding its tenant's sending runs all taken (`outbox_send_in_turn`)
-# comes back this much later, plus up to as much again (so the waiting ones
-# do not all come back at once); a run's slot outlives a dead worker by the
-# lease at most.
-SEND_SLOT_WAIT_SECONDS = 5.0
+# A run's sending slot outlives a dead worker by the lease at most. A run
+# finding its tenant's slots all taken comes back SEND_SLOT_WAIT_SECONDS
+# later, plus up to as much again (so the waiting ones do not all come back
+# at once).
 SEND_SLOT_LEASE_SECONDS = 60.0
 
 
@@ -591,7 +590,7 @@ def _wait_for_turn(
     send's, the dispatcher's) is left to its account's drain
     (`send_request`), so an account's thousand waiting items are one task
     coming back, not a thousand; the drain run itself keeps its mark alive
-    and comes back `SEND_SLOT_WAIT_SECONDS` later, and so does a run with
+    and comes back SEND_SLOT_WAIT_SECONDS later, and so does a run with
     other work (a send a dead worker left, a Sent copy to make); a draft
     with nothing left to do ends here."""
     if helper is not None and account_id is not None:
@@ -625,7 +624,7 @@ def _wait_for_turn(
         draft_id=draft_id,
         account_id=account_id,
         drain=drain,
-        countdown=SEND_SLOT_WAIT_SECONDS * (1 + random.random()),  # noqa: S311 (a spread, no secret)
+        countdown=settings.SEND_SLOT_WAIT_SECONDS * (1 + random.random()),  # noqa: S311 (a spread, no secret)
     )
     return WAITING
 

@@ -422,6 +422,9 @@ SYNC_MAX_CONCURRENT_PER_HOST = env.int("SYNC_MAX_CONCURRENT_PER_HOST", default=8
 # many seconds later (with up to 50% jitter) instead of holding a worker: about
 # the time a small sync takes, so a waiting sync starts soon after one ends.
 SYNC_SLOT_WAIT_SECONDS = env.float("SYNC_SLOT_WAIT_SECONDS", default=10.0)
+# A sending run without a free slot of its tenant comes back this much later
+# (plus up to as much again).
+SEND_SLOT_WAIT_SECONDS = env.float("SEND_SLOT_WAIT_SECONDS", default=5.0)
 # Ports a mail server may be reached on (IMAP 143/993, POP3 110/995, SMTP
 # 25/465/587): an account cannot point the service at a database or web port
 # inside or outside the network. Local and test settings allow any (their
