@@ -563,7 +563,8 @@ def outbox_send_in_turn(
     `_wait_for_turn`). Redis away: the run goes on, uncounted."""
     keys = [semaphore_key(f"compose:sends:tenant:{tenant_id}")]
     holder = uuid.uuid4().hex
-    limit = tenant_limit(Tenant.objects.filter(id=tenant_id).first(), "max_concurrent_sends")
+    # At least 1 (the admin refuses 0): none would wait forever.
+    limit = max(1, tenant_limit(Tenant.objects.filter(id=tenant_id).first(), "max_concurrent_sends"))
     send = functools.partial(
         outbox_send, tenant_id=tenant_id, draft_id=draft_id, account_id=account_id, helper=helper, drain=drain
     )
@@ -585,40 +586,50 @@ def _wait_for_turn(
     helper: int | None,
     drain: str | None,
 ) -> str:
-    """A run that found its tenant's slots taken: a helper ends (the run it
-    helps goes on); a due draft of a run of its own (a retry's, a scheduled
-    send's, the dispatcher's) is left to its account's drain
-    (`send_request`), so an account's thousand waiting items are one task
-    coming back, not a thousand; the drain run itself keeps its mark alive
-    and comes back SEND_SLOT_WAIT_SECONDS later, and so does a run with
-    other work (a send a dead worker left, a Sent copy to make); a draft
-    with nothing left to do ends here."""
+    """A run that found its tenant's slots taken, without holding its worker:
+
+    - a helper ends (the run it helps goes on);
+    - the run holding the account's drain mark keeps the mark alive (takes
+      it again if it expired) and comes back SEND_SLOT_WAIT_SECONDS later;
+      a run whose token another run's mark has replaced ends: that run
+      drains the account;
+    - a run of its own (a retry's, a scheduled send's, the dispatcher's)
+      leaves a due draft to its account's drain (`send_request`), so an
+      account's thousand waiting items are one task coming back, not a
+      thousand; a draft not due yet comes back later; anything else (a send
+      a dead worker left, a Sent copy to make) is left to the dispatcher's
+      sweep (`outbox_dispatch_due`, every minute), which queues such an item
+      at most once per `DISPATCH_REPEAT`: the waiting tasks stay bounded."""
     if helper is not None and account_id is not None:
         _helper_free(account_id, helper)
         return WAITING
-    if drain is None:
+    if drain is not None and account_id is not None:
+        mark = _drain_mark(account_id)
+        try:
+            if cache.add(mark, drain, DRAIN_MARK_SECONDS):
+                pass  # expired while this run waited: its own again
+            elif cache.get(mark) == drain:
+                cache.touch(mark, DRAIN_MARK_SECONDS)
+            else:
+                return WAITING  # another run drains the account now
+        except Exception:  # the dispatcher queues the account's items
+            logger.warning("drain mark of account %s not renewed", account_id, exc_info=True)
+    elif drain is None:
         with tenant_scope(tenant_id):
             found = (
                 Draft.objects.filter(id=draft_id, is_deleted=False)
-                .values_list("status", "account_id", "outbox__sent_copy")
+                .values_list("status", "account_id")
                 .first()
             )
             due = Draft.objects.filter(_due(timezone.now()), id=draft_id).exists()
         if found is None:
             return MISSING
-        status, account_id, sent_copy = found
+        status, account_id = found
         if due:
             send_request(tenant_id=tenant_id, draft_id=draft_id, account_id=account_id)
             return WAITING
-        if not (
-            status in (Status.QUEUED, Status.SCHEDULED, Status.SENDING)
-            or (status == Status.SENT and not sent_copy)
-        ):
-            return status
-    elif account_id is not None:
-        with contextlib.suppress(Exception):  # else the dispatcher queues its items
-            if cache.get(_drain_mark(account_id)) == drain:
-                cache.touch(_drain_mark(account_id), DRAIN_MARK_SECONDS)
+        if status not in (Status.QUEUED, Status.SCHEDULED):
+            return WAITING if status == Status.SENDING else status
     send_enqueue(
         tenant_id=tenant_id,
         draft_id=draft_id,

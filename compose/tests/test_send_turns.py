@@ -7,11 +7,13 @@ Against the real Redis, PostgreSQL and SMTP sink."""
 import base64
 import json
 import time
+from datetime import timedelta
 
 import pytest
 import redis
 from django.conf import settings
 from django.core.cache import cache
+from django.utils import timezone
 
 from accounts.tests.factories import EmailAccountFactory
 from compose.models import Status
@@ -142,19 +144,51 @@ def test_a_retry_without_its_account_named_is_left_to_the_accounts_drain_too(
 
 
 @pytest.mark.django_db
-def test_a_send_a_dead_worker_left_comes_back_later_even_while_the_account_drains(
-    smtp_account, smtp_server, broker, tenant_a_busy
+@pytest.mark.parametrize("status", [Status.SENDING, Status.SENT])
+def test_a_send_a_dead_worker_left_is_left_to_the_dispatchers_sweep(
+    smtp_account, smtp_server, broker, tenant_a_busy, status
 ):
-    """The drain sends due items only: a `sending` item (its worker died)
-    needs its own run, so it is not folded into the drain."""
-    draft = queue_message(smtp_account, status=Status.SENDING)
+    """The drain sends due items only, so a `sending` item (its worker died)
+    or a `sent` one without its Sent copy is not folded into it; nor does it
+    come back on its own: the dispatcher queues such items once every five
+    minutes, so waiting tasks do not pile up while the slots stay taken."""
+    draft = queue_message(smtp_account, status=status)
     cache.set(_drain_mark(smtp_account.id), "someone-elses", 30)
+
+    assert run(draft, account_id=smtp_account.id) in (WAITING, status)
+
+    assert sends_queued(broker) == []
+    assert smtp_server.deliveries == []
+
+
+@pytest.mark.django_db
+def test_a_draft_not_due_yet_comes_back_later(smtp_account, broker, tenant_a_busy):
+    draft = queue_message(
+        smtp_account, status=Status.SCHEDULED, send_at=timezone.now() + timedelta(minutes=5)
+    )
 
     assert run(draft, account_id=smtp_account.id) == WAITING
 
     [(kwargs, headers)] = sends_queued(broker)
-    assert kwargs["draft_id"] == str(draft.id) and "drain" not in kwargs
-    assert headers["eta"] is not None
+    assert kwargs["draft_id"] == str(draft.id) and headers["eta"] is not None
+
+
+@pytest.mark.django_db
+def test_a_drain_run_whose_mark_expired_takes_it_again_and_one_replaced_ends(
+    smtp_account, broker, tenant_a_busy
+):
+    draft = queue_message(smtp_account)
+    mark = _drain_mark(smtp_account.id)
+
+    assert run(draft, account_id=smtp_account.id, drain="token-1") == WAITING  # no mark: expired
+    assert cache.get(mark) == "token-1"
+    assert len(sends_queued(broker)) == 1
+
+    broker.delete("celery")
+    cache.set(mark, "token-2", 30)  # a newer run's
+    assert run(draft, account_id=smtp_account.id, drain="token-1") == WAITING
+    assert sends_queued(broker) == []
+    assert cache.get(mark) == "token-2"
 
 
 @pytest.mark.django_db
@@ -212,6 +246,9 @@ def test_a_helper_without_a_slot_ends_and_frees_its_helper_slot(smtp_account, br
 def test_another_tenants_sends_go_on_and_a_freed_slot_is_taken(
     smtp_account, account_b, smtp_server, tenant_a, tenant_a_busy, broker
 ):
+    Tenant.objects.filter(id=account_b.tenant_id).update(
+        max_concurrent_sends=1
+    )  # one key shared: B would wait
     waiting = queue_message(smtp_account, subject="from A")
     other = queue_message(account_b, subject="from B")
 
@@ -225,7 +262,7 @@ def test_another_tenants_sends_go_on_and_a_freed_slot_is_taken(
         b"from A",
     ]
     # Each run gave its slot back.
-    assert semaphores_in_use(keys=[slots_key(tenant_a)]) == [0]
+    assert semaphores_in_use(keys=[slots_key(tenant_a), slots_key(account_b.tenant)]) == [0, 0]
 
 
 # --- Through a real worker -------------------------------------------------------------

@@ -425,6 +425,10 @@ SYNC_SLOT_WAIT_SECONDS = env.float("SYNC_SLOT_WAIT_SECONDS", default=10.0)
 # A sending run without a free slot of its tenant comes back this much later
 # (plus up to as much again).
 SEND_SLOT_WAIT_SECONDS = env.float("SEND_SLOT_WAIT_SECONDS", default=5.0)
+if SEND_SLOT_WAIT_SECONDS <= 0:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"SEND_SLOT_WAIT_SECONDS={SEND_SLOT_WAIT_SECONDS}: more than 0 seconds")
 # Ports a mail server may be reached on (IMAP 143/993, POP3 110/995, SMTP
 # 25/465/587): an account cannot point the service at a database or web port
 # inside or outside the network. Local and test settings allow any (their
