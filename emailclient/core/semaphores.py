@@ -4,8 +4,9 @@ Each semaphore is a sorted set: a member per holder, scored with the time its
 lease ends (Redis's own clock, the same for every process). Taking several
 at once is one Lua script, so a holder gets all of them or none; a holder
 that dies without a word keeps its place only until its lease ends. Used by
-the sync's fair shares (`mailboxes.sync_slots`) and the account
-verifications a user or a tenant may run at once (`accounts.verification`).
+the sync's fair shares (`mailboxes.sync_slots`), a tenant's sending runs
+(`compose.outbox.outbox_send_in_turn`) and the account verifications a user
+or a tenant may run at once (`accounts.verification`).
 """
 
 import logging
