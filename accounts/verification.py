@@ -63,6 +63,12 @@ class VerificationsBusy(ApplicationError):
 _SLOT_SPARE_SECONDS = 30.0
 
 
+def verification_deadline_message(host: str) -> str:
+    """A verifier's error when ACCOUNT_VERIFY_DEADLINE, not the server's own
+    connection deadline, ran out first."""
+    return f"{host}: not logged in within {settings.ACCOUNT_VERIFY_DEADLINE:g} s (ACCOUNT_VERIFY_DEADLINE)"
+
+
 def account_verifier_register(verifier: Verifier) -> None:
     """Add `verifier(*, account, incoming, outgoing, seconds) -> {field: [messages]}`;
     registering the same function again does nothing (ready() may run twice)."""

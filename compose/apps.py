@@ -17,6 +17,7 @@ def smtp_account_verify(
     field of the account form; {} when the server took the login or the
     account sends nothing."""
     from accounts.services import account_credentials
+    from accounts.verification import verification_deadline_message
     from compose.smtp import AuthenticationFailed, InsecureServer, SmtpError, smtp_check, smtp_config
 
     if not outgoing or not account.smtp_hostname:
@@ -34,9 +35,7 @@ def smtp_account_verify(
         port = isinstance(exc.__cause__, ConnectionRefusedError) or str(exc).startswith("port ")
         message = str(exc)
         if "(SMTP_CONNECTION_DEADLINE)" in message and seconds < settings.SMTP_CONNECTION_DEADLINE:
-            # The verification's time ran out first.
-            budget = settings.ACCOUNT_VERIFY_DEADLINE
-            message = f"{account.smtp_hostname}: not logged in within {budget:g} s (ACCOUNT_VERIFY_DEADLINE)"
+            message = verification_deadline_message(account.smtp_hostname)  # its time ran out first
         return {"smtp_port" if port else "smtp_hostname": [message]}
     return {}
 

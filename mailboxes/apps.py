@@ -16,6 +16,7 @@ def imap_account_verify(
     then LOGOUT or close, all within `seconds`. The errors by field of the
     account form; {} when the server took the login."""
     from accounts.services import account_credentials
+    from accounts.verification import verification_deadline_message
     from mailboxes.imap import ImapSession
     from mailboxes.imap.errors import (
         AddressNotAllowed,
@@ -52,9 +53,7 @@ def imap_account_verify(
         return {"port" if str(exc).startswith("port ") else "hostname": [str(exc)]}
     except DeadlineExceeded as exc:
         if seconds < settings.MAIL_CONNECTION_DEADLINE:  # the verification's time ran out first
-            budget = settings.ACCOUNT_VERIFY_DEADLINE
-            message = f"{account.hostname}: not logged in within {budget:g} s (ACCOUNT_VERIFY_DEADLINE)"
-            return {"hostname": [message]}
+            return {"hostname": [verification_deadline_message(account.hostname)]}
         return {"hostname": [str(exc)]}
     except MailServerError as exc:
         refused = isinstance(exc.__cause__, ConnectionRefusedError)

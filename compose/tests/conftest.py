@@ -13,9 +13,17 @@ It uses the devmail certificate, so one CA file (`MAIL_TLS_CA_FILE`, set by
 `smtp_account`: Alice's (tenant_a/user_a) account on a fresh Dovecot user
 (IMAP with STARTTLS, as `imap_account`), sending through the sink's STARTTLS
 port as `SMTP_USER`. `mail_settings` is applied (CA file, blob directory).
+
+`broker`: the real broker's queue, emptied first; `broker_sends()` reads the
+send tasks waiting on it.
 """
 
+import base64
+import json
+
 import pytest
+import redis
+from django.conf import settings
 
 from accounts.tests.factories import EmailAccountFactory
 from compose.tests.smtpserver import SmtpSink
@@ -58,3 +66,23 @@ def smtp_account(mail_settings, devmail, mail_user, smtp_server, tenant_a, user_
         smtp_username=SMTP_USER,
         smtp_password_encrypted=encrypt_secret(SMTP_PASSWORD),
     )
+
+
+def broker_sends() -> list[tuple[dict, dict]]:
+    """The compose.tasks.send messages waiting on the real broker: (kwargs, headers)."""
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    found = []
+    for raw in client.lrange("celery", 0, -1):
+        message = json.loads(raw)
+        if message["headers"]["task"] == "compose.tasks.send":
+            args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+            found.append(({"args": args, **kwargs}, message["headers"]))
+    return found
+
+
+@pytest.fixture
+def broker():
+    """The test broker's queue, empty at the start."""
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.delete("celery")
+    return client

@@ -10,8 +10,6 @@ import threading
 from datetime import timedelta
 
 import pytest
-import redis
-from django.conf import settings
 from django.utils import timezone
 
 from compose.mime import (
@@ -24,6 +22,7 @@ from compose.mime import (
 )
 from compose.models import Draft, SendQueueItem, Status
 from compose.outbox import draft_send_lock, outbox_dispatch_due, outbox_send, send_request
+from compose.tests.conftest import broker_sends
 from emailclient.core.models import AuditLog, Tenant, TenantMembership
 from emailclient.core.tenancy import tenant_scope
 from mailboxes.services import account_sync_run
@@ -136,28 +135,6 @@ def sent_folder_messages(mailbox) -> list[email.message.EmailMessage]:
     return [
         email.message_from_bytes(data[b"BODY[]"], policy=email.policy.default) for data in fetched.values()
     ]
-
-
-def broker_sends() -> list[tuple[dict, dict]]:
-    """The compose.tasks.send messages waiting on the real broker: (kwargs, headers)."""
-    import base64
-
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    found = []
-    for raw in client.lrange("celery", 0, -1):
-        message = json.loads(raw)
-        if message["headers"]["task"] == "compose.tasks.send":
-            args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-            found.append(({"args": args, **kwargs}, message["headers"]))
-    return found
-
-
-@pytest.fixture
-def broker():
-    """The test broker's queue, empty at the start."""
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    client.delete("celery")
-    return client
 
 
 @pytest.fixture

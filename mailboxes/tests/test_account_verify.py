@@ -2,8 +2,10 @@
 servers first (issue 14, section 2): against the real Dovecot and the SMTP
 sink, a refusal is a 400 on the field it concerns and nothing is saved."""
 
+import contextlib
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 from devmail import free_port
@@ -46,6 +48,27 @@ def _account(devmail, user, **overrides):
     }
 
 
+def _smtp(port: int, password: str = SMTP_PASSWORD) -> dict:
+    """The SMTP fields of an account sending through 127.0.0.1:`port`."""
+    return {
+        "smtp_hostname": "127.0.0.1",
+        "smtp_port": port,
+        "smtp_encryption": "starttls",
+        "smtp_username": SMTP_USER,
+        "smtp_password": password,
+    }
+
+
+@contextlib.contextmanager
+def _tarpit() -> Iterator[int]:
+    """A listening socket never accepted, its port: the kernel completes the
+    connection, and no greeting ever comes (a read timeout would not help)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tarpit:
+        tarpit.bind(("127.0.0.1", 0))
+        tarpit.listen(8)
+        yield tarpit.getsockname()[1]
+
+
 def _saved(tenant) -> int:
     with tenant_scope(tenant.id):
         return EmailAccount.objects.filter(tenant=tenant).count()
@@ -53,15 +76,7 @@ def _saved(tenant) -> int:
 
 @pytest.mark.django_db
 def test_good_credentials_are_saved(verifying, devmail, mail_user, smtp_server, client_a, tenant_a):  # noqa: F811
-    data = _account(
-        devmail,
-        mail_user,
-        smtp_hostname="127.0.0.1",
-        smtp_port=smtp_server.port("starttls"),
-        smtp_encryption="starttls",
-        smtp_username=SMTP_USER,
-        smtp_password=SMTP_PASSWORD,
-    )
+    data = _account(devmail, mail_user, **_smtp(smtp_server.port("starttls")))
 
     response = client_a.post(URL, data, format="json")
 
@@ -108,12 +123,7 @@ def test_a_tarpit_that_never_greets_is_a_400_within_the_connection_deadline(
     verifying, devmail, mail_user, client_a, tenant_a
 ):
     verifying.MAIL_CONNECTION_DEADLINE = 1.0
-    # A listening socket never accepted: the kernel completes the connection,
-    # and no greeting ever comes (MAIL_READ_TIMEOUT, 120 s, would not help).
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tarpit:
-        tarpit.bind(("127.0.0.1", 0))
-        tarpit.listen(8)
-        port = tarpit.getsockname()[1]
+    with _tarpit() as port:  # MAIL_READ_TIMEOUT, 120 s, would not help
         started = time.monotonic()
         response = client_a.post(URL, _account(devmail, mail_user, port=port), format="json")
         took = time.monotonic() - started
@@ -135,20 +145,8 @@ def test_tarpits_for_both_servers_hold_the_request_at_most_the_verification_dead
     verifying.MAIL_CONNECTION_DEADLINE = 60.0
     verifying.SMTP_CONNECTION_DEADLINE = 60.0
     verifying.ACCOUNT_VERIFY_DEADLINE = 1.5
-    with socket.socket() as imap_tarpit, socket.socket() as smtp_tarpit:
-        for tarpit in (imap_tarpit, smtp_tarpit):
-            tarpit.bind(("127.0.0.1", 0))
-            tarpit.listen(8)
-        data = _account(
-            devmail,
-            mail_user,
-            port=imap_tarpit.getsockname()[1],
-            smtp_hostname="127.0.0.1",
-            smtp_port=smtp_tarpit.getsockname()[1],
-            smtp_encryption="starttls",
-            smtp_username=SMTP_USER,
-            smtp_password=SMTP_PASSWORD,
-        )
+    with _tarpit() as imap_port, _tarpit() as smtp_port:
+        data = _account(devmail, mail_user, port=imap_port, **_smtp(smtp_port))
         started = time.monotonic()
         response = client_a.post(URL, data, format="json")
         took = time.monotonic() - started
@@ -171,18 +169,8 @@ def test_an_smtp_tarpit_gets_what_the_incoming_login_left_of_the_deadline(
     verifying.SMTP_CONNECTION_DEADLINE = 60.0
     verifying.ACCOUNT_VERIFY_DEADLINE = 6.0
     imap(devmail, mail_user).logout()  # the user's first login (Dovecot makes its mailbox) before the clock
-    with socket.socket() as smtp_tarpit:
-        smtp_tarpit.bind(("127.0.0.1", 0))
-        smtp_tarpit.listen(8)
-        data = _account(
-            devmail,
-            mail_user,
-            smtp_hostname="127.0.0.1",
-            smtp_port=smtp_tarpit.getsockname()[1],
-            smtp_encryption="starttls",
-            smtp_username=SMTP_USER,
-            smtp_password=SMTP_PASSWORD,
-        )
+    with _tarpit() as smtp_port:
+        data = _account(devmail, mail_user, **_smtp(smtp_port))
         started = time.monotonic()
         response = client_a.post(URL, data, format="json")
         took = time.monotonic() - started
@@ -230,13 +218,9 @@ def test_over_quota_no_server_is_tried(verifying, devmail, mail_user, client_a, 
     verifying.MAIL_CONNECTION_DEADLINE = 5.0
     tenant_a.max_accounts = 0
     tenant_a.save(update_fields=["max_accounts"])
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tarpit:  # would hold the request 5 s
-        tarpit.bind(("127.0.0.1", 0))
-        tarpit.listen(8)
+    with _tarpit() as port:  # would hold the request 5 s
         started = time.monotonic()
-        response = client_a.post(
-            URL, _account(devmail, mail_user, port=tarpit.getsockname()[1]), format="json"
-        )
+        response = client_a.post(URL, _account(devmail, mail_user, port=port), format="json")
         took = time.monotonic() - started
 
     assert (response.status_code, response.json()["error"]["code"]) == (403, "quota_exceeded")
@@ -253,15 +237,7 @@ def test_a_refused_smtp_login_is_a_400_on_smtp_password(
     client_a,
     tenant_a,
 ):
-    data = _account(
-        devmail,
-        mail_user,
-        smtp_hostname="127.0.0.1",
-        smtp_port=smtp_server.port("starttls"),
-        smtp_encryption="starttls",
-        smtp_username=SMTP_USER,
-        smtp_password="wrong-smtp-password",
-    )
+    data = _account(devmail, mail_user, **_smtp(smtp_server.port("starttls"), password="wrong-smtp-password"))
 
     response = client_a.post(URL, data, format="json")
 
@@ -318,10 +294,8 @@ def test_an_update_holds_no_lock_on_the_account_while_its_server_is_tried(
     verifying.MAIL_CONNECTION_DEADLINE = 2.0
     account = EmailAccountFactory(tenant=tenant_a, user=user_a, hostname="127.0.0.1", port=devmail.imap_port)
     answers = []
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tarpit:
-        tarpit.bind(("127.0.0.1", 0))
-        tarpit.listen(8)
-        body = {"port": tarpit.getsockname()[1], "password": "new"}
+    with _tarpit() as port:
+        body = {"port": port, "password": "new"}
         patch = threading.Thread(
             target=lambda: answers.append(
                 bearer_client(user_a, tenant_a).patch(f"{URL}{account.id}/", body, format="json")
